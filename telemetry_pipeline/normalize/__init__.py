@@ -1,0 +1,1 @@
+"""Raw payloads -> the canonical model (`sessions`, `events`), one module per payload shape."""

@@ -1,0 +1,245 @@
+"""Normalise the agent-telemetry payload shape (Extract and agent telemetry services) in DuckDB.
+
+Everything is set-based: the whole batch is parsed, unnested, validated and paired in a handful of
+SQL statements, so the cost grows with rows, not with Python-level loops over events.
+
+A session fails (and only that session) when its payload is not UTF-8 / not JSON / has no `events`
+list, or when one of its events has a timestamp that cannot be read. Unknown event types and fields
+are kept: types become their own activities, fields stay in `attributes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from telemetry_pipeline.sources.base import RawSession
+
+# Epoch numbers arrive in s, ms, us or ns; the magnitude tells which. Beyond year 9999 -> NULL.
+_MACROS = """
+CREATE OR REPLACE TEMP MACRO epoch_ts(n) AS to_timestamp(
+    CASE WHEN abs(n) < 1e11 THEN n WHEN abs(n) < 1e14 THEN n / 1e3
+         WHEN abs(n) < 1e17 THEN n / 1e6 WHEN abs(n) < 2.5e20 THEN n / 1e9 END);
+CREATE OR REPLACE TEMP MACRO humanize(t) AS upper(left(t, 1)) || replace(substr(t, 2), '_', ' ');
+"""
+
+_VALIDATE = """
+CREATE OR REPLACE TEMP TABLE nb AS
+SELECT session_key, source, session_id, text,
+       CASE WHEN text IS NULL THEN 'payload is not valid UTF-8'
+            WHEN NOT json_valid(text) THEN 'payload is not valid JSON'
+            WHEN json_type(text::JSON) <> 'OBJECT' THEN 'payload is not a JSON object'
+            WHEN coalesce(json_type(text::JSON, '$.events'), 'missing') <> 'ARRAY'
+                 THEN 'payload has no "events" list'
+       END AS problem
+FROM batch_in;
+CREATE OR REPLACE TEMP TABLE nj AS
+SELECT session_key, source, session_id, text::JSON AS j FROM nb WHERE problem IS NULL;
+"""
+
+# One row per source event. `attrs` = the payload plus any unknown top-level keys of the event.
+_UNNEST = """
+CREATE OR REPLACE TEMP TABLE ev AS
+WITH u AS (
+    SELECT session_key, unnest(evs) AS e, generate_subscripts(evs, 1) - 1 AS seq
+    FROM (SELECT session_key, json_extract(j, '$.events[*]') AS evs FROM nj)
+), t AS (
+    SELECT session_key, seq, e,
+           CASE WHEN json_type(e, '$.payload') = 'OBJECT' THEN e->'payload' END AS payload,
+           CASE WHEN json_type(e) = 'OBJECT' THEN e->'timestamp' END AS ts_json
+    FROM u
+)
+SELECT session_key, seq, e,
+       coalesce(nullif(e->>'type', ''), 'unknown') AS event_type,
+       payload,
+       CASE WHEN json_type(e) = 'OBJECT'
+            THEN json_merge_patch(
+                     json_merge_patch(e, '{"timestamp":null,"session_id":null,"type":null,"payload":null}'),
+                     coalesce(payload, '{}'::JSON))
+       END AS attrs,
+       ts_json,
+       CASE json_type(ts_json)
+           WHEN 'VARCHAR' THEN coalesce(try_cast(ts_json->>'$' AS TIMESTAMPTZ),
+                                        epoch_ts(try_cast(ts_json->>'$' AS DOUBLE)))
+           WHEN 'UBIGINT' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
+           WHEN 'BIGINT' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
+           WHEN 'DOUBLE' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
+       END AS ts,
+       payload->>'tool_name' AS tool_name,
+       coalesce(payload->>'tool_call_id', payload->>'call_id') AS call_id,
+       try_cast(payload->>'success' AS BOOLEAN) AS success,
+       nullif(coalesce(payload->>'error', payload->>'error_details'), '') AS error,
+       payload->>'model' AS model,
+       round(try_cast(payload->>'latency_ms' AS DOUBLE))::BIGINT AS latency_ms,
+       try_cast(coalesce(payload->>'input_tokens', payload->>'prompt_tokens') AS DOUBLE)::BIGINT AS input_tokens,
+       try_cast(coalesce(payload->>'output_tokens', payload->>'completion_tokens') AS DOUBLE)::BIGINT AS output_tokens
+FROM t;
+"""
+
+_BAD_TIMESTAMPS = """
+SELECT session_key, count(*) AS bad, min(seq) AS first_seq,
+       arg_min(coalesce(ts_json::VARCHAR, 'missing'), seq) AS first_value
+FROM ev WHERE ts IS NULL GROUP BY session_key
+"""
+
+# Activities: tool_call_started/completed paired FIFO per (session, call id or tool name); every
+# other event is an instant. The anchor event (the start, or a lone completion) gives the id.
+_ACTIVITIES = """
+CREATE OR REPLACE TEMP TABLE act AS
+WITH ok AS (SELECT * FROM ev WHERE session_key IN (SELECT session_key FROM ok_sessions)),
+s AS (SELECT *, row_number() OVER (PARTITION BY session_key, coalesce(call_id, tool_name) ORDER BY ts, seq) AS n
+      FROM ok WHERE event_type = 'tool_call_started'),
+c AS (SELECT *, row_number() OVER (PARTITION BY session_key, coalesce(call_id, tool_name) ORDER BY ts, seq) AS n
+      FROM ok WHERE event_type = 'tool_call_completed'),
+tools AS (
+    SELECT coalesce(s.session_key, c.session_key) AS session_key,
+           coalesce(s.seq, c.seq) AS seq,
+           coalesce(s.e, c.e) AS anchor,
+           coalesce(s.event_type, c.event_type) AS event_type,
+           coalesce(s.tool_name, c.tool_name) AS tool_name,
+           'Call tool ' || coalesce(s.tool_name, c.tool_name, 'unknown') AS activity,
+           coalesce(s.ts, c.ts - to_milliseconds(coalesce(c.latency_ms, 0))) AS event_time,
+           c.ts AS end_time,
+           coalesce(s.tool_name, c.tool_name) AS resource,
+           CASE WHEN c.seq IS NULL THEN 'incomplete'
+                WHEN c.success = false OR c.error IS NOT NULL THEN 'failed' ELSE 'success' END AS status,
+           coalesce(c.model, s.model) AS model,
+           coalesce(c.latency_ms, CASE WHEN s.ts IS NOT NULL AND c.ts IS NOT NULL
+                                       THEN date_diff('millisecond', s.ts, c.ts) END) AS latency_ms,
+           coalesce(c.input_tokens, s.input_tokens) AS input_tokens,
+           coalesce(c.output_tokens, s.output_tokens) AS output_tokens,
+           c.error AS error,
+           json_merge_patch(coalesce(s.attrs, '{}'::JSON), coalesce(c.attrs, '{}'::JSON)) AS attributes
+    FROM s FULL OUTER JOIN c
+      ON s.session_key = c.session_key
+     AND coalesce(s.call_id, s.tool_name) IS NOT DISTINCT FROM coalesce(c.call_id, c.tool_name)
+     AND s.n = c.n
+),
+instants AS (
+    SELECT session_key, seq, e AS anchor, event_type, tool_name,
+           CASE WHEN event_type = 'user_prompt' AND payload->>'prompt' IS NULL AND payload->>'response' IS NOT NULL
+                     THEN 'Agent response'
+                WHEN event_type = 'user_prompt' THEN 'User prompt'
+                WHEN event_type = 'model_change' THEN 'Change model'
+                ELSE coalesce(nullif(payload->>'step_name', ''), humanize(event_type)) END AS activity,
+           ts AS event_time, NULL::TIMESTAMPTZ AS end_time,
+           CASE WHEN event_type = 'user_prompt' THEN 'user' ELSE coalesce(tool_name, model, 'agent') END AS resource,
+           CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END AS status,
+           model, latency_ms, input_tokens, output_tokens, error, attrs AS attributes
+    FROM ok WHERE event_type NOT IN ('tool_call_started', 'tool_call_completed')
+),
+a AS (SELECT * FROM tools UNION ALL SELECT * FROM instants)
+SELECT md5(concat_ws(chr(31), session_key, event_type, anchor::VARCHAR,
+                     row_number() OVER (PARTITION BY session_key, event_type, anchor::VARCHAR ORDER BY seq)::VARCHAR))
+           AS event_id,
+       session_key, seq, activity, event_type, event_time, end_time, resource, status, tool_name, model,
+       latency_ms, input_tokens, output_tokens, error, attributes
+FROM a;
+"""
+
+_SESSIONS = """
+CREATE OR REPLACE TEMP TABLE sess AS
+WITH src AS (
+    SELECT session_key,
+           arg_min(payload->>'agent_name', seq) FILTER (WHERE payload->>'agent_name' IS NOT NULL) AS agent_name,
+           arg_min(payload->>'service_name', seq) FILTER (WHERE payload->>'service_name' IS NOT NULL) AS service_name,
+           arg_min(payload->>'workflow_name', seq) FILTER (WHERE payload->>'workflow_name' IS NOT NULL) AS workflow_name,
+           arg_min(payload->>'workflow_version', seq) FILTER (WHERE payload->>'workflow_version' IS NOT NULL) AS workflow_version,
+           arg_min(payload->>'agent_type', seq) FILTER (WHERE payload->>'agent_type' IS NOT NULL) AS agent_type,
+           arg_max(payload->>'agent_state', seq) FILTER (WHERE payload->>'agent_state' IS NOT NULL) AS agent_state,
+           count(*) FILTER (WHERE event_type = 'user_prompt' AND payload->>'prompt' IS NOT NULL) AS prompt_count,
+           arg_min(payload->>'prompt', seq) FILTER (WHERE payload->>'prompt' IS NOT NULL) AS first_prompt,
+           arg_min(ts, seq) FILTER (WHERE payload->>'prompt' IS NOT NULL) AS first_prompt_at,
+           arg_min(payload->>'response', seq) FILTER (WHERE payload->>'response' IS NOT NULL) AS first_response,
+           arg_min(ts, seq) FILTER (WHERE payload->>'response' IS NOT NULL) AS first_response_at,
+           sum(input_tokens) FILTER (WHERE event_type = 'user_prompt') AS prompt_input_tokens,
+           sum(output_tokens) FILTER (WHERE event_type = 'user_prompt') AS prompt_output_tokens,
+           count(*) AS event_count
+    FROM ev WHERE session_key IN (SELECT session_key FROM ok_sessions) GROUP BY session_key
+), acts AS (
+    SELECT session_key, min(event_time) AS start_time, max(coalesce(end_time, event_time)) AS end_time,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'success') AS tools_ok
+    FROM act GROUP BY session_key
+)
+SELECT nj.session_key, nj.source, nj.session_id,
+       coalesce(nj.j->>'agent_name', src.agent_name, $fallback_agent) AS agent_name,
+       left(coalesce(src.first_prompt, nj.j->'metrics'->>'last_user_prompt', 'Agent session ' || nj.session_id), 500)
+           AS task_description,
+       acts.start_time, acts.end_time,
+       CASE WHEN coalesce(acts.failed, 0) = 0 THEN 'completed'
+            WHEN acts.tools_ok = 0 THEN 'failed' ELSE 'partial' END AS status,
+       coalesce(nj.j->>'service_name', src.service_name) AS service_name,
+       coalesce(nj.j->>'workflow_name', src.workflow_name) AS workflow_name,
+       coalesce(nj.j->>'workflow_version', src.workflow_version) AS workflow_version,
+       coalesce(nj.j->>'agent_type', src.agent_type) AS agent_type,
+       coalesce(nj.j->>'agent_state', src.agent_state) AS agent_state,
+       coalesce(src.event_count, 0) AS event_count,
+       CASE WHEN src.first_prompt IS NOT NULL THEN json_object(
+           'prompt_count', src.prompt_count,
+           'prompt_length', length(src.first_prompt),
+           'response_length', length(src.first_response),
+           'input_tokens', src.prompt_input_tokens,
+           'output_tokens', src.prompt_output_tokens,
+           'prompt_latency_ms', date_diff('millisecond', src.first_prompt_at, src.first_response_at))
+       END AS prompt_metrics,
+       CASE WHEN json_type(nj.j, '$.metrics') = 'OBJECT' THEN nj.j->'metrics' END AS source_metrics,
+       now() AS normalized_at
+FROM nj JOIN ok_sessions USING (session_key)
+LEFT JOIN src USING (session_key) LEFT JOIN acts USING (session_key);
+"""
+
+_REPLACE = """
+DELETE FROM events WHERE session_key IN (SELECT session_key FROM ok_sessions);
+DELETE FROM sessions WHERE session_key IN (SELECT session_key FROM ok_sessions);
+INSERT INTO events SELECT * FROM act;
+INSERT INTO sessions SELECT * FROM sess;
+"""
+
+
+def normalize_agent_sessions(
+    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str
+) -> dict[str, str]:
+    """Replace the canonical rows of every good session in `raw`; return {key: why} for the rest."""
+    if not raw:
+        return {}
+    texts: list[str | None] = []
+    for r in raw:
+        try:
+            texts.append(r.body.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(None)
+    batch = pa.table(
+        {
+            "session_key": [r.key for r in raw],
+            "source": [r.source for r in raw],
+            "session_id": [r.session_id for r in raw],
+            "text": pa.array(texts, pa.large_string()),
+        }
+    )
+    con.register("batch_in", batch)
+    con.execute(_MACROS)
+    con.execute(_VALIDATE)
+    errors: dict[str, str] = {
+        key: f"{key}: {problem}"
+        for key, problem in con.execute("SELECT session_key, problem FROM nb WHERE problem IS NOT NULL").fetchall()
+    }
+    con.execute(_UNNEST)
+    for key, bad, first_seq, first_value in con.execute(_BAD_TIMESTAMPS).fetchall():
+        more = f" ({bad} events in all)" if bad > 1 else ""
+        errors[key] = f"{key}: event #{first_seq} has a timestamp that cannot be parsed: {first_value[:100]}{more}"
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE ok_sessions AS SELECT session_key FROM nj WHERE session_key NOT IN "
+        "(SELECT session_key FROM ev WHERE ts IS NULL)"
+    )
+    con.execute(_ACTIVITIES)
+    con.execute(_SESSIONS, {"fallback_agent": fallback_agent})
+    con.execute("BEGIN")
+    con.execute(_REPLACE)
+    con.execute("COMMIT")
+    for table in ("ok_sessions", "act", "sess", "ev", "nj", "nb"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.unregister("batch_in")
+    return errors

@@ -1,0 +1,123 @@
+"""Canonical rows -> the two Signavio CSV tables, with pandas doing the CSV writing.
+
+The case table's aggregate columns (tools used, LLM calls, process steps, summaries) are derived
+from the canonical `events` here, in SQL, so every source gets them the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from telemetry_pipeline.signavio.models import TableUpload
+from telemetry_pipeline.signavio.schema import EVENTS, RUNS, Table
+
+_RUNS_SQL = """
+WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
+ev AS (SELECT * FROM events WHERE session_key IN (SELECT session_key FROM batch)),
+tools AS (
+    SELECT session_key, to_json(list(json_object(
+               'tool_name', tool_name, 'call_count', n, 'success_count', ok, 'error_count', failed,
+               'total_latency_ms', latency, 'error_details', last_error) ORDER BY tool_name)) AS tools_used,
+           sum(n) AS calls, sum(ok) AS calls_ok, sum(failed) AS calls_failed, count(*) AS tool_types,
+           sum(latency) / nullif(sum(n), 0) AS avg_latency
+    FROM (SELECT session_key, tool_name, count(*) AS n, count(*) FILTER (WHERE status = 'success') AS ok,
+                 count(*) FILTER (WHERE status = 'failed') AS failed, sum(latency_ms) AS latency,
+                 arg_max(error, event_time) FILTER (WHERE error IS NOT NULL) AS last_error
+          FROM ev WHERE tool_name IS NOT NULL GROUP BY ALL)
+    GROUP BY session_key
+),
+llm AS (
+    SELECT session_key, to_json(list(json_object(
+               'model', model, 'purpose', purpose, 'call_count', n, 'input_tokens', tin, 'output_tokens', tout,
+               'total_latency_ms', latency) ORDER BY model, purpose)) AS llm_calls,
+           count(DISTINCT model) AS models
+    FROM (SELECT session_key, model, coalesce(attributes->>'purpose', 'general') AS purpose, count(*) AS n,
+                 sum(input_tokens) AS tin, sum(output_tokens) AS tout, sum(latency_ms) AS latency
+          FROM ev WHERE model IS NOT NULL GROUP BY ALL)
+    GROUP BY session_key
+),
+steps AS (
+    SELECT session_key,
+           to_json(list(json_object(
+               'step_name', activity, 'start_time', epoch_ms(event_time), 'end_time', epoch_ms(end_time),
+               'status', status, 'duration_ms', latency_ms) ORDER BY event_time, seq)) AS process_steps,
+           count(*) FILTER (WHERE event_type = 'model_change') AS model_changes,
+           count(*) AS activities
+    FROM ev GROUP BY session_key
+)
+SELECT s.session_id AS agent_run_id, s.agent_name, s.session_id AS task_id, s.task_description,
+       epoch_ms(s.start_time) AS start_time, epoch_ms(s.end_time) AS end_time, s.status,
+       printf('%d tool calls (%d succeeded, %d failed); %d model changes; status %s',
+              coalesce(t.calls, 0), coalesce(t.calls_ok, 0), coalesce(t.calls_failed, 0),
+              coalesce(st.model_changes, 0), s.status) AS outcome_summary,
+       date_diff('millisecond', s.start_time, s.end_time) AS latency_ms,
+       printf('Total events: %d | Activities: %d | Tools: %d types | Models: %d | Average tool latency: %s ms',
+              s.event_count, coalesce(st.activities, 0), coalesce(t.tool_types, 0), coalesce(l.models, 0),
+              coalesce(round(t.avg_latency, 1)::VARCHAR, 'n/a')) AS notes,
+       s.service_name, s.workflow_name, s.workflow_version, s.agent_type, s.agent_state,
+       s.prompt_metrics::VARCHAR AS prompt_metrics, t.tools_used::VARCHAR AS tools_used,
+       l.llm_calls::VARCHAR AS llm_calls, st.process_steps::VARCHAR AS process_steps,
+       s.source, s.event_count
+FROM sessions s
+LEFT JOIN tools t USING (session_key) LEFT JOIN llm l USING (session_key) LEFT JOIN steps st USING (session_key)
+WHERE s.session_key IN (SELECT session_key FROM batch)
+ORDER BY s.session_key
+"""
+
+_EVENTS_SQL = """
+SELECT e.event_id, s.session_id AS case_id, e.activity, epoch_ms(e.event_time) AS event_time,
+       epoch_ms(e.end_time) AS end_time, e.resource, e.event_type, e.status, e.tool_name, e.model,
+       e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source
+FROM events e JOIN sessions s USING (session_key)
+WHERE e.session_key IN (SELECT unnest($keys::VARCHAR[]))
+ORDER BY e.session_key, e.event_time, e.seq
+"""
+
+
+@dataclass(frozen=True)
+class RenderedBatch:
+    uploads: tuple[TableUpload, TableUpload]  # runs, events
+    rows_by_session: dict[str, tuple[int, int]]  # key -> (runs rows, events rows)
+
+
+def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str) -> RenderedBatch:
+    """Both tables for the sessions in `keys` (which must already be normalised)."""
+    keys = list(keys)
+    runs = con.execute(_RUNS_SQL, {"keys": keys}).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
+    events = con.execute(_EVENTS_SQL, {"keys": keys}).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
+    counts = dict(
+        con.execute(
+            "SELECT session_key, count(*) FROM events WHERE session_key IN (SELECT unnest($keys::VARCHAR[])) "
+            "GROUP BY session_key",
+            {"keys": keys},
+        ).fetchall()
+    )
+    return RenderedBatch(
+        uploads=(_upload(RUNS, runs, dataset), _upload(EVENTS, events, dataset)),
+        rows_by_session={k: (1, counts.get(k, 0)) for k in keys},
+    )
+
+
+def _upload(table: Table, frame: pd.DataFrame, dataset: str) -> TableUpload:
+    if list(frame.columns) != table.column_names:
+        raise AssertionError(f"{table.suffix}: query columns {list(frame.columns)} != schema {table.column_names}")
+    return TableUpload(
+        table=table.name(dataset),
+        schema=table.avro_schema(dataset),
+        primary_keys=table.primary_key,
+        csv=to_csv_bytes(frame),
+        rows=len(frame),
+    )
+
+
+def to_csv_bytes(frame: pd.DataFrame, delimiter: str = ",") -> bytes:
+    """RFC 4180 CSV, UTF-8, header row, `\\n` line ends, empty cell for null."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, sep=delimiter, na_rep="", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    return buffer.getvalue().encode("utf-8")

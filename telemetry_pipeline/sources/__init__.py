@@ -1,0 +1,109 @@
+"""Every configured source behind one object: built once per run, sharing one HTTP client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from telemetry_pipeline.http import RetryPolicy, make_client
+from telemetry_pipeline.sources import agent_telemetry, extract
+from telemetry_pipeline.sources.base import (
+    RawSession,
+    SessionRef,
+    Source,
+    SourceError,
+    parse_key,
+)
+from telemetry_pipeline.sources.session_api import SessionApiRoutes, SessionApiSource
+
+log = logging.getLogger(__name__)
+
+ENV_HINT = {
+    "extract": "EXTRACT_SERVICE_URL",
+    "agent_telemetry": "AGENT_METRICS_BASE_URL",
+    "agora": "AGORA_PLATFORM_URL",
+    "otlp": "OTLP_INBOX_DIR",
+}
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    extract_url: str | None = None
+    agent_telemetry_url: str | None = None
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_in_flight: int = 16
+    routes: Mapping[str, SessionApiRoutes] = field(default_factory=dict)  # per-source path overrides
+
+    def configured(self) -> list[str]:
+        return [name for name, url in (("extract", self.extract_url), ("agent_telemetry", self.agent_telemetry_url)) if url]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    raw: list[RawSession]
+    errors: dict[str, str]  # key -> what went wrong, for the keys that could not be fetched
+
+
+class SourceSet:
+    """Context manager: the configured sources for one run, fetching with bounded concurrency."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+        self._client = make_client(settings.timeout, max_connections=settings.max_in_flight)
+        defaults = {extract.NAME: extract.ROUTES, agent_telemetry.NAME: agent_telemetry.ROUTES}
+        urls = {extract.NAME: settings.extract_url, agent_telemetry.NAME: settings.agent_telemetry_url}
+        self.sources: dict[str, Source] = {
+            name: SessionApiSource(name, url, settings.routes.get(name, defaults[name]), self._client, settings.retry)
+            for name, url in urls.items()
+            if url
+        }
+
+    def __enter__(self) -> SourceSet:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._client.close()
+
+    def get(self, name: str) -> Source:
+        source = self.sources.get(name)
+        if source is None:
+            raise SourceError(f"source {name!r} is not configured (set {ENV_HINT.get(name, 'its URL')})")
+        return source
+
+    def fetch_many(self, keys: Iterable[str]) -> FetchResult:
+        """Fetch every key, at most `max_in_flight` at once. One failure never stops the others."""
+
+        def fetch_one(key: str) -> RawSession | str:
+            try:
+                source_name, session_id = parse_key(key)
+                return self.get(source_name).fetch(session_id)
+            except (SourceError, ValueError) as exc:
+                return str(exc)
+
+        keys = list(keys)
+        raw: list[RawSession] = []
+        errors: dict[str, str] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.max_in_flight), thread_name_prefix="fetch") as pool:
+            for key, outcome in zip(keys, pool.map(fetch_one, keys), strict=True):
+                if isinstance(outcome, str):
+                    errors[key] = outcome
+                else:
+                    raw.append(outcome)
+        return FetchResult(raw, errors)
+
+    def list_sessions(self, since: Mapping[str, dt.datetime | None]) -> tuple[list[SessionRef], dict[str, str]]:
+        """Every source's listing since its own watermark; a source that fails is reported, not fatal."""
+        found: list[SessionRef] = []
+        errors: dict[str, str] = {}
+        for name, source in self.sources.items():
+            try:
+                found.extend(source.list_sessions(since.get(name)))
+            except SourceError as exc:
+                log.warning("discovery: %s", exc)
+                errors[name] = str(exc)
+        return found, errors

@@ -1,0 +1,103 @@
+"""The small protocol every source shares, and the values it hands over."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+SOURCE_NAMES = ("extract", "agent_telemetry", "agora", "otlp")
+# Dagster refuses these inside partition keys; a session id carrying one cannot become a partition.
+_FORBIDDEN_IN_KEYS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
+
+
+class SourceError(Exception):
+    """A session could not be fetched; the message says which session and why (never a token)."""
+
+
+class SessionNotFound(SourceError):
+    """The source answered that it has no such session (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """A session a source listed: enough to register a partition and to move a discovery cursor."""
+
+    source: str
+    session_id: str
+    last_event_at: dt.datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return session_key(self.source, self.session_id)
+
+
+@dataclass(frozen=True)
+class RawSession:
+    """A payload exactly as the source served it, before any parsing."""
+
+    source: str
+    session_id: str
+    body: bytes
+    content_type: str
+    fetched_at: dt.datetime
+    location: str  # URL or file path it came from (no credentials)
+
+    @property
+    def key(self) -> str:
+        return session_key(self.source, self.session_id)
+
+
+class Source(Protocol):
+    name: str
+
+    def list_sessions(self, since: dt.datetime | None) -> Iterator[SessionRef]:
+        """Finished sessions whose last event is at or after `since` (all when None)."""
+        ...
+
+    def fetch(self, session_id: str) -> RawSession:
+        """The session's payload, verbatim. Raises `SourceError` (or `SessionNotFound`)."""
+        ...
+
+
+def session_key(source: str, session_id: str) -> str:
+    return f"{source}:{session_id}"
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """`<source>:<session_id>` -> (source, session_id); the session id may itself contain ':'."""
+    source, sep, session_id = key.partition(":")
+    if not sep or source not in SOURCE_NAMES or not session_id:
+        raise ValueError(
+            f"invalid session key {key!r}: expected '<source>:<session_id>' with source one of "
+            + ", ".join(SOURCE_NAMES)
+        )
+    return source, session_id
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be a partition key, or None when it can."""
+    try:
+        parse_key(key)
+    except ValueError as exc:
+        return str(exc)
+    bad = [s for s in _FORBIDDEN_IN_KEYS if s in key]
+    if bad:
+        return f"session key {key!r} contains {bad[0]!r}, which Dagster partition keys cannot hold"
+    return None
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """RFC 3339 (with 'Z' or offset) -> aware UTC datetime; None for None/empty/unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+def format_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

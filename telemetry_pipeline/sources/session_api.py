@@ -1,0 +1,103 @@
+"""The session API that the Extract and agent telemetry services share: one fetch route per session
+and a cursor-paginated listing (`GET <list_path>?since=&limit=&cursor=`, see SOURCES.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+
+from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
+from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SourceError, format_time, parse_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionApiRoutes:
+    fetch_path: str  # with `{session_id}`
+    list_path: str | None  # None: the source has no listing; sessions are given by hand
+
+
+class SessionApiSource:
+    """A source served over HTTP by a session API. Stateless apart from the run's shared client."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        routes: SessionApiRoutes,
+        client: httpx.Client,
+        retry: RetryPolicy,
+        page_size: int = 500,
+    ) -> None:
+        self.name = name
+        self._base = base_url.rstrip("/")
+        self._routes = routes
+        self._client = client
+        self._retry = retry
+        self._page_size = page_size
+
+    def fetch(self, session_id: str) -> RawSession:
+        url = self._base + self._routes.fetch_path.format(session_id=quote(session_id, safe=""))
+        where = f"{self.name} session {session_id!r} ({redact_url(url)})"
+        try:
+            response = request_with_retries(self._client, lambda: self._client.build_request("GET", url), self._retry)
+        except RequestFailed as exc:
+            raise SourceError(f"{where}: source unavailable: {exc}") from None
+        if response.status_code == 404:
+            raise SessionNotFound(f"{where}: no such session (HTTP 404)")
+        if response.status_code != 200:
+            raise SourceError(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
+        return RawSession(
+            source=self.name,
+            session_id=session_id,
+            body=response.content,
+            content_type=response.headers.get("Content-Type", ""),
+            fetched_at=dt.datetime.now(dt.UTC),
+            location=redact_url(url),
+        )
+
+    def list_sessions(self, since: dt.datetime | None) -> Iterator[SessionRef]:
+        if self._routes.list_path is None:
+            return
+        url = self._base + self._routes.list_path
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {"limit": self._page_size}
+            if since is not None:
+                params["since"] = format_time(since)
+            if cursor:
+                params["cursor"] = cursor
+            page = self._get_page(url, params)
+            for item in page.get("sessions") or []:
+                if isinstance(item, dict) and isinstance(item.get("session_id"), str) and item["session_id"]:
+                    yield SessionRef(self.name, item["session_id"], parse_time(item.get("last_event_at")))
+                else:
+                    log.warning("%s listing: skipped an entry without a session_id: %.200r", self.name, item)
+            next_cursor = page.get("next_cursor")
+            if not next_cursor or next_cursor == cursor:
+                return
+            cursor = str(next_cursor)
+
+    def _get_page(self, url: str, params: dict[str, str | int]) -> dict:
+        where = f"{self.name} listing ({redact_url(url)})"
+        try:
+            response = request_with_retries(
+                self._client, lambda: self._client.build_request("GET", url, params=params), self._retry
+            )
+        except RequestFailed as exc:
+            raise SourceError(f"{where}: source unavailable: {exc}") from None
+        if response.status_code != 200:
+            raise SourceError(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            page = response.json()
+        except ValueError:
+            raise SourceError(f"{where}: listing is not JSON: {response.text[:200]!r}") from None
+        if not isinstance(page, dict):
+            raise SourceError(f"{where}: listing is not a JSON object")
+        return page
