@@ -1,5 +1,4 @@
 """One place for how we talk HTTP: timeouts, which failures are transient, and bounded retries.
-
 Every outbound call (sources, Signavio) goes through `request_with_retries`, so the retry policy is
 written once: 429, 5xx and transport errors are retried with exponential backoff and jitter (stamina),
 `Retry-After` is honoured up to a cap, and every other status is returned to the caller untouched.
@@ -17,6 +16,11 @@ from dataclasses import dataclass
 
 import httpx
 import stamina
+import stamina.instrumentation
+
+# stamina logs retries through structlog when it is installed (Dagster brings it), and structlog
+# prints to stdout, which is where the CLI writes its JSON. Send retries to stdlib logging instead.
+stamina.instrumentation.set_on_retry_hooks([stamina.instrumentation.LoggingOnRetryHook])
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "telemetry-pipeline/0.1 (+https://github.com/)"
@@ -29,6 +33,7 @@ class RetryPolicy:
     max_retries: int = 3
     wait_initial: float = 0.2
     wait_max: float = 10.0
+    wait_jitter: float | None = None  # random extra wait per attempt; default: as large as wait_initial
     retry_after_cap: float = 60.0
 
 
@@ -117,6 +122,7 @@ def request_with_retries(
             timeout=None,
             wait_initial=policy.wait_initial,
             wait_max=policy.wait_max,
+            wait_jitter=policy.wait_initial if policy.wait_jitter is None else policy.wait_jitter,
         ):
             with attempt:
                 response = client.send(build())

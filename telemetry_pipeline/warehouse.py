@@ -1,5 +1,4 @@
 """DuckDB: the raw payloads and the canonical model (`sessions`, `events`).
-
 DuckDB allows one writing process at a time, so connections are short-lived (one per stage of a
 batch) and opening one waits, bounded, while another run holds the file.
 """

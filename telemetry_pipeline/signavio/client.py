@@ -45,9 +45,10 @@ def split_csv(data: bytes, max_bytes: int) -> list[bytes]:
     (oversized) part: the limit is our own caution, not a published server limit, and dropping a row
     would be worse. Parts are byte-exact slices of `data`, so quoting and line endings are untouched.
     """
-    if len(data) <= max_bytes:
+    records = _records(data) if len(data) > max_bytes else []
+    if len(records) <= 2:  # it fits, or a header and one record cannot be split further
         return [data]
-    header, *rows = _records(data)
+    header, *rows = records
     parts: list[bytes] = []
     current: list[bytes] = []
     size = len(header)
@@ -57,8 +58,7 @@ def split_csv(data: bytes, max_bytes: int) -> list[bytes]:
             current, size = [], len(header)
         current.append(row)
         size += len(row)
-    if current or not parts:
-        parts.append(header + b"".join(current))
+    parts.append(header + b"".join(current))  # never empty: there is at least one row
     return parts
 
 
@@ -132,8 +132,8 @@ class SignavioClient:
     ) -> None:
         parsed = urllib.parse.urlsplit(api_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"configuration error: Signavio API URL {redact_url(api_url)!r} is not an http(s) URL")
-        if not api_key:
+            raise ValueError(f"configuration error: Signavio API URL {redact_url(api_url)!r} is not http(s)")
+        if not api_key.strip():
             raise ValueError("configuration error: Signavio API URL is set but the API key (token) is empty")
         template = status_url_template or f"{parsed.scheme}://{parsed.netloc}{STATUS_PATH}"
         if "{execution_id}" not in template:
@@ -174,9 +174,8 @@ class SignavioClient:
 
     def probe(self) -> tuple[bool, str]:
         """Reachability and token check without uploading: the status of the nil execution id."""
-        url = self._status_url(NIL_EXECUTION_ID)
         try:
-            response = request_with_retries(self._http, lambda: self._http.build_request("GET", url), self._retry)
+            response = self._get_status(NIL_EXECUTION_ID)
         except RequestFailed as exc:
             return False, f"unreachable: {self._scrub(str(exc))}"
         code = response.status_code
@@ -191,7 +190,9 @@ class SignavioClient:
     # -- submission -------------------------------------------------------------------------------------
 
     def _submit(self, upload: TableUpload) -> _TableLoad:
-        overhead = self._content_length(self._upload_request(upload, b""))
+        # Multipart framing has a fixed length (the boundary's length never varies), so a request without
+        # CSV measures exactly what every part adds on top of its CSV bytes.
+        overhead = int(self._upload_request(upload, b"").headers["Content-Length"])
         parts = split_csv(upload.csv, self._max_body_bytes - overhead)
         table = _TableLoad(upload, parts=len(parts))
         for number, body in enumerate(parts, start=1):
@@ -230,12 +231,6 @@ class SignavioClient:
             files={"files": (f"{upload.table}.csv", csv_part, "text/csv")},
         )
 
-    @staticmethod
-    def _content_length(request: httpx.Request) -> int:
-        # Multipart framing has a fixed length (the boundary's length does not vary), so the size of a
-        # request without CSV is exactly what every part adds on top of its CSV bytes.
-        return int(request.headers["Content-Length"])
-
     # -- confirmation -----------------------------------------------------------------------------------
 
     def _await(self, tables: list[_TableLoad]) -> None:
@@ -256,9 +251,8 @@ class SignavioClient:
                     self._poll(t, eid)
 
     def _poll(self, table: _TableLoad, execution_id: str) -> None:
-        url = self._status_url(execution_id)
         try:
-            response = request_with_retries(self._http, lambda: self._http.build_request("GET", url), self._retry)
+            response = self._get_status(execution_id)
         except RequestFailed as exc:
             # The upload was accepted, so keep asking until the deadline rather than give up on it.
             table.last_seen[execution_id] = f"status check failed: {self._scrub(str(exc))}"
@@ -267,9 +261,8 @@ class SignavioClient:
             table.last_seen[execution_id] = "unknown to the status endpoint (HTTP 404)"
             return
         if response.status_code != 200:  # 401/403 and the like will not go away by asking again
-            table.finish(
-                TIMED_OUT, f"accepted as {execution_id}, but the status check was refused: {self._error_text(response)}"
-            )
+            refusal = self._error_text(response)
+            table.finish(TIMED_OUT, f"accepted as {execution_id}, but the status check was refused: {refusal}")
             return
         try:
             payload = response.json()["payload"]
@@ -289,8 +282,9 @@ class SignavioClient:
         pending = "; ".join(f"{eid}: {table.last_seen.get(eid, 'no answer yet')}" for eid in table.waiting_on())
         return f"no terminal state within {self._poll_deadline:g}s ({pending})"
 
-    def _status_url(self, execution_id: str) -> str:
-        return self._status_url_template.replace("{execution_id}", urllib.parse.quote(execution_id, safe=""))
+    def _get_status(self, execution_id: str) -> httpx.Response:
+        url = self._status_url_template.replace("{execution_id}", urllib.parse.quote(execution_id, safe=""))
+        return request_with_retries(self._http, lambda: self._http.build_request("GET", url), self._retry)
 
     # -- messages ---------------------------------------------------------------------------------------
 

@@ -89,8 +89,8 @@ class RenderedBatch:
 def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str) -> RenderedBatch:
     """Both tables for the sessions in `keys` (which must already be normalised)."""
     keys = list(keys)
-    runs = con.execute(_RUNS_SQL, {"keys": keys}).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
-    events = con.execute(_EVENTS_SQL, {"keys": keys}).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
+    runs = con.sql(_RUNS_SQL, params={"keys": keys}).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
+    events = con.sql(_EVENTS_SQL, params={"keys": keys}).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
     counts = dict(
         con.execute(
             "SELECT session_key, count(*) FROM events WHERE session_key IN (SELECT unnest($keys::VARCHAR[])) "

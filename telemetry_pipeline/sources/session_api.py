@@ -101,3 +101,18 @@ class SessionApiSource:
         if not isinstance(page, dict):
             raise SourceError(f"{where}: listing is not a JSON object")
         return page
+
+    def probe(self) -> tuple[bool, str]:
+        """Reachability without fetching data: one listing page of one session."""
+        url = self._base + (self._routes.list_path or "/")
+        try:
+            response = request_with_retries(
+                self._client, lambda: self._client.build_request("GET", url, params={"limit": 1}), self._retry
+            )
+        except RequestFailed as exc:
+            return False, f"unreachable: {exc}"
+        if response.status_code == 200:
+            return True, f"reachable ({redact_url(url)})"
+        if response.status_code == 404 and self._routes.list_path is None:
+            return True, f"reachable, no listing endpoint ({redact_url(url)})"
+        return False, f"HTTP {response.status_code} from {redact_url(url)}"

@@ -1,0 +1,41 @@
+# Two commands matter: `make run` (demo on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOME_DIR := $(abspath $(or $(TELEMETRY_PIPELINE_HOME),.telemetry_pipeline))
+SIM_PORT ?= 8765
+
+.PHONY: run test install dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The demo: a simulator on loopback stands in for both HTTP sources when none is configured,
+# the outbox stands in for Signavio; the sensor and the schedule are on.
+run: install
+	@mkdir -p $(HOME_DIR)
+	@if [ -z "$$EXTRACT_SERVICE_URL$$AGENT_METRICS_BASE_URL" ]; then \
+	  echo "no source configured: starting the simulator on 127.0.0.1:$(SIM_PORT)"; \
+	  $(BIN)/telemetry-pipeline simulate --port $(SIM_PORT) --sessions 200 --live-rate 6 \
+	    > $(HOME_DIR)/simulator.log 2>&1 & \
+	  export EXTRACT_SERVICE_URL=http://127.0.0.1:$(SIM_PORT) AGENT_METRICS_BASE_URL=http://127.0.0.1:$(SIM_PORT); \
+	fi; \
+	export TELEMETRY_PIPELINE_HOME=$(HOME_DIR) DAGSTER_HOME=$${DAGSTER_HOME:-$(HOME_DIR)/dagster_home}; \
+	$(BIN)/python -m telemetry_pipeline.instance && \
+	exec $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,139 @@
+"""Assets: thin wiring over `discovery` and `export`.
+The four per-session assets are produced by ONE step (`session_export`): Dagster skips a downstream
+step whenever an upstream one yields only some of its partitions, so separate steps could not
+record honestly that session A passed a stage and session B did not. One step also halves the
+bookkeeping per session. Each stage's asset is materialised only for the sessions that passed it,
+and `signavio_export` only for the sessions whose both tables the destination confirmed.
+"""
+
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+
+import dagster as dg
+
+from telemetry_pipeline.discovery import discover
+from telemetry_pipeline.export import BatchOutcome, export_batch
+from telemetry_pipeline.partitions import agent_sessions
+from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.signavio.models import COMPLETED
+from telemetry_pipeline.signavio.schema import EVENTS, RUNS
+
+RAW, EVENTS_ASSET, CSV_ASSET, EXPORT = "raw_telemetry", "telemetry_events", "signavio_csv", "signavio_export"
+EXPORT_KEY = dg.AssetKey(EXPORT)
+DISCOVERED_KEY = dg.AssetKey("discovered_sessions")
+MAX_LISTED_IN_METADATA = 20
+
+
+@dg.asset(
+    group_name="telemetry",
+    description="Lists sessions of every configured source and registers new keys in `agent_sessions`.",
+)
+def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResource) -> dg.MaterializeResult:
+    previous = context.instance.get_latest_materialization_event(DISCOVERED_KEY)
+    meta = previous.asset_materialization.metadata if previous and previous.asset_materialization else {}
+    watermarks = dict(meta["watermarks"].value) if "watermarks" in meta else {}
+    known = set(context.instance.get_dynamic_partitions(agent_sessions.name))
+    with sources.open() as source_set:
+        found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
+    if found.new_keys:
+        context.instance.add_dynamic_partitions(agent_sessions.name, found.new_keys)
+    for source, error in found.errors.items():
+        context.log.warning("source %s could not be listed: %s", source, error)
+    return dg.MaterializeResult(
+        metadata={
+            "new_count": len(found.new_keys),
+            "new_keys": dg.MetadataValue.json(found.new_keys),
+            "known_count": len(known) + len(found.new_keys),
+            "watermarks": dg.MetadataValue.json(found.watermarks),
+            "unsettled": found.unsettled,
+            "source_errors": dg.MetadataValue.json(found.errors),
+            "refused_keys": dg.MetadataValue.json(found.refused),
+        }
+    )
+
+
+class ExportConfig(dg.Config):
+    dataset: str | None = None  # overrides SIGNAVIO_DATASET for this run
+
+
+def _spec(name: str, deps: list[str], description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        name, deps=deps, skippable=True, group_name="telemetry", partitions_def=agent_sessions,
+        description=description,
+    )
+
+
+@dg.multi_asset(
+    name="session_export",
+    specs=[
+        _spec(RAW, [], "The source's payload, stored unmodified in DuckDB `raw_telemetry` before parsing."),
+        _spec(EVENTS_ASSET, [RAW], "Normalised rows in DuckDB `sessions` and `events`."),
+        _spec(CSV_ASSET, [EVENTS_ASSET], "The `<dataset>_runs` and `<dataset>_events` CSV tables + Avro schemas."),
+        _spec(EXPORT, [CSV_ASSET], "The confirmed upload; its materialisation history is the export status."),
+    ],
+    partitions_def=agent_sessions,
+    can_subset=False,
+)
+def session_export(
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    sources: SourcesResource,
+    warehouse: WarehouseResource,
+    signavio: SignavioResource,
+) -> Iterator[dg.AssetMaterialization]:
+    keys = context.partition_keys
+    dataset = config.dataset or signavio.dataset
+    context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
+    with sources.open() as source_set, signavio.destination() as destination:
+        outcome = export_batch(
+            keys,
+            sources=source_set,
+            warehouse=warehouse.warehouse(),
+            destination=destination,
+            dataset=dataset,
+            fallback_agent=sources.agent_name_fallback,
+        )
+        where = destination.describe()
+    yield from _materializations(outcome, dataset, where)
+    if outcome.failures:
+        listed = sorted(outcome.failures.items())
+        lines = "\n".join(f"- {error}" for _, error in listed[:MAX_LISTED_IN_METADATA])
+        more = f"\n(and {len(listed) - MAX_LISTED_IN_METADATA} more)" if len(listed) > MAX_LISTED_IN_METADATA else ""
+        raise dg.Failure(
+            description=f"{len(outcome.failures)} of {len(keys)} sessions failed "
+            f"({len(outcome.exported)} exported):\n{lines}{more}",
+            metadata={"failed_sessions": dg.MetadataValue.json(dict(listed))},
+            allow_retries=False,
+        )
+
+
+def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iterator[dg.AssetMaterialization]:
+    for key in out.stored:
+        yield dg.AssetMaterialization(asset_key=RAW, partition=key)
+    for key in out.normalized:
+        yield dg.AssetMaterialization(asset_key=EVENTS_ASSET, partition=key)
+    for key in out.rendered:
+        yield dg.AssetMaterialization(asset_key=CSV_ASSET, partition=key)
+    if not out.exported:
+        return
+    by_table = {load.table: load for load in out.loads}
+    runs_table, events_table = RUNS.name(dataset), EVENTS.name(dataset)
+    execution_ids = {table: ",".join(load.execution_ids) for table, load in by_table.items()}
+    statuses = {load.status for load in out.loads}
+    shared = {
+        "execution_id": execution_ids.get(events_table, ""),
+        "execution_ids": dg.MetadataValue.json(execution_ids),
+        "ingestion_status": COMPLETED if statuses == {COMPLETED} else next(iter(statuses)),
+        "runs_table": runs_table,
+        "events_table": events_table,
+        "destination": destination,
+        "dataset": dataset,
+    }
+    for key in out.exported:
+        runs_rows, events_rows = out.rows.get(key, (0, 0))
+        yield dg.AssetMaterialization(
+            asset_key=EXPORT, partition=key, metadata={**shared, "runs_rows": runs_rows, "events_rows": events_rows}
+        )
+

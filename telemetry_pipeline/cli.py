@@ -1,0 +1,243 @@
+"""`telemetry-pipeline`: the command line (INTERFACE.md). JSON on stdout, progress on stderr;
+exit 0 on success, 1 when any item failed, 2 on bad usage.
+
+Every export goes through the Dagster instance under `<home>/dagster_home` (or `$DAGSTER_HOME`),
+so the CLI and the UI read and write the same history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+log = logging.getLogger("telemetry_pipeline.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        payload, ok = args.run(args)
+    except ValueError as exc:  # configuration and usage problems found past argparse
+        print(json.dumps({"error": str(exc)}), file=sys.stdout)
+        return 2
+    print(json.dumps(payload, indent=2, default=str))
+    return 0 if ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="telemetry-pipeline", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="command")
+
+    p = sub.add_parser("discover", help="materialise discovered_sessions once (register new keys)")
+    p.set_defaults(run=cmd_discover)
+
+    p = sub.add_parser("export", help="export sessions through the Dagster instance, in batched runs")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="<source>:<session_id>")
+    p.add_argument("--pending", action="store_true", help="every known session not exported yet")
+    p.add_argument("--source", help="with --pending: only this source")
+    p.add_argument("--dataset", help="table-name prefix for this export (default SIGNAVIO_DATASET)")
+    p.add_argument("--force", action="store_true", help="export again even if already exported")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("status", help="export status of sessions, from materialisation history")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+    p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser("sessions", help="known sessions with their export status")
+    p.add_argument("--source")
+    p.add_argument("--pending", action="store_true", help="only sessions not exported yet")
+    p.set_defaults(run=cmd_sessions)
+
+    p = sub.add_parser("check", help="reach each configured source and the destination")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("simulate", help="serve generated telemetry on loopback (demos, benchmarks)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--sessions", type=int, default=200)
+    p.add_argument("--events-per-session", type=int, default=30)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--live-rate", type=float, default=0.0, help="new sessions per minute (0: a fixed set)")
+    p.set_defaults(run=cmd_simulate)
+    return parser
+
+
+def open_instance() -> dg.DagsterInstance:
+    from telemetry_pipeline.definitions import dagster_home
+    from telemetry_pipeline.instance import open_instance as open_at
+
+    return open_at(dagster_home())
+
+
+def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    from telemetry_pipeline.assets import discovered_sessions
+    from telemetry_pipeline.definitions import make_definitions
+
+    with open_instance() as instance:
+        result = dg.materialize([discovered_sessions], instance=instance, resources=make_definitions().resources, raise_on_error=False)
+        if not result.success:
+            return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, False
+        meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
+        errors = meta["source_errors"].value
+        payload = {"new_count": meta["new_count"].value, "new_keys": meta["new_keys"].value}
+        if errors:
+            payload["source_errors"] = errors
+        return payload, not errors
+
+
+def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    from telemetry_pipeline.definitions import batch_size, make_definitions
+    from telemetry_pipeline.history import exported_keys
+    from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+    from telemetry_pipeline.sources.base import key_problem, parse_key
+
+    if bool(args.keys) == bool(args.pending):
+        raise ValueError("give session keys or --pending (not both)")
+    results: dict[str, dict[str, Any]] = {}
+    with open_instance() as instance:
+        known = instance.get_dynamic_partitions(agent_sessions.name)
+        if args.pending:
+            keys = [k for k in known if not args.source or parse_key(k)[0] == args.source]
+        else:
+            keys = list(dict.fromkeys(args.keys))
+        for key in keys:
+            problem = key_problem(key)
+            if problem:
+                results[key] = {"session_id": key, "status": "failed", "error": problem}
+        valid = [k for k in keys if k not in results]
+        known_set = set(known)
+        missing = [k for k in valid if k not in known_set]
+        if missing:  # sessions can be exported by hand: register them first
+            instance.add_dynamic_partitions(agent_sessions.name, missing)
+        done = exported_keys(instance)
+        for key in valid:
+            if key in done and not args.force:
+                results[key] = {"session_id": key, "status": "skipped"}
+        todo = [k for k in valid if k not in results]
+        job = make_definitions().resolve_job_def("export_sessions")
+        run_config = {"ops": {"session_export": {"config": {"dataset": args.dataset}}}} if args.dataset else None
+        ranges = batched_ranges(instance.get_dynamic_partitions(agent_sessions.name), todo, batch_size())
+        for number, key_range in enumerate(ranges, 1):
+            log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
+            result = job.execute_in_process(
+                instance=instance, tags=key_range.tags, run_config=run_config, raise_on_error=False
+            )
+            failed, whole_run_error = _failed_sessions(result)
+            for key in key_range.keys:
+                error = whole_run_error or failed.get(key)
+                if error:
+                    results[key] = {"session_id": key, "status": "failed", "error": error}
+                else:
+                    results[key] = {"session_id": key, "status": "exported"}
+    ordered = [results[k] for k in keys]
+    counts = {s: sum(1 for r in ordered if r["status"] == s) for s in ("exported", "skipped", "failed")}
+    status = "failed" if counts["failed"] and not counts["exported"] else "partial" if counts["failed"] else "ok"
+    return {
+        "status": status,
+        "total_count": len(ordered),
+        "exported_count": counts["exported"],
+        "skipped_count": counts["skipped"],
+        "failed_count": counts["failed"],
+        "results": ordered,
+    }, not counts["failed"]
+
+
+def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None]:
+    """(per-session errors, None), or ({}, the run's error) when the step died before any per-session
+    outcome existed, in which case every session of the run failed with it."""
+    if result.success:
+        return {}, None
+    for event in result.all_events:
+        data = event.step_failure_data if event.is_step_failure else None
+        user = data.user_failure_data if data else None
+        if user and "failed_sessions" in user.metadata:
+            return dict(user.metadata["failed_sessions"].value), None
+    return {}, _run_error(result)
+
+
+def _run_error(result: dg.ExecuteInProcessResult) -> str:
+    """The user-facing cause of a failed run: the innermost error, not Dagster's wrapper."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return f"{error.cls_name}: {error.message.strip()}"
+    return "run failed"
+
+
+def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+    from telemetry_pipeline.history import latest_exports
+
+    with open_instance() as instance:
+        records = latest_exports(instance, list(args.keys))
+    return [
+        {
+            "session_id": key,
+            "exported": key in records,
+            "exported_at": records[key].exported_at.isoformat() if key in records else None,
+            "execution_id": records[key].execution_id if key in records else None,
+            "ingestion_status": records[key].ingestion_status if key in records else None,
+        }
+        for key in args.keys
+    ], True
+
+
+def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+    from telemetry_pipeline.history import latest_exports
+    from telemetry_pipeline.partitions import agent_sessions
+
+    with open_instance() as instance:
+        keys = instance.get_dynamic_partitions(agent_sessions.name)
+        records = latest_exports(instance)
+    rows = []
+    for key in keys:
+        source = key.partition(":")[0]
+        if (args.source and source != args.source) or (args.pending and key in records):
+            continue
+        rec = records.get(key)
+        rows.append({
+            "session_id": key,
+            "source": source,
+            "exported": rec is not None,
+            "exported_at": rec.exported_at.isoformat() if rec else None,
+        })
+    return rows, True
+
+
+def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    from telemetry_pipeline.definitions import make_definitions
+    from telemetry_pipeline.health import run_checks
+
+    with dg.build_resources(make_definitions().resources) as resources:
+        checks = run_checks(resources.sources, resources.signavio)
+    healthy = all(c["ok"] for c in checks)
+    return {"healthy": healthy, "checks": checks}, healthy
+
+
+def cmd_simulate(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    from telemetry_pipeline.simulate import SimulationConfig, Simulator
+
+    config = SimulationConfig(
+        sessions=args.sessions, events_per_session=args.events_per_session, seed=args.seed, live_rate=args.live_rate
+    )
+    with Simulator(config, port=args.port) as simulator:
+        log.info("simulating %d sessions on %s (Ctrl-C to stop)", args.sessions, simulator.url)
+        try:
+            simulator.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    return {"stopped": True, "url": simulator.url}, True
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

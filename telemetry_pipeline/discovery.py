@@ -1,0 +1,65 @@
+"""Which sessions are new: list every source since its watermark, drop the known and the unsettled.
+A watermark never moves past a session that was listed but not taken (still active, or refused),
+so nothing the sources have is skipped; listings are inclusive (`since` >=) and known keys are
+filtered out, so re-listing the edge is harmless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from telemetry_pipeline.sources import SourceSet
+from telemetry_pipeline.sources.base import SessionRef, format_time, key_problem, parse_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Discovery:
+    new: list[SessionRef] = field(default_factory=list)  # in listing order, each key once
+    watermarks: dict[str, str] = field(default_factory=dict)  # source -> RFC 3339 for the next `since`
+    errors: dict[str, str] = field(default_factory=dict)  # source -> why its listing failed
+    refused: dict[str, str] = field(default_factory=dict)  # key -> why it cannot be a partition
+    unsettled: int = 0  # listed, but still active: left for a later tick
+
+    @property
+    def new_keys(self) -> list[str]:
+        return [ref.key for ref in self.new]
+
+
+def discover(
+    sources: SourceSet,
+    watermarks: Mapping[str, str],
+    known: Collection[str],
+    settle: dt.timedelta = dt.timedelta(0),
+    now: dt.datetime | None = None,
+) -> Discovery:
+    now = now or dt.datetime.now(dt.UTC)
+    since = {name: parse_time(value) for name, value in watermarks.items()}
+    listed, errors = sources.list_sessions(since)
+    result = Discovery(watermarks=dict(watermarks), errors=errors)
+    seen: set[str] = set()
+    newest: dict[str, dt.datetime] = {}
+    held_back: dict[str, dt.datetime] = {}  # earliest session per source we did not take
+    for ref in listed:
+        at = ref.last_event_at
+        if at is not None and at > now - settle:
+            result.unsettled += 1
+            held_back[ref.source] = min(at, held_back.get(ref.source, at))
+            continue
+        problem = key_problem(ref.key)
+        if problem:
+            result.refused[ref.key] = problem
+            log.warning("discovery: %s", problem)
+        elif ref.key not in known and ref.key not in seen:
+            seen.add(ref.key)
+            result.new.append(ref)
+        if at is not None:
+            newest[ref.source] = max(at, newest.get(ref.source, at))
+    for source, latest in newest.items():
+        mark = min(latest, held_back[source]) if source in held_back else latest
+        result.watermarks[source] = format_time(mark)
+    return result

@@ -1,0 +1,46 @@
+"""The `agent_sessions` partitions and how a set of keys becomes batched runs."""
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+agent_sessions = dg.DynamicPartitionsDefinition(name="agent_sessions")
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    start: str
+    end: str
+    keys: tuple[str, ...]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {RANGE_START_TAG: self.start, RANGE_END_TAG: self.end}
+
+
+def batched_ranges(all_keys: Sequence[str], wanted: Collection[str], max_per_run: int) -> list[KeyRange]:
+    """Contiguous runs of `wanted` keys in partition order, each at most `max_per_run` long.
+
+    A run over a dynamic partitions definition covers a contiguous range in the order the keys were
+    added, so scattered keys become several ranges; a range never includes a key not wanted.
+    """
+    wanted = set(wanted)
+    ranges: list[KeyRange] = []
+    current: list[str] = []
+    for key in all_keys:
+        if key in wanted:
+            current.append(key)
+            if len(current) == max_per_run:
+                ranges.append(KeyRange(current[0], current[-1], tuple(current)))
+                current = []
+        elif current:
+            ranges.append(KeyRange(current[0], current[-1], tuple(current)))
+            current = []
+    if current:
+        ranges.append(KeyRange(current[0], current[-1], tuple(current)))
+    return ranges

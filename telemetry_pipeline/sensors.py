@@ -1,0 +1,45 @@
+"""`new_sessions_sensor`: discover, add only really new keys, request their export in batches."""
+
+import datetime as dt
+import json
+
+import dagster as dg
+
+from telemetry_pipeline.discovery import discover
+from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.resources import SourcesResource
+
+
+def build_new_sessions_sensor(job_name: str, batch_size: int, interval: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="new_sessions_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Discovers new finished sessions, adds them to `agent_sessions` and requests their export.",
+    )
+    def new_sessions_sensor(context: dg.SensorEvaluationContext, sources: SourcesResource) -> dg.SensorResult:
+        # The cursor holds each source's watermark; it only moves in the same result that adds the
+        # partitions, so a crash between the two cannot skip a session.
+        watermarks = json.loads(context.cursor) if context.cursor else {}
+        known = set(context.instance.get_dynamic_partitions(agent_sessions.name))
+        with sources.open() as source_set:
+            found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
+        for source, error in found.errors.items():
+            context.log.warning("source %s could not be listed: %s", source, error)
+        new_keys = found.new_keys
+        if not new_keys:
+            return dg.SensorResult(cursor=json.dumps(found.watermarks, sort_keys=True), skip_reason="no new sessions")
+        # New keys are appended in this order, so they form contiguous ranges at the end of the list.
+        runs = [
+            dg.RunRequest(run_key=f"new:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags)
+            for r in batched_ranges(new_keys, new_keys, batch_size)
+        ]
+        context.log.info("%d new sessions -> %d runs", len(new_keys), len(runs))
+        return dg.SensorResult(
+            run_requests=runs,
+            dynamic_partitions_requests=[agent_sessions.build_add_request(new_keys)],
+            cursor=json.dumps(found.watermarks, sort_keys=True),
+        )
+
+    return new_sessions_sensor

@@ -1,0 +1,212 @@
+"""The pipeline end to end on a temporary instance: sources (local HTTP) -> Dagster -> outbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from telemetry_pipeline.definitions import make_definitions
+from telemetry_pipeline.partitions import agent_sessions
+from telemetry_pipeline_tests.conftest import outbox_uploads, read_upload, run_cli, uploads_by_table
+from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
+
+EXPORT = dg.AssetKey("signavio_export")
+
+
+def run_sensor_tick(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[dg.SensorResult, list]:
+    """One sensor tick as the daemon does it: apply its partition requests, then run its requests."""
+    defs = make_definitions()
+    sensor = defs.resolve_sensor_def("new_sessions_sensor")
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+        result = sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    job = defs.resolve_job_def("export_sessions")
+    runs = [job.execute_in_process(instance=instance, tags=r.tags, raise_on_error=False) for r in result.run_requests]
+    return result, runs
+
+
+def test_sensor_discovers_and_exports_to_outbox(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+    keys = [source_double.add_good("extract", f"ex-{i}", n_tools=3) for i in range(3)]
+    keys += [source_double.add_good("agent_telemetry", f"at-{i}", fail_last=True) for i in range(2)]
+
+    result, runs = run_sensor_tick(instance)
+
+    assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(keys)
+    assert len(result.run_requests) == 1, "five new sessions fit in one batched run"
+    assert all(r.success for r in runs)
+    assert instance.get_materialized_partitions(EXPORT) == set(keys)
+    for stage in ("raw_telemetry", "telemetry_events", "signavio_csv"):
+        assert instance.get_materialized_partitions(dg.AssetKey(stage)) == set(keys)
+
+    uploads = outbox_uploads(home)
+    assert len(uploads) == 2, "one upload per table for the whole run"
+    tables = uploads_by_table(home)
+    runs_rows = {r["agent_run_id"]: r for r in tables["agent_telemetry_runs"]}
+    assert set(runs_rows) == {"ex-0", "ex-1", "ex-2", "at-0", "at-1"}
+    assert runs_rows["ex-0"]["status"] == "completed"
+    assert runs_rows["at-0"]["status"] == "partial", "one of two tool calls failed"
+    assert runs_rows["ex-0"]["service_name"] == "extract-service"
+    assert runs_rows["at-0"]["agent_name"] == "test-agent"
+    assert runs_rows["ex-0"]["start_time"] == "1736937000000" and runs_rows["ex-0"]["end_time"] == "1736937007000"
+    assert json.loads(runs_rows["ex-0"]["tools_used"])[0]["call_count"] >= 1
+
+    events = [e for e in tables["agent_telemetry_events"] if e["case_id"] == "ex-0"]
+    # prompt, model change and three paired tool calls (started+completed -> one activity each)
+    assert [e["activity"] for e in events] == [
+        "User prompt", "Change model", "Call tool tool_0", "Call tool tool_1", "Call tool tool_2",
+    ]
+    tool = events[2]
+    assert tool["event_time"] == "1736937002000" and tool["end_time"] == "1736937003000"
+    assert tool["status"] == "success" and tool["latency_ms"] == "900" and tool["resource"] == "tool_0"
+    failed = [e for e in tables["agent_telemetry_events"] if e["case_id"] == "at-0" and e["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "permission denied"
+
+    # the sensor's cursor and the known keys mean a second tick requests nothing
+    again, _ = run_sensor_tick(instance, result.cursor)
+    assert not again.run_requests and not again.dynamic_partitions_requests
+
+
+def test_outbox_upload_is_exactly_the_request(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+                                              capsys: pytest.CaptureFixture[str]):
+    key = source_double.add_good("extract", "s1")
+    code, out = run_cli(capsys, "export", key)
+    assert code == 0 and out["exported_count"] == 1
+
+    for folder in outbox_uploads(home):
+        schema, primary_keys, rows = read_upload(folder)
+        assert schema["type"] == "record" and schema["name"] in {"agent_telemetry_runs", "agent_telemetry_events"}
+        fields = [f["name"] for f in schema["fields"]]
+        assert list(rows[0].keys()) == fields, "CSV header = schema field names, in order"
+        assert set(primary_keys) <= set(fields)
+        assert (folder / "delimiter.txt").read_text().strip() == ","
+        types = {f["name"]: f["type"] for f in schema["fields"]}
+        if schema["name"].endswith("_runs"):
+            assert types["start_time"] == ["null", {"type": "long", "logicalType": "timestamp-millis"}]
+            assert primary_keys == ["agent_run_id"]
+        else:
+            assert types["event_time"] == {"type": "long", "logicalType": "timestamp-millis"}
+            assert primary_keys == ["event_id"]
+
+
+def test_bad_payloads_fail_alone_and_keep_raw(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+                                              capsys: pytest.CaptureFixture[str]):
+    good = source_double.add_good("agent_telemetry", "good")
+    not_json = source_double.add("agent_telemetry", "not-json", b'{"events": [')
+    no_events = source_double.add("agent_telemetry", "no-events", {"session_id": "no-events", "evts": []})
+    bad_time = source_double.add("agent_telemetry", "bad-time", {"events": [agent_event("yesterday-ish", "user_prompt")]})
+    unknown = source_double.add("agent_telemetry", "unknown-type", {"events": good_events() + [
+        agent_event("2025-01-15T10:31:00Z", "memory_write", bytes=12, step_name="Store memory"),
+        agent_event(1736937100, "brand_new_kind", what={"nested": [1, 2]}),
+    ]})
+    missing = "agent_telemetry:never-heard-of-it"
+
+    code, out = run_cli(capsys, "export", good, not_json, no_events, bad_time, unknown, missing)
+
+    assert code == 1
+    by_key = {r["session_id"]: r for r in out["results"]}
+    assert by_key[good]["status"] == by_key[unknown]["status"] == "exported"
+    assert "not valid JSON" in by_key[not_json]["error"] and not_json in by_key[not_json]["error"]
+    assert 'no "events" list' in by_key[no_events]["error"]
+    assert "timestamp" in by_key[bad_time]["error"] and "yesterday-ish" in by_key[bad_time]["error"]
+    assert "no such session" in by_key[missing]["error"]
+    assert out["exported_count"] == 2 and out["failed_count"] == 4
+
+    assert instance.get_materialized_partitions(EXPORT) == {good, unknown}
+    raw_kept = instance.get_materialized_partitions(dg.AssetKey("raw_telemetry"))
+    assert raw_kept == {good, unknown, not_json, no_events, bad_time}
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        body = con.execute("SELECT body FROM raw_telemetry WHERE session_key = ?", [not_json]).fetchone()[0]
+        assert body == b'{"events": ['
+    events = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "unknown-type"]
+    kinds = {e["event_type"]: e for e in events}
+    assert kinds["memory_write"]["activity"] == "Store memory"
+    assert kinds["brand_new_kind"]["activity"] == "Brand new kind"
+    assert json.loads(kinds["brand_new_kind"]["attributes"]) == {"what": {"nested": [1, 2]}}
+
+    # history shows the failure: the run failed, naming the sessions
+    failed_runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert len(failed_runs) == 1
+
+
+def test_reexport_is_idempotent_and_skips_unless_forced(home: Path, instance: dg.DagsterInstance,
+                                                        source_double: SourceDouble,
+                                                        capsys: pytest.CaptureFixture[str]):
+    keys = [source_double.add_good("extract", f"s{i}") for i in range(3)]
+    assert run_cli(capsys, "export", *keys)[1]["exported_count"] == 3
+    code, out = run_cli(capsys, "export", *keys)
+    assert code == 0 and out["skipped_count"] == 3 and len(outbox_uploads(home)) == 2
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        before = con.execute("SELECT event_id FROM events ORDER BY event_id").fetchall()
+    code, out = run_cli(capsys, "export", "--force", *keys)
+    assert code == 0 and out["exported_count"] == 3
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        after = con.execute("SELECT event_id FROM events ORDER BY event_id").fetchall()
+        assert con.execute("SELECT count(*) FROM sessions").fetchone()[0] == 3
+    assert before == after, "same events, same ids, no duplicates in the canonical model"
+
+    ids = [e["event_id"] for e in uploads_by_table(home)["agent_telemetry_events"]]
+    assert len(ids) == 2 * len(set(ids)), "the re-upload carries exactly the same event ids"
+
+
+def test_status_and_sessions_survive_a_restart(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+                                               capsys: pytest.CaptureFixture[str]):
+    done = source_double.add_good("extract", "done")
+    code, _ = run_cli(capsys, "export", done)
+    assert code == 0
+    pending = "extract:later"
+    instance.add_dynamic_partitions("agent_sessions", [pending])
+
+    # a new process reading the same home
+    env = {**os.environ}
+    proc = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "status", done, pending],
+                          capture_output=True, text=True, env=env, check=True, timeout=120)
+    status = {s["session_id"]: s for s in json.loads(proc.stdout)}
+    assert status[done]["exported"] is True and status[done]["ingestion_status"] == "OUTBOX"
+    assert status[done]["execution_id"] in {p.name for p in outbox_uploads(home)}
+    assert status[pending] == {"session_id": pending, "exported": False, "exported_at": None,
+                               "execution_id": None, "ingestion_status": None}
+
+    code, rows = run_cli(capsys, "sessions", "--pending")
+    assert [r["session_id"] for r in rows] == [pending]
+    code, rows = run_cli(capsys, "sessions", "--source", "extract")
+    assert {r["session_id"]: r["exported"] for r in rows} == {done: True, pending: False}
+
+
+def test_transient_source_errors_are_retried(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+                                             capsys: pytest.CaptureFixture[str]):
+    flaky = source_double.add_good("extract", "flaky")
+    source_double.fail("extract", "flaky", 503, times=2, retry_after="0")
+    down = source_double.add_good("extract", "down")
+    source_double.fail("extract", "down", 500)  # never recovers
+
+    code, out = run_cli(capsys, "export", flaky, down)
+
+    by_key = {r["session_id"]: r for r in out["results"]}
+    assert by_key[flaky]["status"] == "exported"
+    assert source_double.hits[flaky] == 3, "two 503s then a success"
+    assert by_key[down]["status"] == "failed" and "HTTP 500" in by_key[down]["error"]
+    assert source_double.hits[down] == 3, "SOURCE_MAX_RETRIES=2: three attempts, then a clear error"
+
+
+def test_discover_command_and_manual_keys(home: Path, source_double: SourceDouble, capsys: pytest.CaptureFixture[str]):
+    for i in range(5):
+        source_double.add_good("agent_telemetry", f"d{i}")
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and out["new_count"] == 5
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and out["new_count"] == 0, "the watermark and known keys make discovery incremental"
+
+    code, out = run_cli(capsys, "export", "nosource:abc", "extract:")
+    assert code == 1 and all("invalid session key" in r["error"] for r in out["results"])
+    assert run_cli(capsys, "export")[0] == 2, "no keys and no --pending is bad usage"
+    code, out = run_cli(capsys, "export", "--pending")
+    assert code == 0 and out["exported_count"] == 5
