@@ -65,14 +65,17 @@ def _spec(name: str, deps: list[str], description: str) -> dg.AssetSpec:
     )
 
 
+EXPORT_SPECS = [
+    _spec(RAW, [], "The source's payload, stored unmodified in DuckDB `raw_telemetry` before parsing."),
+    _spec(EVENTS_ASSET, [RAW], "Normalised rows in DuckDB `sessions` and `events`."),
+    _spec(CSV_ASSET, [EVENTS_ASSET], "The `<dataset>_runs` and `<dataset>_events` CSV tables + Avro schemas."),
+    _spec(EXPORT, [CSV_ASSET], "The confirmed upload; its materialisation history is the export status."),
+]
+
+
 @dg.multi_asset(
     name="session_export",
-    specs=[
-        _spec(RAW, [], "The source's payload, stored unmodified in DuckDB `raw_telemetry` before parsing."),
-        _spec(EVENTS_ASSET, [RAW], "Normalised rows in DuckDB `sessions` and `events`."),
-        _spec(CSV_ASSET, [EVENTS_ASSET], "The `<dataset>_runs` and `<dataset>_events` CSV tables + Avro schemas."),
-        _spec(EXPORT, [CSV_ASSET], "The confirmed upload; its materialisation history is the export status."),
-    ],
+    specs=EXPORT_SPECS,
     partitions_def=agent_sessions,
     can_subset=False,
 )

@@ -102,6 +102,8 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 
     if bool(args.keys) == bool(args.pending):
         raise ValueError("give session keys or --pending (not both)")
+    # Configuration errors (e.g. an endpoint without a token) refuse the command before anything changes.
+    job = make_definitions().resolve_job_def("export_sessions")
     results: dict[str, dict[str, Any]] = {}
     with open_instance() as instance:
         known = instance.get_dynamic_partitions(agent_sessions.name)
@@ -123,7 +125,6 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             if key in done and not args.force:
                 results[key] = {"session_id": key, "status": "skipped"}
         todo = [k for k in valid if k not in results]
-        job = make_definitions().resolve_job_def("export_sessions")
         run_config = {"ops": {"session_export": {"config": {"dataset": args.dataset}}}} if args.dataset else None
         ranges = batched_ranges(instance.get_dynamic_partitions(agent_sessions.name), todo, batch_size())
         for number, key_range in enumerate(ranges, 1):

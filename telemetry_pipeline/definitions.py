@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from telemetry_pipeline.assets import discovered_sessions, session_export
+from telemetry_pipeline.http import parse_duration
 from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
 from telemetry_pipeline.schedules import build_hourly_export_schedule
@@ -84,6 +85,7 @@ def make_definitions() -> dg.Definitions:
                 max_retries=int(_env("SIGNAVIO_MAX_RETRIES", "3")),
                 retry_wait_initial=float(_env("HTTP_RETRY_WAIT_INITIAL", "0.5")),
                 tenant_id=_env("SIGNAVIO_TENANT_ID"),
+                poll_interval=parse_duration(_env("SIGNAVIO_POLL_INTERVAL", "1s")),
                 poll_deadline=_env("SIGNAVIO_POLL_DEADLINE", "10m"),
                 max_body_mb=float(_env("SIGNAVIO_MAX_BODY_MB", "50")),
                 outbox_dir=str(home / "outbox"),

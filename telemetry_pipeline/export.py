@@ -9,19 +9,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+import duckdb
 
 from telemetry_pipeline.normalize.agent_events import normalize_agent_sessions
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources import SourceSet
+from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-# Payload shapes we can normalise, by source. Sources missing here fail their sessions clearly.
-AGENT_EVENT_SOURCES = frozenset({"extract", "agent_telemetry"})
+# A normaliser replaces the canonical rows of the good sessions among `raw` (all of one source) and
+# returns {key: why} for the others. Sources missing here fail their sessions with a clear message.
+Normalizer = Callable[[duckdb.DuckDBPyConnection, Sequence[RawSession], str], dict[str, str]]
+NORMALIZERS: dict[str, Normalizer] = {
+    "extract": normalize_agent_sessions,
+    "agent_telemetry": normalize_agent_sessions,
+}
 
 
 @dataclass
@@ -56,14 +65,17 @@ def export_batch(
     out.stored = [r.key for r in fetched.raw]
     out.bytes_fetched = sum(len(r.body) for r in fetched.raw)
 
-    normalizable = [r for r in fetched.raw if r.source in AGENT_EVENT_SOURCES]
+    by_normalizer: dict[Normalizer, list[RawSession]] = defaultdict(list)
     for r in fetched.raw:
-        if r.source not in AGENT_EVENT_SOURCES:
-            out.failures[r.key] = f"normalise: {r.key}: no normaliser for source {r.source!r} yet"
+        if r.source in NORMALIZERS:
+            by_normalizer[NORMALIZERS[r.source]].append(r)
+        else:
+            out.failures[r.key] = f"normalise: {r.key}: no normaliser for source {r.source!r}"
     with _timed(out.timings, "normalize"), warehouse.connect() as con:
-        problems = normalize_agent_sessions(con, normalizable, fallback_agent)
-        out.failures.update({k: f"normalise: {e}" for k, e in problems.items()})
-        out.normalized = [r.key for r in normalizable if r.key not in problems]
+        for normalize, batch in by_normalizer.items():
+            problems = normalize(con, batch, fallback_agent)
+            out.failures.update({k: f"normalise: {e}" for k, e in problems.items()})
+            out.normalized += [r.key for r in batch if r.key not in problems]
         if out.normalized:
             with _timed(out.timings, "render"):
                 rendered = render(con, out.normalized, dataset)

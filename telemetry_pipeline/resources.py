@@ -65,7 +65,7 @@ class SignavioResource(dg.ConfigurableResource):
     tenant_id: str | None = Field(default=None, description="SIGNAVIO_TENANT_ID (sent as X-Tenant-ID)")
     max_body_mb: float = Field(default=50.0, description="split a table into several requests above this")
     poll_deadline: str = Field(default="10m", description="give up waiting for a load's final state after this")
-    poll_interval: float = 1.0
+    poll_interval: float = Field(default=1.0, description="SIGNAVIO_POLL_INTERVAL: first wait between status polls (s)")
     outbox_dir: str = Field(description="<home>/outbox")
 
     @contextlib.contextmanager

@@ -450,8 +450,7 @@ class _RunBuilder:
         self._emit("agent_response", payload, at=at)
 
     def _state_change(self, state: str) -> None:
-        self._emit("agent_state_change", {"agent_state": state, "previous_state": self.state,
-                                          "step_name": self.step.name})
+        self._emit("agent_state_change", {"agent_state": state, "previous_state": self.state})
         self.state = state
 
     def _model_change(self, purpose: str) -> None:
@@ -471,12 +470,15 @@ class _RunBuilder:
         # The model's generation time passes before the agent's next move.
         self.now += 250 + int(output_tokens * model.ms_per_output_token)
 
+    # Only tool calls carry `step_name`: the normaliser names an instant event after its step, which would
+    # blur thoughts, memory writes and state changes into one activity per step.
+
     def _thought(self) -> None:
-        self._emit("agent_thought", {"thought": self.rng.choice(THOUGHTS), "step_name": self.step.name})
+        self._emit("agent_thought", {"thought": self.rng.choice(THOUGHTS)})
 
     def _memory_write(self) -> None:
-        self._emit("memory_write", {"memory_key": self.rng.choice(MEMORY_KEYS),
-                                    "size_bytes": self.rng.randint(200, 20_000), "step_name": self.step.name})
+        size = self.rng.randint(200, 20_000)
+        self._emit("memory_write", {"memory_key": self.rng.choice(MEMORY_KEYS), "size_bytes": size})
 
     def _tool_call(self, name: str) -> None:
         self._emit("tool_call_started", self._started_payload(name, parallel=False))
@@ -645,7 +647,7 @@ def _nodes(run: Run) -> list[_Node]:
     first, last = (tool_at[0], tool_at[-1] + 1) if tool_at else (1, 1)
     groups: list[tuple[str, str, Run]] = [("plan", "llm", run[:first])]
     for event in run[first:last]:
-        # Prompts and model changes carry no step: they belong to the step in progress.
+        # Only tool calls carry a step; everything between them belongs to the step in progress.
         step = event[2].get("step_name", groups[-1][0])
         if step != groups[-1][0]:
             groups.append((step, "tool", []))
@@ -1024,36 +1026,38 @@ class Simulator:
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{bound_host}:{bound_port}"
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Lock()
 
     def start(self) -> Simulator:
-        """Serve on a background thread; returns self."""
+        """Serve on a background thread (idempotent); returns self."""
         if self._thread is None:
             # A short poll keeps `stop()` quick; the default 0.5 s would dominate test run time.
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="simulator", daemon=True
             )
             self._thread.start()
-            logger.info("simulator serving %d sessions on %s", self.config.sessions, self.url)
+            logger.debug("simulator serving %d sessions on %s", self.config.sessions, self.url)
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.close_connections()
-        self._server.server_close()
-
-    def serve_forever(self) -> None:
-        """Serve on the calling thread until interrupted (the CLI's `simulate`); KeyboardInterrupt propagates."""
-        if self._thread is not None:
-            raise RuntimeError("already serving on a background thread")
-        logger.info("simulator serving %d sessions on %s", self.config.sessions, self.url)
-        try:
-            self._server.serve_forever()
-        finally:
+        """Stop serving and hang up on clients. Idempotent, and safe to call from several threads
+        (the CLI's `serve_forever` stops on its way out while its `with` block stops too)."""
+        with self._stopping:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._server.shutdown()
+                thread.join()
             self._server.close_connections()
             self._server.server_close()
+
+    def serve_forever(self) -> None:
+        """Serve until interrupted (the CLI's `simulate`), started or not; KeyboardInterrupt propagates."""
+        thread = self.start()._thread
+        try:
+            while thread is not None and thread.is_alive():
+                thread.join(timeout=0.5)  # a timed join lets Ctrl-C through
+        finally:
+            self.stop()
 
     def session_ids(self, source: str | None = None) -> list[str]:
         """Ids visible now, in end-time order; `source` is `extract`, `agent_telemetry` or None for both."""

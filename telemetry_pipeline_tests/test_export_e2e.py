@@ -52,7 +52,7 @@ def test_sensor_discovers_and_exports_to_outbox(home: Path, instance: dg.Dagster
     runs_rows = {r["agent_run_id"]: r for r in tables["agent_telemetry_runs"]}
     assert set(runs_rows) == {"ex-0", "ex-1", "ex-2", "at-0", "at-1"}
     assert runs_rows["ex-0"]["status"] == "completed"
-    assert runs_rows["at-0"]["status"] == "partial", "one of two tool calls failed"
+    assert runs_rows["at-0"]["status"] == "failed", "the run ended on a failed tool call"
     assert runs_rows["ex-0"]["service_name"] == "extract-service"
     assert runs_rows["at-0"]["agent_name"] == "test-agent"
     assert runs_rows["ex-0"]["start_time"] == "1736937000000" and runs_rows["ex-0"]["end_time"] == "1736937007000"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -282,3 +283,13 @@ def test_agora_execution_details_agree(client: httpx.Client) -> None:
 def test_agora_unknown_execution_is_404(client: httpx.Client) -> None:
     response = client.get("/executions/00000000-0000-0000-0000-000000000000/timeline", headers=AUTH)
     assert response.status_code == 404
+
+
+def test_serve_forever_blocks_until_stopped() -> None:
+    simulator = Simulator(CONFIG)
+    server = threading.Thread(target=simulator.serve_forever)
+    server.start()
+    assert httpx.get(simulator.url + LISTING["extract"]).status_code == 200
+    simulator.stop()
+    server.join(timeout=5)
+    assert not server.is_alive()

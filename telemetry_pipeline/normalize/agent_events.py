@@ -73,7 +73,9 @@ SELECT session_key, seq, e,
        nullif(coalesce(payload->>'error', payload->>'error_details'), '') AS error,
        payload->>'model' AS model,
        round(try_cast(payload->>'latency_ms' AS DOUBLE))::BIGINT AS latency_ms,
-       try_cast(coalesce(payload->>'input_tokens', payload->>'prompt_tokens') AS DOUBLE)::BIGINT AS input_tokens,
+       try_cast(coalesce(payload->>'input_tokens', payload->>'prompt_tokens',
+                         CASE WHEN coalesce(e->>'type', '') = 'user_prompt' THEN payload->>'tokens' END)
+                AS DOUBLE)::BIGINT AS input_tokens,
        try_cast(coalesce(payload->>'output_tokens', payload->>'completion_tokens') AS DOUBLE)::BIGINT AS output_tokens
 FROM t;
 """
@@ -161,7 +163,7 @@ WITH src AS (
 ), acts AS (
     SELECT session_key, min(event_time) AS start_time, max(coalesce(end_time, event_time)) AS end_time,
            count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'success') AS tools_ok
+           arg_max(status, (event_time, seq)) AS last_status
     FROM act GROUP BY session_key
 )
 SELECT nj.session_key, nj.source, nj.session_id,
@@ -169,8 +171,11 @@ SELECT nj.session_key, nj.source, nj.session_id,
        left(coalesce(src.first_prompt, nj.j->'metrics'->>'last_user_prompt', 'Agent session ' || nj.session_id), 500)
            AS task_description,
        acts.start_time, acts.end_time,
-       CASE WHEN coalesce(acts.failed, 0) = 0 THEN 'completed'
-            WHEN acts.tools_ok = 0 THEN 'failed' ELSE 'partial' END AS status,
+       -- A run failed when it ended on a failure; one that recovered from failures is partial;
+       -- no tool calls and no errors is simply completed (the older exporter called that failed).
+       CASE WHEN acts.last_status = 'failed' OR lower(coalesce(nj.j->>'agent_state', src.agent_state, ''))
+                 IN ('failed', 'error') THEN 'failed'
+            WHEN coalesce(acts.failed, 0) > 0 THEN 'partial' ELSE 'completed' END AS status,
        coalesce(nj.j->>'service_name', src.service_name) AS service_name,
        coalesce(nj.j->>'workflow_name', src.workflow_name) AS workflow_name,
        coalesce(nj.j->>'workflow_version', src.workflow_version) AS workflow_version,
