@@ -43,8 +43,9 @@ def test_sensor_discovers_and_exports_to_outbox(home: Path, instance: dg.Dagster
     assert len(result.run_requests) == 1, "five new sessions fit in one batched run"
     assert all(r.success for r in runs)
     assert instance.get_materialized_partitions(EXPORT) == set(keys)
-    for stage in ("raw_telemetry", "telemetry_events", "signavio_csv"):
-        assert instance.get_materialized_partitions(dg.AssetKey(stage)) == set(keys)
+    for stage in ("raw_telemetry", "telemetry_events", "signavio_csv"):  # table assets: one record per run
+        event = instance.get_latest_materialization_event(dg.AssetKey(stage))
+        assert event.asset_materialization.metadata["sessions"].value == 5
 
     uploads = outbox_uploads(home)
     assert len(uploads) == 2, "one upload per table for the whole run"
@@ -120,9 +121,13 @@ def test_bad_payloads_fail_alone_and_keep_raw(home: Path, instance: dg.DagsterIn
     assert out["exported_count"] == 2 and out["failed_count"] == 4
 
     assert instance.get_materialized_partitions(EXPORT) == {good, unknown}
-    raw_kept = instance.get_materialized_partitions(dg.AssetKey("raw_telemetry"))
-    assert raw_kept == {good, unknown, not_json, no_events, bad_time}
+    raw = instance.get_latest_materialization_event(dg.AssetKey("raw_telemetry")).asset_materialization
+    assert raw.metadata["sessions"].value == 5 and raw.metadata["fetch_failures"].value == 1
+    normalised = instance.get_latest_materialization_event(dg.AssetKey("telemetry_events")).asset_materialization
+    assert normalised.metadata["sessions"].value == 2 and normalised.metadata["normalise_failures"].value == 3
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        stored = {k for (k,) in con.execute("SELECT session_key FROM raw_telemetry").fetchall()}
+        assert stored == {good, unknown, not_json, no_events, bad_time}, "raw kept even when parsing fails"
         body = con.execute("SELECT body FROM raw_telemetry WHERE session_key = ?", [not_json]).fetchone()[0]
         assert body == b'{"events": ['
     events = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "unknown-type"]

@@ -1,0 +1,179 @@
+"""End-to-end benchmark: `python bench/run.py --sessions 10000 --events 100` (or `make bench`).
+
+In one run, on fresh temporary homes, against `telemetry-pipeline simulate` on loopback:
+1. pipeline  — `discover` + `export --pending` through the Dagster instance (batched runs) to the outbox:
+               sessions/s, events/s, peak RSS of the exporting process;
+2. per-session — the same CLI `export KEY`, one process per session, on a few sessions: s/session;
+3. floor     — the same asset graph (same specs, same partitions, same batches) with bodies that
+               do nothing but report their partitions: Dagster's own cost for this shape.
+Prints one JSON document on stdout (progress on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--per-session-samples", type=int, default=3)
+    parser.add_argument("--skip-floor", action="store_true")
+    args = parser.parse_args()
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    simulator = subprocess.Popen(
+        [str(BIN / "telemetry-pipeline"), "simulate", "--port", str(port), "--sessions", str(args.sessions),
+         "--events-per-session", str(args.events), "--seed", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(url)
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            results = {
+                "machine": _machine(),
+                "sessions": args.sessions,
+                "events_per_session": args.events,
+                "batch_size": args.batch_size,
+                "pipeline": _pipeline(Path(tmp) / "pipeline", url, args),
+                "per_session_cli": _per_session(Path(tmp) / "single", url, args),
+            }
+            if not args.skip_floor:
+                results["floor"] = _floor(Path(tmp) / "floor", args)
+                results["pipeline_over_floor"] = round(
+                    results["pipeline"]["seconds"] / results["floor"]["seconds"], 2
+                )
+            per_batched = results["pipeline"]["seconds"] / args.sessions
+            results["speedup_vs_per_session_cli"] = round(results["per_session_cli"]["seconds_per_session"] / per_batched, 1)
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _env(home: Path, url: str, batch_size: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAVIO_", "DAGSTER_", "AGORA_", "OTLP_"))}
+    env.update(
+        TELEMETRY_PIPELINE_HOME=str(home),
+        EXTRACT_SERVICE_URL=url,
+        AGENT_METRICS_BASE_URL=url,
+        EXPORT_BATCH_SIZE=str(batch_size),
+        AGENT_NAME="bench-agent",
+    )
+    return env
+
+
+def _cli(env: dict[str, str], *argv: str) -> tuple[dict | list, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([str(BIN / "telemetry-pipeline"), *argv], env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"telemetry-pipeline {argv[0]} exited {proc.returncode}")
+    return json.loads(proc.stdout), elapsed
+
+
+def _pipeline(home: Path, url: str, args: argparse.Namespace) -> dict:
+    env = _env(home, url, args.batch_size)
+    _log(f"pipeline: discover + export of {args.sessions} sessions x {args.events} events")
+    discovered, t_discover = _cli(env, "discover")
+    exported, t_export = _cli(env, "export", "--pending")
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    seconds = t_discover + t_export
+    events = _count_events(home)
+    if exported["exported_count"] != args.sessions:
+        _log(f"warning: {exported['failed_count']} sessions failed: {exported['results'][:3]}")
+    return {
+        "seconds": round(seconds, 1),
+        "discover_seconds": round(t_discover, 1),
+        "export_seconds": round(t_export, 1),
+        "discovered": discovered["new_count"],
+        "exported": exported["exported_count"],
+        "failed": exported["failed_count"],
+        "events_rows": events,
+        "sessions_per_second": round(exported["exported_count"] / seconds, 1),
+        "events_per_second": round(events / seconds, 0),
+        "ms_per_session": round(seconds / max(1, exported["exported_count"]) * 1000, 1),
+        "peak_rss_mb": round(peak_rss_mb, 0),
+    }
+
+
+def _count_events(home: Path) -> int:
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def _per_session(home: Path, url: str, args: argparse.Namespace) -> dict:
+    env = _env(home, url, args.batch_size)
+    keys = [f"extract:sim-ex-{i:06d}" for i in range(0, 2 * args.per_session_samples, 2)]
+    _log(f"per-session CLI: {len(keys)} separate `export KEY` processes")
+    times = []
+    for key in keys:
+        out, elapsed = _cli(env, "export", key)
+        if out["exported_count"] != 1:
+            raise SystemExit(f"per-session export of {key} failed: {out}")
+        times.append(elapsed)
+    return {"samples": len(times), "seconds_per_session": round(sum(times) / len(times), 2),
+            "min": round(min(times), 2), "max": round(max(times), 2)}
+
+
+def _floor(home: Path, args: argparse.Namespace) -> dict:
+    _log(f"floor: the same asset graph doing nothing over {args.sessions} partitions")
+    env = _env(home, "http://127.0.0.1:9", args.batch_size)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("floor.py")), str(args.sessions), str(args.batch_size)],
+        env=env, check=True,
+    )
+    return {"seconds": round(time.perf_counter() - start, 1)}
+
+
+def _machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/agent_metrics/sessions?limit=1", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"simulator did not start on {url}")
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
