@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", action="store_true", help="only sessions not exported yet")
     p.set_defaults(run=cmd_sessions)
 
+    p = sub.add_parser("prune", help="remove partitions exported more than N days ago (history is kept)")
+    p.add_argument("--older-than-days", type=float, required=True)
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(run=cmd_prune)
+
     p = sub.add_parser("check", help="reach each configured source and the destination")
     p.set_defaults(run=cmd_check)
 
@@ -213,6 +218,14 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
             "exported_at": rec.exported_at.isoformat() if rec else None,
         })
     return rows, True
+
+
+def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    from telemetry_pipeline.retention import prune_exported
+
+    with open_instance() as instance:
+        keys = prune_exported(instance, args.older_than_days, dry_run=args.dry_run)
+    return {"pruned_count": len(keys), "dry_run": args.dry_run, "pruned_keys": keys}, True
 
 
 def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from telemetry_pipeline.history import pending_keys
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.retention import prune_exported
 
 
 def build_hourly_export_schedule(job_name: str, batch_size: int) -> dg.ScheduleDefinition:
@@ -26,3 +27,29 @@ def build_hourly_export_schedule(job_name: str, batch_size: int) -> dg.ScheduleD
         ]
 
     return hourly_export_schedule
+
+
+class RetentionConfig(dg.Config):
+    older_than_days: float = 30.0
+
+
+@dg.op(description="Removes partitions of `agent_sessions` exported more than N days ago; history is kept.")
+def prune_exported_partitions(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
+    keys = prune_exported(context.instance, config.older_than_days)
+    context.log.info("pruned %d exported partitions older than %s days", len(keys), config.older_than_days)
+
+
+@dg.job(description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).")
+def prune_exported_sessions() -> None:
+    prune_exported_partitions()
+
+
+def build_retention_schedule(older_than_days: float) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="retention_schedule",
+        job=prune_exported_sessions,
+        cron_schedule="30 3 * * *",
+        default_status=dg.DefaultScheduleStatus.STOPPED,  # opt-in: deleting partitions is an operator's call
+        run_config={"ops": {"prune_exported_partitions": {"config": {"older_than_days": older_than_days}}}},
+        description="Daily, off by default: prunes sessions exported more than RETENTION_DAYS days ago.",
+    )

@@ -1,0 +1,102 @@
+"""Batched runs (sensor, schedule, CLI, backfill policy) and retention, on a temporary instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from telemetry_pipeline.definitions import make_definitions
+from telemetry_pipeline.partitions import batched_ranges
+from telemetry_pipeline.retention import prunable_keys
+from telemetry_pipeline_tests.conftest import run_cli
+from telemetry_pipeline_tests.source_double import SourceDouble
+
+EXPORT = dg.AssetKey("signavio_export")
+
+
+def test_batched_ranges_are_contiguous_and_bounded():
+    keys = [f"extract:{i}" for i in range(10)]
+    wanted = {keys[i] for i in (0, 1, 2, 3, 5, 6, 9)}
+    ranges = batched_ranges(keys, wanted, max_per_run=3)
+    assert [r.keys for r in ranges] == [
+        tuple(keys[0:3]), (keys[3],), tuple(keys[5:7]), (keys[9],),
+    ], "a range never spans a key that is not wanted, and holds at most max_per_run keys"
+    assert ranges[0].tags == {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[2]}
+
+
+def test_sensor_requests_one_run_per_batch(home: Path, monkeypatch: pytest.MonkeyPatch, source_double: SourceDouble):
+    monkeypatch.setenv("EXPORT_BATCH_SIZE", "4")
+    for i in range(10):
+        source_double.add_good("agent_telemetry", f"s{i:02d}")
+    defs = make_definitions()
+    with dg.instance_for_test() as instance:
+        sensor = defs.resolve_sensor_def("new_sessions_sensor")
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+            result = sensor(context)
+    sizes = []
+    keys = list(result.dynamic_partitions_requests[0].partition_keys)
+    for request in result.run_requests:
+        start, end = keys.index(request.tags["dagster/asset_partition_range_start"]), keys.index(
+            request.tags["dagster/asset_partition_range_end"])
+        sizes.append(end - start + 1)
+    assert sizes == [4, 4, 2]
+    assert len({r.run_key for r in result.run_requests}) == 3
+
+
+def test_backfill_policy_batches_ui_backfills(home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("EXPORT_BATCH_SIZE", "250")
+    asset = make_definitions().resolve_assets_def(EXPORT)
+    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=250)
+
+
+def test_hourly_schedule_exports_pending_and_previously_failed(home: Path, instance: dg.DagsterInstance,
+                                                               source_double: SourceDouble,
+                                                               capsys: pytest.CaptureFixture[str]):
+    done = [source_double.add_good("extract", f"done{i}") for i in range(2)]
+    assert run_cli(capsys, "export", *done)[0] == 0
+    broken = source_double.add("extract", "broken", b"not json")
+    assert run_cli(capsys, "export", broken)[0] == 1
+    later = source_double.add_good("extract", "later")
+    instance.add_dynamic_partitions("agent_sessions", [later])
+    source_double.add_good("extract", "broken")  # the source fixed its payload
+
+    defs = make_definitions()
+    schedule = defs.resolve_schedule_def("hourly_export_schedule")
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime(2026, 1, 1, 5)) as ctx:
+        requests = schedule.evaluate_tick(ctx).run_requests
+    assert len(requests) == 1, "broken and later are adjacent partitions: one batched run"
+    tags = requests[0].tags
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (broken, later)
+
+    job = defs.resolve_job_def("export_sessions")
+    assert job.execute_in_process(instance=instance, tags=tags).success
+    assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later}
+    with dg.build_schedule_context(instance=instance) as ctx:
+        assert not schedule.evaluate_tick(ctx).run_requests, "nothing left to export"
+
+
+def test_prune_removes_old_exported_partitions_and_status_still_answers(
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, capsys: pytest.CaptureFixture[str]
+):
+    old = source_double.add_good("extract", "old")
+    assert run_cli(capsys, "export", old)[0] == 0
+    pending = "extract:pending"
+    instance.add_dynamic_partitions("agent_sessions", [pending])
+
+    assert prunable_keys(instance, 1) == [], "exported just now: not old enough"
+    assert prunable_keys(instance, 1, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == [old]
+
+    code, out = run_cli(capsys, "prune", "--older-than-days", "0")
+    assert code == 0 and out["pruned_keys"] == [old]
+    assert instance.get_dynamic_partitions("agent_sessions") == [pending], "pending sessions are never pruned"
+    code, status = run_cli(capsys, "status", old)
+    assert status[0]["exported"] is True and status[0]["ingestion_status"] == "OUTBOX", "history outlives the partition"
+
+
+def test_retention_schedule_is_off_by_default(home: Path):
+    schedule = make_definitions().resolve_schedule_def("retention_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert make_definitions().resolve_schedule_def("hourly_export_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
