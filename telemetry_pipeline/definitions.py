@@ -1,6 +1,6 @@
 """The only place that builds `Definitions` and reads the environment (INTERFACE.md, Configuration).
-Optional settings are read here with `os.environ`; the secret (`SIGNAVIO_API_KEY`) is bound with
-`EnvVar`, so its value never appears in run config, the UI or the definitions snapshot.
+Optional settings are read here with `os.environ`; the secrets (`SIGNAVIO_API_KEY`, `AGORA_API_TOKEN`) are bound
+with `EnvVar`, so their value never appears in run config, the UI or the definitions snapshot.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from telemetry_pipeline.assets import discovered_sessions, session_export
 from telemetry_pipeline.http import parse_duration
 from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
-from telemetry_pipeline.schedules import build_hourly_export_schedule
+from telemetry_pipeline.schedules import build_hourly_export_schedule, build_retention_schedule, prune_exported_sessions
 from telemetry_pipeline.sensors import build_new_sessions_sensor
 
 DEFAULT_HOME = "./.telemetry_pipeline"
@@ -61,13 +61,19 @@ def make_definitions() -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[discovered_sessions, export_assets],
-        jobs=[export_sessions],
+        jobs=[export_sessions, prune_exported_sessions],
         sensors=[build_new_sessions_sensor(export_sessions.name, size, int(_env("SENSOR_INTERVAL_SECONDS", "30")))],
-        schedules=[build_hourly_export_schedule(export_sessions.name, size)],
+        schedules=[
+            build_hourly_export_schedule(export_sessions.name, size),
+            build_retention_schedule(float(_env("RETENTION_DAYS", "30"))),
+        ],
         resources={
             "sources": SourcesResource(
                 extract_url=_env("EXTRACT_SERVICE_URL"),
                 agent_telemetry_url=_env("AGENT_METRICS_BASE_URL"),
+                agora_url=_env("AGORA_PLATFORM_URL"),
+                agora_token=_secret("AGORA_API_TOKEN"),
+                otlp_dir=_env("OTLP_INBOX_DIR") or (str(home / "inbox") if (home / "inbox").is_dir() else None),
                 timeout=_env("SOURCE_TIMEOUT", "30s"),
                 max_retries=int(_env("SOURCE_MAX_RETRIES", "3")),
                 retry_wait_initial=float(_env("HTTP_RETRY_WAIT_INITIAL", "0.5")),
@@ -94,4 +100,9 @@ def make_definitions() -> dg.Definitions:
     )
 
 
-defs = make_definitions()
+def __getattr__(name: str) -> dg.Definitions:
+    """`defs` is built when Dagster asks for it (workspace.yaml names the attribute), not on import:
+    importing this module for `dagster_home()` must not fail on an unrelated setting."""
+    if name == "defs":
+        return make_definitions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import duckdb
 
 from telemetry_pipeline.normalize.agent_events import normalize_agent_sessions
+from telemetry_pipeline.normalize.agora import normalize_agora_sessions
+from telemetry_pipeline.normalize.otlp import normalize_otlp_sessions
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources import SourceSet
@@ -30,6 +32,8 @@ Normalizer = Callable[[duckdb.DuckDBPyConnection, Sequence[RawSession], str], di
 NORMALIZERS: dict[str, Normalizer] = {
     "extract": normalize_agent_sessions,
     "agent_telemetry": normalize_agent_sessions,
+    "agora": normalize_agora_sessions,
+    "otlp": normalize_otlp_sessions,
 }
 
 

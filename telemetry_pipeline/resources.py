@@ -22,6 +22,9 @@ class SourcesResource(dg.ConfigurableResource):
 
     extract_url: str | None = Field(default=None, description="EXTRACT_SERVICE_URL")
     agent_telemetry_url: str | None = Field(default=None, description="AGENT_METRICS_BASE_URL")
+    agora_url: str | None = Field(default=None, description="AGORA_PLATFORM_URL")
+    agora_token: str | None = Field(default=None, description="AGORA_API_TOKEN (secret: bind with EnvVar)")
+    otlp_dir: str | None = Field(default=None, description="OTLP_INBOX_DIR (else <home>/inbox when it exists)")
     timeout: str = Field(default="30s", description="per-request timeout (Go-style duration or seconds)")
     max_retries: int = Field(default=3, description="retries of transient failures (429, 5xx, transport)")
     retry_wait_initial: float = Field(default=0.5, description="first backoff in seconds; doubles, with jitter")
@@ -35,6 +38,9 @@ class SourcesResource(dg.ConfigurableResource):
         return SourceSettings(
             extract_url=self.extract_url or None,
             agent_telemetry_url=self.agent_telemetry_url or None,
+            agora_url=self.agora_url or None,
+            agora_token=self.agora_token or None,
+            otlp_dir=self.otlp_dir or None,
             timeout=parse_duration(self.timeout),
             retry=RetryPolicy(max_retries=self.max_retries, wait_initial=self.retry_wait_initial),
             max_in_flight=self.max_in_flight,

@@ -11,6 +11,7 @@ from types import TracebackType
 
 from telemetry_pipeline.http import RetryPolicy, make_client
 from telemetry_pipeline.sources import agent_telemetry, extract
+from telemetry_pipeline.sources.agora import AgoraSource
 from telemetry_pipeline.sources.base import (
     RawSession,
     SessionRef,
@@ -18,6 +19,7 @@ from telemetry_pipeline.sources.base import (
     SourceError,
     parse_key,
 )
+from telemetry_pipeline.sources.otlp import OtlpSource
 from telemetry_pipeline.sources.session_api import SessionApiRoutes, SessionApiSource
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,16 @@ class SourceSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_in_flight: int = 16
     routes: Mapping[str, SessionApiRoutes] = field(default_factory=dict)  # per-source path overrides
+    agora_url: str | None = None
+    agora_token: str | None = field(default=None, repr=False)  # secret: never in a repr or a message
+    otlp_dir: str | None = None
 
     def configured(self) -> list[str]:
-        return [name for name, url in (("extract", self.extract_url), ("agent_telemetry", self.agent_telemetry_url)) if url]
+        pairs = (
+            ("extract", self.extract_url), ("agent_telemetry", self.agent_telemetry_url),
+            ("agora", self.agora_url), ("otlp", self.otlp_dir),
+        )
+        return [name for name, value in pairs if value]
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class SourceSet:
             for name, url in urls.items()
             if url
         }
+        if settings.agora_url:
+            self.sources["agora"] = AgoraSource(settings.agora_url, settings.agora_token, self._client, settings.retry)
+        if settings.otlp_dir:
+            self.sources["otlp"] = OtlpSource(settings.otlp_dir)
 
     def __enter__(self) -> SourceSet:
         return self

@@ -1,0 +1,567 @@
+"""Sources `agora` (HTTP, Bearer token) and `otlp` (trace files) end to end: discovery -> export -> outbox."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import dagster as dg
+import duckdb
+import httpx
+import pytest
+
+from telemetry_pipeline.definitions import make_definitions
+from telemetry_pipeline.http import RetryPolicy
+from telemetry_pipeline.simulate import SimulationConfig, Simulator
+from telemetry_pipeline.sources import SourceSet, SourceSettings
+from telemetry_pipeline.sources.base import SourceError
+from telemetry_pipeline_tests.conftest import run_cli, uploads_by_table
+
+TOKEN = "agora-s3cret-token-value"
+FIXTURE = Path("/work/shared/fixtures/otlp-trace-example.json")
+EXPORT = dg.AssetKey("signavio_export")
+T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
+
+
+def iso(seconds: float) -> str:
+    return (T0 + dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def ms(seconds: float) -> str:
+    return str(int((T0 + dt.timedelta(seconds=seconds)).timestamp() * 1000))
+
+
+@pytest.fixture
+def only_new_sources(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The pipeline home with neither of the HTTP session APIs configured."""
+    monkeypatch.delenv("EXTRACT_SERVICE_URL")
+    monkeypatch.delenv("AGENT_METRICS_BASE_URL")
+    return home
+
+
+def warehouse_rows(home: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+# --------------------------------------------------------------------------------------------------
+# Agora
+
+
+class AgoraDouble:
+    """Agora's execution endpoints (SOURCES.md) over executions registered by the test."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.records: dict[str, dict[str, Any]] = {}
+        self.details: dict[str, tuple[list, list, list]] = {}  # id -> (timeline entries, spans, events)
+        self.requests: list[tuple[str, str | None]] = []  # (target, Authorization)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> AgoraDouble:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def add(self, record: dict[str, Any], timeline: list | None = None, spans: list | None = None,
+            events: list | None = None) -> str:
+        self.records[record["id"]] = record
+        self.details[record["id"]] = (timeline or [], spans or [], events or [])
+        return f"agora:{record['id']}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                auth = self.headers.get("Authorization")
+                double.requests.append((self.path, auth))
+                if auth != f"Bearer {double.token}":
+                    return self._send(401, {"detail": "Not authenticated"})
+                parts = urlsplit(self.path)
+                segments = [unquote(s) for s in parts.path.split("/") if s]
+                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+                match segments:
+                    case ["executions"]:
+                        rows = sorted(double.records.values(), key=lambda r: str(r["started_at"]), reverse=True)
+                        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 100))
+                        return self._send(200, rows[offset:offset + limit])
+                    case ["executions", eid, part] if eid in double.records:
+                        timeline, spans, events = double.details[eid]
+                        body = {"timeline": {"execution": double.records[eid], "timeline": timeline},
+                                "telemetry-spans": spans, "telemetry-events": events}.get(part)
+                        if body is not None:
+                            return self._send(200, body)
+                return self._send(404, {"detail": "Execution not found"})
+
+            def _send(self, status: int, payload: Any) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+
+def execution(eid: str, status: str, start: float, end: float | None, error: str | None = None,
+              numeric_times: bool = False) -> dict[str, Any]:
+    stamp = ms if numeric_times else iso
+    return {"id": eid, "workflow_id": "wf-1", "status": status, "started_at": stamp(start),
+            "completed_at": stamp(end) if end is not None else None,
+            "duration_ms": int((end - start) * 1000) if end is not None else None,
+            "error_message": error, "input_data": {"prompt": f"Handle request {eid}"},
+            "output_data": {"response": "done"} if status == "success" else None}
+
+
+def node(eid: str, n: int, name: str, node_type: str, status: str, start: float, end: float | None,
+         retries: int = 0, error: str | None = None) -> dict[str, Any]:
+    return {"id": f"{eid}-n{n}", "node_id": f"support.{name}", "node_name": name, "node_type": node_type,
+            "status": status, "started_at": iso(start), "completed_at": iso(end) if end is not None else None,
+            "prep_duration_ms": 100, "exec_duration_ms": 800, "post_duration_ms": 50,
+            "retry_count": retries, "error_message": error}
+
+
+def span(name: str, start: float, end: float, **attributes: Any) -> dict[str, Any]:
+    node_name, _, phase = name.partition(".")
+    attrs = {"agora.flow": "support_flow", **attributes}
+    if phase != "flow":
+        attrs["agora.node"] = node_name
+    if phase in ("prep", "exec", "post"):
+        attrs["agora.phase"] = phase
+    return {"span_id": f"s-{name}", "trace_id": "t1", "parent_span_id": None, "name": name, "kind": "INTERNAL",
+            "status": "OK", "start_time": iso(start), "end_time": iso(end), "duration_ms": int((end - start) * 1000),
+            "attributes": attrs, "events": []}
+
+
+def tool_call(at: float, tool: str, ok: bool, latency: int = 300) -> list[dict[str, Any]]:
+    done: dict[str, Any] = {"tool_name": tool, "success": ok, "latency_ms": latency}
+    if not ok:
+        done["error"] = "upstream returned 503"
+    return [{"event_type": "tool_call_started", "timestamp": iso(at), "data": {"tool_name": tool}},
+            {"event_type": "tool_call_completed", "timestamp": iso(at + latency / 1000), "data": done}]
+
+
+def populate(double: AgoraDouble) -> dict[str, str]:
+    """ok: plan (LLM) -> lookup (tool, retried twice) -> answer (LLM, older token attributes);
+    err: a failed tool node; timeout: epoch-number times; running: not finished yet."""
+    keys = {}
+    keys["ok"] = double.add(
+        execution("ex-ok", "success", 0, 10),
+        timeline=[node("ex-ok", 0, "plan", "llm", "success", 0, 2),
+                  node("ex-ok", 1, "lookup", "tool", "success", 2, 7, retries=2),
+                  node("ex-ok", 2, "answer", "llm", "success", 7, 10)],
+        spans=[span("support_flow.flow", 0, 10, **{"traceloop.span.kind": "workflow",
+                                                    "traceloop.workflow.name": "support_flow"}),
+               # the node span repeats the usage of its exec span: it must not be counted twice
+               span("plan.node", 0, 2, retry_count=0, **{"gen_ai.usage.input_tokens": 1200,
+                                                          "gen_ai.usage.output_tokens": 300}),
+               span("plan.prep", 0, 0.2),
+               span("plan.exec", 0.2, 1.9, **{"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                                              "gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-2024-08-06",
+                                              "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300,
+                                              "llm.usage.total_tokens": 1500}),
+               span("lookup.node", 2, 7, retry_count=2),
+               span("lookup.exec", 2.1, 6.9, **{"gen_ai.operation.name": "execute_tool",
+                                                "gen_ai.tool.name": "lookup_customer"}),
+               span("answer.node", 7, 10),
+               span("answer.exec", 7.1, 9.9, **{"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4",
+                                                "gen_ai.usage.prompt_tokens": 800, "gen_ai.usage.completion_tokens": 90})],
+        events=[{"event_type": "user_prompt", "timestamp": iso(0), "data": {"prompt": "Handle request ex-ok"}},
+                *tool_call(2.5, "lookup_customer", ok=False), *tool_call(3.5, "lookup_customer", ok=False),
+                *tool_call(5.0, "lookup_customer", ok=True),
+                {"event_type": "custom_audit", "timestamp": iso(9.5), "data": {"reviewer": "bot", "nested": {"a": [1]}}}],
+    )
+    keys["err"] = double.add(
+        execution("ex-err", "error", 20, 25, error="PermissionError: no access"),
+        timeline=[node("ex-err", 0, "lookup", "tool", "error", 20, 25, error="PermissionError")],
+        spans=[span("lookup.node", 20, 25), span("lookup.exec", 20.1, 24.9, **{"gen_ai.tool.name": "lookup_customer"})],
+        events=tool_call(21, "lookup_customer", ok=False),
+    )
+    keys["timeout"] = double.add(
+        execution("ex-timeout", "timeout", 30, 40, error="TimeoutError", numeric_times=True),
+        timeline=[node("ex-timeout", 0, "plan", "llm", "success", 30, 40)],
+    )
+    keys["running"] = double.add(
+        execution("ex-running", "running", 50, None),
+        timeline=[node("ex-running", 0, "plan", "llm", "running", 50, None)],
+    )
+    return keys
+
+
+@pytest.fixture
+def agora(only_new_sources: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgoraDouble]:
+    with AgoraDouble() as double:
+        monkeypatch.setenv("AGORA_PLATFORM_URL", double.url)
+        monkeypatch.setenv("AGORA_API_TOKEN", TOKEN)
+        yield double
+
+
+def test_agora_finished_executions_are_discovered_and_exported(
+    agora: AgoraDouble, only_new_sources: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+):
+    home = only_new_sources
+    keys = populate(agora)
+    caplog.set_level(logging.DEBUG)
+
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and sorted(out["new_keys"]) == sorted([keys["ok"], keys["err"], keys["timeout"]])
+    code, out = run_cli(capsys, "export", "--pending")
+    assert code == 0 and out["exported_count"] == 3, out
+
+    tables = uploads_by_table(home)
+    runs = {r["agent_run_id"]: r for r in tables["agent_telemetry_runs"]}
+    assert set(runs) == {"ex-ok", "ex-err", "ex-timeout"}
+    assert runs["ex-ok"]["status"] == "completed" and runs["ex-ok"]["source"] == "agora"
+    assert runs["ex-err"]["status"] == "failed" and runs["ex-timeout"]["status"] == "failed"
+    assert runs["ex-ok"]["workflow_name"] == "support_flow"
+    assert runs["ex-ok"]["task_description"] == "Handle request ex-ok"
+    assert runs["ex-ok"]["start_time"] == ms(0) and runs["ex-ok"]["end_time"] == ms(10)
+    assert runs["ex-timeout"]["start_time"] == ms(30), "epoch-millisecond times are read too"
+    (tool_use,) = json.loads(runs["ex-ok"]["tools_used"])
+    assert (tool_use["tool_name"], tool_use["call_count"], tool_use["error_count"]) == ("lookup_customer", 3, 2)
+
+    events = sorted((e for e in tables["agent_telemetry_events"] if e["case_id"] == "ex-ok"),
+                    key=lambda e: (int(e["event_time"]), e["event_type"] != "node_execution"))
+    assert [e["activity"] for e in events] == [
+        "Plan", "User prompt", "Lookup", "Call tool lookup_customer", "Call tool lookup_customer",
+        "Call tool lookup_customer", "Answer", "Custom audit",
+    ]
+    plan, lookup, answer = (e for e in events if e["event_type"] == "node_execution")
+    assert (plan["model"], plan["input_tokens"], plan["output_tokens"]) == ("gpt-4o-2024-08-06", "1200", "300")
+    assert plan["resource"] == "gpt-4o-2024-08-06" and plan["event_time"] == ms(0) and plan["end_time"] == ms(2)
+    assert json.loads(plan["attributes"])["gen_ai.provider.name"] == "openai"
+    assert (answer["model"], answer["input_tokens"], answer["output_tokens"]) == ("claude-sonnet-4", "800", "90")
+    lookup_attrs = json.loads(lookup["attributes"])
+    assert lookup_attrs["retry_count"] == 2 and lookup_attrs["prep_duration_ms"] == 100
+    assert lookup_attrs["exec_duration_ms"] == 800 and lookup_attrs["post_duration_ms"] == 50
+    assert lookup["resource"] == "lookup_customer" and lookup["status"] == "success" and lookup["latency_ms"] == "5000"
+    calls = [e for e in events if e["activity"] == "Call tool lookup_customer"]
+    assert [c["status"] for c in calls] == ["failed", "failed", "success"]
+    assert calls[0]["error"] == "upstream returned 503" and calls[0]["latency_ms"] == "300"
+    assert json.loads(events[-1]["attributes"]) == {"reviewer": "bot", "nested": {"a": [1]}}
+
+    err_node = next(e for e in tables["agent_telemetry_events"]
+                    if e["case_id"] == "ex-err" and e["event_type"] == "node_execution")
+    assert err_node["status"] == "failed" and err_node["error"] == "PermissionError"
+    (metrics,) = warehouse_rows(home, "SELECT source_metrics->>'error_message' FROM sessions WHERE session_id = 'ex-err'")
+    assert metrics == ("PermissionError: no access",)
+
+    # the token went in every request's header and nowhere else
+    assert agora.requests and all(auth == f"Bearer {TOKEN}" for _, auth in agora.requests)
+    printed = capsys.readouterr()
+    assert TOKEN not in printed.out + printed.err + caplog.text
+    assert not warehouse_rows(home, "SELECT 1 FROM raw_telemetry WHERE contains(body::VARCHAR, ?) "
+                                    "OR contains(location, ?)", [TOKEN, TOKEN])
+    body = json.loads(warehouse_rows(home, "SELECT body FROM raw_telemetry WHERE session_id='ex-ok'")[0][0])
+    assert body["timeline"]["execution"]["id"] == "ex-ok" and len(body["spans"]) == 8 and len(body["events"]) == 8
+
+    # once the running execution finishes it is discovered, and only it
+    agora.records["ex-running"].update(status="success", completed_at=iso(60), duration_ms=10_000)
+    agora.details["ex-running"][0][0].update(status="success", completed_at=iso(60))
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and out["new_keys"] == [keys["running"]]
+
+
+def test_agora_running_execution_exported_by_hand_is_refused(agora: AgoraDouble, only_new_sources: Path,
+                                                             capsys: pytest.CaptureFixture[str]):
+    keys = populate(agora)
+    code, out = run_cli(capsys, "export", keys["running"])
+    assert code == 1 and "still running" in out["results"][0]["error"]
+    # it stays pending (raw kept), and loads once it has finished
+    agora.records["ex-running"].update(status="success", completed_at=iso(60), duration_ms=10_000)
+    agora.details["ex-running"][0][0].update(status="success", completed_at=iso(60))
+    code, out = run_cli(capsys, "export", "--pending")
+    assert code == 0 and out["exported_count"] == 1
+    (run,) = uploads_by_table(only_new_sources)["agent_telemetry_runs"]
+    assert run["agent_run_id"] == "ex-running" and run["end_time"] == ms(60)
+
+
+def test_agora_paging_token_and_missing_execution(agora: AgoraDouble, only_new_sources: Path,
+                                                  capsys: pytest.CaptureFixture[str]):
+    for i in range(250):  # one per hour, newest first in the listing
+        agora.add(execution(f"hist-{i:03d}", "success", i * 3600, i * 3600 + 60))
+    settings = SourceSettings(agora_url=agora.url, agora_token=TOKEN, retry=RetryPolicy(max_retries=0))
+    assert TOKEN not in repr(settings)
+    with SourceSet(settings) as sources:
+        source = sources.get("agora")
+        assert TOKEN not in repr(source)
+        assert len(list(source.list_sessions(None))) == 250
+        offsets = [parse_qs(urlsplit(t).query)["offset"] for t, _ in agora.requests]
+        assert offsets == [["0"], ["100"], ["200"]]
+
+        agora.requests.clear()
+        since = T0 + dt.timedelta(hours=219)  # the 31 newest completed at or after this
+        listed = list(source.list_sessions(since))
+        assert len(listed) == 31 and all(r.last_event_at >= since for r in listed)
+        assert len(agora.requests) == 2, "paging stops once a whole page started before since - lookback"
+
+        with pytest.raises(SourceError, match="no such execution"):
+            source.fetch("does-not-exist")
+
+    with SourceSet(SourceSettings(agora_url=agora.url, agora_token="wrong-token")) as sources:
+        ok, detail = sources.get("agora").probe()
+        assert not ok and "token refused" in detail and "wrong-token" not in detail
+        with pytest.raises(SourceError) as refused:
+            list(sources.get("agora").list_sessions(None))
+        assert "401" in str(refused.value) and "wrong-token" not in str(refused.value)
+
+    code, out = run_cli(capsys, "check")
+    assert code == 0 and {c["name"]: c["ok"] for c in out["checks"]}["source:agora"] is True
+    code, out = run_cli(capsys, "export", "agora:does-not-exist")
+    assert code == 1 and "no such execution" in out["results"][0]["error"]
+
+    # the token is bound from the environment, never a plain value in the definitions
+    sources_resource = make_definitions().resources["sources"]
+    assert isinstance(sources_resource.agora_token, dg.EnvVar)
+    assert TOKEN not in capsys.readouterr().out
+
+
+def test_agora_simulator_via_sensor(only_new_sources: Path, instance: dg.DagsterInstance,
+                                    monkeypatch: pytest.MonkeyPatch):
+    with Simulator(SimulationConfig(sessions=24, events_per_session=30, seed=11)) as sim:
+        monkeypatch.setenv("AGORA_PLATFORM_URL", sim.url)
+        monkeypatch.setenv("AGORA_API_TOKEN", TOKEN)
+        listing = httpx.get(f"{sim.url}/executions/", params={"limit": 100},
+                            headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        finished = {f"agora:{e['id']}" for e in listing if e["status"] != "running"}
+        assert 0 < len(finished) < len(listing), "the simulator keeps some executions running"
+
+        defs = make_definitions()
+        sensor = defs.resolve_sensor_def("new_sessions_sensor")
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+            result = sensor(context)
+        (request,) = result.dynamic_partitions_requests
+        assert set(request.partition_keys) == finished
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        job = defs.resolve_job_def("export_sessions")
+        for run_request in result.run_requests:
+            assert job.execute_in_process(instance=instance, tags=run_request.tags).success
+        assert instance.get_materialized_partitions(EXPORT) == finished
+
+        # every LLM node carries its exec span's model and tokens
+        tables = uploads_by_table(only_new_sources)
+        some = sorted(finished)[0].removeprefix("agora:")
+        spans = httpx.get(f"{sim.url}/executions/{some}/telemetry-spans",
+                          headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        expected = {s["attributes"]["agora.node"]: s["attributes"] for s in spans
+                    if s["name"].endswith(".exec") and "gen_ai.usage.input_tokens" in s["attributes"]}
+        assert expected
+        nodes = {e["activity"]: e for e in tables["agent_telemetry_events"]
+                 if e["case_id"] == some and e["event_type"] == "node_execution"}
+        for name, attrs in expected.items():
+            row = nodes[name.capitalize().replace("_", " ")]
+            assert row["model"] == attrs["gen_ai.response.model"]
+            assert int(row["input_tokens"]) == attrs["gen_ai.usage.input_tokens"]
+            assert int(row["output_tokens"]) == attrs["gen_ai.usage.output_tokens"]
+
+
+# --------------------------------------------------------------------------------------------------
+# OTLP trace files
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}  # protobuf JSON: int64 as a string
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode()}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": [{"key": k, "value": any_value(v)} for k, v in value.items()]}}
+    return {"stringValue": str(value)}
+
+
+def otlp_span(trace: str, span_id: str, name: str, start: float, end: float | None, parent: str = "",
+              kind: Any = 1, status: dict | None = None, numeric: bool = False, **attributes: Any) -> dict[str, Any]:
+    def nanos(seconds: float) -> int:
+        return int(T0.timestamp()) * 10**9 + round(seconds * 1e9)
+
+    out: dict[str, Any] = {
+        "traceId": trace, "spanId": span_id, "parentSpanId": parent, "name": name, "kind": kind,
+        "startTimeUnixNano": nanos(start) if numeric else str(nanos(start)),
+        "attributes": [{"key": k, "value": any_value(v)} for k, v in attributes.items()],
+        "status": status or {},
+    }
+    if end is not None:
+        out["endTimeUnixNano"] = nanos(end) if numeric else str(nanos(end))
+    return out
+
+
+def request(spans: list[dict], service: str = "agent-svc", **resource: Any) -> dict[str, Any]:
+    attrs = {"service.name": service, **resource}
+    return {"resourceSpans": [{
+        "resource": {"attributes": [{"key": k, "value": any_value(v)} for k, v in attrs.items()]},
+        "scopeSpans": [{"scope": {"name": "opentelemetry.instrumentation.genai", "version": "0.1"}, "spans": spans}],
+    }]}
+
+
+def snake_case(obj: Any) -> Any:
+    """The same document with snake_case keys (as some writers emit)."""
+    if isinstance(obj, dict):
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): snake_case(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snake_case(v) for v in obj]
+    return obj
+
+
+T1, T2, T3 = "AB" * 16, "cd" * 16, "0F1E2D3C4B5A69788796A5B4C3D2E1F0"
+EVERY_TYPE = {"t.str": "text", "t.int": 42, "t.double": 2.5, "t.bool": True, "t.array": [1, "a", False],
+              "t.kvlist": {"k": "v", "n": 2, "inner": {"deep": [1.5]}}, "t.bytes": b"\x00\x01hi"}
+
+
+def write_inbox(inbox: Path) -> None:
+    inbox.mkdir(parents=True, exist_ok=True)
+    # a.json: camelCase, uppercase ids, kinds/status codes as ints, times as strings
+    conversation = {"gen_ai.conversation.id": "conv-1"}
+    a = request([
+        otlp_span(T1, "A1" * 8, "invoke_agent planner", 0, 10, kind=2, status={"code": 1},
+                  **{"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner", **conversation}),
+        otlp_span(T1, "A2" * 8, "chat gpt-4o", 1, 3, parent="A1" * 8, kind="SPAN_KIND_CLIENT",
+                  **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                     "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 120,
+                     "gen_ai.usage.output_tokens": 30}),
+        otlp_span(T1, "A3" * 8, "execute_tool search", 4, 5, parent="A1" * 8,
+                  status={"code": "STATUS_CODE_ERROR", "message": "search backend timed out"},
+                  **{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}),
+        otlp_span(T1, "A4" * 8, "format_answer", 6, 6.5, parent="A1" * 8, numeric=True,
+                  **{"traceloop.span.kind": "task", "traceloop.entity.name": "format_answer", **EVERY_TYPE}),
+    ])
+    (inbox / "a.json").write_text(json.dumps(a, indent=2))
+    # b.jsonl: snake_case, lowercase ids, enums as names; the conversation id on the resource
+    line1 = snake_case(request([
+        otlp_span(T2, "b1" * 8, "chat", 20, 22, kind="CLIENT", status={"code": "OK"},
+                  **{"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o-mini",
+                     "gen_ai.usage.prompt_tokens": 50, "gen_ai.usage.completion_tokens": 10}),
+        otlp_span(T2, "b2" * 8, "fetch page", 22, None, parent="b1" * 8, kind="SPAN_KIND_INTERNAL",
+                  **{"traceloop.span.kind": "tool", "traceloop.entity.name": "web_fetch"}),
+    ], **{"session.id": "conv-1"}))
+    # a trace without conversation, its spans on two lines with ids in different case
+    line2 = request([otlp_span(T3.upper(), "C1" * 8, "nightly", 100, 110, status={"code": 0},
+                               **{"traceloop.span.kind": "workflow", "traceloop.workflow.name": "nightly_report"})],
+                    service="batch-svc")
+    line3 = request([otlp_span(T3.lower(), "c2" * 8, "openai.completion", 101, 104, parent="c1" * 8, kind=3,
+                               **{"llm.request.type": "completion", "llm.request.model": "gpt-3.5-turbo-instruct",
+                                  "llm.usage.prompt_tokens": 7, "llm.usage.completion_tokens": 3,
+                                  "llm.usage.total_tokens": 10})], service="batch-svc")
+    cut = json.dumps(request([otlp_span(T3, "c3" * 8, "lost", 105, 106)]))[:70]  # the writer died mid-line
+    lines = [json.dumps(line1), json.dumps(line2), json.dumps(line3), cut]
+    (inbox / "b.jsonl").write_text("\n".join(lines))
+
+
+def test_otlp_trace_files_end_to_end(only_new_sources: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture):
+    home = only_new_sources
+    inbox = home.parent / "traces"
+    write_inbox(inbox)
+    monkeypatch.setenv("OTLP_INBOX_DIR", str(inbox))
+    caplog.set_level(logging.WARNING, logger="telemetry_pipeline.sources.otlp")
+    t3 = T3.lower()
+
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and sorted(out["new_keys"]) == sorted(["otlp:conv-1", f"otlp:{t3}"])
+    assert re.search(r"skipped b\.jsonl line 4: ", caplog.text), caplog.text
+    code, out = run_cli(capsys, "export", "--pending")
+    assert code == 0 and out["exported_count"] == 2, out
+
+    tables = uploads_by_table(home)
+    runs = {r["agent_run_id"]: r for r in tables["agent_telemetry_runs"]}
+    conv, batch = runs["conv-1"], runs[t3]
+    assert conv["event_count"] == "6", "a.json's trace and b.jsonl's trace are one conversation"
+    assert conv["status"] == "partial", "a tool span failed, no root span did"
+    assert conv["agent_name"] == "planner" and conv["service_name"] == "agent-svc"
+    assert conv["start_time"] == ms(0) and conv["end_time"] == ms(22)
+    assert batch["event_count"] == "2" and batch["status"] == "completed"
+    assert batch["workflow_name"] == "nightly_report" and batch["agent_name"] == "batch-svc"
+
+    events = {e["activity"]: e for e in tables["agent_telemetry_events"]}
+    assert {a for a, e in events.items() if e["case_id"] == "conv-1"} == {
+        "Invoke agent planner", "Chat", "Execute tool search", "Task format_answer", "Execute tool web_fetch"}
+    chats = [e for e in tables["agent_telemetry_events"] if e["activity"] == "Chat"]
+    assert sorted((c["model"], c["input_tokens"], c["output_tokens"]) for c in chats) == [
+        ("gpt-4o-2024-08-06", "120", "30"), ("gpt-4o-mini", "50", "10")]
+    tool = events["Execute tool search"]
+    assert (tool["status"], tool["error"], tool["tool_name"], tool["resource"]) == (
+        "failed", "search backend timed out", "search", "search")
+    assert tool["event_time"] == ms(4) and tool["end_time"] == ms(5) and tool["latency_ms"] == "1000"
+    open_span = events["Execute tool web_fetch"]
+    assert open_span["end_time"] == "" and open_span["status"] == "incomplete" and open_span["latency_ms"] == ""
+    assert open_span["tool_name"] == "web_fetch"
+    typed = json.loads(events["Task format_answer"]["attributes"])
+    assert {k: typed[k] for k in EVERY_TYPE} == {**EVERY_TYPE, "t.bytes": base64.b64encode(b"\x00\x01hi").decode()}
+    assert typed["otel.trace_id"] == T1.lower() and typed["resource.service.name"] == "agent-svc"
+    assert json.loads(events["Invoke agent planner"]["attributes"])["otel.span.kind"] == "SERVER"
+    assert json.loads(events["Chat"]["attributes"])["otel.span.kind"] == "CLIENT"
+    completion = events["Completion"]
+    assert (completion["model"], completion["input_tokens"], completion["output_tokens"]) == (
+        "gpt-3.5-turbo-instruct", "7", "3")
+    assert events["Workflow nightly_report"]["case_id"] == t3
+    ids = [e["event_id"] for e in tables["agent_telemetry_events"]]
+    assert len(ids) == len(set(ids)) == 8
+
+    # the cut-off line is visible in the raw payload of the sessions from that file
+    (raw,) = warehouse_rows(home, "SELECT body FROM raw_telemetry WHERE session_key = ?", [f"otlp:{t3}"])
+    assert [(s["file"], s["line"]) for s in json.loads(raw[0])["skipped_lines"]] == [("b.jsonl", 4)]
+
+    # late spans for an exported conversation: not re-exported by discovery, re-read on a forced export
+    late = request([otlp_span("EF" * 16, "e1" * 8, "chat", 30, 31, **{"gen_ai.operation.name": "chat",
+                                                                       "gen_ai.conversation.id": "conv-1"})])
+    (inbox / "c.jsonl").write_text(json.dumps(late) + "\n")
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and out["new_count"] == 0
+    code, out = run_cli(capsys, "export", "--force", "otlp:conv-1")
+    assert code == 0 and out["exported_count"] == 1
+    assert warehouse_rows(home, "SELECT event_count FROM sessions WHERE session_id = 'conv-1'") == [(7,)]
+
+
+def test_otlp_reference_example_exports_from_default_inbox(only_new_sources: Path,
+                                                          capsys: pytest.CaptureFixture[str]):
+    home = only_new_sources
+    (home / "inbox").mkdir(parents=True)
+    shutil.copy(FIXTURE, home / "inbox" / "example.json")  # no OTLP_INBOX_DIR: <home>/inbox is used
+
+    code, out = run_cli(capsys, "check")
+    assert {c["name"]: c["ok"] for c in out["checks"]}["source:otlp"] is True
+    code, out = run_cli(capsys, "export", "otlp:5b8efff798038103d269b633813fc60c")
+    assert code == 0 and out["exported_count"] == 1, out
+
+    tables = uploads_by_table(home)
+    (run,) = tables["agent_telemetry_runs"]
+    assert run["agent_run_id"] == "5b8efff798038103d269b633813fc60c" and run["source"] == "otlp"
+    assert (run["start_time"], run["end_time"], run["status"]) == ("1544712660000", "1544712661000", "completed")
+    assert run["service_name"] == "my.service" and run["task_description"] == "I'm a server span"
+    (event,) = tables["agent_telemetry_events"]
+    assert (event["activity"], event["event_type"], event["resource"], event["latency_ms"], event["status"]) == (
+        "I'm a server span", "span", "my.service", "1000", "success")
+    attributes = json.loads(event["attributes"])
+    assert attributes["my.span.attr"] == "some value"
+    assert attributes["scope.my.scope.attribute"] == "some scope attribute"
+    assert attributes["otel.span.kind"] == "SERVER" and attributes["otel.parent_span_id"] == "eee19b7ec3c1b173"
+    code, out = run_cli(capsys, "status", "otlp:5b8efff798038103d269b633813fc60c")
+    assert out[0]["exported"] is True and out[0]["ingestion_status"] == "OUTBOX"
