@@ -1,10 +1,13 @@
-"""Dagster's floor for our shape: `session_export`'s asset specs over N partitions of `agent_sessions`,
-run in the same batches as `export --pending`, with a body that only reports what our step reports
-when every session succeeds (one record per table asset, one per partition of `signavio_export`).
+"""Dagster's floor for our shape: the same asset graph with bodies that do nothing, run the way the
+benchmark runs the pipeline, so the difference is our own work.
 
-Usage (from bench/run.py): floor.py N BATCH_SIZE, with TELEMETRY_PIPELINE_HOME set.
+    floor.py discover N   one process: `discovered_sessions` registers N keys of `agent_sessions`
+    floor.py export B     one process: `session_export`'s specs over every pending key, in runs of B
+
+Each mirrors one CLI call of the pipeline phase (`discover`, `export --pending`), with TELEMETRY_PIPELINE_HOME
+set. The bodies report what ours report when every session succeeds (one record per table asset, one
+materialisation per partition of `signavio_export`), without fetching, parsing, rendering or uploading.
 """
-
 
 import sys
 from collections.abc import Iterator
@@ -17,8 +20,15 @@ from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 
 
+@dg.asset(name="discovered_sessions", config_schema={"count": int})
+def discover_nothing(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    keys = [f"extract:floor-{i:06d}" for i in range(context.op_config["count"])]
+    context.instance.add_dynamic_partitions(agent_sessions.name, keys)
+    return dg.MaterializeResult(metadata={"new_count": len(keys)})
+
+
 @dg.multi_asset(name="session_export", specs=EXPORT_SPECS, can_subset=False)
-def do_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMaterialization]:
+def export_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMaterialization]:
     for spec in EXPORT_SPECS:
         if spec.partitions_def is None:  # a table asset: one record per run
             yield dg.AssetMaterialization(asset_key=spec.key, metadata={"sessions": len(context.partition_keys)})
@@ -28,18 +38,20 @@ def do_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMaterializ
 
 
 def main() -> None:
-    count, batch_size = int(sys.argv[1]), int(sys.argv[2])
-    job = dg.define_asset_job("export_sessions", selection=[do_nothing], partitions_def=agent_sessions)
-    defs = dg.Definitions(assets=[do_nothing], jobs=[job])
-    keys = [f"extract:floor-{i:06d}" for i in range(count)]
+    mode, number = sys.argv[1], int(sys.argv[2])
     with open_instance(dagster_home()) as instance:
-        instance.add_dynamic_partitions(agent_sessions.name, keys)
-        resolved = defs.resolve_job_def("export_sessions")
-        for key_range in batched_ranges(keys, keys, batch_size):
-            result = resolved.execute_in_process(instance=instance, tags=key_range.tags)
+        if mode == "discover":
+            result = dg.materialize([discover_nothing], instance=instance,
+                                    run_config={"ops": {"discovered_sessions": {"config": {"count": number}}}})
             assert result.success
+            return
+        job = dg.define_asset_job("export_sessions", selection=[export_nothing])
+        resolved = dg.Definitions(assets=[export_nothing], jobs=[job]).resolve_job_def("export_sessions")
+        keys = instance.get_dynamic_partitions(agent_sessions.name)
+        for key_range in batched_ranges(keys, keys, number):
+            assert resolved.execute_in_process(instance=instance, tags=key_range.tags).success
         done = instance.get_materialized_partitions(dg.AssetKey("signavio_export"))
-        assert len(done) == count, f"floor materialised {len(done)} of {count}"
+        assert len(done) == len(keys), f"floor materialised {len(done)} of {len(keys)}"
 
 
 if __name__ == "__main__":
