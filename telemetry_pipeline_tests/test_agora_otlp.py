@@ -28,7 +28,8 @@ from telemetry_pipeline.sources.base import SourceError
 from telemetry_pipeline_tests.conftest import run_cli, uploads_by_table
 
 TOKEN = "agora-s3cret-token-value"
-FIXTURE = Path("/work/shared/fixtures/otlp-trace-example.json")
+# The public fixture in ../shared beside the repository (as CI lays it out).
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "otlp-trace-example.json"
 EXPORT = dg.AssetKey("signavio_export")
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
