@@ -42,7 +42,7 @@ from telemetry_pipeline.normalize.canonical import (
     humanize,
     json_text,
     ms_between,
-    replace_sessions,
+    normalize_each,
     text,
     to_utc,
 )
@@ -62,19 +62,7 @@ _MODEL = ("gen_ai.response.model", "gen_ai.request.model", "llm.response.model",
 def normalize_agora_sessions(
     con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str
 ) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    sessions: list[SessionRow] = []
-    events: list[EventRow] = []
-    for r in raw:
-        try:
-            session, rows = _execution(r, fallback_agent)
-        except InvalidPayload as exc:
-            errors[r.key] = f"{r.key}: {exc}"
-            continue
-        sessions.append(session)
-        events.extend(rows)
-    replace_sessions(con, sessions, events)
-    return errors
+    return normalize_each(con, raw, fallback_agent, _execution)
 
 
 def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[EventRow]]:

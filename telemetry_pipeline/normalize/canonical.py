@@ -11,12 +11,14 @@ import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from telemetry_pipeline.sources.base import RawSession
 
 
 class InvalidPayload(Exception):
@@ -108,6 +110,29 @@ def replace_sessions(con: duckdb.DuckDBPyConnection, sessions: Sequence[SessionR
     finally:
         con.unregister("canon_sessions_in")
         con.unregister("canon_events_in")
+
+
+def normalize_each(
+    con: duckdb.DuckDBPyConnection,
+    raw: Sequence[RawSession],
+    fallback_agent: str,
+    parse: Callable[[RawSession, str], tuple[SessionRow, list[EventRow]]],
+) -> dict[str, str]:
+    """Parse every session with `parse` (which raises `InvalidPayload` for a session that must fail),
+    then replace the good ones' rows in one transaction; return {key: why} for the others."""
+    errors: dict[str, str] = {}
+    sessions: list[SessionRow] = []
+    events: list[EventRow] = []
+    for r in raw:
+        try:
+            session, rows = parse(r, fallback_agent)
+        except InvalidPayload as exc:
+            errors[r.key] = f"{r.key}: {exc}"
+            continue
+        sessions.append(session)
+        events.extend(rows)
+    replace_sessions(con, sessions, events)
+    return errors
 
 
 def _as_dict(row: Any) -> dict[str, Any]:

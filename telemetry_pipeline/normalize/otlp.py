@@ -45,7 +45,7 @@ from telemetry_pipeline.normalize.canonical import (
     event_id,
     humanize,
     json_text,
-    replace_sessions,
+    normalize_each,
     text,
 )
 from telemetry_pipeline.sources.base import RawSession
@@ -76,19 +76,7 @@ _MAPPED_SPAN_KEYS = {
 def normalize_otlp_sessions(
     con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str
 ) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    sessions: list[SessionRow] = []
-    events: list[EventRow] = []
-    for r in raw:
-        try:
-            session, rows = _session(r, fallback_agent)
-        except InvalidPayload as exc:
-            errors[r.key] = f"{r.key}: {exc}"
-            continue
-        sessions.append(session)
-        events.extend(rows)
-    replace_sessions(con, sessions, events)
-    return errors
+    return normalize_each(con, raw, fallback_agent, _session)
 
 
 class _Span:

@@ -23,14 +23,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import httpx
 
 from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
-from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SourceError, parse_time
+from telemetry_pipeline.sources.base import RawSession, SessionRef, SourceError, checked_get, json_of, parse_time
 
+REFUSED = "the platform refused the token (AGORA_API_TOKEN)"
 log = logging.getLogger(__name__)
 
 NAME = "agora"
@@ -65,13 +66,14 @@ class AgoraSource:
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
-    def _get(self, url: str, params: dict[str, str | int] | None = None) -> httpx.Response:
+    def _request(self, url: str, params: dict[str, str | int] | None = None) -> Callable[[], httpx.Request]:
         headers = {"Accept": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        return request_with_retries(
-            self._client, lambda: self._client.build_request("GET", url, params=params, headers=headers), self._retry
-        )
+        return lambda: self._client.build_request("GET", url, params=params, headers=headers)
+
+    def _get(self, url: str, where: str, params: dict[str, str | int] | None = None, **errors: str) -> httpx.Response:
+        return checked_get(self._client, self._request(url, params), self._retry, where, refused=REFUSED, **errors)
 
     # -- listing ------------------------------------------------------------------------------------
 
@@ -104,18 +106,7 @@ class AgoraSource:
 
     def _get_page(self, url: str, offset: int) -> list:
         where = f"agora listing ({redact_url(url)}, offset {offset})"
-        try:
-            response = self._get(url, {"limit": PAGE_SIZE, "offset": offset})
-        except RequestFailed as exc:
-            raise SourceError(f"{where}: source unavailable: {exc}") from None
-        if response.status_code in (401, 403):
-            raise SourceError(f"{where}: HTTP {response.status_code}: the platform refused the token (AGORA_API_TOKEN)")
-        if response.status_code != 200:
-            raise SourceError(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
-        try:
-            page = response.json()
-        except ValueError:
-            raise SourceError(f"{where}: listing is not JSON: {response.text[:200]!r}") from None
+        page = json_of(self._get(url, where, {"limit": PAGE_SIZE, "offset": offset}), where)
         if isinstance(page, dict) and isinstance(page.get("items"), list):  # tolerate a wrapped page
             page = page["items"]
         if not isinstance(page, list):
@@ -130,16 +121,7 @@ class AgoraSource:
         for part, path in (("timeline", "/timeline"), ("spans", "/telemetry-spans"), ("events", "/telemetry-events")):
             url = base + path
             where = f"agora execution {session_id!r} ({redact_url(url)})"
-            try:
-                response = self._get(url)
-            except RequestFailed as exc:
-                raise SourceError(f"{where}: source unavailable: {exc}") from None
-            if response.status_code == 404:
-                raise SessionNotFound(f"{where}: no such execution (HTTP 404)")
-            if response.status_code in (401, 403):
-                raise SourceError(f"{where}: HTTP {response.status_code}: the platform refused the token")
-            if response.status_code != 200:
-                raise SourceError(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
+            response = self._get(url, where, not_found="no such execution")
             parts[part] = _embeddable(response.content)
         body = b"".join(
             [
@@ -164,7 +146,7 @@ class AgoraSource:
         """Reachability and token without fetching data: one listing page of one execution."""
         url = self._base + "/executions/"
         try:
-            response = self._get(url, {"limit": 1})
+            response = request_with_retries(self._client, self._request(url, {"limit": 1}), self._retry)
         except RequestFailed as exc:
             return False, f"unreachable: {exc}"
         if response.status_code == 200:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import httpx
+
+from telemetry_pipeline.http import RequestFailed, RetryPolicy, request_with_retries
 
 SOURCE_NAMES = ("extract", "agent_telemetry", "agora", "otlp")
 # Dagster refuses these inside partition keys; a session id carrying one cannot become a partition.
@@ -101,3 +105,35 @@ def parse_time(value: str | None) -> dt.datetime | None:
 
 def format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def checked_get(
+    client: httpx.Client,
+    build: Callable[[], httpx.Request],
+    retry: RetryPolicy,
+    where: str,
+    *,
+    not_found: str | None = None,
+    refused: str | None = None,
+) -> httpx.Response:
+    """A source GET through the retry policy; anything but 200 becomes a `SourceError` saying where
+    and why (`SessionNotFound` for a 404 when `not_found` names what is missing)."""
+    try:
+        response = request_with_retries(client, build, retry)
+    except RequestFailed as exc:
+        raise SourceError(f"{where}: source unavailable: {exc}") from None
+    code = response.status_code
+    if code == 404 and not_found:
+        raise SessionNotFound(f"{where}: {not_found} (HTTP 404)")
+    if code in (401, 403) and refused:
+        raise SourceError(f"{where}: HTTP {code}: {refused}")
+    if code != 200:
+        raise SourceError(f"{where}: HTTP {code}: {response.text[:300]}")
+    return response
+
+
+def json_of(response: httpx.Response, where: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise SourceError(f"{where}: response is not JSON: {response.text[:200]!r}") from None

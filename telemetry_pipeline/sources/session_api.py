@@ -12,7 +12,15 @@ from urllib.parse import quote
 import httpx
 
 from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
-from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SourceError, format_time, parse_time
+from telemetry_pipeline.sources.base import (
+    RawSession,
+    SessionRef,
+    SourceError,
+    checked_get,
+    format_time,
+    json_of,
+    parse_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +53,8 @@ class SessionApiSource:
     def fetch(self, session_id: str) -> RawSession:
         url = self._base + self._routes.fetch_path.format(session_id=quote(session_id, safe=""))
         where = f"{self.name} session {session_id!r} ({redact_url(url)})"
-        try:
-            response = request_with_retries(self._client, lambda: self._client.build_request("GET", url), self._retry)
-        except RequestFailed as exc:
-            raise SourceError(f"{where}: source unavailable: {exc}") from None
-        if response.status_code == 404:
-            raise SessionNotFound(f"{where}: no such session (HTTP 404)")
-        if response.status_code != 200:
-            raise SourceError(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
+        build = lambda: self._client.build_request("GET", url)  # noqa: E731
+        response = checked_get(self._client, build, self._retry, where, not_found="no such session")
         return RawSession(
             source=self.name,
             session_id=session_id,
@@ -86,18 +88,8 @@ class SessionApiSource:
 
     def _get_page(self, url: str, params: dict[str, str | int]) -> dict:
         where = f"{self.name} listing ({redact_url(url)})"
-        try:
-            response = request_with_retries(
-                self._client, lambda: self._client.build_request("GET", url, params=params), self._retry
-            )
-        except RequestFailed as exc:
-            raise SourceError(f"{where}: source unavailable: {exc}") from None
-        if response.status_code != 200:
-            raise SourceError(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
-        try:
-            page = response.json()
-        except ValueError:
-            raise SourceError(f"{where}: listing is not JSON: {response.text[:200]!r}") from None
+        build = lambda: self._client.build_request("GET", url, params=params)  # noqa: E731
+        page = json_of(checked_get(self._client, build, self._retry, where), where)
         if not isinstance(page, dict):
             raise SourceError(f"{where}: listing is not a JSON object")
         return page
