@@ -21,15 +21,16 @@ install: $(VENV)/.installed
 # the outbox stands in for Signavio; the sensor and the schedule are on.
 run: install
 	@mkdir -p $(HOME_DIR)
-	@if [ -z "$$EXTRACT_SERVICE_URL$$AGENT_METRICS_BASE_URL" ]; then \
+	@if [ -z "$$EXTRACT_SERVICE_URL$$AGENT_METRICS_BASE_URL$$AGORA_PLATFORM_URL" ]; then \
 	  echo "no source configured: starting the simulator on 127.0.0.1:$(SIM_PORT)"; \
 	  $(BIN)/telemetry-pipeline simulate --port $(SIM_PORT) --sessions 200 --live-rate 6 \
 	    > $(HOME_DIR)/simulator.log 2>&1 & \
+	  trap "kill $$! 2>/dev/null" EXIT INT TERM; \
 	  export EXTRACT_SERVICE_URL=http://127.0.0.1:$(SIM_PORT) AGENT_METRICS_BASE_URL=http://127.0.0.1:$(SIM_PORT); \
 	fi; \
 	export TELEMETRY_PIPELINE_HOME=$(HOME_DIR) DAGSTER_HOME=$${DAGSTER_HOME:-$(HOME_DIR)/dagster_home}; \
 	$(BIN)/python -m telemetry_pipeline.instance && \
-	exec $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 test: install
 	$(BIN)/python -m pytest -q
