@@ -5,7 +5,8 @@ In one run, on fresh temporary homes, against `telemetry-pipeline simulate` on l
                sessions/s, events/s, peak RSS of the exporting process;
 2. per-session — the same CLI `export KEY`, one process per session, on a few sessions: s/session;
 3. floor     — the same asset graph (same specs, same partitions, same batches, the same two
-               processes) with bodies that do nothing but report what ours report: Dagster's own cost.
+               processes) with bodies that do nothing but report what ours report: Dagster's own cost;
+4. sensor    — one `new_sessions_sensor` tick with 100,000 known partitions and 1,000 new sessions.
 Prints one JSON document on stdout (progress on stderr).
 """
 
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--per-session-samples", type=int, default=3)
     parser.add_argument("--skip-floor", action="store_true")
+    parser.add_argument("--sensor-known", type=int, default=100_000)
+    parser.add_argument("--sensor-new", type=int, default=1_000)
     args = parser.parse_args()
 
     port = _free_port()
@@ -59,6 +62,7 @@ def main() -> None:
                 results["pipeline_over_floor"] = round(
                     results["pipeline"]["seconds"] / results["floor"]["seconds"], 2
                 )
+            results["sensor_tick"] = _sensor_tick(Path(tmp) / "sensor", args)
             per_batched = results["pipeline"]["seconds"] / args.sessions
             results["speedup_vs_per_session_cli"] = round(results["per_session_cli"]["seconds_per_session"] / per_batched, 1)
     finally:
@@ -148,6 +152,27 @@ def _floor(home: Path, args: argparse.Namespace) -> dict:
         timings[mode] = time.perf_counter() - start
     return {"seconds": round(sum(timings.values()), 1), "discover_seconds": round(timings["discover"], 1),
             "export_seconds": round(timings["export"], 1)}
+
+
+def _sensor_tick(home: Path, args: argparse.Namespace) -> dict:
+    _log(f"sensor tick: {args.sensor_known} known partitions, {args.sensor_new} new sessions")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    simulator = subprocess.Popen(
+        [str(BIN / "telemetry-pipeline"), "simulate", "--port", str(port), "--sessions", str(args.sensor_new),
+         "--events-per-session", "10", "--seed", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(url)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("sensor_tick.py")), str(args.sensor_known)],
+            env=_env(home, url, args.batch_size), check=True, capture_output=True, text=True,
+        )
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+    return json.loads(proc.stdout)
 
 
 def _machine() -> str:

@@ -1,0 +1,33 @@
+"""One `new_sessions_sensor` tick with K known partitions while the sources list N new sessions.
+
+Usage (from bench/run.py): sensor_tick.py KNOWN, with TELEMETRY_PIPELINE_HOME and the source URLs set.
+Prints {"known", "new", "runs", "seconds"} as JSON; the known keys are registered before timing.
+"""
+
+import json
+import sys
+import time
+
+import dagster as dg
+
+from telemetry_pipeline.definitions import dagster_home, make_definitions
+from telemetry_pipeline.instance import open_instance
+from telemetry_pipeline.partitions import agent_sessions
+
+
+def main() -> None:
+    known = int(sys.argv[1])
+    defs = make_definitions()
+    sensor = defs.resolve_sensor_def("new_sessions_sensor")
+    with open_instance(dagster_home()) as instance:
+        instance.add_dynamic_partitions(agent_sessions.name, [f"extract:old-{i:07d}" for i in range(known)])
+        start = time.perf_counter()
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+            result = sensor(context)
+        elapsed = time.perf_counter() - start
+    new = len(result.dynamic_partitions_requests[0].partition_keys) if result.dynamic_partitions_requests else 0
+    json.dump({"known": known, "new": new, "runs": len(result.run_requests), "seconds": round(elapsed, 2)}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
