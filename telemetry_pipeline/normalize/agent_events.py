@@ -30,34 +30,63 @@ CREATE OR REPLACE TEMP TABLE nb AS
 SELECT session_key, source, session_id, text,
        CASE WHEN text IS NULL THEN 'payload is not valid UTF-8'
             WHEN NOT json_valid(text) THEN 'payload is not valid JSON'
-            WHEN json_type(text::JSON) <> 'OBJECT' THEN 'payload is not a JSON object'
-            WHEN coalesce(json_type(text::JSON, '$.events'), 'missing') <> 'ARRAY'
-                 THEN 'payload has no "events" list'
+            WHEN json_type(text) <> 'OBJECT' THEN 'payload is not a JSON object'
+            WHEN coalesce(json_type(text, '$.events'), 'missing') <> 'ARRAY' THEN 'payload has no "events" list'
        END AS problem
 FROM batch_in;
+"""
+
+# Each document and each payload is parsed once: DuckDB extracts a list of paths in one pass, where
+# `->>` per field would parse the same JSON again for every field (and hold the memory each time).
+_SESSION_FIELDS = ("agent_name", "service_name", "workflow_name", "workflow_version", "agent_type", "agent_state")
+_PAYLOAD_FIELDS = (
+    "tool_name", "tool_call_id", "call_id", "success", "error", "error_details", "model", "latency_ms",
+    "input_tokens", "prompt_tokens", "output_tokens", "completion_tokens", "tokens", "prompt", "response",
+    "step_name", *_SESSION_FIELDS,
+)
+
+
+def _paths(fields: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'$.{f}'" for f in fields) + "]"
+
+
+def _field(column: str, fields: tuple[str, ...], name: str) -> str:
+    return f"{column}[{fields.index(name) + 1}]"
+
+
+_P = {f: _field("pf", _PAYLOAD_FIELDS, f) for f in _PAYLOAD_FIELDS}
+_S = {f: _field("top", (*_SESSION_FIELDS, "last_user_prompt"), f) for f in (*_SESSION_FIELDS, "last_user_prompt")}
+
+_DOCUMENTS = f"""
 CREATE OR REPLACE TEMP TABLE nj AS
-SELECT session_key, source, session_id, text::JSON AS j FROM nb WHERE problem IS NULL;
+SELECT session_key, source, session_id,
+       json_extract(text, '$.events[*]') AS evs,
+       json_extract_string(text, {_paths((*_SESSION_FIELDS, "metrics.last_user_prompt"))}) AS top,
+       CASE WHEN json_type(text, '$.metrics') = 'OBJECT' THEN json_extract(text, '$.metrics') END AS metrics
+FROM nb WHERE problem IS NULL;
 """
 
 # One row per source event. `attrs` = the payload plus any unknown top-level keys of the event.
-_UNNEST = """
+_UNNEST = f"""
 CREATE OR REPLACE TEMP TABLE ev AS
 WITH u AS (
-    SELECT session_key, unnest(evs) AS e, generate_subscripts(evs, 1) - 1 AS seq
-    FROM (SELECT session_key, json_extract(j, '$.events[*]') AS evs FROM nj)
+    SELECT session_key, unnest(evs) AS e, generate_subscripts(evs, 1) - 1 AS seq FROM nj
 ), t AS (
-    SELECT session_key, seq, e,
-           CASE WHEN json_type(e, '$.payload') = 'OBJECT' THEN e->'payload' END AS payload,
-           CASE WHEN json_type(e) = 'OBJECT' THEN e->'timestamp' END AS ts_json
-    FROM u
+    SELECT session_key, seq, e, parts[1] ->> '$' AS type_text, parts[2] AS ts_json,
+           CASE WHEN json_type(parts[3]) = 'OBJECT' THEN parts[3] END AS payload
+    FROM (SELECT session_key, seq, e,
+                 CASE WHEN json_type(e) = 'OBJECT' THEN json_extract(e, ['$.type', '$.timestamp', '$.payload'])
+                 END AS parts
+          FROM u)
+), f AS (
+    SELECT *, json_extract_string(payload, {_paths(_PAYLOAD_FIELDS)}) AS pf FROM t
 )
 SELECT session_key, seq, e,
-       coalesce(nullif(e->>'type', ''), 'unknown') AS event_type,
-       payload,
+       coalesce(nullif(type_text, ''), 'unknown') AS event_type,
        CASE WHEN json_type(e) = 'OBJECT'
             THEN json_merge_patch(
-                     json_merge_patch(e, '{"timestamp":null,"session_id":null,"type":null,"payload":null}'),
-                     coalesce(payload, '{}'::JSON))
+                     json_merge_patch(e, '{{"timestamp":null,"session_id":null,"type":null,"payload":null}}'),
+                     coalesce(payload, '{{}}'::JSON))
        END AS attrs,
        ts_json,
        CASE json_type(ts_json)
@@ -67,17 +96,20 @@ SELECT session_key, seq, e,
            WHEN 'BIGINT' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
            WHEN 'DOUBLE' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
        END AS ts,
-       payload->>'tool_name' AS tool_name,
-       coalesce(payload->>'tool_call_id', payload->>'call_id') AS call_id,
-       try_cast(payload->>'success' AS BOOLEAN) AS success,
-       nullif(coalesce(payload->>'error', payload->>'error_details'), '') AS error,
-       payload->>'model' AS model,
-       round(try_cast(payload->>'latency_ms' AS DOUBLE))::BIGINT AS latency_ms,
-       try_cast(coalesce(payload->>'input_tokens', payload->>'prompt_tokens',
-                         CASE WHEN coalesce(e->>'type', '') = 'user_prompt' THEN payload->>'tokens' END)
-                AS DOUBLE)::BIGINT AS input_tokens,
-       try_cast(coalesce(payload->>'output_tokens', payload->>'completion_tokens') AS DOUBLE)::BIGINT AS output_tokens
-FROM t;
+       {_P["tool_name"]} AS tool_name,
+       coalesce({_P["tool_call_id"]}, {_P["call_id"]}) AS call_id,
+       try_cast({_P["success"]} AS BOOLEAN) AS success,
+       nullif(coalesce({_P["error"]}, {_P["error_details"]}), '') AS error,
+       {_P["model"]} AS model,
+       round(try_cast({_P["latency_ms"]} AS DOUBLE))::BIGINT AS latency_ms,
+       try_cast(coalesce({_P["input_tokens"]}, {_P["prompt_tokens"]},
+                         CASE WHEN type_text = 'user_prompt' THEN {_P["tokens"]} END) AS DOUBLE)::BIGINT AS input_tokens,
+       try_cast(coalesce({_P["output_tokens"]}, {_P["completion_tokens"]}) AS DOUBLE)::BIGINT AS output_tokens,
+       {_P["prompt"]} AS prompt, {_P["response"]} AS response, nullif({_P["step_name"]}, '') AS step_name,
+       {_P["agent_name"]} AS agent_name, {_P["service_name"]} AS service_name,
+       {_P["workflow_name"]} AS workflow_name, {_P["workflow_version"]} AS workflow_version,
+       {_P["agent_type"]} AS agent_type, {_P["agent_state"]} AS agent_state
+FROM f;
 """
 
 _BAD_TIMESTAMPS = """
@@ -121,11 +153,11 @@ tools AS (
 ),
 instants AS (
     SELECT session_key, seq, e AS anchor, event_type, tool_name,
-           CASE WHEN event_type = 'user_prompt' AND payload->>'prompt' IS NULL AND payload->>'response' IS NOT NULL
+           CASE WHEN event_type = 'user_prompt' AND prompt IS NULL AND response IS NOT NULL
                      THEN 'Agent response'
                 WHEN event_type = 'user_prompt' THEN 'User prompt'
                 WHEN event_type = 'model_change' THEN 'Change model'
-                ELSE coalesce(nullif(payload->>'step_name', ''), humanize(event_type)) END AS activity,
+                ELSE coalesce(step_name, humanize(event_type)) END AS activity,
            ts AS event_time, NULL::TIMESTAMPTZ AS end_time,
            CASE WHEN event_type = 'user_prompt' THEN 'user' ELSE coalesce(tool_name, model, 'agent') END AS resource,
            CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END AS status,
@@ -141,21 +173,21 @@ SELECT md5(concat_ws(chr(31), session_key, event_type, anchor::VARCHAR,
 FROM a;
 """
 
-_SESSIONS = """
+_SESSIONS = f"""
 CREATE OR REPLACE TEMP TABLE sess AS
 WITH src AS (
     SELECT session_key,
-           arg_min(payload->>'agent_name', seq) FILTER (WHERE payload->>'agent_name' IS NOT NULL) AS agent_name,
-           arg_min(payload->>'service_name', seq) FILTER (WHERE payload->>'service_name' IS NOT NULL) AS service_name,
-           arg_min(payload->>'workflow_name', seq) FILTER (WHERE payload->>'workflow_name' IS NOT NULL) AS workflow_name,
-           arg_min(payload->>'workflow_version', seq) FILTER (WHERE payload->>'workflow_version' IS NOT NULL) AS workflow_version,
-           arg_min(payload->>'agent_type', seq) FILTER (WHERE payload->>'agent_type' IS NOT NULL) AS agent_type,
-           arg_max(payload->>'agent_state', seq) FILTER (WHERE payload->>'agent_state' IS NOT NULL) AS agent_state,
-           count(*) FILTER (WHERE event_type = 'user_prompt' AND payload->>'prompt' IS NOT NULL) AS prompt_count,
-           arg_min(payload->>'prompt', seq) FILTER (WHERE payload->>'prompt' IS NOT NULL) AS first_prompt,
-           arg_min(ts, seq) FILTER (WHERE payload->>'prompt' IS NOT NULL) AS first_prompt_at,
-           arg_min(payload->>'response', seq) FILTER (WHERE payload->>'response' IS NOT NULL) AS first_response,
-           arg_min(ts, seq) FILTER (WHERE payload->>'response' IS NOT NULL) AS first_response_at,
+           arg_min(agent_name, seq) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
+           arg_min(service_name, seq) FILTER (WHERE service_name IS NOT NULL) AS service_name,
+           arg_min(workflow_name, seq) FILTER (WHERE workflow_name IS NOT NULL) AS workflow_name,
+           arg_min(workflow_version, seq) FILTER (WHERE workflow_version IS NOT NULL) AS workflow_version,
+           arg_min(agent_type, seq) FILTER (WHERE agent_type IS NOT NULL) AS agent_type,
+           arg_max(agent_state, seq) FILTER (WHERE agent_state IS NOT NULL) AS agent_state,
+           count(*) FILTER (WHERE event_type = 'user_prompt' AND prompt IS NOT NULL) AS prompt_count,
+           arg_min(prompt, seq) FILTER (WHERE prompt IS NOT NULL) AS first_prompt,
+           arg_min(ts, seq) FILTER (WHERE prompt IS NOT NULL) AS first_prompt_at,
+           arg_min(response, seq) FILTER (WHERE response IS NOT NULL) AS first_response,
+           arg_min(ts, seq) FILTER (WHERE response IS NOT NULL) AS first_response_at,
            sum(input_tokens) FILTER (WHERE event_type = 'user_prompt') AS prompt_input_tokens,
            sum(output_tokens) FILTER (WHERE event_type = 'user_prompt') AS prompt_output_tokens,
            count(*) AS event_count
@@ -167,20 +199,20 @@ WITH src AS (
     FROM act GROUP BY session_key
 )
 SELECT nj.session_key, nj.source, nj.session_id,
-       coalesce(nj.j->>'agent_name', src.agent_name, $fallback_agent) AS agent_name,
-       left(coalesce(src.first_prompt, nj.j->'metrics'->>'last_user_prompt', 'Agent session ' || nj.session_id), 500)
+       coalesce({_S["agent_name"]}, src.agent_name, $fallback_agent) AS agent_name,
+       left(coalesce(src.first_prompt, {_S["last_user_prompt"]}, 'Agent session ' || nj.session_id), 500)
            AS task_description,
        acts.start_time, acts.end_time,
        -- A run failed when it ended on a failure; one that recovered from failures is partial;
        -- no tool calls and no errors is simply completed (the older exporter called that failed).
-       CASE WHEN acts.last_status = 'failed' OR lower(coalesce(nj.j->>'agent_state', src.agent_state, ''))
-                 IN ('failed', 'error') THEN 'failed'
+       CASE WHEN acts.last_status = 'failed'
+                 OR lower(coalesce({_S["agent_state"]}, src.agent_state, '')) IN ('failed', 'error') THEN 'failed'
             WHEN coalesce(acts.failed, 0) > 0 THEN 'partial' ELSE 'completed' END AS status,
-       coalesce(nj.j->>'service_name', src.service_name) AS service_name,
-       coalesce(nj.j->>'workflow_name', src.workflow_name) AS workflow_name,
-       coalesce(nj.j->>'workflow_version', src.workflow_version) AS workflow_version,
-       coalesce(nj.j->>'agent_type', src.agent_type) AS agent_type,
-       coalesce(nj.j->>'agent_state', src.agent_state) AS agent_state,
+       coalesce({_S["service_name"]}, src.service_name) AS service_name,
+       coalesce({_S["workflow_name"]}, src.workflow_name) AS workflow_name,
+       coalesce({_S["workflow_version"]}, src.workflow_version) AS workflow_version,
+       coalesce({_S["agent_type"]}, src.agent_type) AS agent_type,
+       coalesce({_S["agent_state"]}, src.agent_state) AS agent_state,
        coalesce(src.event_count, 0) AS event_count,
        CASE WHEN src.first_prompt IS NOT NULL THEN json_object(
            'prompt_count', src.prompt_count,
@@ -190,7 +222,7 @@ SELECT nj.session_key, nj.source, nj.session_id,
            'output_tokens', src.prompt_output_tokens,
            'prompt_latency_ms', date_diff('millisecond', src.first_prompt_at, src.first_response_at))
        END AS prompt_metrics,
-       CASE WHEN json_type(nj.j, '$.metrics') = 'OBJECT' THEN nj.j->'metrics' END AS source_metrics,
+       nj.metrics AS source_metrics,
        now() AS normalized_at
 FROM nj JOIN ok_sessions USING (session_key)
 LEFT JOIN src USING (session_key) LEFT JOIN acts USING (session_key);
@@ -227,6 +259,7 @@ def normalize_agent_sessions(
     con.register("batch_in", batch)
     con.execute(_MACROS)
     con.execute(_VALIDATE)
+    con.execute(_DOCUMENTS)
     errors: dict[str, str] = {
         key: f"{key}: {problem}"
         for key, problem in con.execute("SELECT session_key, problem FROM nb WHERE problem IS NOT NULL").fetchall()
