@@ -23,7 +23,7 @@ import stamina.instrumentation
 stamina.instrumentation.set_on_retry_hooks([stamina.instrumentation.LoggingOnRetryHook])
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-USER_AGENT = "telemetry-pipeline/0.1 (+https://github.com/)"
+USER_AGENT = "telemetry-pipeline/0.1"
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,6 @@ EVENTS = Table(
     ),
 )
 
-TABLES = (RUNS, EVENTS)
 DEFAULT_DATASET = "agent_telemetry"
 
 

@@ -44,12 +44,6 @@ class SourceSettings:
     agora_token: str | None = field(default=None, repr=False)  # secret: never in a repr or a message
     otlp_dir: str | None = None
 
-    def configured(self) -> list[str]:
-        pairs = (
-            ("extract", self.extract_url), ("agent_telemetry", self.agent_telemetry_url),
-            ("agora", self.agora_url), ("otlp", self.otlp_dir),
-        )
-        return [name for name, value in pairs if value]
 
 
 @dataclass(frozen=True)
