@@ -71,6 +71,8 @@ def make_definitions() -> dg.Definitions:
             "sources": SourcesResource(
                 extract_url=_env("EXTRACT_SERVICE_URL"),
                 agent_telemetry_url=_env("AGENT_METRICS_BASE_URL"),
+                extract_list_path=os.environ.get("EXTRACT_SESSIONS_PATH"),
+                agent_telemetry_list_path=os.environ.get("AGENT_METRICS_SESSIONS_PATH"),
                 agora_url=_env("AGORA_PLATFORM_URL"),
                 agora_token=_secret("AGORA_API_TOKEN"),
                 otlp_dir=_env("OTLP_INBOX_DIR") or (str(home / "inbox") if (home / "inbox").is_dir() else None),

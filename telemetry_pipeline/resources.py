@@ -25,6 +25,8 @@ class SourcesResource(dg.ConfigurableResource):
     agora_url: str | None = Field(default=None, description="AGORA_PLATFORM_URL")
     agora_token: str | None = Field(default=None, description="AGORA_API_TOKEN (secret: bind with EnvVar)")
     otlp_dir: str | None = Field(default=None, description="OTLP_INBOX_DIR (else <home>/inbox when it exists)")
+    extract_list_path: str | None = Field(default=None, description="EXTRACT_SESSIONS_PATH; '' = no listing")
+    agent_telemetry_list_path: str | None = Field(default=None, description="AGENT_METRICS_SESSIONS_PATH; '' = no listing")
     timeout: str = Field(default="30s", description="per-request timeout (Go-style duration or seconds)")
     max_retries: int = Field(default=3, description="retries of transient failures (429, 5xx, transport)")
     retry_wait_initial: float = Field(default=0.5, description="first backoff in seconds; doubles, with jitter")
@@ -44,6 +46,11 @@ class SourcesResource(dg.ConfigurableResource):
             timeout=parse_duration(self.timeout),
             retry=RetryPolicy(max_retries=self.max_retries, wait_initial=self.retry_wait_initial),
             max_in_flight=self.max_in_flight,
+            list_paths={
+                name: path
+                for name, path in (("extract", self.extract_list_path), ("agent_telemetry", self.agent_telemetry_list_path))
+                if path is not None
+            },
         )
 
     def open(self) -> SourceSet:

@@ -215,3 +215,17 @@ def test_discover_command_and_manual_keys(home: Path, source_double: SourceDoubl
     assert run_cli(capsys, "export")[0] == 2, "no keys and no --pending is bad usage"
     code, out = run_cli(capsys, "export", "--pending")
     assert code == 0 and out["exported_count"] == 5
+
+
+def test_a_source_without_a_listing_endpoint_is_exported_by_hand(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 source_double: SourceDouble,
+                                                                 capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("EXTRACT_SESSIONS_PATH", "")  # this Extract service has no discovery endpoint
+    monkeypatch.delenv("AGENT_METRICS_BASE_URL")
+    key = source_double.add_good("extract", "by-hand")
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and out["new_count"] == 0, "nothing listed, and no error for a source without a listing"
+    code, out = run_cli(capsys, "export", key)
+    assert code == 0 and out["results"] == [{"session_id": key, "status": "exported"}]
+    code, out = run_cli(capsys, "check")
+    assert code == 0 and out["checks"][0]["name"] == "source:extract" and out["checks"][0]["ok"]

@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from telemetry_pipeline.http import RetryPolicy, make_client
@@ -20,7 +20,7 @@ from telemetry_pipeline.sources.base import (
     parse_key,
 )
 from telemetry_pipeline.sources.otlp import OtlpSource
-from telemetry_pipeline.sources.session_api import SessionApiRoutes, SessionApiSource
+from telemetry_pipeline.sources.session_api import SessionApiSource
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,11 @@ class SourceSettings:
     timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_in_flight: int = 16
-    routes: Mapping[str, SessionApiRoutes] = field(default_factory=dict)  # per-source path overrides
+    # Listing path per source, overriding the default; "" = the source has no listing endpoint.
+    list_paths: Mapping[str, str] = field(default_factory=dict)
     agora_url: str | None = None
     agora_token: str | None = field(default=None, repr=False)  # secret: never in a repr or a message
     otlp_dir: str | None = None
-
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,12 @@ class SourceSet:
     def __init__(self, settings: SourceSettings) -> None:
         self.settings = settings
         self._client = make_client(settings.timeout, max_connections=settings.max_in_flight)
-        defaults = {extract.NAME: extract.ROUTES, agent_telemetry.NAME: agent_telemetry.ROUTES}
+        routes = {extract.NAME: extract.ROUTES, agent_telemetry.NAME: agent_telemetry.ROUTES}
+        for name, path in settings.list_paths.items():
+            routes[name] = replace(routes[name], list_path=path or None)
         urls = {extract.NAME: settings.extract_url, agent_telemetry.NAME: settings.agent_telemetry_url}
         self.sources: dict[str, Source] = {
-            name: SessionApiSource(name, url, settings.routes.get(name, defaults[name]), self._client, settings.retry)
+            name: SessionApiSource(name, url, routes[name], self._client, settings.retry)
             for name, url in urls.items()
             if url
         }
