@@ -14,12 +14,12 @@ per session, one costs ~26 ms (README, Benchmark). That is the difference betwee
 """
 
 import datetime as dt
-import json
+from typing import Any
 from collections.abc import Iterator
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import discover
+from telemetry_pipeline.discovery import Discovery, discover
 from telemetry_pipeline.export import BatchOutcome, export_batch
 from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
@@ -37,27 +37,34 @@ MAX_LISTED_IN_METADATA = 20
     description="Lists sessions of every configured source and registers new keys in `agent_sessions`.",
 )
 def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResource) -> dg.MaterializeResult:
-    previous = context.instance.get_latest_materialization_event(DISCOVERED_KEY)
+    found, metadata = register_new_sessions(context.instance, sources)
+    for source, error in found.errors.items():
+        context.log.warning("source %s could not be listed: %s", source, error)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def register_new_sessions(
+    instance: dg.DagsterInstance, sources: SourcesResource
+) -> tuple[Discovery, dict[str, Any]]:
+    """One discovery pass: list since the watermarks of the last `discovered_sessions` record, add
+    the new keys to `agent_sessions`, and return what the next record must carry."""
+    previous = instance.get_latest_materialization_event(DISCOVERED_KEY)
     meta = previous.asset_materialization.metadata if previous and previous.asset_materialization else {}
     watermarks = dict(meta["watermarks"].value) if "watermarks" in meta else {}
-    known = set(context.instance.get_dynamic_partitions(agent_sessions.name))
+    known = set(instance.get_dynamic_partitions(agent_sessions.name))
     with sources.open() as source_set:
         found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
     if found.new_keys:
-        context.instance.add_dynamic_partitions(agent_sessions.name, found.new_keys)
-    for source, error in found.errors.items():
-        context.log.warning("source %s could not be listed: %s", source, error)
-    return dg.MaterializeResult(
-        metadata={
-            "new_count": len(found.new_keys),
-            "new_keys": dg.MetadataValue.json(found.new_keys),
-            "known_count": len(known) + len(found.new_keys),
-            "watermarks": dg.MetadataValue.json(found.watermarks),
-            "unsettled": found.unsettled,
-            "source_errors": dg.MetadataValue.json(found.errors),
-            "refused_keys": dg.MetadataValue.json(found.refused),
-        }
-    )
+        instance.add_dynamic_partitions(agent_sessions.name, found.new_keys)
+    return found, {
+        "new_count": len(found.new_keys),
+        "new_keys": dg.MetadataValue.json(found.new_keys),
+        "known_count": len(known) + len(found.new_keys),
+        "watermarks": dg.MetadataValue.json(found.watermarks),
+        "unsettled": found.unsettled,
+        "source_errors": dg.MetadataValue.json(found.errors),
+        "refused_keys": dg.MetadataValue.json(found.refused),
+    }
 
 
 class ExportConfig(dg.Config):
@@ -91,7 +98,7 @@ def session_export(
     sources: SourcesResource,
     warehouse: WarehouseResource,
     signavio: SignavioResource,
-) -> Iterator[dg.AssetMaterialization]:
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
     keys = context.partition_keys
     dataset = config.dataset or signavio.dataset
     context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
@@ -103,8 +110,14 @@ def session_export(
             destination=destination,
             dataset=dataset,
             fallback_agent=sources.agent_name_fallback,
+            run_id=context.run_id,
+            is_live=lambda rid: (run := context.instance.get_run_by_id(rid)) is not None and not run.is_finished,
         )
         where = destination.describe()
+    if outcome.in_flight:  # another run is exporting these right now: neither exported nor failed here
+        context.log.warning("%d sessions left to the runs exporting them: %s", len(outcome.in_flight),
+                            dict(list(outcome.in_flight.items())[:MAX_LISTED_IN_METADATA]))
+        yield dg.AssetObservation(asset_key=EXPORT, metadata={"in_flight": dg.MetadataValue.json(outcome.in_flight)})
     yield from _materializations(outcome, dataset, where)
     if outcome.failures:
         listed = sorted(outcome.failures.items())

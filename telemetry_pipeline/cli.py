@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 
 log = logging.getLogger("telemetry_pipeline.cli")
+EXPORT_ASSET = dg.AssetKey("signavio_export")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,12 +139,19 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 instance=instance, tags=key_range.tags, run_config=run_config, raise_on_error=False
             )
             failed, whole_run_error = _failed_sessions(result)
+            confirmed, in_flight = _run_outcome(result)
             for key in key_range.keys:
                 error = whole_run_error or failed.get(key)
                 if error:
                     results[key] = {"session_id": key, "status": "failed", "error": error}
-                else:
+                elif key in confirmed:
                     results[key] = {"session_id": key, "status": "exported"}
+                elif key in in_flight:  # another run is exporting it right now: left to that run
+                    results[key] = {"session_id": key, "status": "skipped",
+                                    "reason": f"being exported by run {in_flight[key]}"}
+                else:
+                    results[key] = {"session_id": key, "status": "failed",
+                                    "error": f"{key}: the run ended without a confirmed load of this session"}
     ordered = [results[k] for k in keys]
     counts = {s: sum(1 for r in ordered if r["status"] == s) for s in ("exported", "skipped", "failed")}
     status = "failed" if counts["failed"] and not counts["exported"] else "partial" if counts["failed"] else "ok"
@@ -155,6 +163,19 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         "failed_count": counts["failed"],
         "results": ordered,
     }, not counts["failed"]
+
+
+def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
+    """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight)."""
+    confirmed = {
+        m.partition for m in result.asset_materializations_for_node("session_export")
+        if m.asset_key == EXPORT_ASSET and m.partition
+    }
+    in_flight: dict[str, str] = {}
+    for observation in result.asset_observations_for_node("session_export"):
+        if observation.asset_key == EXPORT_ASSET and "in_flight" in observation.metadata:
+            in_flight.update(observation.metadata["in_flight"].value)
+    return confirmed, in_flight
 
 
 def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class BatchOutcome:
     rendered: list[str] = field(default_factory=list)  # in this batch's CSV uploads
     exported: list[str] = field(default_factory=list)  # destination confirmed both tables
     failures: dict[str, str] = field(default_factory=dict)  # key -> what failed, where
+    in_flight: dict[str, str] = field(default_factory=dict)  # key -> run exporting it now (left alone)
     loads: list[LoadResult] = field(default_factory=list)
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (runs rows, events rows)
     bytes_fetched: int = 0
@@ -59,10 +61,38 @@ def export_batch(
     destination: Destination,
     dataset: str,
     fallback_agent: str,
+    run_id: str | None = None,
+    is_live: Callable[[str], bool] | None = None,
 ) -> BatchOutcome:
+    """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
+    claimed in DuckDB before anything is fetched and released at the end, so two overlapping runs never
+    upload the same session twice. `is_live(run_id)` says whether a claiming run is still going."""
+    run_id = run_id or f"adhoc-{uuid.uuid4().hex}"
     out = BatchOutcome(keys=list(keys))
+    claimed, out.in_flight = warehouse.claim(out.keys, run_id, is_live or (lambda _: True))
+    if out.in_flight:
+        log.warning("%d sessions are being exported by another run, left to it: %s", len(out.in_flight),
+                    dict(list(out.in_flight.items())[:20]))
+    try:
+        return _export(out, claimed, sources, warehouse, destination, dataset, fallback_agent)
+    finally:
+        try:
+            warehouse.release(claimed, run_id)
+        except Exception as exc:  # the claims go stale with this run; never mask the run's own outcome
+            log.warning("could not release the claims of run %s: %s", run_id, exc)
+
+
+def _export(
+    out: BatchOutcome,
+    keys: list[str],
+    sources: SourceSet,
+    warehouse: Warehouse,
+    destination: Destination,
+    dataset: str,
+    fallback_agent: str,
+) -> BatchOutcome:
     with _timed(out.timings, "fetch"):
-        fetched = sources.fetch_many(out.keys)
+        fetched = sources.fetch_many(keys)
     out.failures.update({k: f"fetch: {e}" for k, e in fetched.errors.items()})
     with _timed(out.timings, "store_raw"):
         warehouse.store_raw(fetched.raw)
@@ -97,8 +127,8 @@ def export_batch(
     else:
         out.exported = list(out.rendered)
     log.info(
-        "batch of %d: %d exported, %d failed; timings %s",
-        len(out.keys), len(out.exported), len(out.failures),
+        "batch of %d: %d exported, %d failed, %d in flight elsewhere; timings %s",
+        len(out.keys), len(out.exported), len(out.failures), len(out.in_flight),
         {k: round(v, 3) for k, v in out.timings.items()},
     )
     return out

@@ -2,8 +2,10 @@
 
 import dagster as dg
 
+from telemetry_pipeline.assets import DISCOVERED_KEY, register_new_sessions
 from telemetry_pipeline.history import pending_keys
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.retention import prune_exported
 
 
@@ -13,9 +15,18 @@ def build_hourly_export_schedule(job_name: str, batch_size: int) -> dg.ScheduleD
         job_name=job_name,
         cron_schedule="0 * * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Hourly: exports every known session that is not exported yet, in batches.",
+        description="Hourly: discovers new sessions, then exports every known session not exported yet "
+        "(new ones and ones that failed before), in batches.",
     )
-    def hourly_export_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    def hourly_export_schedule(
+        context: dg.ScheduleEvaluationContext, sources: SourcesResource
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        # Discovery here too, so the schedule alone keeps the export complete when the sensor is off;
+        # the pass is recorded like a `discovered_sessions` materialisation, continuing its watermarks.
+        _, metadata = register_new_sessions(context.instance, sources)
+        context.instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=DISCOVERED_KEY, metadata={**metadata, "by": "hourly_export_schedule"})
+        )
         all_keys = context.instance.get_dynamic_partitions(agent_sessions.name)
         pending = pending_keys(context.instance, all_keys)
         if not pending:

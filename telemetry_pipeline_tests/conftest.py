@@ -13,7 +13,11 @@ import dagster as dg
 import pytest
 
 from telemetry_pipeline import cli
+from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
+
+# Distinctive, so that finding it anywhere is proof of a leak and not a coincidence.
+TOKEN = "sgv-TOKEN-4f1c9e27b3d84a6e-do-not-leak"
 
 CONFIG_VARS = (
     "SIGNAVIO_API_URL", "SIGNAVIO_API_KEY", "SIGNAVIO_STATUS_URL", "SIGNAVIO_DATASET", "SIGNAVIO_TIMEOUT",
@@ -46,6 +50,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source_double: SourceD
 
 
 @pytest.fixture
+def signavio(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SignavioDouble]:
+    """The Signavio double as the destination, configured the way an operator would: environment only."""
+    with SignavioDouble(token=TOKEN) as api:
+        monkeypatch.setenv("SIGNAVIO_API_URL", api.url)
+        monkeypatch.setenv("SIGNAVIO_API_KEY", api.token)
+        monkeypatch.setenv("SIGNAVIO_MAX_RETRIES", "3")
+        monkeypatch.setenv("SIGNAVIO_TIMEOUT", "5s")
+        monkeypatch.setenv("SIGNAVIO_POLL_INTERVAL", "0.01")
+        monkeypatch.setenv("SIGNAVIO_POLL_DEADLINE", "5s")
+        yield api
+
+
+@pytest.fixture
 def instance(home: Path) -> Iterator[dg.DagsterInstance]:
     with cli.open_instance() as inst:
         yield inst
@@ -68,7 +85,8 @@ def read_upload(folder: Path) -> tuple[dict, list[str], list[dict[str, str]]]:
     schema = json.loads((folder / "schema.json").read_text())
     keys = (folder / "primaryKeys.txt").read_text().strip().split(",")
     (part,) = folder.glob("*.csv")
-    rows = list(csv.DictReader(io.StringIO(part.read_text(encoding="utf-8"), newline="")))
+    # Bytes, decoded: read_text() would translate a CR inside a quoted value into a line feed.
+    rows = list(csv.DictReader(io.StringIO(part.read_bytes().decode("utf-8"), newline="")))
     return schema, keys, rows
 
 

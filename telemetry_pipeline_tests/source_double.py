@@ -53,6 +53,8 @@ class SourceDouble:
         self.last_event_at: dict[tuple[str, str], str] = {}
         self.faults: dict[tuple[str, str], Fault] = {}
         self.list_fault: Fault | None = None
+        # Sessions whose fetches are answered late: (seconds, gate). Setting the gate ends the wait early.
+        self.delays: dict[tuple[str, str], tuple[float, threading.Event]] = {}
         self.hits: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -71,6 +73,9 @@ class SourceDouble:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            for _, gate in self.delays.values():
+                gate.set()  # wakes handlers that sleep in an injected delay
         self._server.shutdown()
         self._server.server_close()
 
@@ -93,6 +98,15 @@ class SourceDouble:
              delay: float = 0.0) -> None:
         with self._lock:
             self.faults[(source, session_id)] = Fault(status, times, retry_after, delay)
+
+    def slow(self, source: str, session_id: str, seconds: float) -> None:
+        """Answer fetches of the session only after `seconds`; 0 makes it fast again and answers the
+        fetches that are waiting right now."""
+        with self._lock:
+            _, gate = self.delays.pop((source, session_id), (0.0, threading.Event()))
+            gate.set()
+            if seconds:
+                self.delays[(source, session_id)] = (seconds, threading.Event())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         double = self
@@ -128,6 +142,9 @@ class SourceDouble:
                     else:
                         fault = None
                     body = double.bodies.get(key)
+                    delay, gate = double.delays.get(key, (0.0, None))
+                if gate is not None:
+                    gate.wait(delay)
                 if fault:
                     time.sleep(fault.delay)
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}

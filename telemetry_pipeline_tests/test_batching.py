@@ -62,20 +62,25 @@ def test_hourly_schedule_exports_pending_and_previously_failed(home: Path, insta
     later = source_double.add_good("extract", "later")
     instance.add_dynamic_partitions("agent_sessions", [later])
     source_double.add_good("extract", "broken")  # the source fixed its payload
+    unseen = source_double.add_good("agent_telemetry", "unseen")  # only the source knows it yet
 
     defs = make_definitions()
     schedule = defs.resolve_schedule_def("hourly_export_schedule")
-    with dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime(2026, 1, 1, 5)) as ctx:
+    tick = dt.datetime(2026, 1, 1, 5)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, resources=defs.resources) as ctx:
         requests = schedule.evaluate_tick(ctx).run_requests
-    assert len(requests) == 1, "broken and later are adjacent partitions: one batched run"
+    assert unseen in instance.get_dynamic_partitions("agent_sessions"), "the schedule discovers on its own"
+    assert len(requests) == 1, "broken, later and unseen are adjacent partitions: one batched run"
     tags = requests[0].tags
-    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (broken, later)
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (broken, unseen)
 
     job = defs.resolve_job_def("export_sessions")
     assert job.execute_in_process(instance=instance, tags=tags).success
-    assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later}
-    with dg.build_schedule_context(instance=instance) as ctx:
+    assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later, unseen}
+    with dg.build_schedule_context(instance=instance, resources=defs.resources) as ctx:
         assert not schedule.evaluate_tick(ctx).run_requests, "nothing left to export"
+    code, out = run_cli(capsys, "discover")
+    assert out["new_count"] == 0, "the schedule's pass moved the same watermarks the asset uses"
 
 
 def test_prune_removes_old_exported_partitions_and_status_still_answers(

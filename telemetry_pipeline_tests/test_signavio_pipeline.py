@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +20,14 @@ import pytest
 
 from telemetry_pipeline import cli
 from telemetry_pipeline.definitions import make_definitions
-from telemetry_pipeline_tests.conftest import run_cli
+from telemetry_pipeline_tests.conftest import TOKEN, run_cli
 from telemetry_pipeline_tests.signavio_double import STATES, SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
 
-# Distinctive, so that finding it anywhere is proof of a leak and not a coincidence.
-TOKEN = "sgv-TOKEN-4f1c9e27b3d84a6e-do-not-leak"
 RUNS, EVENTS = "agent_telemetry_runs", "agent_telemetry_events"
 EXPORT = dg.AssetKey("signavio_export")
 RAW = dg.AssetKey("raw_telemetry")
 NIL_STATUS_PATH = "/spi/ingestions/v1/00000000-0000-0000-0000-000000000000/status"
-
-
-@pytest.fixture
-def signavio(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SignavioDouble]:
-    """The Signavio double as the destination, configured the way an operator would: environment only."""
-    with SignavioDouble(token=TOKEN) as api:
-        monkeypatch.setenv("SIGNAVIO_API_URL", api.url)
-        monkeypatch.setenv("SIGNAVIO_API_KEY", api.token)
-        monkeypatch.setenv("SIGNAVIO_MAX_RETRIES", "3")
-        monkeypatch.setenv("SIGNAVIO_TIMEOUT", "5s")
-        monkeypatch.setenv("SIGNAVIO_POLL_INTERVAL", "0.01")
-        monkeypatch.setenv("SIGNAVIO_POLL_DEADLINE", "5s")
-        yield api
 
 
 def add_sessions(source_double: SourceDouble) -> list[str]:

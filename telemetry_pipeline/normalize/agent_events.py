@@ -23,6 +23,11 @@ CREATE OR REPLACE TEMP MACRO epoch_ts(n) AS to_timestamp(
     CASE WHEN abs(n) < 1e11 THEN n WHEN abs(n) < 1e14 THEN n / 1e3
          WHEN abs(n) < 1e17 THEN n / 1e6 WHEN abs(n) < 2.5e20 THEN n / 1e9 END);
 CREATE OR REPLACE TEMP MACRO humanize(t) AS upper(left(t, 1)) || replace(substr(t, 2), '_', ' ');
+CREATE OR REPLACE TEMP MACRO finite_ts(t) AS CASE WHEN isfinite(t) THEN t END;
+-- A JSON scalar as a long: exact for integers, fractions rounded; NULL, never an error, for anything
+-- else (text, NaN, beyond the long range), whose raw value stays in `attributes`.
+CREATE OR REPLACE TEMP MACRO to_long(v) AS
+    coalesce(try_cast(v AS BIGINT), try_cast(round(try_cast(v AS DOUBLE)) AS BIGINT));
 """
 
 _VALIDATE = """
@@ -85,26 +90,30 @@ SELECT session_key, seq, e,
        coalesce(nullif(type_text, ''), 'unknown') AS event_type,
        CASE WHEN json_type(e) = 'OBJECT'
             THEN json_merge_patch(
-                     json_merge_patch(e, '{{"timestamp":null,"session_id":null,"type":null,"payload":null}}'),
+                     -- a payload that is not an object stays, as it came, under "payload"
+                     json_merge_patch(e, CASE WHEN payload IS NULL
+                                              THEN '{{"timestamp":null,"session_id":null,"type":null}}'
+                                              ELSE '{{"timestamp":null,"session_id":null,"type":null,"payload":null}}'
+                                         END::JSON),
                      coalesce(payload, '{{}}'::JSON))
        END AS attrs,
        ts_json,
-       CASE json_type(ts_json)
+       finite_ts(CASE json_type(ts_json)  -- 'infinity' parses, but is no time
            WHEN 'VARCHAR' THEN coalesce(try_cast(ts_json->>'$' AS TIMESTAMPTZ),
                                         epoch_ts(try_cast(ts_json->>'$' AS DOUBLE)))
            WHEN 'UBIGINT' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
            WHEN 'BIGINT' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
            WHEN 'DOUBLE' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
-       END AS ts,
+       END) AS ts,
        {_P["tool_name"]} AS tool_name,
        coalesce({_P["tool_call_id"]}, {_P["call_id"]}) AS call_id,
        try_cast({_P["success"]} AS BOOLEAN) AS success,
        nullif(coalesce({_P["error"]}, {_P["error_details"]}), '') AS error,
        {_P["model"]} AS model,
-       round(try_cast({_P["latency_ms"]} AS DOUBLE))::BIGINT AS latency_ms,
-       try_cast(coalesce({_P["input_tokens"]}, {_P["prompt_tokens"]},
-                         CASE WHEN type_text = 'user_prompt' THEN {_P["tokens"]} END) AS DOUBLE)::BIGINT AS input_tokens,
-       try_cast(coalesce({_P["output_tokens"]}, {_P["completion_tokens"]}) AS DOUBLE)::BIGINT AS output_tokens,
+       to_long({_P["latency_ms"]}) AS latency_ms,
+       to_long(coalesce({_P["input_tokens"]}, {_P["prompt_tokens"]},
+                        CASE WHEN type_text = 'user_prompt' THEN {_P["tokens"]} END)) AS input_tokens,
+       to_long(coalesce({_P["output_tokens"]}, {_P["completion_tokens"]})) AS output_tokens,
        {_P["prompt"]} AS prompt, {_P["response"]} AS response, nullif({_P["step_name"]}, '') AS step_name,
        {_P["agent_name"]} AS agent_name, {_P["service_name"]} AS service_name,
        {_P["workflow_name"]} AS workflow_name, {_P["workflow_version"]} AS workflow_version,
@@ -134,7 +143,7 @@ tools AS (
            coalesce(s.event_type, c.event_type) AS event_type,
            coalesce(s.tool_name, c.tool_name) AS tool_name,
            'Call tool ' || coalesce(s.tool_name, c.tool_name, 'unknown') AS activity,
-           coalesce(s.ts, c.ts - to_milliseconds(coalesce(c.latency_ms, 0))) AS event_time,
+           coalesce(s.ts, try(c.ts - to_milliseconds(coalesce(c.latency_ms, 0))), c.ts) AS event_time,
            c.ts AS end_time,
            coalesce(s.tool_name, c.tool_name) AS resource,
            CASE WHEN c.seq IS NULL THEN 'incomplete'

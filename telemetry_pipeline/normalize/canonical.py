@@ -129,6 +129,10 @@ def normalize_each(
         except InvalidPayload as exc:
             errors[r.key] = f"{r.key}: {exc}"
             continue
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            # A shape the parser did not foresee fails this session, named, not the whole batch.
+            errors[r.key] = f"{r.key}: unreadable payload ({type(exc).__name__}: {exc})"
+            continue
         sessions.append(session)
         events.extend(rows)
     replace_sessions(con, sessions, events)

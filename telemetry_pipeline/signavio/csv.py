@@ -17,6 +17,8 @@ import pandas as pd
 from telemetry_pipeline.signavio.models import TableUpload
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS, Table
 
+# Times leave as epoch milliseconds, floored: epoch_ms() alone truncates some sub-millisecond instants
+# before 1970 toward zero (0514-03-17 15:07:26.001982 gave ...753998 instead of ...753999).
 _RUNS_SQL = """
 WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
 ev AS (SELECT * FROM events WHERE session_key IN (SELECT session_key FROM batch)),
@@ -45,14 +47,16 @@ llm AS (
 steps AS (
     SELECT session_key,
            to_json(list(json_object(
-               'step_name', activity, 'start_time', epoch_ms(event_time), 'end_time', epoch_ms(end_time),
+               'step_name', activity, 'start_time', epoch_ms(date_trunc('millisecond', event_time)),
+               'end_time', epoch_ms(date_trunc('millisecond', end_time)),
                'status', status, 'duration_ms', latency_ms) ORDER BY event_time, seq)) AS process_steps,
            count(*) FILTER (WHERE event_type = 'model_change') AS model_changes,
            count(*) AS activities
     FROM ev GROUP BY session_key
 )
 SELECT s.session_id AS agent_run_id, s.agent_name, s.session_id AS task_id, s.task_description,
-       epoch_ms(s.start_time) AS start_time, epoch_ms(s.end_time) AS end_time, s.status,
+       epoch_ms(date_trunc('millisecond', s.start_time)) AS start_time,
+       epoch_ms(date_trunc('millisecond', s.end_time)) AS end_time, s.status,
        printf('%d tool calls (%d succeeded, %d failed); %d model changes; status %s',
               coalesce(t.calls, 0), coalesce(t.calls_ok, 0), coalesce(t.calls_failed, 0),
               coalesce(st.model_changes, 0), s.status) AS outcome_summary,
@@ -71,8 +75,9 @@ ORDER BY s.session_key
 """
 
 _EVENTS_SQL = """
-SELECT e.event_id, s.session_id AS case_id, e.activity, epoch_ms(e.event_time) AS event_time,
-       epoch_ms(e.end_time) AS end_time, e.resource, e.event_type, e.status, e.tool_name, e.model,
+SELECT e.event_id, s.session_id AS case_id, e.activity,
+       epoch_ms(date_trunc('millisecond', e.event_time)) AS event_time,
+       epoch_ms(date_trunc('millisecond', e.end_time)) AS end_time, e.resource, e.event_type, e.status, e.tool_name, e.model,
        e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source
 FROM events e JOIN sessions s USING (session_key)
 WHERE e.session_key IN (SELECT unnest($keys::VARCHAR[]))
@@ -117,7 +122,11 @@ def _upload(table: Table, frame: pd.DataFrame, dataset: str) -> TableUpload:
 
 
 def to_csv_bytes(frame: pd.DataFrame, delimiter: str = ",") -> bytes:
-    """RFC 4180 CSV, UTF-8, header row, `\\n` line ends, empty cell for null."""
+    """RFC 4180 CSV, UTF-8, header row, CRLF line ends, empty cell for null.
+
+    CRLF, not a bare LF: the csv writer quotes a value only for the characters of its line terminator,
+    so with `\\n` a value holding a lone `\\r` went out unquoted and split its record in two on reading.
+    """
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, sep=delimiter, na_rep="", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    frame.to_csv(buffer, index=False, sep=delimiter, na_rep="", quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     return buffer.getvalue().encode("utf-8")

@@ -24,12 +24,19 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterator
-from urllib.parse import quote
 
 import httpx
 
 from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
-from telemetry_pipeline.sources.base import RawSession, SessionRef, SourceError, checked_get, json_of, parse_time
+from telemetry_pipeline.sources.base import (
+    RawSession,
+    SessionRef,
+    SourceError,
+    checked_get,
+    json_of,
+    parse_time,
+    path_segment,
+)
 
 REFUSED = "the platform refused the token (AGORA_API_TOKEN)"
 log = logging.getLogger(__name__)
@@ -116,7 +123,7 @@ class AgoraSource:
     # -- fetching -----------------------------------------------------------------------------------
 
     def fetch(self, session_id: str) -> RawSession:
-        base = f"{self._base}/executions/{quote(session_id, safe='')}"
+        base = f"{self._base}/executions/{path_segment(session_id)}"
         parts: dict[str, bytes] = {}
         for part, path in (("timeline", "/timeline"), ("spans", "/telemetry-spans"), ("events", "/telemetry-events")):
             url = base + path

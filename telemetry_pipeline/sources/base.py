@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -105,6 +106,13 @@ def parse_time(value: str | None) -> dt.datetime | None:
 
 def format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def path_segment(value: str) -> str:
+    """`value` as one URL path segment: every reserved character percent-encoded, and the dot segments
+    `.` and `..` too, which an HTTP client would otherwise resolve (`/sessions/../events` is `/events`)."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 def checked_get(

@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import httpx
 
@@ -20,6 +19,7 @@ from telemetry_pipeline.sources.base import (
     format_time,
     json_of,
     parse_time,
+    path_segment,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class SessionApiSource:
         self._page_size = page_size
 
     def fetch(self, session_id: str) -> RawSession:
-        url = self._base + self._routes.fetch_path.format(session_id=quote(session_id, safe=""))
+        url = self._base + self._routes.fetch_path.format(session_id=path_segment(session_id))
         where = f"{self.name} session {session_id!r} ({redact_url(url)})"
         build = lambda: self._client.build_request("GET", url)  # noqa: E731
         response = checked_get(self._client, build, self._retry, where, not_found="no such session")

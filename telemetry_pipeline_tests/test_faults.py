@@ -1,0 +1,471 @@
+"""Issue 6: nothing is lost and nothing is duplicated through faults, crashes, restarts and overlapping runs.
+
+Crashes are real: `python -m telemetry_pipeline export ...` runs as a subprocess against the source double
+and the Signavio double, and is killed with SIGKILL at a chosen stage (no cleanup code runs). The next
+`export` then has to finish the job, and the invariants are checked where they matter:
+- every session ends exported (a `signavio_export` materialisation);
+- Signavio holds exactly one row per primary key: every session's case row and every one of its events,
+  nothing missing and nothing extra (an orphaned upload that completes late replaces rows, it adds none);
+- nothing is marked exported that Signavio did not confirm (every execution id in the history is COMPLETED).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import httpx
+import pytest
+
+from telemetry_pipeline.definitions import make_definitions
+from telemetry_pipeline.warehouse import Warehouse
+from telemetry_pipeline_tests.conftest import run_cli
+from telemetry_pipeline_tests.signavio_double import SignavioDouble
+from telemetry_pipeline_tests.source_double import Fault, SourceDouble
+
+RUNS, EVENTS = "agent_telemetry_runs", "agent_telemetry_events"
+EXPORT = dg.AssetKey("signavio_export")
+N_TOOLS = 2
+EVENTS_PER_SESSION = 2 + N_TOOLS  # prompt, model change, one activity per paired tool call
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    """A `python -m telemetry_pipeline export ...` process; its stdout and stderr go to files."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+
+    def result(self, timeout: float = 60) -> dict[str, Any]:
+        self.proc.wait(timeout=timeout)
+        text = self.out.read_text()
+        assert text.strip(), self.out.with_suffix(".err").read_text()[-3000:]
+        return json.loads(text)
+
+
+def start_export(tmp_path: Path, *args: str) -> Export:
+    """`python -m telemetry_pipeline export ARGS` in a new process, with this test's environment."""
+    n = len(list(tmp_path.glob("export-*.out")))
+    out, err = tmp_path / f"export-{n}.out", tmp_path / f"export-{n}.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:  # files, not pipes: a full pipe would block it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "telemetry_pipeline", "export", *args],
+            stdout=stdout, stderr=stderr, env=dict(os.environ),
+        )
+    return Export(proc, out)
+
+
+def wait_for(condition: Callable[[], bool], export: Export, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if export.proc.poll() is not None:
+            err = export.out.with_suffix(".err").read_text()[-3000:]
+            raise AssertionError(f"the export exited ({export.proc.returncode}) before {what}:\n{err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def sigkill(export: Export) -> None:
+    os.kill(export.proc.pid, signal.SIGKILL)
+    assert export.proc.wait(timeout=10) == -signal.SIGKILL  # reaped: its pid is gone, not a zombie
+
+
+def claims(home: Path) -> dict[str, str]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return dict(con.execute("SELECT session_key, run_id FROM export_claims").fetchall())
+
+
+def posted_rows(api: SignavioDouble, table: str) -> list[list[dict[str, str]]]:
+    """The CSV rows of every upload POST of `table` (accepted or not), in order."""
+    uploads = []
+    for post in api.posts():
+        if json.loads(post.form_value("schema") or "{}").get("name") != table:
+            continue
+        text = b"".join(p.data for p in post.parts if p.name == "files").decode()
+        uploads.append(list(csv.DictReader(io.StringIO(text, newline=""))))
+    return uploads
+
+
+def complete_orphans(api: SignavioDouble, execution_ids: list[str]) -> None:
+    """Signavio finishes uploads whose client is gone: poll them to a final state, as the service would."""
+    with httpx.Client(headers={"Authorization": f"Bearer {api.token}"}) as client:
+        for eid in execution_ids:
+            for _ in range(20):
+                state = client.get(f"{api.base_url}/spi/ingestions/v1/{eid}/status").json()["payload"]["status"]
+                if state == "COMPLETED":
+                    break
+            assert state == "COMPLETED"
+
+
+def assert_delivered_exactly_once(api: SignavioDouble, instance: dg.DagsterInstance, keys: list[str]) -> None:
+    ids = sorted(k.partition(":")[2] for k in keys)
+    runs = api.rows(RUNS)
+    assert sorted(r["agent_run_id"] for r in runs) == ids, "one case row per session: none missing, none extra"
+    events = api.rows(EVENTS)
+    per_case = Counter(e["case_id"] for e in events)
+    assert per_case == {i: EVENTS_PER_SESSION for i in ids}, "every event once: deterministic ids replaced rows"
+    assert instance.get_materialized_partitions(EXPORT) == set(keys), "every session ends exported"
+    assert_nothing_unconfirmed(api, instance)
+
+
+def assert_nothing_unconfirmed(api: SignavioDouble, instance: dg.DagsterInstance) -> None:
+    """Every materialisation ever recorded names executions that Signavio completed."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EXPORT), limit=10_000).records
+    for record in records:
+        meta = record.event_log_entry.asset_materialization.metadata
+        assert meta["ingestion_status"].value == "COMPLETED"
+        for joined in meta["execution_ids"].value.values():
+            for eid in joined.split(","):
+                assert api.executions[eid].state == "COMPLETED", (record.partition_key, eid)
+
+
+def add_good(source_double: SourceDouble, n: int, prefix: str) -> list[str]:
+    return [source_double.add_good("extract", f"{prefix}-{i:03d}", n_tools=N_TOOLS) for i in range(n)]
+
+
+# -- claims: the concurrency guard, as plain code -----------------------------------------------------------
+
+
+def test_claims_keep_overlapping_runs_apart_and_expire_with_their_run(tmp_path: Path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    live = {"run-a", "run-b"}
+    is_live = live.__contains__
+
+    assert wh.claim(["k1", "k2", "k3"], "run-a", is_live) == (["k1", "k2", "k3"], {})
+    claimed, held = wh.claim(["k2", "k3", "k4"], "run-b", is_live)
+    assert claimed == ["k4"] and held == {"k2": "run-a", "k3": "run-a"}, "a live run's claims are respected"
+    assert wh.claim(["k1"], "run-a", is_live) == (["k1"], {}), "a run may claim its own keys again"
+
+    wh.release(["k1", "k2", "k3", "k4"], "run-a")  # only run-a's own claims go
+    assert wh.claim(["k1", "k4"], "run-c", is_live) == (["k1"], {"k4": "run-b"})
+
+    live.discard("run-b")  # run-b is over (finished, failed, or its record is gone)
+    assert wh.claim(["k4"], "run-c", is_live) == (["k4"], {}), "the claim of a run that is over is stale"
+
+    assert wh.claim(["k9"], "run-a", is_live) == (["k9"], {})
+    assert wh.claim(["k9"], "run-d", is_live, stale_after=0) == (["k9"], {}), "a claim past its TTL is stale"
+
+
+def test_claims_of_a_killed_process_are_stale_even_if_its_run_looks_alive(tmp_path: Path):
+    path = tmp_path / "w.duckdb"
+    script = (
+        "import sys; from pathlib import Path; from telemetry_pipeline.warehouse import Warehouse; "
+        "print(Warehouse(Path(sys.argv[1])).claim(['k1', 'k2'], 'dead-run'))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    assert "['k1', 'k2']" in done.stdout  # that process claimed both, then ended without releasing them
+
+    claimed, held = Warehouse(path).claim(["k1", "k2"], "next-run", lambda run_id: True)
+
+    assert claimed == ["k1", "k2"] and held == {}
+
+
+def test_claims_race_between_connections_of_one_process(tmp_path: Path):
+    import threading
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    keys = [f"k{i}" for i in range(50)]
+    results: dict[str, list[str]] = {}
+    start = threading.Barrier(8)
+
+    def contend(run_id: str) -> None:
+        start.wait()
+        results[run_id] = wh.claim(keys, run_id, lambda _: True)[0]
+
+    threads = [threading.Thread(target=contend, args=(f"run-{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    winners = [run for run, got in results.items() if got]
+    assert len(results) == 8 and len(winners) == 1 and results[winners[0]] == keys, "one run got every key"
+
+
+# -- two real runs overlapping on the same sessions -----------------------------------------------------------
+
+
+def test_overlapping_runs_upload_each_session_once(
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+):
+    keys = add_good(source_double, 8, "c")
+    first, second = keys[:6], keys[2:]  # they overlap on keys[2:6]
+    for key in first:
+        source_double.slow("extract", key.partition(":")[2], 60)
+
+    a = start_export(tmp_path, *first)
+    wait_for(lambda: all(source_double.hits[k] for k in first), a, "run A fetching its sessions")
+    code_b, out_b = run_cli(capsys, "export", *second)  # B, in this process: what A does not hold, while A fetches
+    for key in first:
+        source_double.slow("extract", key.partition(":")[2], 0)
+    out_a = a.result()
+
+    [run_a] = [r for r in instance.get_runs() if r.tags.get("dagster/asset_partition_range_start") == first[0]]
+    assert out_a["exported_count"] == 6 and out_a["status"] == "ok"
+    by_key = {r["session_id"]: r for r in out_b["results"]}
+    assert code_b == 0 and out_b["exported_count"] == 2 and out_b["skipped_count"] == 4
+    for key in keys[2:6]:
+        assert by_key[key] == {"session_id": key, "status": "skipped", "reason": f"being exported by run {run_a.run_id}"}
+        assert source_double.hits[key] == 1, "B never even fetched a session A was exporting"
+    uploaded = Counter(r["agent_run_id"] for rows in posted_rows(signavio, RUNS) for r in rows)
+    assert uploaded == {k.partition(":")[2]: 1 for k in keys}, "each session in exactly one upload"
+    for key in keys:
+        page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EXPORT, asset_partitions=[key]), limit=5)
+        assert len(page.records) == 1, key
+    assert_delivered_exactly_once(signavio, instance, keys)
+    assert claims(home) == {}, "both runs released their claims"
+
+
+# -- SIGKILL at each stage; the next export finishes the job ----------------------------------------------------
+
+
+def test_killed_while_fetching(
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+):
+    keys = add_good(source_double, 4, "a")
+    source_double.slow("extract", "a-003", 60)
+
+    proc = start_export(tmp_path, *keys)
+    wait_for(lambda: source_double.hits[keys[3]] >= 1, proc, "the fetch of the slow session")
+    sigkill(proc)
+
+    assert not signavio.posts() and instance.get_materialized_partitions(EXPORT) == set()
+    [dead] = instance.get_runs()
+    assert dead.status == dg.DagsterRunStatus.STARTED, "nobody recorded its end: its record says STARTED"
+    assert claims(home) == {k: dead.run_id for k in keys}, "its claims were left behind"
+    source_double.slow("extract", "a-003", 0)
+
+    code, out = run_cli(capsys, "export", "--pending")
+
+    assert code == 0 and out["exported_count"] == 4, out
+    assert_delivered_exactly_once(signavio, instance, keys)
+    assert claims(home) == {}
+
+
+def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+):
+    keys = add_good(source_double, 5, "b")
+    signavio.steps_per_poll = 0  # accepted uploads never finish while this holds
+
+    proc = start_export(tmp_path, *keys)
+    wait_for(lambda: len(signavio.executions) == 2 and any(r.method == "GET" for r in signavio.requests), proc,
+             "both uploads accepted and polled")
+    sigkill(proc)
+
+    orphans = list(signavio.executions)
+    assert not signavio.rows(RUNS) and not signavio.rows(EVENTS)
+    assert instance.get_materialized_partitions(EXPORT) == set(), "accepted is not loaded: nothing is exported"
+    signavio.steps_per_poll = 2
+
+    code, out = run_cli(capsys, "export", *keys)
+
+    assert code == 0 and out["exported_count"] == 5, out
+    assert_delivered_exactly_once(signavio, instance, keys)
+    complete_orphans(signavio, orphans)  # the dead run's uploads are finished by Signavio after all
+    assert_delivered_exactly_once(signavio, instance, keys)
+    assert len(posted_rows(signavio, RUNS)) == 2, "sent twice (at least once), loaded once per key"
+
+
+def test_killed_while_recording_materialisations(
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+):
+    keys = add_good(source_double, 40, "m")
+
+    proc = start_export(tmp_path, *keys)
+    wait_for(lambda: len(instance.get_materialized_partitions(EXPORT)) > 0, proc, "the first materialisation")
+    sigkill(proc)
+
+    recorded = instance.get_materialized_partitions(EXPORT)
+    assert 0 < len(recorded) < len(keys), "killed part-way through the materialisations"
+    loaded = {r["agent_run_id"] for r in signavio.rows(RUNS)}
+    assert {k.partition(":")[2] for k in recorded} <= loaded, "what was recorded had been confirmed"
+    assert_nothing_unconfirmed(signavio, instance)
+
+    code, out = run_cli(capsys, "export", "--pending")
+
+    assert code == 0 and out["exported_count"] == len(keys) - len(recorded), out
+    [_, resent] = posted_rows(signavio, RUNS)
+    assert {r["agent_run_id"] for r in resent} == {k.partition(":")[2] for k in set(keys) - recorded}, (
+        "only the sessions without a materialisation were sent again"
+    )
+    assert_delivered_exactly_once(signavio, instance, keys)
+
+
+# -- discovery never skips a session ------------------------------------------------------------------------
+
+
+def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    defs = make_definitions()
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+        return defs.resolve_sensor_def("new_sessions_sensor")(context)
+
+
+def test_sensor_cursor_never_passes_a_session_that_was_not_registered(
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+):
+    old = [source_double.add_good("extract", f"old-{i}") for i in range(2)]
+    first = sensor_tick(instance, None)
+    for request in first.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    cursor = first.cursor
+    assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(old)
+
+    newer_ex = source_double.add("extract", "new-ex", {"events": []}, last_event_at="2025-01-16T00:00:00Z")
+    newer_at = source_double.add("agent_telemetry", "new-at", {"events": []}, last_event_at="2025-01-16T00:00:00Z")
+
+    # 1. extract's listing fails (every attempt), agent_telemetry's works: only the latter's mark moves.
+    source_double.list_fault = Fault(503, remaining=3)
+    failed = sensor_tick(instance, cursor)
+    assert list(failed.dynamic_partitions_requests[0].partition_keys) == [newer_at]
+    marks = json.loads(failed.cursor)
+    assert marks["extract"] == json.loads(cursor)["extract"], "the failed source's watermark stayed put"
+    assert marks["agent_telemetry"] == "2025-01-16T00:00:00Z"
+
+    # 2. The process dies after listing, before the result is applied: neither the partitions nor the
+    #    cursor were stored, so the next tick lists the same sessions again from the old cursor.
+    again = sensor_tick(instance, cursor)
+    assert sorted(again.dynamic_partitions_requests[0].partition_keys) == sorted([newer_ex, newer_at])
+    assert len(again.run_requests) == 1 and again.cursor != cursor
+    assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(old), "nothing was applied yet"
+
+    # 3. Applied together, the next tick has nothing new to say.
+    for request in again.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    last = sensor_tick(instance, again.cursor)
+    assert not last.dynamic_partitions_requests and not last.run_requests
+
+
+def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, capsys: pytest.CaptureFixture[str],
+):
+    source_double.add_good("extract", "e1")
+    source_double.list_fault = Fault(500, remaining=10**6)
+    code, out = run_cli(capsys, "discover")
+    assert code == 1 and set(out["source_errors"]) == {"extract", "agent_telemetry"}
+    assert out["new_count"] == 0
+    meta = instance.get_latest_materialization_event(dg.AssetKey("discovered_sessions")).asset_materialization.metadata
+    assert meta["watermarks"].value == {}, "no watermark moved"
+
+    source_double.list_fault = None
+    code, out = run_cli(capsys, "discover")
+    assert code == 0 and out["new_keys"] == ["extract:e1"]
+
+
+# -- sources that are down or slow ---------------------------------------------------------------------------
+
+
+def test_a_source_that_is_down_fails_only_its_sessions(
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+):
+    with SourceDouble() as gone:
+        pass  # stopped: its port refuses connections
+    monkeypatch.setenv("EXTRACT_SERVICE_URL", gone.url)
+    down = ["extract:d1", "extract:d2"]
+    up = [source_double.add_good("agent_telemetry", f"u{i}") for i in range(2)]
+
+    code, out = run_cli(capsys, "export", *down, *up)
+
+    assert code == 1 and out["status"] == "partial" and out["exported_count"] == 2
+    by_key = {r["session_id"]: r for r in out["results"]}
+    for key in down:
+        error = by_key[key]["error"]
+        assert by_key[key]["status"] == "failed"
+        assert f"session '{key.partition(':')[2]}'" in error and "source unavailable" in error
+        assert "ConnectError" in error and "after 3 attempts" in error, "SOURCE_MAX_RETRIES=2: bounded"
+    assert instance.get_materialized_partitions(EXPORT) == set(up)
+
+
+def test_a_slow_source_times_out_per_session(
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("SOURCE_TIMEOUT", "0.3s")
+    monkeypatch.setenv("SOURCE_MAX_RETRIES", "1")
+    slow = source_double.add_good("extract", "slow")
+    source_double.slow("extract", "slow", 5)
+    fine = [source_double.add_good("extract", f"fine{i}") for i in range(3)]
+
+    started = time.monotonic()
+    code, out = run_cli(capsys, "export", slow, *fine)
+    elapsed = time.monotonic() - started
+
+    by_key = {r["session_id"]: r for r in out["results"]}
+    assert code == 1 and out["exported_count"] == 3
+    assert "ReadTimeout" in by_key[slow]["error"] and "after 2 attempts" in by_key[slow]["error"]
+    assert source_double.hits[slow] == 2
+    assert elapsed < 5, "two attempts of 0.3 s, not the source's 5 s"
+    assert instance.get_materialized_partitions(EXPORT) == set(fine)
+
+
+# -- Signavio faults at the pipeline level ------------------------------------------------------------------------
+
+
+def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_does(
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    capsys: pytest.CaptureFixture[str],
+):
+    keys = add_good(source_double, 3, "r")
+    signavio.fail_next(4, 429, retry_after=0)  # SIGNAVIO_MAX_RETRIES=3: four attempts for the first table
+    signavio.fail_next(4, 503)  # and four for the second
+
+    code, out = run_cli(capsys, "export", *keys)
+
+    assert code == 1 and out["failed_count"] == 3
+    for result in out["results"]:
+        assert "UNREACHABLE" in result["error"] and "HTTP 429" in result["error"] and "HTTP 503" in result["error"]
+    assert len(signavio.posts()) == 8 and not signavio.executions, "bounded: 4 attempts per table, none accepted"
+    assert instance.get_materialized_partitions(EXPORT) == set()
+    # As if the failed run had died holding its claims, in this very process (whose pid is alive):
+    # only the run's own status can tell that they are over.
+    [failed] = instance.get_runs()
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+    Warehouse(home / "warehouse.duckdb").claim(keys, failed.run_id)
+
+    code, out = run_cli(capsys, "export", *keys)
+
+    assert code == 0 and out["exported_count"] == 3
+    assert_delivered_exactly_once(signavio, instance, keys)
+
+
+def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_nothing(
+    signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("SIGNAVIO_TIMEOUT", "0.3s")
+    keys = add_good(source_double, 3, "h")
+    signavio.hang_next(1, 1.0)  # the first POST is answered after the client gave up, but still processed
+
+    code, out = run_cli(capsys, "export", *keys)
+
+    assert code == 0 and out["exported_count"] == 3
+    deadline = time.monotonic() + 5
+    while len(signavio.executions) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    confirmed = {eid for eid, e in signavio.executions.items() if e.state == "COMPLETED"}
+    [orphan] = set(signavio.executions) - confirmed
+    assert signavio.executions[orphan].table == RUNS
+    complete_orphans(signavio, [orphan])
+    assert_delivered_exactly_once(signavio, instance, keys)
