@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Discovery:
     new: list[SessionRef] = field(default_factory=list)  # in listing order, each key once
+    relisted: list[SessionRef] = field(default_factory=list)  # known keys listed again (maybe with new events)
     watermarks: dict[str, str] = field(default_factory=dict)  # source -> RFC 3339 for the next `since`
     errors: dict[str, str] = field(default_factory=dict)  # source -> why its listing failed
     refused: dict[str, str] = field(default_factory=dict)  # key -> why it cannot be a partition
@@ -54,9 +55,9 @@ def discover(
         if problem:
             result.refused[ref.key] = problem
             log.warning("discovery: %s", problem)
-        elif ref.key not in known and ref.key not in seen:
+        elif ref.key not in seen:
             seen.add(ref.key)
-            result.new.append(ref)
+            (result.relisted if ref.key in known else result.new).append(ref)
         if at is not None:
             newest[ref.source] = max(at, newest.get(ref.source, at))
     for source, latest in newest.items():

@@ -229,3 +229,29 @@ def test_a_source_without_a_listing_endpoint_is_exported_by_hand(home: Path, mon
     assert code == 0 and out["results"] == [{"session_id": key, "status": "exported"}]
     code, out = run_cli(capsys, "check")
     assert code == 0 and out["checks"][0]["name"] == "source:extract" and out["checks"][0]["ok"]
+
+
+def test_sensor_reexports_a_session_that_continued_after_its_export(home: Path, instance: dg.DagsterInstance,
+                                                                    source_double: SourceDouble):
+    import datetime as dt
+    import time
+
+    from telemetry_pipeline.sources.base import format_time
+
+    key = source_double.add_good("agent_telemetry", "ongoing", n_tools=1)
+    first, _ = run_sensor_tick(instance)
+    assert instance.get_materialized_partitions(EXPORT) == {key}
+    exported_events = len([e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "ongoing"])
+
+    time.sleep(0.05)  # the agent goes on after the export: three more tool calls, a newer last event
+    source_double.add("agent_telemetry", "ongoing", {"events": good_events(n_tools=4)},
+                      last_event_at=format_time(dt.datetime.now(dt.UTC)))
+    second, runs = run_sensor_tick(instance, first.cursor)
+    assert len(second.run_requests) == 1 and all(r.success for r in runs)
+    assert not second.dynamic_partitions_requests, "a known key is not added again"
+    rows = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "ongoing"]
+    assert len(rows) == exported_events + exported_events + 3, "the second upload carries the whole session"
+    assert len({e["event_id"] for e in rows}) == exported_events + 3, "earlier events keep their ids"
+
+    third, _ = run_sensor_tick(instance, second.cursor)
+    assert not third.run_requests, "exported after its last event: nothing more to do"
