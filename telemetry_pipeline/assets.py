@@ -114,9 +114,7 @@ def session_export(
             is_live=lambda rid: (run := context.instance.get_run_by_id(rid)) is not None and not run.is_finished,
         )
         where = destination.describe()
-    if outcome.in_flight:  # another run is exporting these right now: neither exported nor failed here
-        context.log.warning("%d sessions left to the runs exporting them: %s", len(outcome.in_flight),
-                            dict(list(outcome.in_flight.items())[:MAX_LISTED_IN_METADATA]))
+    if outcome.in_flight:  # another run is exporting these right now (export_batch logged them)
         yield dg.AssetObservation(asset_key=EXPORT, metadata={"in_flight": dg.MetadataValue.json(outcome.in_flight)})
     yield from _materializations(outcome, dataset, where)
     if outcome.failures:
@@ -132,7 +130,10 @@ def session_export(
 
 
 def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iterator[dg.AssetMaterialization]:
-    failed_at = {stage: sum(1 for e in out.failures.values() if e.startswith(stage)) for stage in ("fetch", "normalise", "load")}
+    failed_at = {stage: sum(1 for e in out.failures.values() if e.startswith(stage)) for stage in ("fetch", "normalise")}
+    runs_table, events_table = RUNS.name(dataset), EVENTS.name(dataset)
+    runs_rows = sum(r for r, _ in out.rows.values())
+    events_rows = sum(e for _, e in out.rows.values())
     if out.stored:
         yield dg.AssetMaterialization(asset_key=RAW, metadata={
             "sessions": len(out.stored), "bytes": out.bytes_fetched, "fetch_failures": failed_at["fetch"],
@@ -140,20 +141,17 @@ def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iter
         })
     if out.normalized:
         yield dg.AssetMaterialization(asset_key=EVENTS_ASSET, metadata={
-            "sessions": len(out.normalized), "events_rows": sum(e for _, e in out.rows.values()),
+            "sessions": len(out.normalized), "events_rows": events_rows,
             "normalise_failures": failed_at["normalise"],
         })
     if out.rendered:
         yield dg.AssetMaterialization(asset_key=CSV_ASSET, metadata={
             "sessions": len(out.rendered), "dataset": dataset,
-            "runs_table": RUNS.name(dataset), "events_table": EVENTS.name(dataset),
-            "runs_rows": sum(r for r, _ in out.rows.values()), "events_rows": sum(e for _, e in out.rows.values()),
+            "runs_table": runs_table, "events_table": events_table, "runs_rows": runs_rows, "events_rows": events_rows,
         })
     if not out.exported:
         return
-    by_table = {load.table: load for load in out.loads}
-    runs_table, events_table = RUNS.name(dataset), EVENTS.name(dataset)
-    execution_ids = {table: ",".join(load.execution_ids) for table, load in by_table.items()}
+    execution_ids = {load.table: ",".join(load.execution_ids) for load in out.loads}
     statuses = {load.status for load in out.loads}
     shared = {
         "execution_id": execution_ids.get(events_table, ""),
@@ -165,7 +163,7 @@ def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iter
         "dataset": dataset,
     }
     for key in out.exported:
-        runs_rows, events_rows = out.rows.get(key, (0, 0))
+        session_runs, session_events = out.rows.get(key, (0, 0))
         yield dg.AssetMaterialization(
-            asset_key=EXPORT, partition=key, metadata={**shared, "runs_rows": runs_rows, "events_rows": events_rows}
+            asset_key=EXPORT, partition=key, metadata={**shared, "runs_rows": session_runs, "events_rows": session_events}
         )

@@ -23,7 +23,7 @@ from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse import Warehouse
+from telemetry_pipeline.warehouse import Warehouse, assume_live
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ def export_batch(
     dataset: str,
     fallback_agent: str,
     run_id: str | None = None,
-    is_live: Callable[[str], bool] | None = None,
+    is_live: Callable[[str], bool] = assume_live,
 ) -> BatchOutcome:
     """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
     claimed in DuckDB before anything is fetched and released at the end, so two overlapping runs never
     upload the same session twice. `is_live(run_id)` says whether a claiming run is still going."""
     run_id = run_id or f"adhoc-{uuid.uuid4().hex}"
     out = BatchOutcome(keys=list(keys))
-    claimed, out.in_flight = warehouse.claim(out.keys, run_id, is_live or (lambda _: True))
+    claimed, out.in_flight = warehouse.claim(out.keys, run_id, is_live)
     if out.in_flight:
         log.warning("%d sessions are being exported by another run, left to it: %s", len(out.in_flight),
                     dict(list(out.in_flight.items())[:20]))

@@ -110,7 +110,7 @@ _DDL_LOCK = threading.Lock()
 _CLAIMS_LOCK = threading.Lock()
 
 
-def _assume_live(run_id: str) -> bool:
+def assume_live(run_id: str) -> bool:
     return True
 
 
@@ -176,7 +176,7 @@ class Warehouse:
         self,
         keys: Sequence[str],
         run_id: str,
-        is_live: Callable[[str], bool] = _assume_live,
+        is_live: Callable[[str], bool] = assume_live,
         stale_after: float = CLAIM_TTL_SECONDS,
     ) -> tuple[list[str], dict[str, str]]:
         """Claim `keys` for `run_id` in one transaction -> (claimed keys, {key: run id holding it}).
