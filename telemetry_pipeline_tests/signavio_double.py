@@ -22,9 +22,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, json_reply
 
 STATES = (
     "REQUEST_VALIDATING",
@@ -49,7 +50,6 @@ SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 Row = dict[str, Any]
-Answer = tuple[int, dict[str, str], Any]  # status, extra headers, JSON body
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,11 @@ class _Execution:
         self.index, self.state = target, STATES[target]
 
 
-class _Rejected(Exception):
-    def __init__(self, status: int, detail: str, error_key: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.error_key = status, detail, error_key
+class _Rejected(HTTPError):
+    """An error answered the way the Ingestion API does (RFC 7807 with its `errorKey`)."""
+
+    def __init__(self, status: int, detail: str, error_key: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail, _error_body(status, detail, error_key), headers)
 
 
 class SignavioDouble:
@@ -118,29 +119,23 @@ class SignavioDouble:
         self._upload_faults: deque[tuple[int, str | None]] = deque()
         self._hangs: deque[float] = deque()
         self._status_faults: deque[int] = deque()
-        self._server = _Server(self)
-        # A short poll interval so that leaving the `with` block (shutdown) takes milliseconds, not 0.5 s.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="signavio-double", daemon=True
-        )
+        self._server = LoopbackServer(self.handle, name="signavio-double")
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     def __enter__(self) -> SignavioDouble:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closing.set()  # wakes handlers that sleep in an injected hang
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     @property
     def url(self) -> str:
@@ -186,20 +181,22 @@ class SignavioDouble:
 
     # -- request handling (called on the server's threads) -------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        parts = _parse_multipart(headers.get("content-type", ""), body)
+    def handle(self, request: Request) -> Reply:
+        parts = _parse_multipart(request.header("content-type") or "", request.body)
         with self._lock:
-            self.requests.append(RecordedRequest(method, path, headers, len(body), time.monotonic(), parts))
+            self.requests.append(RecordedRequest(
+                request.method, request.target, dict(request.headers), len(request.body), time.monotonic(), parts
+            ))
         try:
-            if method == "POST" and path == UPLOAD_PATH:
-                return self._upload(headers, parts)
-            if method == "GET" and (match := STATUS_PATH.match(path)):
-                return self._status(headers, match.group(1))
-            raise _Rejected(404, f"no route for {method} {path}", "route.notFound")
-        except _Rejected as exc:
-            return exc.status, {}, _error_body(exc.status, exc.detail, exc.error_key)
+            if request.method == "POST" and request.path == UPLOAD_PATH:
+                return self._upload(request, parts)
+            if request.method == "GET" and (match := STATUS_PATH.match(request.path)):
+                return self._status(request, match.group(1))
+            raise _Rejected(404, f"no route for {request.method} {request.target}", "route.notFound")
+        except HTTPError as exc:
+            return json_reply(exc.payload, exc.status, exc.headers)
 
-    def _upload(self, headers: dict[str, str], parts: tuple[FormPart, ...]) -> Answer:
+    def _upload(self, request: Request, parts: tuple[FormPart, ...]) -> Reply:
         with self._lock:
             hang = self._hangs.popleft() if self._hangs else 0.0
         self._closing.wait(hang)
@@ -207,9 +204,8 @@ class SignavioDouble:
             fault = self._upload_faults.popleft() if self._upload_faults else None
         if fault:
             status, retry_after = fault
-            extra = {"Retry-After": retry_after} if retry_after is not None else {}
-            return status, extra, _error_body(status, "injected fault", "injected")
-        self._authorise(headers)
+            raise _Rejected(status, "injected fault", "injected", {"Retry-After": retry_after} if retry_after is not None else {})
+        self._authorise(request)
         execution = _validate(parts)
         with self._lock:
             injected = self.load_failures.get(execution.table) or self.load_failures.get(None)
@@ -217,14 +213,14 @@ class SignavioDouble:
                 execution.fail_state, execution.message = injected
             execution_id = str(uuid.uuid4())
             self.executions[execution_id] = execution
-        return 200, {}, {"status": 200, "payload": {"executionId": execution_id}}
+        return json_reply({"status": 200, "payload": {"executionId": execution_id}})
 
-    def _status(self, headers: dict[str, str], execution_id: str) -> Answer:
+    def _status(self, request: Request, execution_id: str) -> Reply:
         with self._lock:
             fault = self._status_faults.popleft() if self._status_faults else None
         if fault:
-            return fault, {}, _error_body(fault, "injected fault", "injected")
-        self._authorise(headers)
+            raise _Rejected(fault, "injected fault", "injected")
+        self._authorise(request)
         with self._lock:
             execution = self.executions.get(execution_id)
             if execution is None:
@@ -235,10 +231,10 @@ class SignavioDouble:
                 self.tables.setdefault(execution.table, {}).update(execution.rows)
                 execution.message = f"{len(execution.rows)} rows loaded into {execution.table}"
             payload = {"status": execution.state, "message": execution.message}
-        return 200, {}, {"status": 200, "payload": payload}
+        return json_reply({"status": 200, "payload": payload})
 
-    def _authorise(self, headers: dict[str, str]) -> None:
-        if headers.get("authorization") != f"Bearer {self.token}":
+    def _authorise(self, request: Request) -> None:
+        if request.header("authorization") != f"Bearer {self.token}":
             raise _Rejected(401, "The provided token is invalid or missing", "authentication.invalidToken")
 
 
@@ -385,45 +381,3 @@ def _error_body(status: int, detail: str, error_key: str) -> dict[str, Any]:
         "errorKey": error_key,
         "status": status,
     }
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, double: SignavioDouble) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.double = double
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out has closed its end before a hung handler answers: not an error here.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as httpx pools connections
-    # Headers and body leave in separate writes; with Nagle on, each answer on a kept-alive connection
-    # would wait ~40 ms for the client's delayed ACK.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        status, extra, payload = self.server.double.handle(method, self.path, headers, body)
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **extra}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
-        """Requests are recorded in `SignavioDouble.requests`; stderr stays quiet."""

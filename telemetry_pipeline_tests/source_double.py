@@ -12,12 +12,13 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-FETCH_PREFIX = {"extract": "/signavio/agent-metrics/", "agent_telemetry": "/agent_metrics/"}
+from telemetry_pipeline.loopback import LoopbackServer, Reply, Request, Router, json_reply, raw_reply
+
 LIST_PATH = {"extract": "/signavio/agent-metrics", "agent_telemetry": "/agent_metrics/sessions"}
+FETCH_PATH = {"extract": "/signavio/agent-metrics/{sid}", "agent_telemetry": "/agent_metrics/{sid}/events"}
+INJECTED = {"detail": "injected fault"}
 
 
 @dataclass
@@ -57,27 +58,27 @@ class SourceDouble:
         self.delays: dict[tuple[str, str], tuple[float, threading.Event]] = {}
         self.hits: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        # A short poll interval so that shutdown takes milliseconds, not the default 0.5 s, per test.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        router = Router(not_found="no such route")
+        for source in LIST_PATH:  # listings first: "sessions" is no session id
+            router.add("GET", LIST_PATH[source], lambda request, source=source: self._list(source, request))
+        for source in FETCH_PATH:
+            router.add("GET", FETCH_PATH[source],
+                       lambda request, source=source: self._fetch(source, request.params["sid"]))
+        self._server = LoopbackServer(router, name="source-double")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def __enter__(self) -> SourceDouble:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             for _, gate in self.delays.values():
                 gate.set()  # wakes handlers that sleep in an injected delay
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def add(self, source: str, session_id: str, body: Any, last_event_at: str = "2025-01-15T11:00:00Z") -> str:
         """Serve `body` (dict -> JSON; bytes as is) for the session. Returns its partition key."""
@@ -108,80 +109,41 @@ class SourceDouble:
             if seconds:
                 self.delays[(source, session_id)] = (seconds, threading.Event())
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        double = self
+    def _fetch(self, source: str, session_id: str) -> Reply:
+        key = (source, session_id)
+        with self._lock:
+            self.hits[f"{source}:{session_id}"] += 1
+            fault = self.faults.get(key)
+            if fault and fault.remaining > 0:
+                fault.remaining -= 1
+            else:
+                fault = None
+            body = self.bodies.get(key)
+            delay, gate = self.delays.get(key, (0.0, None))
+        if gate is not None:
+            gate.wait(delay)
+        if fault:
+            time.sleep(fault.delay)
+            return json_reply(INJECTED, fault.status, {"Retry-After": fault.retry_after} if fault.retry_after else {})
+        if body is None:
+            return json_reply({"detail": "session not found"}, 404)
+        return raw_reply(body)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                parts = urlsplit(self.path)
-                for source, path in LIST_PATH.items():
-                    if parts.path == path:
-                        return self._list(source, parse_qs(parts.query))
-                for source, prefix in FETCH_PREFIX.items():
-                    if parts.path.startswith(prefix):
-                        rest = parts.path[len(prefix):]
-                        if source == "agent_telemetry":
-                            if not rest.endswith("/events"):
-                                continue
-                            rest = rest[: -len("/events")]
-                        return self._fetch(source, unquote(rest))
-                self._send(404, b'{"detail":"no such route"}')
-
-            def _fetch(self, source: str, session_id: str) -> None:
-                key = (source, session_id)
-                with double._lock:
-                    double.hits[f"{source}:{session_id}"] += 1
-                    fault = double.faults.get(key)
-                    if fault and fault.remaining > 0:
-                        fault.remaining -= 1
-                    else:
-                        fault = None
-                    body = double.bodies.get(key)
-                    delay, gate = double.delays.get(key, (0.0, None))
-                if gate is not None:
-                    gate.wait(delay)
-                if fault:
-                    time.sleep(fault.delay)
-                    headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                    return self._send(fault.status, b'{"detail":"injected fault"}', headers)
-                if body is None:
-                    return self._send(404, b'{"detail":"session not found"}')
-                self._send(200, body)
-
-            def _list(self, source: str, query: dict[str, list[str]]) -> None:
-                with double._lock:
-                    fault = double.list_fault
-                    if fault and fault.remaining > 0:
-                        fault.remaining -= 1
-                        return self._send(fault.status, b'{"detail":"injected fault"}')
-                    rows = sorted(
-                        (at, sid) for (src, sid), at in double.last_event_at.items() if src == source
-                    )
-                since = query.get("since", [""])[0]
-                if since:
-                    rows = [r for r in rows if r[0] >= since]
-                limit = int(query.get("limit", ["100"])[0])
-                offset = int(base64.b64decode(query["cursor"][0])) if "cursor" in query else 0
-                page = rows[offset: offset + limit]
-                more = offset + limit < len(rows)
-                body = {
-                    "sessions": [{"session_id": sid, "last_event_at": at} for at, sid in page],
-                    "next_cursor": base64.b64encode(str(offset + limit).encode()).decode() if more else None,
-                }
-                self._send(200, json.dumps(body).encode())
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
+    def _list(self, source: str, request: Request) -> Reply:
+        with self._lock:
+            fault = self.list_fault
+            if fault and fault.remaining > 0:
+                fault.remaining -= 1
+                return json_reply(INJECTED, fault.status)
+            rows = sorted((at, sid) for (src, sid), at in self.last_event_at.items() if src == source)
+        query = request.query
+        if query.get("since"):
+            rows = [r for r in rows if r[0] >= query["since"]]
+        limit = int(query.get("limit", "100"))
+        offset = int(base64.b64decode(query["cursor"])) if "cursor" in query else 0
+        page = rows[offset: offset + limit]
+        more = offset + limit < len(rows)
+        return json_reply({
+            "sessions": [{"session_id": sid, "last_event_at": at} for at, sid in page],
+            "next_cursor": base64.b64encode(str(offset + limit).encode()).decode() if more else None,
+        })

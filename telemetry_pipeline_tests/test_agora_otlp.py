@@ -8,12 +8,10 @@ import json
 import logging
 import re
 import shutil
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
 import duckdb
@@ -22,6 +20,7 @@ import pytest
 
 from telemetry_pipeline.definitions import make_definitions
 from telemetry_pipeline.http import RetryPolicy
+from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
 from telemetry_pipeline.sources import SourceSet, SourceSettings
 from telemetry_pipeline.sources.base import SourceError
@@ -67,18 +66,18 @@ class AgoraDouble:
         self.records: dict[str, dict[str, Any]] = {}
         self.details: dict[str, tuple[list, list, list]] = {}  # id -> (timeline entries, spans, events)
         self.requests: list[tuple[str, str | None]] = []  # (target, Authorization)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        router = Router(not_found="Execution not found")
+        router.add("GET", "/executions", self._executions)
+        router.add("GET", "/executions/{eid}/{part}", self._detail)
+        self._server = LoopbackServer(self._authorised(router), name="agora-double")
+        self.url = self._server.url
 
     def __enter__(self) -> AgoraDouble:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def add(self, record: dict[str, Any], timeline: list | None = None, spans: list | None = None,
             events: list | None = None) -> str:
@@ -86,45 +85,31 @@ class AgoraDouble:
         self.details[record["id"]] = (timeline or [], spans or [], events or [])
         return f"agora:{record['id']}"
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        double = self
+    def _authorised(self, router: Router) -> Callable[[Request], Reply]:
+        def serve(request: Request) -> Reply:
+            auth = request.header("Authorization")
+            self.requests.append((request.target, auth))
+            if auth != f"Bearer {self.token}":
+                return json_reply({"detail": "Not authenticated"}, 401)
+            return router(request)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        return serve
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    def _executions(self, request: Request) -> Reply:
+        rows = sorted(self.records.values(), key=lambda r: str(r["started_at"]), reverse=True)
+        offset, limit = int(request.query.get("offset", 0)), int(request.query.get("limit", 100))
+        return json_reply(rows[offset:offset + limit])
 
-            def do_GET(self) -> None:  # noqa: N802
-                auth = self.headers.get("Authorization")
-                double.requests.append((self.path, auth))
-                if auth != f"Bearer {double.token}":
-                    return self._send(401, {"detail": "Not authenticated"})
-                parts = urlsplit(self.path)
-                segments = [unquote(s) for s in parts.path.split("/") if s]
-                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-                match segments:
-                    case ["executions"]:
-                        rows = sorted(double.records.values(), key=lambda r: str(r["started_at"]), reverse=True)
-                        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 100))
-                        return self._send(200, rows[offset:offset + limit])
-                    case ["executions", eid, part] if eid in double.records:
-                        timeline, spans, events = double.details[eid]
-                        body = {"timeline": {"execution": double.records[eid], "timeline": timeline},
-                                "telemetry-spans": spans, "telemetry-events": events}.get(part)
-                        if body is not None:
-                            return self._send(200, body)
-                return self._send(404, {"detail": "Execution not found"})
-
-            def _send(self, status: int, payload: Any) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
+    def _detail(self, request: Request) -> Reply:
+        eid, part = request.params["eid"], request.params["part"]
+        if eid not in self.records:
+            raise HTTPError(404, "Execution not found")
+        timeline, spans, events = self.details[eid]
+        body = {"timeline": {"execution": self.records[eid], "timeline": timeline},
+                "telemetry-spans": spans, "telemetry-events": events}.get(part)
+        if body is None:
+            raise HTTPError(404, "Execution not found")
+        return json_reply(body)
 
 
 def execution(eid: str, status: str, start: float, end: float | None, error: str | None = None,
