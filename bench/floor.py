@@ -15,15 +15,16 @@ from collections.abc import Iterator
 import dagster as dg
 
 from telemetry_pipeline.assets import EXPORT_SPECS
-from telemetry_pipeline.definitions import dagster_home
 from telemetry_pipeline.instance import open_instance
-from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.partitions import batched_ranges
+from telemetry_pipeline.settings import from_environment
 
 
 @dg.asset(name="discovered_sessions", config_schema={"count": int})
 def discover_nothing(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     keys = [f"extract:floor-{i:06d}" for i in range(context.op_config["count"])]
-    context.instance.add_dynamic_partitions(agent_sessions.name, keys)
+    context.instance.add_dynamic_partitions(AGENT_SESSIONS, keys)
     return dg.MaterializeResult(metadata={"new_count": len(keys)})
 
 
@@ -39,18 +40,18 @@ def export_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMateri
 
 def main() -> None:
     mode, number = sys.argv[1], int(sys.argv[2])
-    with open_instance(dagster_home()) as instance:
+    with open_instance(from_environment().dagster_home) as instance:
         if mode == "discover":
             result = dg.materialize([discover_nothing], instance=instance,
                                     run_config={"ops": {"discovered_sessions": {"config": {"count": number}}}})
             assert result.success
             return
-        job = dg.define_asset_job("export_sessions", selection=[export_nothing])
-        resolved = dg.Definitions(assets=[export_nothing], jobs=[job]).resolve_job_def("export_sessions")
-        keys = instance.get_dynamic_partitions(agent_sessions.name)
+        job = dg.define_asset_job(EXPORT_JOB, selection=[export_nothing])
+        resolved = dg.Definitions(assets=[export_nothing], jobs=[job]).resolve_job_def(EXPORT_JOB)
+        keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
         for key_range in batched_ranges(keys, keys, number):
             assert resolved.execute_in_process(instance=instance, tags=key_range.tags).success
-        done = instance.get_materialized_partitions(dg.AssetKey("signavio_export"))
+        done = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY)
         assert len(done) == len(keys), f"floor materialised {len(done)} of {len(keys)}"
 
 

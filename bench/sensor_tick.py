@@ -10,17 +10,19 @@ import time
 
 import dagster as dg
 
-from telemetry_pipeline.definitions import dagster_home, make_definitions
+from telemetry_pipeline.definitions import build_definitions
 from telemetry_pipeline.instance import open_instance
-from telemetry_pipeline.partitions import agent_sessions
+from telemetry_pipeline.names import AGENT_SESSIONS, NEW_SESSIONS_SENSOR
+from telemetry_pipeline.settings import from_environment
 
 
 def main() -> None:
     known = int(sys.argv[1])
-    defs = make_definitions()
-    sensor = defs.resolve_sensor_def("new_sessions_sensor")
-    with open_instance(dagster_home()) as instance:
-        instance.add_dynamic_partitions(agent_sessions.name, [f"extract:old-{i:07d}" for i in range(known)])
+    settings = from_environment()
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def(NEW_SESSIONS_SENSOR)
+    with open_instance(settings.dagster_home) as instance:
+        instance.add_dynamic_partitions(AGENT_SESSIONS, [f"extract:old-{i:07d}" for i in range(known)])
         start = time.perf_counter()
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             result = sensor(context)

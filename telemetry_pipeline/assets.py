@@ -14,21 +14,20 @@ per session, one costs ~26 ms (README, Benchmark). That is the difference betwee
 """
 
 import datetime as dt
-from typing import Any
 from collections.abc import Iterator
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import Discovery, discover
+from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.export import BatchOutcome, export_batch
+from telemetry_pipeline.names import RAW_TELEMETRY as RAW
+from telemetry_pipeline.names import SESSION_EXPORT_STEP, SIGNAVIO_CSV as CSV_ASSET, SIGNAVIO_EXPORT as EXPORT
+from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
 from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
 from telemetry_pipeline.signavio.models import COMPLETED
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 
-RAW, EVENTS_ASSET, CSV_ASSET, EXPORT = "raw_telemetry", "telemetry_events", "signavio_csv", "signavio_export"
-EXPORT_KEY = dg.AssetKey(EXPORT)
-DISCOVERED_KEY = dg.AssetKey("discovered_sessions")
 MAX_LISTED_IN_METADATA = 20
 
 
@@ -37,34 +36,11 @@ MAX_LISTED_IN_METADATA = 20
     description="Lists sessions of every configured source and registers new keys in `agent_sessions`.",
 )
 def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResource) -> dg.MaterializeResult:
-    found, metadata = register_new_sessions(context.instance, sources)
+    with sources.open() as source_set:
+        found, metadata = register_new_sessions(context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds))
     for source, error in found.errors.items():
         context.log.warning("source %s could not be listed: %s", source, error)
     return dg.MaterializeResult(metadata=metadata)
-
-
-def register_new_sessions(
-    instance: dg.DagsterInstance, sources: SourcesResource
-) -> tuple[Discovery, dict[str, Any]]:
-    """One discovery pass: list since the watermarks of the last `discovered_sessions` record, add
-    the new keys to `agent_sessions`, and return what the next record must carry."""
-    previous = instance.get_latest_materialization_event(DISCOVERED_KEY)
-    meta = previous.asset_materialization.metadata if previous and previous.asset_materialization else {}
-    watermarks = dict(meta["watermarks"].value) if "watermarks" in meta else {}
-    known = set(instance.get_dynamic_partitions(agent_sessions.name))
-    with sources.open() as source_set:
-        found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
-    if found.new_keys:
-        instance.add_dynamic_partitions(agent_sessions.name, found.new_keys)
-    return found, {
-        "new_count": len(found.new_keys),
-        "new_keys": dg.MetadataValue.json(found.new_keys),
-        "known_count": len(known) + len(found.new_keys),
-        "watermarks": dg.MetadataValue.json(found.watermarks),
-        "unsettled": found.unsettled,
-        "source_errors": dg.MetadataValue.json(found.errors),
-        "refused_keys": dg.MetadataValue.json(found.refused),
-    }
 
 
 class ExportConfig(dg.Config):
@@ -88,7 +64,7 @@ EXPORT_SPECS = [
 
 
 @dg.multi_asset(
-    name="session_export",
+    name=SESSION_EXPORT_STEP,
     specs=EXPORT_SPECS,
     can_subset=False,
 )
@@ -109,7 +85,7 @@ def session_export(
             warehouse=warehouse.warehouse(),
             destination=destination,
             dataset=dataset,
-            fallback_agent=sources.agent_name_fallback,
+            fallback_agent=sources.agent_name,
             run_id=context.run_id,
             is_live=lambda rid: (run := context.instance.get_run_by_id(rid)) is not None and not run.is_finished,
         )

@@ -2,7 +2,8 @@
 exit 0 on success, 1 when any item failed, 2 on bad usage.
 
 Every export goes through the Dagster instance under `<home>/dagster_home` (or `$DAGSTER_HOME`),
-so the CLI and the UI read and write the same history.
+so the CLI and the UI read and write the same history. Settings are read from the environment once,
+in `main` (tests pass `Settings` built directly).
 """
 
 from __future__ import annotations
@@ -10,23 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.settings import Settings, from_environment
+
 log = logging.getLogger("telemetry_pipeline.cli")
-EXPORT_ASSET = dg.AssetKey("signavio_export")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("dagster").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        args.settings = settings or from_environment()
         payload, ok = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
         print(json.dumps({"error": str(exc)}), file=sys.stdout)
@@ -77,19 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_instance() -> dg.DagsterInstance:
-    from telemetry_pipeline.definitions import dagster_home
+def open_instance(settings: Settings) -> dg.DagsterInstance:
     from telemetry_pipeline.instance import open_instance as open_at
 
-    return open_at(dagster_home())
+    return open_at(settings.dagster_home)
 
 
 def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from telemetry_pipeline.assets import discovered_sessions
-    from telemetry_pipeline.definitions import make_definitions
+    from telemetry_pipeline.definitions import build_definitions
 
-    with open_instance() as instance:
-        result = dg.materialize([discovered_sessions], instance=instance, resources=make_definitions().resources, raise_on_error=False)
+    resources = build_definitions(args.settings).resources
+    with open_instance(args.settings) as instance:
+        result = dg.materialize([discovered_sessions], instance=instance, resources=resources, raise_on_error=False)
         if not result.success:
             return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, False
         meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
@@ -101,18 +104,18 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
-    from telemetry_pipeline.definitions import batch_size, make_definitions
+    from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.history import exported_keys
-    from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+    from telemetry_pipeline.partitions import batched_ranges
     from telemetry_pipeline.sources.base import key_problem, parse_key
 
     if bool(args.keys) == bool(args.pending):
         raise ValueError("give session keys or --pending (not both)")
     # Configuration errors (e.g. an endpoint without a token) refuse the command before anything changes.
-    job = make_definitions().resolve_job_def("export_sessions")
+    job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)
     results: dict[str, dict[str, Any]] = {}
-    with open_instance() as instance:
-        known = instance.get_dynamic_partitions(agent_sessions.name)
+    with open_instance(args.settings) as instance:
+        known = instance.get_dynamic_partitions(AGENT_SESSIONS)
         if args.pending:
             keys = [k for k in known if not args.source or parse_key(k)[0] == args.source]
         else:
@@ -125,14 +128,14 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         known_set = set(known)
         missing = [k for k in valid if k not in known_set]
         if missing:  # sessions can be exported by hand: register them first
-            instance.add_dynamic_partitions(agent_sessions.name, missing)
+            instance.add_dynamic_partitions(AGENT_SESSIONS, missing)
         done = exported_keys(instance)
         for key in valid:
             if key in done and not args.force:
                 results[key] = {"session_id": key, "status": "skipped"}
         todo = [k for k in valid if k not in results]
-        run_config = {"ops": {"session_export": {"config": {"dataset": args.dataset}}}} if args.dataset else None
-        ranges = batched_ranges(instance.get_dynamic_partitions(agent_sessions.name), todo, batch_size())
+        run_config = {"ops": {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}} if args.dataset else None
+        ranges = batched_ranges(instance.get_dynamic_partitions(AGENT_SESSIONS), todo, args.settings.batch_size)
         for number, key_range in enumerate(ranges, 1):
             log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
             result = job.execute_in_process(
@@ -168,12 +171,12 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
     """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight)."""
     confirmed = {
-        m.partition for m in result.asset_materializations_for_node("session_export")
-        if m.asset_key == EXPORT_ASSET and m.partition
+        m.partition for m in result.asset_materializations_for_node(SESSION_EXPORT_STEP)
+        if m.asset_key == SIGNAVIO_EXPORT_KEY and m.partition
     }
     in_flight: dict[str, str] = {}
-    for observation in result.asset_observations_for_node("session_export"):
-        if observation.asset_key == EXPORT_ASSET and "in_flight" in observation.metadata:
+    for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
+        if observation.asset_key == SIGNAVIO_EXPORT_KEY and "in_flight" in observation.metadata:
             in_flight.update(observation.metadata["in_flight"].value)
     return confirmed, in_flight
 
@@ -205,7 +208,7 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str:
 def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     from telemetry_pipeline.history import latest_exports
 
-    with open_instance() as instance:
+    with open_instance(args.settings) as instance:
         records = latest_exports(instance, list(args.keys))
     return [
         {
@@ -221,10 +224,9 @@ def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
 
 def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     from telemetry_pipeline.history import latest_exports
-    from telemetry_pipeline.partitions import agent_sessions
 
-    with open_instance() as instance:
-        keys = instance.get_dynamic_partitions(agent_sessions.name)
+    with open_instance(args.settings) as instance:
+        keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
         records = latest_exports(instance)
     rows = []
     for key in keys:
@@ -242,18 +244,18 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
 
 
 def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
-    from telemetry_pipeline.retention import prune_exported
+    from telemetry_pipeline.retention import apply_retention
 
-    with open_instance() as instance:
-        keys = prune_exported(instance, args.older_than_days, dry_run=args.dry_run)
+    with open_instance(args.settings) as instance:
+        keys = apply_retention(instance, args.older_than_days, dry_run=args.dry_run)
     return {"pruned_count": len(keys), "dry_run": args.dry_run, "pruned_keys": keys}, True
 
 
 def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
-    from telemetry_pipeline.definitions import make_definitions
+    from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.health import run_checks
 
-    with dg.build_resources(make_definitions().resources) as resources:
+    with dg.build_resources(build_definitions(args.settings).resources) as resources:
         checks = run_checks(resources.sources, resources.signavio)
     healthy = all(c["ok"] for c in checks)
     return {"healthy": healthy, "checks": checks}, healthy

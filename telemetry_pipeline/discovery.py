@@ -10,7 +10,11 @@ import datetime as dt
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import dagster as dg
+
+from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS_KEY
 from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.sources.base import SessionRef, format_time, key_problem, parse_time
 
@@ -64,3 +68,26 @@ def discover(
         mark = min(latest, held_back[source]) if source in held_back else latest
         result.watermarks[source] = format_time(mark)
     return result
+
+
+def register_new_sessions(
+    instance: dg.DagsterInstance, sources: SourceSet, settle: dt.timedelta
+) -> tuple[Discovery, dict[str, Any]]:
+    """One discovery pass: list since the watermarks of the last `discovered_sessions` record, add
+    the new keys to `agent_sessions`, and return the metadata the next record must carry."""
+    previous = instance.get_latest_materialization_event(DISCOVERED_SESSIONS_KEY)
+    meta = previous.asset_materialization.metadata if previous and previous.asset_materialization else {}
+    watermarks = dict(meta["watermarks"].value) if "watermarks" in meta else {}  # type: ignore[call-overload]
+    known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
+    found = discover(sources, watermarks, known, settle)
+    if found.new_keys:
+        instance.add_dynamic_partitions(AGENT_SESSIONS, found.new_keys)
+    return found, {
+        "new_count": len(found.new_keys),
+        "new_keys": dg.MetadataValue.json(found.new_keys),
+        "known_count": len(known) + len(found.new_keys),
+        "watermarks": dg.MetadataValue.json(found.watermarks),
+        "unsettled": found.unsettled,
+        "source_errors": dg.MetadataValue.json(found.errors),
+        "refused_keys": dg.MetadataValue.json(found.refused),
+    }

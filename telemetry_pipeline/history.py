@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-EXPORT_KEY = dg.AssetKey("signavio_export")
+from telemetry_pipeline.names import SIGNAVIO_EXPORT_KEY as EXPORT_KEY
+
 _PAGE = 1000
 
 

@@ -34,6 +34,6 @@ def open_instance(path: Path) -> dg.DagsterInstance:
 
 
 if __name__ == "__main__":  # `make run` prepares the home before `dagster dev` starts
-    from telemetry_pipeline.definitions import dagster_home
+    from telemetry_pipeline.settings import from_environment
 
-    prepare_dagster_home(dagster_home())
+    prepare_dagster_home(from_environment().dagster_home)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-agent_sessions = dg.DynamicPartitionsDefinition(name="agent_sessions")
+from telemetry_pipeline.names import AGENT_SESSIONS
+
+agent_sessions = dg.DynamicPartitionsDefinition(name=AGENT_SESSIONS)
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

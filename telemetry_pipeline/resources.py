@@ -1,6 +1,8 @@
-"""Dagster resources: typed configuration in, plain domain objects out. No environment reads here
-(definitions.py binds `EnvVar`s), no network at construction."""
+"""Dagster resources: the Dagster-facing form of `settings` (typed fields shown in the UI, secrets bound with
+`EnvVar`), handing out plain domain objects. Built only by `from_settings`; no environment reads here,
+no network at construction."""
 
+from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
@@ -9,52 +11,78 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from telemetry_pipeline.http import RetryPolicy, parse_duration
+from telemetry_pipeline.settings import (
+    HttpSettings,
+    Secret,
+    SignavioSettings,
+    SourcesSettings,
+)
 from telemetry_pipeline.signavio.models import Destination
 from telemetry_pipeline.signavio.outbox import Outbox
-from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
-from telemetry_pipeline.sources import SourceSet, SourceSettings
+from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.warehouse import Warehouse
 
 
+def _bound(secret: Secret | None) -> str | dg.EnvVar | None:
+    """A secret as a resource field: an `EnvVar` when it came from the environment (never its value)."""
+    if secret is None:
+        return None
+    return dg.EnvVar(secret.env_var) if secret.env_var else secret.value
+
+
 class SourcesResource(dg.ConfigurableResource):
-    """The telemetry sources. A source is enabled by giving its URL."""
+    """The telemetry sources (`SourcesSettings`). A source is enabled by giving its URL."""
 
-    extract_url: str | None = Field(default=None, description="EXTRACT_SERVICE_URL")
-    agent_telemetry_url: str | None = Field(default=None, description="AGENT_METRICS_BASE_URL")
-    agora_url: str | None = Field(default=None, description="AGORA_PLATFORM_URL")
-    agora_token: str | None = Field(default=None, description="AGORA_API_TOKEN (secret: bind with EnvVar)")
-    otlp_dir: str | None = Field(default=None, description="OTLP_INBOX_DIR (else <home>/inbox when it exists)")
-    extract_list_path: str | None = Field(default=None, description="EXTRACT_SESSIONS_PATH; '' = no listing")
-    agent_telemetry_list_path: str | None = Field(default=None, description="AGENT_METRICS_SESSIONS_PATH; '' = no listing")
-    timeout: str = Field(default="30s", description="per-request timeout (Go-style duration or seconds)")
-    max_retries: int = Field(default=3, description="retries of transient failures (429, 5xx, transport)")
-    retry_wait_initial: float = Field(default=0.5, description="first backoff in seconds; doubles, with jitter")
-    max_in_flight: int = Field(default=16, description="concurrent session fetches")
-    settle_seconds: float = Field(
-        default=0.0, description="a session counts as finished when its last event is this old"
-    )
-    agent_name_fallback: str = Field(default="agent", description="agent name when the data names none")
+    extract_url: str | None = None
+    extract_list_path: str | None = Field(default=None, description="'' = no listing endpoint")
+    agent_telemetry_url: str | None = None
+    agent_telemetry_list_path: str | None = Field(default=None, description="'' = no listing endpoint")
+    agora_url: str | None = None
+    agora_token: str | None = Field(default=None, description="secret: bound with EnvVar")
+    otlp_dir: str | None = None
+    timeout_seconds: float = 30.0
+    max_retries: int = 3
+    retry_wait_initial: float = 0.5
+    fetch_concurrency: int = 16
+    settle_seconds: float = 0.0
+    agent_name: str = "agent"
 
-    def settings(self) -> SourceSettings:
-        return SourceSettings(
-            extract_url=self.extract_url or None,
-            agent_telemetry_url=self.agent_telemetry_url or None,
-            agora_url=self.agora_url or None,
-            agora_token=self.agora_token or None,
-            otlp_dir=self.otlp_dir or None,
-            timeout=parse_duration(self.timeout),
-            retry=RetryPolicy(max_retries=self.max_retries, wait_initial=self.retry_wait_initial),
-            max_in_flight=self.max_in_flight,
-            list_paths={
-                name: path
-                for name, path in (("extract", self.extract_list_path), ("agent_telemetry", self.agent_telemetry_list_path))
-                if path is not None
-            },
+    @classmethod
+    def from_settings(cls, s: SourcesSettings) -> SourcesResource:
+        return cls(
+            extract_url=s.extract_url,
+            extract_list_path=s.extract_list_path,
+            agent_telemetry_url=s.agent_telemetry_url,
+            agent_telemetry_list_path=s.agent_telemetry_list_path,
+            agora_url=s.agora_url,
+            agora_token=_bound(s.agora_token),
+            otlp_dir=str(s.otlp_dir) if s.otlp_dir else None,
+            timeout_seconds=s.http.timeout,
+            max_retries=s.http.max_retries,
+            retry_wait_initial=s.http.retry_wait_initial,
+            fetch_concurrency=s.fetch_concurrency,
+            settle_seconds=s.settle_seconds,
+            agent_name=s.agent_name,
+        )
+
+    @property
+    def settings(self) -> SourcesSettings:
+        return SourcesSettings(
+            extract_url=self.extract_url,
+            extract_list_path=self.extract_list_path,
+            agent_telemetry_url=self.agent_telemetry_url,
+            agent_telemetry_list_path=self.agent_telemetry_list_path,
+            agora_url=self.agora_url,
+            agora_token=Secret(self.agora_token) if self.agora_token else None,
+            otlp_dir=Path(self.otlp_dir) if self.otlp_dir else None,
+            http=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial),
+            fetch_concurrency=self.fetch_concurrency,
+            settle_seconds=self.settle_seconds,
+            agent_name=self.agent_name,
         )
 
     def open(self) -> SourceSet:
-        return SourceSet(self.settings())
+        return SourceSet(self.settings)
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -66,20 +94,37 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class SignavioResource(dg.ConfigurableResource):
-    """Where the tables go: the Ingestion API when `api_url` is set, else the outbox."""
+    """Where the tables go (`SignavioSettings`): the Ingestion API when `api_url` is set, else the outbox."""
 
-    api_url: str | None = Field(default=None, description="SIGNAVIO_API_URL")
-    api_key: str | None = Field(default=None, description="SIGNAVIO_API_KEY (secret: bind with EnvVar)")
-    status_url: str | None = Field(default=None, description="SIGNAVIO_STATUS_URL, with {execution_id}")
-    dataset: str = Field(default=DEFAULT_DATASET, description="SIGNAVIO_DATASET, the table-name prefix")
-    timeout: str = Field(default="30s", description="SIGNAVIO_TIMEOUT")
-    max_retries: int = Field(default=3, description="SIGNAVIO_MAX_RETRIES")
+    api_url: str | None = None
+    api_key: str | None = Field(default=None, description="secret: bound with EnvVar")
+    status_url: str | None = Field(default=None, description="status URL template, with {execution_id}")
+    dataset: str = Field(description="the table-name prefix")
+    timeout_seconds: float = 30.0
+    max_retries: int = 3
     retry_wait_initial: float = 0.5
-    tenant_id: str | None = Field(default=None, description="SIGNAVIO_TENANT_ID (sent as X-Tenant-ID)")
-    max_body_mb: float = Field(default=50.0, description="split a table into several requests above this")
-    poll_deadline: str = Field(default="10m", description="give up waiting for a load's final state after this")
-    poll_interval: float = Field(default=1.0, description="SIGNAVIO_POLL_INTERVAL: first wait between status polls (s)")
+    tenant_id: str | None = None
+    poll_interval_seconds: float = 1.0
+    poll_deadline_seconds: float = 600.0
+    max_body_bytes: int = Field(description="a table above this is split into several requests")
     outbox_dir: str = Field(description="<home>/outbox")
+
+    @classmethod
+    def from_settings(cls, s: SignavioSettings, outbox_dir: Path) -> SignavioResource:
+        return cls(
+            api_url=s.api_url,
+            api_key=_bound(s.api_key),
+            status_url=s.status_url,
+            dataset=s.dataset,
+            timeout_seconds=s.http.timeout,
+            max_retries=s.http.max_retries,
+            retry_wait_initial=s.http.retry_wait_initial,
+            tenant_id=s.tenant_id,
+            poll_interval_seconds=s.poll_interval,
+            poll_deadline_seconds=s.poll_deadline,
+            max_body_bytes=s.max_body_bytes,
+            outbox_dir=str(outbox_dir),
+        )
 
     @contextlib.contextmanager
     def destination(self) -> Iterator[Destination]:
@@ -92,11 +137,11 @@ class SignavioResource(dg.ConfigurableResource):
             api_url=self.api_url,
             api_key=self.api_key or "",
             status_url_template=self.status_url or None,
-            timeout=parse_duration(self.timeout),
-            retry=RetryPolicy(max_retries=self.max_retries, wait_initial=self.retry_wait_initial),
-            max_body_bytes=int(self.max_body_mb * 1024 * 1024),
-            poll_interval=self.poll_interval,
-            poll_deadline=parse_duration(self.poll_deadline),
+            timeout=self.timeout_seconds,
+            retry=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial).retry,
+            max_body_bytes=self.max_body_bytes,
+            poll_interval=self.poll_interval_seconds,
+            poll_deadline=self.poll_deadline_seconds,
             tenant_id=self.tenant_id or None,
         ) as client:
             yield client

@@ -1,18 +1,29 @@
-"""`hourly_export_schedule`: every known partition not exported yet (new or failed before), batched."""
+"""`hourly_export_schedule`: every known partition not exported yet (new or failed before), batched;
+`retention_schedule` (off by default) and its job."""
+
+import datetime as dt
 
 import dagster as dg
 
-from telemetry_pipeline.assets import DISCOVERED_KEY, register_new_sessions
+from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.history import pending_keys
+from telemetry_pipeline.names import (
+    DISCOVERED_SESSIONS_KEY,
+    EXPORT_JOB,
+    HOURLY_EXPORT_SCHEDULE,
+    RETENTION_JOB,
+    RETENTION_OP,
+    RETENTION_SCHEDULE,
+)
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.resources import SourcesResource
-from telemetry_pipeline.retention import prune_exported
+from telemetry_pipeline.retention import apply_retention
 
 
-def build_hourly_export_schedule(job_name: str, batch_size: int) -> dg.ScheduleDefinition:
+def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name="hourly_export_schedule",
-        job_name=job_name,
+        name=HOURLY_EXPORT_SCHEDULE,
+        job_name=EXPORT_JOB,
         cron_schedule="0 * * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Hourly: discovers new sessions, then exports every known session not exported yet "
@@ -23,9 +34,11 @@ def build_hourly_export_schedule(job_name: str, batch_size: int) -> dg.ScheduleD
     ) -> list[dg.RunRequest] | dg.SkipReason:
         # Discovery here too, so the schedule alone keeps the export complete when the sensor is off;
         # the pass is recorded like a `discovered_sessions` materialisation, continuing its watermarks.
-        _, metadata = register_new_sessions(context.instance, sources)
+        with sources.open() as source_set:
+            settle = dt.timedelta(seconds=sources.settle_seconds)
+            _, metadata = register_new_sessions(context.instance, source_set, settle)
         context.instance.report_runless_asset_event(
-            dg.AssetMaterialization(asset_key=DISCOVERED_KEY, metadata={**metadata, "by": "hourly_export_schedule"})
+            dg.AssetMaterialization(asset_key=DISCOVERED_SESSIONS_KEY, metadata={**metadata, "by": HOURLY_EXPORT_SCHEDULE})
         )
         all_keys = context.instance.get_dynamic_partitions(agent_sessions.name)
         pending = pending_keys(context.instance, all_keys)
@@ -44,23 +57,24 @@ class RetentionConfig(dg.Config):
     older_than_days: float = 30.0
 
 
-@dg.op(description="Removes partitions of `agent_sessions` exported more than N days ago; history is kept.")
-def prune_exported_partitions(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
-    keys = prune_exported(context.instance, config.older_than_days)
+@dg.op(name=RETENTION_OP, description="Removes partitions of `agent_sessions` exported more than N days ago; "
+       "history is kept.")
+def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
+    keys = apply_retention(context.instance, config.older_than_days)
     context.log.info("pruned %d exported partitions older than %s days", len(keys), config.older_than_days)
 
 
-@dg.job(description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).")
-def prune_exported_sessions() -> None:
-    prune_exported_partitions()
+@dg.job(name=RETENTION_JOB, description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).")
+def retention_job() -> None:
+    apply_retention_op()
 
 
 def build_retention_schedule(older_than_days: float) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
-        name="retention_schedule",
-        job=prune_exported_sessions,
+        name=RETENTION_SCHEDULE,
+        job=retention_job,
         cron_schedule="30 3 * * *",
         default_status=dg.DefaultScheduleStatus.STOPPED,  # opt-in: deleting partitions is an operator's call
-        run_config={"ops": {"prune_exported_partitions": {"config": {"older_than_days": older_than_days}}}},
+        run_config={"ops": {RETENTION_OP: {"config": {"older_than_days": older_than_days}}}},
         description="Daily, off by default: prunes sessions exported more than RETENTION_DAYS days ago.",
     )

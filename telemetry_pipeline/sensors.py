@@ -7,15 +7,16 @@ import dagster as dg
 
 from telemetry_pipeline.discovery import discover
 from telemetry_pipeline.history import latest_exports
+from telemetry_pipeline.names import EXPORT_JOB, NEW_SESSIONS_SENSOR
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
 
 
-def build_new_sessions_sensor(job_name: str, batch_size: int, interval: int) -> dg.SensorDefinition:
+def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefinition:
     @dg.sensor(
-        name="new_sessions_sensor",
-        job_name=job_name,
+        name=NEW_SESSIONS_SENSOR,
+        job_name=EXPORT_JOB,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Discovers new finished sessions, adds them to `agent_sessions` and requests their export.",

@@ -1,11 +1,14 @@
-"""Shared fixtures: a temporary pipeline home, the source double, and a clean environment."""
+"""Shared fixtures: a temporary pipeline home, the source double, settings built directly, the Signavio double."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ import dagster as dg
 import pytest
 
 from telemetry_pipeline import cli
+from telemetry_pipeline.definitions import build_definitions
+from telemetry_pipeline.settings import HttpSettings, Secret, Settings, SourcesSettings, for_home, to_environment
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
 from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixture)
@@ -20,13 +25,34 @@ from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixtu
 # Distinctive, so that finding it anywhere is proof of a leak and not a coincidence.
 TOKEN = "sgv-TOKEN-4f1c9e27b3d84a6e-do-not-leak"
 
-CONFIG_VARS = (
-    "SIGNAVIO_API_URL", "SIGNAVIO_API_KEY", "SIGNAVIO_STATUS_URL", "SIGNAVIO_DATASET", "SIGNAVIO_TIMEOUT",
-    "SIGNAVIO_MAX_RETRIES", "SIGNAVIO_TENANT_ID", "SIGNAVIO_POLL_INTERVAL", "SIGNAVIO_POLL_DEADLINE",
-    "SIGNAVIO_MAX_BODY_MB", "EXTRACT_SERVICE_URL", "AGENT_METRICS_BASE_URL",
-    "AGORA_PLATFORM_URL", "AGORA_API_TOKEN", "OTLP_INBOX_DIR", "AGENT_NAME", "SERVICE_NAME", "DAGSTER_HOME",
-    "TELEMETRY_PIPELINE_HOME", "EXPORT_BATCH_SIZE", "SESSION_SETTLE_SECONDS",
-)
+
+@dataclass
+class Pipeline:
+    """The pipeline as a test drives it: `settings` built directly (replace them to reconfigure), the CLI run
+    in this process with them, `Definitions` built from them, and the environment a subprocess needs."""
+
+    settings: Settings
+    capsys: pytest.CaptureFixture[str]
+
+    def cli(self, *argv: str) -> tuple[int, Any]:
+        self.capsys.readouterr()
+        code = cli.main(list(argv), settings=self.settings)
+        return code, json.loads(self.capsys.readouterr().out)
+
+    def defs(self) -> dg.Definitions:
+        return build_definitions(self.settings)
+
+    def configure(self, **changes: Any) -> None:
+        """`sources=` / `signavio=` take dicts of field changes; other keys replace top-level settings."""
+        for part in ("sources", "signavio"):
+            if part in changes:
+                changes[part] = dataclasses.replace(getattr(self.settings, part), **changes[part])
+        self.settings = dataclasses.replace(self.settings, **changes)
+
+    def environment(self) -> dict[str, str]:
+        """What a `python -m telemetry_pipeline` subprocess needs to run with these settings."""
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_"))}
+        return {**keep, **to_environment(self.settings)}
 
 
 @pytest.fixture
@@ -36,44 +62,38 @@ def source_double() -> Iterator[SourceDouble]:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source_double: SourceDouble) -> Path:
-    """A fresh pipeline home wired to the source double, with the outbox as destination."""
-    for name in CONFIG_VARS:
-        monkeypatch.delenv(name, raising=False)
-    home = tmp_path / "home"
-    monkeypatch.setenv("TELEMETRY_PIPELINE_HOME", str(home))
-    monkeypatch.setenv("EXTRACT_SERVICE_URL", source_double.url)
-    monkeypatch.setenv("AGENT_METRICS_BASE_URL", source_double.url)
-    monkeypatch.setenv("AGENT_NAME", "test-agent")
-    monkeypatch.setenv("SOURCE_MAX_RETRIES", "2")
-    monkeypatch.setenv("HTTP_RETRY_WAIT_INITIAL", "0.01")
-    return home
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
 
 
 @pytest.fixture
-def signavio(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SignavioDouble]:
-    """The Signavio double as the destination, configured the way an operator would: environment only."""
+def pipeline(home: Path, source_double: SourceDouble, capsys: pytest.CaptureFixture[str]) -> Pipeline:
+    """A fresh pipeline home wired to the source double, with the outbox as destination."""
+    settings = for_home(home, sources=SourcesSettings(
+        extract_url=source_double.url,
+        agent_telemetry_url=source_double.url,
+        agent_name="test-agent",
+        http=HttpSettings(max_retries=2, retry_wait_initial=0.01),
+    ))
+    return Pipeline(settings, capsys)
+
+
+@pytest.fixture
+def signavio(pipeline: Pipeline) -> Iterator[SignavioDouble]:
+    """The Signavio double as the destination."""
     with SignavioDouble(token=TOKEN) as api:
-        monkeypatch.setenv("SIGNAVIO_API_URL", api.url)
-        monkeypatch.setenv("SIGNAVIO_API_KEY", api.token)
-        monkeypatch.setenv("SIGNAVIO_MAX_RETRIES", "3")
-        monkeypatch.setenv("SIGNAVIO_TIMEOUT", "5s")
-        monkeypatch.setenv("SIGNAVIO_POLL_INTERVAL", "0.01")
-        monkeypatch.setenv("SIGNAVIO_POLL_DEADLINE", "5s")
+        pipeline.configure(signavio={
+            "api_url": api.url, "api_key": Secret(api.token),
+            "http": HttpSettings(timeout=5.0, max_retries=3, retry_wait_initial=0.01),
+            "poll_interval": 0.01, "poll_deadline": 5.0,
+        })
         yield api
 
 
 @pytest.fixture
-def instance(home: Path) -> Iterator[dg.DagsterInstance]:
-    with cli.open_instance() as inst:
+def instance(pipeline: Pipeline) -> Iterator[dg.DagsterInstance]:
+    with cli.open_instance(pipeline.settings) as inst:
         yield inst
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
-    capsys.readouterr()
-    code = cli.main(list(argv))
-    out = capsys.readouterr().out
-    return code, json.loads(out)
 
 
 def outbox_uploads(home: Path) -> list[Path]:

@@ -18,13 +18,13 @@ import duckdb
 import httpx
 import pytest
 
-from telemetry_pipeline.definitions import make_definitions
-from telemetry_pipeline.http import RetryPolicy
 from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
-from telemetry_pipeline.sources import SourceSet, SourceSettings
+from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.sources.base import SourceError
-from telemetry_pipeline_tests.conftest import run_cli, uploads_by_table
+from telemetry_pipeline.definitions import build_definitions
+from telemetry_pipeline.settings import HttpSettings, Secret, SourcesSettings, from_environment
+from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
 
 TOKEN = "agora-s3cret-token-value"
 # The public fixture in ../shared beside the repository (as CI lays it out).
@@ -42,10 +42,9 @@ def ms(seconds: float) -> str:
 
 
 @pytest.fixture
-def only_new_sources(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def only_new_sources(home: Path, pipeline: Pipeline) -> Path:
     """The pipeline home with neither of the HTTP session APIs configured."""
-    monkeypatch.delenv("EXTRACT_SERVICE_URL")
-    monkeypatch.delenv("AGENT_METRICS_BASE_URL")
+    pipeline.configure(sources={"extract_url": None, "agent_telemetry_url": None})
     return home
 
 
@@ -198,23 +197,22 @@ def populate(double: AgoraDouble) -> dict[str, str]:
 
 
 @pytest.fixture
-def agora(only_new_sources: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgoraDouble]:
+def agora(only_new_sources: Path, pipeline: Pipeline) -> Iterator[AgoraDouble]:
     with AgoraDouble() as double:
-        monkeypatch.setenv("AGORA_PLATFORM_URL", double.url)
-        monkeypatch.setenv("AGORA_API_TOKEN", TOKEN)
+        pipeline.configure(sources={"agora_url": double.url, "agora_token": Secret(TOKEN)})
         yield double
 
 
-def test_agora_finished_executions_are_discovered_and_exported(
+def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipeline, 
     agora: AgoraDouble, only_new_sources: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
 ):
     home = only_new_sources
     keys = populate(agora)
     caplog.set_level(logging.DEBUG)
 
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and sorted(out["new_keys"]) == sorted([keys["ok"], keys["err"], keys["timeout"]])
-    code, out = run_cli(capsys, "export", "--pending")
+    code, out = pipeline.cli("export", "--pending")
     assert code == 0 and out["exported_count"] == 3, out
 
     tables = uploads_by_table(home)
@@ -267,29 +265,28 @@ def test_agora_finished_executions_are_discovered_and_exported(
     # once the running execution finishes it is discovered, and only it
     agora.records["ex-running"].update(status="success", completed_at=iso(60), duration_ms=10_000)
     agora.details["ex-running"][0][0].update(status="success", completed_at=iso(60))
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and out["new_keys"] == [keys["running"]]
 
 
-def test_agora_running_execution_exported_by_hand_is_refused(agora: AgoraDouble, only_new_sources: Path,
-                                                             capsys: pytest.CaptureFixture[str]):
+def test_agora_running_execution_exported_by_hand_is_refused(pipeline: Pipeline, agora: AgoraDouble, only_new_sources: Path):
     keys = populate(agora)
-    code, out = run_cli(capsys, "export", keys["running"])
+    code, out = pipeline.cli("export", keys["running"])
     assert code == 1 and "still running" in out["results"][0]["error"]
     # it stays pending (raw kept), and loads once it has finished
     agora.records["ex-running"].update(status="success", completed_at=iso(60), duration_ms=10_000)
     agora.details["ex-running"][0][0].update(status="success", completed_at=iso(60))
-    code, out = run_cli(capsys, "export", "--pending")
+    code, out = pipeline.cli("export", "--pending")
     assert code == 0 and out["exported_count"] == 1
     (run,) = uploads_by_table(only_new_sources)["agent_telemetry_runs"]
     assert run["agent_run_id"] == "ex-running" and run["end_time"] == ms(60)
 
 
-def test_agora_paging_token_and_missing_execution(agora: AgoraDouble, only_new_sources: Path,
+def test_agora_paging_token_and_missing_execution(pipeline: Pipeline, agora: AgoraDouble, only_new_sources: Path,
                                                   capsys: pytest.CaptureFixture[str]):
     for i in range(250):  # one per hour, newest first in the listing
         agora.add(execution(f"hist-{i:03d}", "success", i * 3600, i * 3600 + 60))
-    settings = SourceSettings(agora_url=agora.url, agora_token=TOKEN, retry=RetryPolicy(max_retries=0))
+    settings = SourcesSettings(agora_url=agora.url, agora_token=Secret(TOKEN), http=HttpSettings(max_retries=0))
     assert TOKEN not in repr(settings)
     with SourceSet(settings) as sources:
         source = sources.get("agora")
@@ -307,35 +304,34 @@ def test_agora_paging_token_and_missing_execution(agora: AgoraDouble, only_new_s
         with pytest.raises(SourceError, match="no such execution"):
             source.fetch("does-not-exist")
 
-    with SourceSet(SourceSettings(agora_url=agora.url, agora_token="wrong-token")) as sources:
+    with SourceSet(SourcesSettings(agora_url=agora.url, agora_token=Secret("wrong-token"))) as sources:
         ok, detail = sources.get("agora").probe()
         assert not ok and "token refused" in detail and "wrong-token" not in detail
         with pytest.raises(SourceError) as refused:
             list(sources.get("agora").list_sessions(None))
         assert "401" in str(refused.value) and "wrong-token" not in str(refused.value)
 
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
     assert code == 0 and {c["name"]: c["ok"] for c in out["checks"]}["source:agora"] is True
-    code, out = run_cli(capsys, "export", "agora:does-not-exist")
+    code, out = pipeline.cli("export", "agora:does-not-exist")
     assert code == 1 and "no such execution" in out["results"][0]["error"]
 
-    # the token is bound from the environment, never a plain value in the definitions
-    sources_resource = make_definitions().resources["sources"]
+    # a token from the environment is bound to it, never a plain value in the definitions
+    sources_resource = build_definitions(from_environment(pipeline.environment())).resources["sources"]
     assert isinstance(sources_resource.agora_token, dg.EnvVar)
     assert TOKEN not in capsys.readouterr().out
 
 
-def test_agora_simulator_via_sensor(only_new_sources: Path, instance: dg.DagsterInstance,
-                                    monkeypatch: pytest.MonkeyPatch):
+def test_agora_simulator_via_sensor(pipeline: Pipeline, only_new_sources: Path, instance: dg.DagsterInstance,
+                                    ):
     with Simulator(SimulationConfig(sessions=24, events_per_session=30, seed=11)) as sim:
-        monkeypatch.setenv("AGORA_PLATFORM_URL", sim.url)
-        monkeypatch.setenv("AGORA_API_TOKEN", TOKEN)
+        pipeline.configure(sources={"agora_url": sim.url, "agora_token": Secret(TOKEN)})
         listing = httpx.get(f"{sim.url}/executions/", params={"limit": 100},
                             headers={"Authorization": f"Bearer {TOKEN}"}).json()
         finished = {f"agora:{e['id']}" for e in listing if e["status"] != "running"}
         assert 0 < len(finished) < len(listing), "the simulator keeps some executions running"
 
-        defs = make_definitions()
+        defs = pipeline.defs()
         sensor = defs.resolve_sensor_def("new_sessions_sensor")
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             result = sensor(context)
@@ -461,19 +457,18 @@ def write_inbox(inbox: Path) -> None:
     (inbox / "b.jsonl").write_text("\n".join(lines))
 
 
-def test_otlp_trace_files_end_to_end(only_new_sources: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture):
+def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path, caplog: pytest.LogCaptureFixture):
     home = only_new_sources
     inbox = home.parent / "traces"
     write_inbox(inbox)
-    monkeypatch.setenv("OTLP_INBOX_DIR", str(inbox))
+    pipeline.configure(sources={"otlp_dir": inbox})
     caplog.set_level(logging.WARNING, logger="telemetry_pipeline.sources.otlp")
     t3 = T3.lower()
 
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and sorted(out["new_keys"]) == sorted(["otlp:conv-1", f"otlp:{t3}"])
     assert re.search(r"skipped b\.jsonl line 4: ", caplog.text), caplog.text
-    code, out = run_cli(capsys, "export", "--pending")
+    code, out = pipeline.cli("export", "--pending")
     assert code == 0 and out["exported_count"] == 2, out
 
     tables = uploads_by_table(home)
@@ -519,22 +514,24 @@ def test_otlp_trace_files_end_to_end(only_new_sources: Path, monkeypatch: pytest
     late = request([otlp_span("EF" * 16, "e1" * 8, "chat", 30, 31, **{"gen_ai.operation.name": "chat",
                                                                        "gen_ai.conversation.id": "conv-1"})])
     (inbox / "c.jsonl").write_text(json.dumps(late) + "\n")
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and out["new_count"] == 0
-    code, out = run_cli(capsys, "export", "--force", "otlp:conv-1")
+    code, out = pipeline.cli("export", "--force", "otlp:conv-1")
     assert code == 0 and out["exported_count"] == 1
     assert warehouse_rows(home, "SELECT event_count FROM sessions WHERE session_id = 'conv-1'") == [(7,)]
 
 
-def test_otlp_reference_example_exports_from_default_inbox(only_new_sources: Path,
-                                                          capsys: pytest.CaptureFixture[str]):
+def test_otlp_reference_example_exports_from_default_inbox(pipeline: Pipeline, only_new_sources: Path):
     home = only_new_sources
     (home / "inbox").mkdir(parents=True)
-    shutil.copy(FIXTURE, home / "inbox" / "example.json")  # no OTLP_INBOX_DIR: <home>/inbox is used
+    shutil.copy(FIXTURE, home / "inbox" / "example.json")
+    environment = pipeline.environment()
+    assert "OTLP_INBOX_DIR" not in environment
+    pipeline.settings = from_environment(environment)  # no OTLP_INBOX_DIR: <home>/inbox is used
 
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
     assert {c["name"]: c["ok"] for c in out["checks"]}["source:otlp"] is True
-    code, out = run_cli(capsys, "export", "otlp:5b8efff798038103d269b633813fc60c")
+    code, out = pipeline.cli("export", "otlp:5b8efff798038103d269b633813fc60c")
     assert code == 0 and out["exported_count"] == 1, out
 
     tables = uploads_by_table(home)
@@ -549,5 +546,5 @@ def test_otlp_reference_example_exports_from_default_inbox(only_new_sources: Pat
     assert attributes["my.span.attr"] == "some value"
     assert attributes["scope.my.scope.attribute"] == "some scope attribute"
     assert attributes["otel.span.kind"] == "SERVER" and attributes["otel.parent_span_id"] == "eee19b7ec3c1b173"
-    code, out = run_cli(capsys, "status", "otlp:5b8efff798038103d269b633813fc60c")
+    code, out = pipeline.cli("status", "otlp:5b8efff798038103d269b633813fc60c")
     assert out[0]["exported"] is True and out[0]["ingestion_status"] == "OUTBOX"

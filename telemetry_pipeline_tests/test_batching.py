@@ -6,12 +6,10 @@ import datetime as dt
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
-from telemetry_pipeline.definitions import make_definitions
 from telemetry_pipeline.partitions import batched_ranges
 from telemetry_pipeline.retention import prunable_keys
-from telemetry_pipeline_tests.conftest import run_cli
+from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.source_double import SourceDouble
 
 EXPORT = dg.AssetKey("signavio_export")
@@ -27,11 +25,11 @@ def test_batched_ranges_are_contiguous_and_bounded():
     assert ranges[0].tags == {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[2]}
 
 
-def test_sensor_requests_one_run_per_batch(home: Path, monkeypatch: pytest.MonkeyPatch, source_double: SourceDouble):
-    monkeypatch.setenv("EXPORT_BATCH_SIZE", "4")
+def test_sensor_requests_one_run_per_batch(pipeline: Pipeline, home: Path, source_double: SourceDouble):
+    pipeline.configure(batch_size=4)
     for i in range(10):
         source_double.add_good("agent_telemetry", f"s{i:02d}")
-    defs = make_definitions()
+    defs = pipeline.defs()
     with dg.instance_for_test() as instance:
         sensor = defs.resolve_sensor_def("new_sessions_sensor")
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
@@ -46,25 +44,24 @@ def test_sensor_requests_one_run_per_batch(home: Path, monkeypatch: pytest.Monke
     assert len({r.run_key for r in result.run_requests}) == 3
 
 
-def test_backfill_policy_batches_ui_backfills(home: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("EXPORT_BATCH_SIZE", "250")
-    asset = make_definitions().resolve_assets_def(EXPORT)
+def test_backfill_policy_batches_ui_backfills(pipeline: Pipeline, home: Path):
+    pipeline.configure(batch_size=250)
+    asset = pipeline.defs().resolve_assets_def(EXPORT)
     assert asset.backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=250)
 
 
-def test_hourly_schedule_exports_pending_and_previously_failed(home: Path, instance: dg.DagsterInstance,
-                                                               source_double: SourceDouble,
-                                                               capsys: pytest.CaptureFixture[str]):
+def test_hourly_schedule_exports_pending_and_previously_failed(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance,
+                                                               source_double: SourceDouble):
     done = [source_double.add_good("extract", f"done{i}") for i in range(2)]
-    assert run_cli(capsys, "export", *done)[0] == 0
+    assert pipeline.cli("export", *done)[0] == 0
     broken = source_double.add("extract", "broken", b"not json")
-    assert run_cli(capsys, "export", broken)[0] == 1
+    assert pipeline.cli("export", broken)[0] == 1
     later = source_double.add_good("extract", "later")
     instance.add_dynamic_partitions("agent_sessions", [later])
     source_double.add_good("extract", "broken")  # the source fixed its payload
     unseen = source_double.add_good("agent_telemetry", "unseen")  # only the source knows it yet
 
-    defs = make_definitions()
+    defs = pipeline.defs()
     schedule = defs.resolve_schedule_def("hourly_export_schedule")
     tick = dt.datetime(2026, 1, 1, 5)
     with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, resources=defs.resources) as ctx:
@@ -79,29 +76,29 @@ def test_hourly_schedule_exports_pending_and_previously_failed(home: Path, insta
     assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later, unseen}
     with dg.build_schedule_context(instance=instance, resources=defs.resources) as ctx:
         assert not schedule.evaluate_tick(ctx).run_requests, "nothing left to export"
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert out["new_count"] == 0, "the schedule's pass moved the same watermarks the asset uses"
 
 
-def test_prune_removes_old_exported_partitions_and_status_still_answers(
-    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, capsys: pytest.CaptureFixture[str]
+def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline: Pipeline, 
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
 ):
     old = source_double.add_good("extract", "old")
-    assert run_cli(capsys, "export", old)[0] == 0
+    assert pipeline.cli("export", old)[0] == 0
     pending = "extract:pending"
     instance.add_dynamic_partitions("agent_sessions", [pending])
 
     assert prunable_keys(instance, 1) == [], "exported just now: not old enough"
     assert prunable_keys(instance, 1, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == [old]
 
-    code, out = run_cli(capsys, "prune", "--older-than-days", "0")
+    code, out = pipeline.cli("prune", "--older-than-days", "0")
     assert code == 0 and out["pruned_keys"] == [old]
     assert instance.get_dynamic_partitions("agent_sessions") == [pending], "pending sessions are never pruned"
-    code, status = run_cli(capsys, "status", old)
+    code, status = pipeline.cli("status", old)
     assert status[0]["exported"] is True and status[0]["ingestion_status"] == "OUTBOX", "history outlives the partition"
 
 
-def test_retention_schedule_is_off_by_default(home: Path):
-    schedule = make_definitions().resolve_schedule_def("retention_schedule")
+def test_retention_schedule_is_off_by_default(pipeline: Pipeline, home: Path):
+    schedule = pipeline.defs().resolve_schedule_def("retention_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    assert make_definitions().resolve_schedule_def("hourly_export_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
+    assert pipeline.defs().resolve_schedule_def("hourly_export_schedule").default_status == dg.DefaultScheduleStatus.RUNNING

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 
-from telemetry_pipeline.definitions import make_definitions
-from telemetry_pipeline.partitions import agent_sessions
-from telemetry_pipeline_tests.conftest import outbox_uploads, read_upload, run_cli, uploads_by_table
+from telemetry_pipeline_tests.conftest import outbox_uploads, read_upload, Pipeline, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
 
 EXPORT = dg.AssetKey("signavio_export")
 
 
-def run_sensor_tick(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[dg.SensorResult, list]:
+def run_sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[dg.SensorResult, list]:
     """One sensor tick as the daemon does it: apply its partition requests, then run its requests."""
-    defs = make_definitions()
+    defs = pipeline.defs()
     sensor = defs.resolve_sensor_def("new_sessions_sensor")
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
         result = sensor(context)
@@ -33,11 +29,11 @@ def run_sensor_tick(instance: dg.DagsterInstance, cursor: str | None = None) -> 
     return result, runs
 
 
-def test_sensor_discovers_and_exports_to_outbox(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+def test_sensor_discovers_and_exports_to_outbox(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
     keys = [source_double.add_good("extract", f"ex-{i}", n_tools=3) for i in range(3)]
     keys += [source_double.add_good("agent_telemetry", f"at-{i}", fail_last=True) for i in range(2)]
 
-    result, runs = run_sensor_tick(instance)
+    result, runs = run_sensor_tick(pipeline, instance)
 
     assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(keys)
     assert len(result.run_requests) == 1, "five new sessions fit in one batched run"
@@ -71,14 +67,13 @@ def test_sensor_discovers_and_exports_to_outbox(home: Path, instance: dg.Dagster
     assert len(failed) == 1 and failed[0]["error"] == "permission denied"
 
     # the sensor's cursor and the known keys mean a second tick requests nothing
-    again, _ = run_sensor_tick(instance, result.cursor)
+    again, _ = run_sensor_tick(pipeline, instance, result.cursor)
     assert not again.run_requests and not again.dynamic_partitions_requests
 
 
-def test_outbox_upload_is_exactly_the_request(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-                                              capsys: pytest.CaptureFixture[str]):
+def test_outbox_upload_is_exactly_the_request(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
     key = source_double.add_good("extract", "s1")
-    code, out = run_cli(capsys, "export", key)
+    code, out = pipeline.cli("export", key)
     assert code == 0 and out["exported_count"] == 1
 
     for folder in outbox_uploads(home):
@@ -97,8 +92,7 @@ def test_outbox_upload_is_exactly_the_request(home: Path, instance: dg.DagsterIn
             assert primary_keys == ["event_id"]
 
 
-def test_bad_payloads_fail_alone_and_keep_raw(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-                                              capsys: pytest.CaptureFixture[str]):
+def test_bad_payloads_fail_alone_and_keep_raw(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
     good = source_double.add_good("agent_telemetry", "good")
     not_json = source_double.add("agent_telemetry", "not-json", b'{"events": [')
     no_events = source_double.add("agent_telemetry", "no-events", {"session_id": "no-events", "evts": []})
@@ -109,7 +103,7 @@ def test_bad_payloads_fail_alone_and_keep_raw(home: Path, instance: dg.DagsterIn
     ]})
     missing = "agent_telemetry:never-heard-of-it"
 
-    code, out = run_cli(capsys, "export", good, not_json, no_events, bad_time, unknown, missing)
+    code, out = pipeline.cli("export", good, not_json, no_events, bad_time, unknown, missing)
 
     assert code == 1
     by_key = {r["session_id"]: r for r in out["results"]}
@@ -141,17 +135,16 @@ def test_bad_payloads_fail_alone_and_keep_raw(home: Path, instance: dg.DagsterIn
     assert len(failed_runs) == 1
 
 
-def test_reexport_is_idempotent_and_skips_unless_forced(home: Path, instance: dg.DagsterInstance,
-                                                        source_double: SourceDouble,
-                                                        capsys: pytest.CaptureFixture[str]):
+def test_reexport_is_idempotent_and_skips_unless_forced(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance,
+                                                        source_double: SourceDouble):
     keys = [source_double.add_good("extract", f"s{i}") for i in range(3)]
-    assert run_cli(capsys, "export", *keys)[1]["exported_count"] == 3
-    code, out = run_cli(capsys, "export", *keys)
+    assert pipeline.cli("export", *keys)[1]["exported_count"] == 3
+    code, out = pipeline.cli("export", *keys)
     assert code == 0 and out["skipped_count"] == 3 and len(outbox_uploads(home)) == 2
 
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         before = con.execute("SELECT event_id FROM events ORDER BY event_id").fetchall()
-    code, out = run_cli(capsys, "export", "--force", *keys)
+    code, out = pipeline.cli("export", "--force", *keys)
     assert code == 0 and out["exported_count"] == 3
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         after = con.execute("SELECT event_id FROM events ORDER BY event_id").fetchall()
@@ -162,16 +155,15 @@ def test_reexport_is_idempotent_and_skips_unless_forced(home: Path, instance: dg
     assert len(ids) == 2 * len(set(ids)), "the re-upload carries exactly the same event ids"
 
 
-def test_status_and_sessions_survive_a_restart(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-                                               capsys: pytest.CaptureFixture[str]):
+def test_status_and_sessions_survive_a_restart(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
     done = source_double.add_good("extract", "done")
-    code, _ = run_cli(capsys, "export", done)
+    code, _ = pipeline.cli("export", done)
     assert code == 0
     pending = "extract:later"
     instance.add_dynamic_partitions("agent_sessions", [pending])
 
     # a new process reading the same home
-    env = {**os.environ}
+    env = pipeline.environment()
     proc = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "status", done, pending],
                           capture_output=True, text=True, env=env, check=True, timeout=120)
     status = {s["session_id"]: s for s in json.loads(proc.stdout)}
@@ -180,20 +172,19 @@ def test_status_and_sessions_survive_a_restart(home: Path, instance: dg.DagsterI
     assert status[pending] == {"session_id": pending, "exported": False, "exported_at": None,
                                "execution_id": None, "ingestion_status": None}
 
-    code, rows = run_cli(capsys, "sessions", "--pending")
+    code, rows = pipeline.cli("sessions", "--pending")
     assert [r["session_id"] for r in rows] == [pending]
-    code, rows = run_cli(capsys, "sessions", "--source", "extract")
+    code, rows = pipeline.cli("sessions", "--source", "extract")
     assert {r["session_id"]: r["exported"] for r in rows} == {done: True, pending: False}
 
 
-def test_transient_source_errors_are_retried(home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-                                             capsys: pytest.CaptureFixture[str]):
+def test_transient_source_errors_are_retried(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
     flaky = source_double.add_good("extract", "flaky")
     source_double.fail("extract", "flaky", 503, times=2, retry_after="0")
     down = source_double.add_good("extract", "down")
     source_double.fail("extract", "down", 500)  # never recovers
 
-    code, out = run_cli(capsys, "export", flaky, down)
+    code, out = pipeline.cli("export", flaky, down)
 
     by_key = {r["session_id"]: r for r in out["results"]}
     assert by_key[flaky]["status"] == "exported"
@@ -202,36 +193,35 @@ def test_transient_source_errors_are_retried(home: Path, instance: dg.DagsterIns
     assert source_double.hits[down] == 3, "SOURCE_MAX_RETRIES=2: three attempts, then a clear error"
 
 
-def test_discover_command_and_manual_keys(home: Path, source_double: SourceDouble, capsys: pytest.CaptureFixture[str]):
+def test_discover_command_and_manual_keys(pipeline: Pipeline, home: Path, source_double: SourceDouble):
     for i in range(5):
         source_double.add_good("agent_telemetry", f"d{i}")
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and out["new_count"] == 5
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and out["new_count"] == 0, "the watermark and known keys make discovery incremental"
 
-    code, out = run_cli(capsys, "export", "nosource:abc", "extract:")
+    code, out = pipeline.cli("export", "nosource:abc", "extract:")
     assert code == 1 and all("invalid session key" in r["error"] for r in out["results"])
-    assert run_cli(capsys, "export")[0] == 2, "no keys and no --pending is bad usage"
-    code, out = run_cli(capsys, "export", "--pending")
+    assert pipeline.cli("export")[0] == 2, "no keys and no --pending is bad usage"
+    code, out = pipeline.cli("export", "--pending")
     assert code == 0 and out["exported_count"] == 5
 
 
-def test_a_source_without_a_listing_endpoint_is_exported_by_hand(home: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 source_double: SourceDouble,
-                                                                 capsys: pytest.CaptureFixture[str]):
-    monkeypatch.setenv("EXTRACT_SESSIONS_PATH", "")  # this Extract service has no discovery endpoint
-    monkeypatch.delenv("AGENT_METRICS_BASE_URL")
+def test_a_source_without_a_listing_endpoint_is_exported_by_hand(pipeline: Pipeline, home: Path,
+                                                                 source_double: SourceDouble):
+    # this Extract service has no discovery endpoint
+    pipeline.configure(sources={"extract_list_path": "", "agent_telemetry_url": None})
     key = source_double.add_good("extract", "by-hand")
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and out["new_count"] == 0, "nothing listed, and no error for a source without a listing"
-    code, out = run_cli(capsys, "export", key)
+    code, out = pipeline.cli("export", key)
     assert code == 0 and out["results"] == [{"session_id": key, "status": "exported"}]
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
     assert code == 0 and out["checks"][0]["name"] == "source:extract" and out["checks"][0]["ok"]
 
 
-def test_sensor_reexports_a_session_that_continued_after_its_export(home: Path, instance: dg.DagsterInstance,
+def test_sensor_reexports_a_session_that_continued_after_its_export(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance,
                                                                     source_double: SourceDouble):
     import datetime as dt
     import time
@@ -239,19 +229,19 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(home: Path, 
     from telemetry_pipeline.sources.base import format_time
 
     key = source_double.add_good("agent_telemetry", "ongoing", n_tools=1)
-    first, _ = run_sensor_tick(instance)
+    first, _ = run_sensor_tick(pipeline, instance)
     assert instance.get_materialized_partitions(EXPORT) == {key}
     exported_events = len([e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "ongoing"])
 
     time.sleep(0.05)  # the agent goes on after the export: three more tool calls, a newer last event
     source_double.add("agent_telemetry", "ongoing", {"events": good_events(n_tools=4)},
                       last_event_at=format_time(dt.datetime.now(dt.UTC)))
-    second, runs = run_sensor_tick(instance, first.cursor)
+    second, runs = run_sensor_tick(pipeline, instance, first.cursor)
     assert len(second.run_requests) == 1 and all(r.success for r in runs)
     assert not second.dynamic_partitions_requests, "a known key is not added again"
     rows = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "ongoing"]
     assert len(rows) == exported_events + exported_events + 3, "the second upload carries the whole session"
     assert len({e["event_id"] for e in rows}) == exported_events + 3, "earlier events keep their ids"
 
-    third, _ = run_sensor_tick(instance, second.cursor)
+    third, _ = run_sensor_tick(pipeline, instance, second.cursor)
     assert not third.run_requests, "exported after its last event: nothing more to do"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import dataclasses
 import json
 import os
 import signal
@@ -28,11 +29,10 @@ from typing import Any
 import dagster as dg
 import duckdb
 import httpx
-import pytest
 
-from telemetry_pipeline.definitions import make_definitions
 from telemetry_pipeline.warehouse import Warehouse
-from telemetry_pipeline_tests.conftest import run_cli
+from telemetry_pipeline.settings import HttpSettings
+from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import Fault, SourceDouble
 
@@ -59,14 +59,14 @@ class Export:
         return json.loads(text)
 
 
-def start_export(tmp_path: Path, *args: str) -> Export:
-    """`python -m telemetry_pipeline export ARGS` in a new process, with this test's environment."""
+def start_export(pipeline: Pipeline, tmp_path: Path, *args: str) -> Export:
+    """`python -m telemetry_pipeline export ARGS` in a new process, with this test's settings."""
     n = len(list(tmp_path.glob("export-*.out")))
     out, err = tmp_path / f"export-{n}.out", tmp_path / f"export-{n}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:  # files, not pipes: a full pipe would block it
         proc = subprocess.Popen(
             [sys.executable, "-m", "telemetry_pipeline", "export", *args],
-            stdout=stdout, stderr=stderr, env=dict(os.environ),
+            stdout=stdout, stderr=stderr, env=pipeline.environment(),
         )
     return Export(proc, out)
 
@@ -163,7 +163,7 @@ def test_claims_keep_overlapping_runs_apart_and_expire_with_their_run(tmp_path: 
     assert wh.claim(["k9"], "run-d", is_live, stale_after=0) == (["k9"], {}), "a claim past its TTL is stale"
 
 
-def test_claims_of_a_killed_process_are_stale_even_if_its_run_looks_alive(tmp_path: Path):
+def test_claims_of_a_killed_process_are_stale_even_if_its_run_looks_alive(pipeline: Pipeline, tmp_path: Path):
     path = tmp_path / "w.duckdb"
     script = (
         "import sys; from pathlib import Path; from telemetry_pipeline.warehouse import Warehouse; "
@@ -202,18 +202,18 @@ def test_claims_race_between_connections_of_one_process(tmp_path: Path):
 # -- two real runs overlapping on the same sessions -----------------------------------------------------------
 
 
-def test_overlapping_runs_upload_each_session_once(
+def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline, 
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ):
     keys = add_good(source_double, 8, "c")
     first, second = keys[:6], keys[2:]  # they overlap on keys[2:6]
     for key in first:
         source_double.slow("extract", key.partition(":")[2], 60)
 
-    a = start_export(tmp_path, *first)
+    a = start_export(pipeline, tmp_path, *first)
     wait_for(lambda: all(source_double.hits[k] for k in first), a, "run A fetching its sessions")
-    code_b, out_b = run_cli(capsys, "export", *second)  # B, in this process: what A does not hold, while A fetches
+    code_b, out_b = pipeline.cli("export", *second)  # B, in this process: what A does not hold, while A fetches
     for key in first:
         source_double.slow("extract", key.partition(":")[2], 0)
     out_a = a.result()
@@ -237,14 +237,14 @@ def test_overlapping_runs_upload_each_session_once(
 # -- SIGKILL at each stage; the next export finishes the job ----------------------------------------------------
 
 
-def test_killed_while_fetching(
+def test_killed_while_fetching(pipeline: Pipeline, 
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ):
     keys = add_good(source_double, 4, "a")
     source_double.slow("extract", "a-003", 60)
 
-    proc = start_export(tmp_path, *keys)
+    proc = start_export(pipeline, tmp_path, *keys)
     wait_for(lambda: source_double.hits[keys[3]] >= 1, proc, "the fetch of the slow session")
     sigkill(proc)
 
@@ -254,21 +254,21 @@ def test_killed_while_fetching(
     assert claims(home) == {k: dead.run_id for k in keys}, "its claims were left behind"
     source_double.slow("extract", "a-003", 0)
 
-    code, out = run_cli(capsys, "export", "--pending")
+    code, out = pipeline.cli("export", "--pending")
 
     assert code == 0 and out["exported_count"] == 4, out
     assert_delivered_exactly_once(signavio, instance, keys)
     assert claims(home) == {}
 
 
-def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(
+def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: Pipeline, 
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ):
     keys = add_good(source_double, 5, "b")
     signavio.steps_per_poll = 0  # accepted uploads never finish while this holds
 
-    proc = start_export(tmp_path, *keys)
+    proc = start_export(pipeline, tmp_path, *keys)
     wait_for(lambda: len(signavio.executions) == 2 and any(r.method == "GET" for r in signavio.requests), proc,
              "both uploads accepted and polled")
     sigkill(proc)
@@ -278,7 +278,7 @@ def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(
     assert instance.get_materialized_partitions(EXPORT) == set(), "accepted is not loaded: nothing is exported"
     signavio.steps_per_poll = 2
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 0 and out["exported_count"] == 5, out
     assert_delivered_exactly_once(signavio, instance, keys)
@@ -287,13 +287,13 @@ def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(
     assert len(posted_rows(signavio, RUNS)) == 2, "sent twice (at least once), loaded once per key"
 
 
-def test_killed_while_recording_materialisations(
+def test_killed_while_recording_materialisations(pipeline: Pipeline, 
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ):
     keys = add_good(source_double, 40, "m")
 
-    proc = start_export(tmp_path, *keys)
+    proc = start_export(pipeline, tmp_path, *keys)
     wait_for(lambda: len(instance.get_materialized_partitions(EXPORT)) > 0, proc, "the first materialisation")
     sigkill(proc)
 
@@ -303,7 +303,7 @@ def test_killed_while_recording_materialisations(
     assert {k.partition(":")[2] for k in recorded} <= loaded, "what was recorded had been confirmed"
     assert_nothing_unconfirmed(signavio, instance)
 
-    code, out = run_cli(capsys, "export", "--pending")
+    code, out = pipeline.cli("export", "--pending")
 
     assert code == 0 and out["exported_count"] == len(keys) - len(recorded), out
     [_, resent] = posted_rows(signavio, RUNS)
@@ -316,17 +316,17 @@ def test_killed_while_recording_materialisations(
 # -- discovery never skips a session ------------------------------------------------------------------------
 
 
-def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    defs = make_definitions()
+def sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    defs = pipeline.defs()
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
         return defs.resolve_sensor_def("new_sessions_sensor")(context)
 
 
-def test_sensor_cursor_never_passes_a_session_that_was_not_registered(
+def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: Pipeline, 
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     old = [source_double.add_good("extract", f"old-{i}") for i in range(2)]
-    first = sensor_tick(instance, None)
+    first = sensor_tick(pipeline, instance, None)
     for request in first.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     cursor = first.cursor
@@ -337,7 +337,7 @@ def test_sensor_cursor_never_passes_a_session_that_was_not_registered(
 
     # 1. extract's listing fails (every attempt), agent_telemetry's works: only the latter's mark moves.
     source_double.list_fault = Fault(503, remaining=3)
-    failed = sensor_tick(instance, cursor)
+    failed = sensor_tick(pipeline, instance, cursor)
     assert list(failed.dynamic_partitions_requests[0].partition_keys) == [newer_at]
     marks = json.loads(failed.cursor)
     assert marks["extract"] == json.loads(cursor)["extract"], "the failed source's watermark stayed put"
@@ -345,7 +345,7 @@ def test_sensor_cursor_never_passes_a_session_that_was_not_registered(
 
     # 2. The process dies after listing, before the result is applied: neither the partitions nor the
     #    cursor were stored, so the next tick lists the same sessions again from the old cursor.
-    again = sensor_tick(instance, cursor)
+    again = sensor_tick(pipeline, instance, cursor)
     assert sorted(again.dynamic_partitions_requests[0].partition_keys) == sorted([newer_ex, newer_at])
     assert len(again.run_requests) == 1 and again.cursor != cursor
     assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(old), "nothing was applied yet"
@@ -353,40 +353,39 @@ def test_sensor_cursor_never_passes_a_session_that_was_not_registered(
     # 3. Applied together, the next tick has nothing new to say.
     for request in again.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    last = sensor_tick(instance, again.cursor)
+    last = sensor_tick(pipeline, instance, again.cursor)
     assert not last.dynamic_partitions_requests and not last.run_requests
 
 
-def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(
-    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, capsys: pytest.CaptureFixture[str],
+def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(pipeline: Pipeline, 
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     source_double.add_good("extract", "e1")
     source_double.list_fault = Fault(500, remaining=10**6)
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 1 and set(out["source_errors"]) == {"extract", "agent_telemetry"}
     assert out["new_count"] == 0
     meta = instance.get_latest_materialization_event(dg.AssetKey("discovered_sessions")).asset_materialization.metadata
     assert meta["watermarks"].value == {}, "no watermark moved"
 
     source_double.list_fault = None
-    code, out = run_cli(capsys, "discover")
+    code, out = pipeline.cli("discover")
     assert code == 0 and out["new_keys"] == ["extract:e1"]
 
 
 # -- sources that are down or slow ---------------------------------------------------------------------------
 
 
-def test_a_source_that_is_down_fails_only_its_sessions(
+def test_a_source_that_is_down_fails_only_its_sessions(pipeline: Pipeline, 
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ):
     with SourceDouble() as gone:
         pass  # stopped: its port refuses connections
-    monkeypatch.setenv("EXTRACT_SERVICE_URL", gone.url)
+    pipeline.configure(sources={"extract_url": gone.url})
     down = ["extract:d1", "extract:d2"]
     up = [source_double.add_good("agent_telemetry", f"u{i}") for i in range(2)]
 
-    code, out = run_cli(capsys, "export", *down, *up)
+    code, out = pipeline.cli("export", *down, *up)
 
     assert code == 1 and out["status"] == "partial" and out["exported_count"] == 2
     by_key = {r["session_id"]: r for r in out["results"]}
@@ -399,39 +398,36 @@ def test_a_source_that_is_down_fails_only_its_sessions(
 
 
 def test_a_slow_source_times_out_per_session(
-    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
-    monkeypatch.setenv("SOURCE_TIMEOUT", "0.3s")
-    monkeypatch.setenv("SOURCE_MAX_RETRIES", "1")
+    pipeline.configure(sources={"http": HttpSettings(timeout=0.3, max_retries=1, retry_wait_initial=0.01)})
     slow = source_double.add_good("extract", "slow")
-    source_double.slow("extract", "slow", 5)
+    source_double.slow("extract", "slow", 20)
     fine = [source_double.add_good("extract", f"fine{i}") for i in range(3)]
 
     started = time.monotonic()
-    code, out = run_cli(capsys, "export", slow, *fine)
+    code, out = pipeline.cli("export", slow, *fine)
     elapsed = time.monotonic() - started
 
     by_key = {r["session_id"]: r for r in out["results"]}
     assert code == 1 and out["exported_count"] == 3
     assert "ReadTimeout" in by_key[slow]["error"] and "after 2 attempts" in by_key[slow]["error"]
     assert source_double.hits[slow] == 2
-    assert elapsed < 5, "two attempts of 0.3 s, not the source's 5 s"
+    assert elapsed < 20, "two attempts of 0.3 s, not the source's 20 s"
     assert instance.get_materialized_partitions(EXPORT) == set(fine)
 
 
 # -- Signavio faults at the pipeline level ------------------------------------------------------------------------
 
 
-def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_does(
+def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_does(pipeline: Pipeline, 
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     keys = add_good(source_double, 3, "r")
     signavio.fail_next(4, 429, retry_after=0)  # SIGNAVIO_MAX_RETRIES=3: four attempts for the first table
     signavio.fail_next(4, 503)  # and four for the second
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 1 and out["failed_count"] == 3
     for result in out["results"]:
@@ -444,21 +440,20 @@ def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_do
     assert failed.status == dg.DagsterRunStatus.FAILURE
     Warehouse(home / "warehouse.duckdb").claim(keys, failed.run_id)
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 0 and out["exported_count"] == 3
     assert_delivered_exactly_once(signavio, instance, keys)
 
 
-def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_nothing(
+def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_nothing(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ):
-    monkeypatch.setenv("SIGNAVIO_TIMEOUT", "0.3s")
+    pipeline.configure(signavio={"http": dataclasses.replace(pipeline.settings.signavio.http, timeout=0.3)})
     keys = add_good(source_double, 3, "h")
     signavio.hang_next(1, 1.0)  # the first POST is answered after the client gave up, but still processed
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 0 and out["exported_count"] == 3
     deadline = time.monotonic() + 5

@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from telemetry_pipeline_tests.conftest import outbox_uploads, run_cli
+from telemetry_pipeline_tests.conftest import outbox_uploads, Pipeline
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
 
 EXPORT = dg.AssetKey("signavio_export")
@@ -63,9 +63,8 @@ def prompt_session(prompt: str, **payload: Any) -> dict[str, Any]:
     return {"events": [agent_event(T0, "user_prompt", prompt=prompt, **payload)]}
 
 
-def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(
+def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: Pipeline, 
     home: Path, tmp_path: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     add = source_double.add
     src = "agent_telemetry"
@@ -126,7 +125,7 @@ def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(
         'event #1 has a timestamp that cannot be parsed: "yesterday" (2 events in all)'
     )
 
-    code, out = run_cli(capsys, "export", *exported, *rejected)
+    code, out = pipeline.cli("export", *exported, *rejected)
 
     results = {r["session_id"]: r for r in out["results"]}
     assert code == 1 and out["status"] == "partial"
@@ -192,14 +191,14 @@ def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(
 
     # deterministic: a forced re-export produces exactly the same ids
     ids = sorted(e["event_id"] for e in tables["agent_telemetry_events"])
-    code, out = run_cli(capsys, "export", "--force", *exported)
+    code, out = pipeline.cli("export", "--force", *exported)
     assert code == 0 and out["exported_count"] == len(exported)
     again = read_tables(home)["agent_telemetry_events"]
     assert sorted(e["event_id"] for e in again) == sorted(ids * 2)
 
 
-def test_a_10_mb_prompt_and_a_100_000_event_session(
-    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, capsys: pytest.CaptureFixture[str],
+def test_a_10_mb_prompt_and_a_100_000_event_session(pipeline: Pipeline, 
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     big_prompt = ("0123456789abcdef\"\n,\r" * (10 * 1024 * 1024 // 20))[: 10 * 1024 * 1024]
     big = source_double.add("extract", "big-prompt", prompt_session(big_prompt, response="ok"))
@@ -208,7 +207,7 @@ def test_a_10_mb_prompt_and_a_100_000_event_session(
     ]})
     plain = source_double.add_good("extract", "plain")
 
-    code, out = run_cli(capsys, "export", big, many, plain)
+    code, out = pipeline.cli("export", big, many, plain)
 
     assert code == 0 and out["exported_count"] == 3, out
     tables = read_tables(home)
@@ -226,7 +225,7 @@ def test_a_10_mb_prompt_and_a_100_000_event_session(
     assert instance.get_materialized_partitions(EXPORT) == {big, many, plain}
 
 
-def test_odd_agora_and_otlp_payloads_fail_alone(tmp_path: Path):
+def test_odd_agora_and_otlp_payloads_fail_alone(pipeline: Pipeline, tmp_path: Path):
     """The Python normalisers: a payload of an unforeseen shape fails its own session, named."""
     import datetime as dt
     import json as _json

@@ -19,8 +19,8 @@ import dagster as dg
 import pytest
 
 from telemetry_pipeline import cli
-from telemetry_pipeline.definitions import make_definitions
-from telemetry_pipeline_tests.conftest import TOKEN, run_cli
+from telemetry_pipeline.settings import HttpSettings, Secret, from_environment
+from telemetry_pipeline_tests.conftest import TOKEN, Pipeline
 from telemetry_pipeline_tests.signavio_double import STATES, SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
 
@@ -71,13 +71,12 @@ def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 # -- 1. the happy path ------------------------------------------------------------------------------------
 
 
-def test_export_loads_both_tables_and_history_records_the_confirmed_load(
+def test_export_loads_both_tables_and_history_records_the_confirmed_load(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     keys = add_sessions(source_double)
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 0 and out["status"] == "ok" and out["exported_count"] == 3
     assert posted_tables(signavio) == [RUNS, EVENTS], "one upload per table for the whole batched run"
@@ -92,7 +91,7 @@ def test_export_loads_both_tables_and_history_records_the_confirmed_load(
     ex0 = [row["activity"] for row in events if row["case_id"] == "ex-0"]
     assert ex0 == ["User prompt", "Change model", "Call tool tool_0", "Call tool tool_1", "Call tool tool_2"]
 
-    code, status = run_cli(capsys, "status", *keys)
+    code, status = pipeline.cli("status", *keys)
     assert code == 0
     for entry in status:
         assert entry["exported"] is True and entry["ingestion_status"] == "COMPLETED"
@@ -119,16 +118,15 @@ def test_export_loads_both_tables_and_history_records_the_confirmed_load(
 # -- 2. transient failures ----------------------------------------------------------------------------------
 
 
-def test_a_flapping_endpoint_still_loads_every_session_once(
+def test_a_flapping_endpoint_still_loads_every_session_once(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     keys = add_sessions(source_double)
     signavio.fail_next(2, 503)
     signavio.fail_next(1, 429, retry_after=0)  # 3 refused attempts: exactly SIGNAVIO_MAX_RETRIES
     signavio.status_fail_next(2, 503)
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 0 and out["exported_count"] == 3, out
     assert posted_tables(signavio) == [RUNS] * 4 + [EVENTS], "three refused attempts, then one accepted per table"
@@ -153,7 +151,7 @@ def test_a_flapping_endpoint_still_loads_every_session_once(
     ("spoil", "expected", "loaded_tables"),
     [
         pytest.param(
-            lambda api, env: env.setenv("SIGNAVIO_API_KEY", "not-the-token"),
+            lambda api, pipeline: pipeline.configure(signavio={"api_key": Secret("not-the-token")}),
             ["REJECTED", "HTTP 401 Unauthorized", "The provided token is invalid or missing"],
             set(),
             id="401-wrong-token",
@@ -166,15 +164,14 @@ def test_a_flapping_endpoint_still_loads_every_session_once(
         ),
     ],
 )
-def test_a_permanent_refusal_is_not_retried_and_names_the_cause(
+def test_a_permanent_refusal_is_not_retried_and_names_the_cause(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     spoil: Callable[[SignavioDouble, pytest.MonkeyPatch], None], expected: list[str], loaded_tables: set[str],
 ):
     keys = add_sessions(source_double)
-    spoil(signavio, monkeypatch)
+    spoil(signavio, pipeline)
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 1 and out["status"] == "failed" and out["failed_count"] == 3
     for result in out["results"]:
@@ -194,14 +191,13 @@ def test_a_permanent_refusal_is_not_retried_and_names_the_cause(
 # -- 4. an accepted upload whose load fails -------------------------------------------------------------------
 
 
-def test_a_failed_load_marks_nothing_exported_and_a_later_export_loads_it(
+def test_a_failed_load_marks_nothing_exported_and_a_later_export_loads_it(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     keys = add_sessions(source_double)[:2]
     signavio.fail_load(EVENTS, "FILE_CONVERSION_FAILED", "record 3: cannot convert event_time")
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
 
     assert code == 1 and out["failed_count"] == 2
     for result in out["results"]:
@@ -218,39 +214,38 @@ def test_a_failed_load_marks_nothing_exported_and_a_later_export_loads_it(
     assert run.status == dg.DagsterRunStatus.FAILURE
     [failure] = step_failures(instance, run.run_id)
     assert "FILE_CONVERSION_FAILED" in failure and "record 3: cannot convert event_time" in failure
-    code, status = run_cli(capsys, "status", *keys)
+    code, status = pipeline.cli("status", *keys)
     assert [s["exported"] for s in status] == [False, False]
-    code, pending = run_cli(capsys, "sessions", "--pending")
+    code, pending = pipeline.cli("sessions", "--pending")
     assert sorted(p["session_id"] for p in pending) == sorted(keys)
 
     signavio.load_failures.clear()
-    code, out = run_cli(capsys, "export", "--force", *keys)
+    code, out = pipeline.cli("export", "--force", *keys)
 
     assert code == 0 and out["exported_count"] == 2
     assert {row["case_id"] for row in signavio.rows(EVENTS)} == {"ex-0", "ex-1"}
     assert instance.get_materialized_partitions(EXPORT) == set(keys)
-    code, status = run_cli(capsys, "status", *keys)
+    code, status = pipeline.cli("status", *keys)
     assert [s["ingestion_status"] for s in status] == ["COMPLETED", "COMPLETED"]
 
 
 # -- 5. re-export -----------------------------------------------------------------------------------------
 
 
-def test_forced_reexport_replaces_rows_instead_of_duplicating_them(
+def test_forced_reexport_replaces_rows_instead_of_duplicating_them(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     keys = add_sessions(source_double)
-    assert run_cli(capsys, "export", *keys)[0] == 0
+    assert pipeline.cli("export", *keys)[0] == 0
     before = {table: len(signavio.rows(table)) for table in (RUNS, EVENTS)}
     event_ids = sorted(row["event_id"] for row in signavio.rows(EVENTS))
     assert not [row for row in signavio.rows(EVENTS) if row["case_id"] == "ex-1" and row["error"]]
 
-    code, out = run_cli(capsys, "export", *keys)
+    code, out = pipeline.cli("export", *keys)
     assert code == 0 and out["skipped_count"] == 3 and len(signavio.posts()) == 2, "no upload without --force"
 
     source_double.add_good("extract", "ex-1", fail_last=True)  # the session's data changed since
-    code, out = run_cli(capsys, "export", "--force", *keys)
+    code, out = pipeline.cli("export", "--force", *keys)
 
     assert code == 0 and out["exported_count"] == 3
     assert len(signavio.posts()) == 4 and len(signavio.executions) == 4
@@ -267,14 +262,13 @@ def test_forced_reexport_replaces_rows_instead_of_duplicating_them(
 # -- 6. dataset override ----------------------------------------------------------------------------------
 
 
-def test_dataset_override_from_the_cli_and_from_run_config(
+def test_dataset_override_from_the_cli_and_from_run_config(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str],
 ):
     by_cli = source_double.add_good("extract", "by-cli")
     by_config = source_double.add_good("extract", "by-config")
 
-    code, out = run_cli(capsys, "export", "--dataset", "custom-set", by_cli)
+    code, out = pipeline.cli("export", "--dataset", "custom-set", by_cli)
 
     assert code == 0 and out["exported_count"] == 1
     assert posted_tables(signavio) == ["custom_set_runs", "custom_set_events"]
@@ -285,7 +279,7 @@ def test_dataset_override_from_the_cli_and_from_run_config(
     assert set(meta["execution_ids"]) == {"custom_set_runs", "custom_set_events"}
 
     instance.add_dynamic_partitions("agent_sessions", [by_config])
-    job = make_definitions().resolve_job_def("export_sessions")
+    job = pipeline.defs().resolve_job_def("export_sessions")
     result = job.execute_in_process(
         instance=instance, partition_key=by_config,
         run_config={"ops": {"session_export": {"config": {"dataset": "x"}}}},
@@ -307,10 +301,10 @@ def checks_by_name(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in out["checks"]}
 
 
-def test_check_is_healthy_with_reachable_sources_and_accepted_token(
-    signavio: SignavioDouble, capsys: pytest.CaptureFixture[str]
+def test_check_is_healthy_with_reachable_sources_and_accepted_token(pipeline: Pipeline, 
+    signavio: SignavioDouble
 ):
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
 
     assert code == 0 and out["healthy"] is True
     checks = checks_by_name(out)
@@ -320,12 +314,12 @@ def test_check_is_healthy_with_reachable_sources_and_accepted_token(
     assert [(r.method, r.path) for r in signavio.requests] == [("GET", NIL_STATUS_PATH)], "probed, never uploaded"
 
 
-def test_check_reports_a_refused_token(
-    signavio: SignavioDouble, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_check_reports_a_refused_token(pipeline: Pipeline, 
+    signavio: SignavioDouble
 ):
-    monkeypatch.setenv("SIGNAVIO_API_KEY", "not-the-token")
+    pipeline.configure(signavio={"api_key": Secret("not-the-token")})
 
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
 
     assert code == 1 and out["healthy"] is False
     checks = checks_by_name(out)
@@ -334,27 +328,26 @@ def test_check_reports_a_refused_token(
     assert not signavio.posts()
 
 
-def test_check_reports_a_destination_that_is_down(
-    signavio: SignavioDouble, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_check_reports_a_destination_that_is_down(pipeline: Pipeline, 
+    signavio: SignavioDouble
 ):
     with SignavioDouble(token=TOKEN) as gone:
         pass  # stopped: its port no longer answers
-    monkeypatch.setenv("SIGNAVIO_API_URL", gone.url)
-    monkeypatch.setenv("SIGNAVIO_MAX_RETRIES", "1")
+    pipeline.configure(signavio={"api_url": gone.url, "http": HttpSettings(max_retries=1, retry_wait_initial=0.01)})
 
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
 
     assert code == 1 and out["healthy"] is False
     signavio_check = checks_by_name(out)["signavio"]
     assert signavio_check["ok"] is False and signavio_check["detail"].startswith("unreachable")
 
 
-def test_check_without_an_endpoint_checks_the_outbox(
-    signavio: SignavioDouble, home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_check_without_an_endpoint_checks_the_outbox(pipeline: Pipeline, 
+    signavio: SignavioDouble, home: Path
 ):
-    monkeypatch.delenv("SIGNAVIO_API_URL")
+    pipeline.configure(signavio={"api_url": None})
 
-    code, out = run_cli(capsys, "check")
+    code, out = pipeline.cli("check")
 
     assert code == 0 and out["healthy"] is True
     checks = checks_by_name(out)
@@ -371,19 +364,21 @@ def test_check_without_an_endpoint_checks_the_outbox(
     [(["export", "extract:s1"], None), (["check"], "   ")],
     ids=["export-token-unset", "check-token-blank"],
 )
-def test_an_endpoint_without_a_token_is_a_configuration_error(
+def test_an_endpoint_without_a_token_is_a_configuration_error(pipeline: Pipeline, 
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
     command: list[str], key_value: str | None,
 ):
     source_double.add_good("extract", "s1")
+    # Through the environment, as an operator would configure it.
+    environment = pipeline.environment()
     if key_value is None:
-        monkeypatch.delenv("SIGNAVIO_API_KEY")
+        del environment["SIGNAVIO_API_KEY"]
     else:
-        monkeypatch.setenv("SIGNAVIO_API_KEY", key_value)
+        environment["SIGNAVIO_API_KEY"] = key_value
 
     capsys.readouterr()
-    code = cli.main(command)
+    code = cli.main(command, settings=from_environment(environment))
     out, err = capsys.readouterr()
 
     assert code == 2, "bad configuration is bad usage"
@@ -399,8 +394,13 @@ def test_an_endpoint_without_a_token_is_a_configuration_error(
 
 def test_the_token_appears_nowhere(
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ):
+    # The one test configured through the process environment, as an operator does: the token is read
+    # where Dagster binds it (EnvVar), so the process environment must hold it.
+    for name, value in pipeline.environment().items():
+        monkeypatch.setenv(name, value)
     caplog.set_level(logging.DEBUG)
     keys = add_sessions(source_double)
     seen: list[str] = []  # everything a person or a log shipper could read

@@ -6,10 +6,10 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 
-from telemetry_pipeline.http import RetryPolicy, make_client
+from telemetry_pipeline.http import make_client
 from telemetry_pipeline.sources import agent_telemetry, extract
 from telemetry_pipeline.sources.agora import AgoraSource
 from telemetry_pipeline.sources.base import (
@@ -21,29 +21,17 @@ from telemetry_pipeline.sources.base import (
 )
 from telemetry_pipeline.sources.otlp import OtlpSource
 from telemetry_pipeline.sources.session_api import SessionApiSource
+from telemetry_pipeline import settings as settings_env
+from telemetry_pipeline.settings import SourcesSettings
 
 log = logging.getLogger(__name__)
 
 ENV_HINT = {
-    "extract": "EXTRACT_SERVICE_URL",
-    "agent_telemetry": "AGENT_METRICS_BASE_URL",
-    "agora": "AGORA_PLATFORM_URL",
-    "otlp": "OTLP_INBOX_DIR",
+    "extract": settings_env.EXTRACT_SERVICE_URL,
+    "agent_telemetry": settings_env.AGENT_METRICS_BASE_URL,
+    "agora": settings_env.AGORA_PLATFORM_URL,
+    "otlp": settings_env.OTLP_INBOX_DIR,
 }
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    extract_url: str | None = None
-    agent_telemetry_url: str | None = None
-    timeout: float = 30.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_in_flight: int = 16
-    # Listing path per source, overriding the default; "" = the source has no listing endpoint.
-    list_paths: Mapping[str, str] = field(default_factory=dict)
-    agora_url: str | None = None
-    agora_token: str | None = field(default=None, repr=False)  # secret: never in a repr or a message
-    otlp_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,20 +43,24 @@ class FetchResult:
 class SourceSet:
     """Context manager: the configured sources for one run, fetching with bounded concurrency."""
 
-    def __init__(self, settings: SourceSettings) -> None:
+    def __init__(self, settings: SourcesSettings) -> None:
         self.settings = settings
-        self._client = make_client(settings.timeout, max_connections=settings.max_in_flight)
+        self._client = make_client(settings.http.timeout, max_connections=settings.fetch_concurrency)
+        retry = settings.http.retry
         routes = {extract.NAME: extract.ROUTES, agent_telemetry.NAME: agent_telemetry.ROUTES}
-        for name, path in settings.list_paths.items():
-            routes[name] = replace(routes[name], list_path=path or None)
+        for name, path in ((extract.NAME, settings.extract_list_path),
+                           (agent_telemetry.NAME, settings.agent_telemetry_list_path)):
+            if path is not None:  # "" = the source has no listing endpoint
+                routes[name] = replace(routes[name], list_path=path or None)
         urls = {extract.NAME: settings.extract_url, agent_telemetry.NAME: settings.agent_telemetry_url}
         self.sources: dict[str, Source] = {
-            name: SessionApiSource(name, url, routes[name], self._client, settings.retry)
+            name: SessionApiSource(name, url, routes[name], self._client, retry)
             for name, url in urls.items()
             if url
         }
         if settings.agora_url:
-            self.sources["agora"] = AgoraSource(settings.agora_url, settings.agora_token, self._client, settings.retry)
+            token = settings.agora_token.value if settings.agora_token else None
+            self.sources["agora"] = AgoraSource(settings.agora_url, token, self._client, retry)
         if settings.otlp_dir:
             self.sources["otlp"] = OtlpSource(settings.otlp_dir)
 
@@ -85,7 +77,7 @@ class SourceSet:
         return source
 
     def fetch_many(self, keys: Iterable[str]) -> FetchResult:
-        """Fetch every key, at most `max_in_flight` at once. One failure never stops the others."""
+        """Fetch every key, at most `fetch_concurrency` at once. One failure never stops the others."""
 
         def fetch_one(key: str) -> RawSession | str:
             try:
@@ -97,7 +89,7 @@ class SourceSet:
         keys = list(keys)
         raw: list[RawSession] = []
         errors: dict[str, str] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.max_in_flight), thread_name_prefix="fetch") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.fetch_concurrency), thread_name_prefix="fetch") as pool:
             for key, outcome in zip(keys, pool.map(fetch_one, keys), strict=True):
                 if isinstance(outcome, str):
                     errors[key] = outcome

@@ -1,0 +1,27 @@
+"""The names users, scripts and outside checks rely on (docs/INTERFACE.md), each written once."""
+
+import dagster as dg
+
+# Partitions: one key per session, `<source>:<session_id>`.
+AGENT_SESSIONS = "agent_sessions"
+
+# Assets.
+DISCOVERED_SESSIONS = "discovered_sessions"
+RAW_TELEMETRY = "raw_telemetry"
+TELEMETRY_EVENTS = "telemetry_events"
+SIGNAVIO_CSV = "signavio_csv"
+SIGNAVIO_EXPORT = "signavio_export"
+PROCESS_OVERVIEW = "process_overview"
+DISCOVERED_SESSIONS_KEY = dg.AssetKey(DISCOVERED_SESSIONS)
+SIGNAVIO_EXPORT_KEY = dg.AssetKey(SIGNAVIO_EXPORT)
+
+# The one step that produces the export assets (a multi-asset), and the jobs, sensor and schedules.
+SESSION_EXPORT_STEP = "session_export"
+EXPORT_JOB = "export_sessions"
+NEW_SESSIONS_SENSOR = "new_sessions_sensor"
+HOURLY_EXPORT_SCHEDULE = "hourly_export_schedule"
+
+# Retention: one name throughout (job, op, schedule, setting RETENTION_DAYS, CLI `prune`).
+RETENTION_JOB = "retention"
+RETENTION_OP = "apply_retention"
+RETENTION_SCHEDULE = "retention_schedule"

@@ -1,0 +1,256 @@
+"""The pipeline's settings, read once from the environment (docs/INTERFACE.md, README "Configuration").
+
+`from_environment` is the only function that reads configuration from the environment; `definitions.py` builds
+`Definitions` from the `Settings` it returns, and tests build `Settings` directly. Durations and sizes are parsed
+here, once, into seconds and bytes. Secrets keep the name of the variable they came from, so Dagster binds them
+with `EnvVar` and their value never reaches run config, the UI or the definitions snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from telemetry_pipeline.http import RetryPolicy, parse_duration
+
+DEFAULT_HOME = "./.telemetry_pipeline"
+DEFAULT_DATASET = "agent_telemetry"
+MB = 1024 * 1024
+
+# Every variable, named once (README "Configuration" documents each).
+HOME = "TELEMETRY_PIPELINE_HOME"
+DAGSTER_HOME = "DAGSTER_HOME"
+EXTRACT_SERVICE_URL = "EXTRACT_SERVICE_URL"
+EXTRACT_SESSIONS_PATH = "EXTRACT_SESSIONS_PATH"
+AGENT_METRICS_BASE_URL = "AGENT_METRICS_BASE_URL"
+AGENT_METRICS_SESSIONS_PATH = "AGENT_METRICS_SESSIONS_PATH"
+AGORA_PLATFORM_URL = "AGORA_PLATFORM_URL"
+AGORA_API_TOKEN = "AGORA_API_TOKEN"
+OTLP_INBOX_DIR = "OTLP_INBOX_DIR"
+SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
+SOURCE_MAX_RETRIES = "SOURCE_MAX_RETRIES"
+HTTP_RETRY_WAIT_INITIAL = "HTTP_RETRY_WAIT_INITIAL"
+FETCH_CONCURRENCY = "FETCH_CONCURRENCY"
+SESSION_SETTLE_SECONDS = "SESSION_SETTLE_SECONDS"
+AGENT_NAME = "AGENT_NAME"
+SERVICE_NAME = "SERVICE_NAME"
+SIGNAVIO_API_URL = "SIGNAVIO_API_URL"
+SIGNAVIO_API_KEY = "SIGNAVIO_API_KEY"
+SIGNAVIO_STATUS_URL = "SIGNAVIO_STATUS_URL"
+SIGNAVIO_DATASET = "SIGNAVIO_DATASET"
+SIGNAVIO_TIMEOUT = "SIGNAVIO_TIMEOUT"
+SIGNAVIO_MAX_RETRIES = "SIGNAVIO_MAX_RETRIES"
+SIGNAVIO_TENANT_ID = "SIGNAVIO_TENANT_ID"
+SIGNAVIO_POLL_INTERVAL = "SIGNAVIO_POLL_INTERVAL"
+SIGNAVIO_POLL_DEADLINE = "SIGNAVIO_POLL_DEADLINE"
+SIGNAVIO_MAX_BODY_MB = "SIGNAVIO_MAX_BODY_MB"
+EXPORT_BATCH_SIZE = "EXPORT_BATCH_SIZE"
+SENSOR_INTERVAL_SECONDS = "SENSOR_INTERVAL_SECONDS"
+RETENTION_DAYS = "RETENTION_DAYS"
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or unreadable; the message names the variable (never a secret's value)."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A token. `env_var` names the variable it came from (None when given directly, e.g. in tests)."""
+
+    value: str = field(repr=False)
+    env_var: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How one kind of outbound call behaves: per-request timeout and bounded retries."""
+
+    timeout: float = 30.0  # seconds
+    max_retries: int = 3
+    retry_wait_initial: float = 0.5  # seconds; doubles per attempt, with jitter
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, wait_initial=self.retry_wait_initial)
+
+
+@dataclass(frozen=True)
+class SourcesSettings:
+    """The telemetry sources: a source is enabled by its URL (or inbox directory)."""
+
+    extract_url: str | None = None
+    extract_list_path: str | None = None  # None: the source's default listing; "": no listing
+    agent_telemetry_url: str | None = None
+    agent_telemetry_list_path: str | None = None
+    agora_url: str | None = None
+    agora_token: Secret | None = None
+    otlp_dir: Path | None = None
+    http: HttpSettings = HttpSettings()
+    fetch_concurrency: int = 16
+    settle_seconds: float = 0.0  # a listed session is taken once its last event is this old
+    agent_name: str = "agent"  # when the data names none
+
+
+@dataclass(frozen=True)
+class SignavioSettings:
+    """The destination: the Ingestion API when `api_url` is set, else the outbox under the home."""
+
+    api_url: str | None = None
+    api_key: Secret | None = None
+    status_url: str | None = None  # template with {execution_id}; None: derived from api_url
+    dataset: str = DEFAULT_DATASET
+    http: HttpSettings = HttpSettings()
+    tenant_id: str | None = None
+    poll_interval: float = 1.0  # seconds, first wait between status polls
+    poll_deadline: float = 600.0  # seconds
+    max_body_bytes: int = 50 * MB
+
+    def check(self) -> None:
+        """Refuse a destination that cannot work (checked where one is built, not on every read)."""
+        if self.api_url and not self.api_key:
+            raise ConfigurationError(f"configuration error: {SIGNAVIO_API_URL} is set but {SIGNAVIO_API_KEY} is empty")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    dagster_home: Path
+    sources: SourcesSettings = SourcesSettings()
+    signavio: SignavioSettings = SignavioSettings()
+    batch_size: int = 500
+    sensor_interval_seconds: int = 30
+    retention_days: float = 30.0
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.home / "inbox"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def for_home(home: Path, **changes: object) -> Settings:
+    """Defaults for a pipeline home (the instance under `<home>/dagster_home`)."""
+    home = home.resolve()
+    return Settings(home=home, dagster_home=home / "dagster_home").replace(**changes)
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings from the environment: unset or empty variables take their defaults."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str, default: str | None = None) -> str | None:
+        value = env.get(name, "").strip()
+        return value or default
+
+    def number(name: str, default: str, kind: type[int] | type[float]) -> float:
+        raw = get(name, default) or default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+
+    def seconds(name: str, default: str) -> float:
+        try:
+            return parse_duration(get(name, default) or default)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}: {exc}") from None
+
+    def secret(name: str) -> Secret | None:
+        value = get(name)
+        return Secret(value, env_var=name) if value else None
+
+    home = Path(get(HOME, DEFAULT_HOME) or DEFAULT_HOME).resolve()
+    inbox = get(OTLP_INBOX_DIR)
+    retry_wait = number(HTTP_RETRY_WAIT_INITIAL, "0.5", float)
+    signavio = SignavioSettings(
+        api_url=get(SIGNAVIO_API_URL),
+        api_key=secret(SIGNAVIO_API_KEY),
+        status_url=get(SIGNAVIO_STATUS_URL),
+        dataset=get(SIGNAVIO_DATASET, DEFAULT_DATASET) or DEFAULT_DATASET,
+        http=HttpSettings(
+            timeout=seconds(SIGNAVIO_TIMEOUT, "30s"),
+            max_retries=int(number(SIGNAVIO_MAX_RETRIES, "3", int)),
+            retry_wait_initial=retry_wait,
+        ),
+        tenant_id=get(SIGNAVIO_TENANT_ID),
+        poll_interval=seconds(SIGNAVIO_POLL_INTERVAL, "1s"),
+        poll_deadline=seconds(SIGNAVIO_POLL_DEADLINE, "10m"),
+        max_body_bytes=int(number(SIGNAVIO_MAX_BODY_MB, "50", float) * MB),
+    )
+    sources = SourcesSettings(
+        extract_url=get(EXTRACT_SERVICE_URL),
+        # An empty listing path is meaningful ("no listing endpoint"), so these are read without `get`.
+        extract_list_path=env.get(EXTRACT_SESSIONS_PATH),
+        agent_telemetry_url=get(AGENT_METRICS_BASE_URL),
+        agent_telemetry_list_path=env.get(AGENT_METRICS_SESSIONS_PATH),
+        agora_url=get(AGORA_PLATFORM_URL),
+        agora_token=secret(AGORA_API_TOKEN),
+        otlp_dir=Path(inbox) if inbox else (home / "inbox" if (home / "inbox").is_dir() else None),
+        http=HttpSettings(
+            timeout=seconds(SOURCE_TIMEOUT, "30s"),
+            max_retries=int(number(SOURCE_MAX_RETRIES, "3", int)),
+            retry_wait_initial=retry_wait,
+        ),
+        fetch_concurrency=int(number(FETCH_CONCURRENCY, "16", int)),
+        settle_seconds=number(SESSION_SETTLE_SECONDS, "0", float),
+        agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or "agent",
+    )
+    return Settings(
+        home=home,
+        dagster_home=Path(get(DAGSTER_HOME) or home / "dagster_home").resolve(),
+        sources=sources,
+        signavio=signavio,
+        batch_size=int(number(EXPORT_BATCH_SIZE, "500", int)),
+        sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, "30", int)),
+        retention_days=number(RETENTION_DAYS, "30", float),
+    )
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """The variables that `from_environment` reads back as `settings`: what a process we start (a test's
+    exporter, a benchmark's) needs to run with these settings."""
+    src, sig = settings.sources, settings.signavio
+    values: dict[str, str | float | Path | None] = {
+        HOME: settings.home,
+        DAGSTER_HOME: settings.dagster_home,
+        EXTRACT_SERVICE_URL: src.extract_url,
+        EXTRACT_SESSIONS_PATH: src.extract_list_path,
+        AGENT_METRICS_BASE_URL: src.agent_telemetry_url,
+        AGENT_METRICS_SESSIONS_PATH: src.agent_telemetry_list_path,
+        AGORA_PLATFORM_URL: src.agora_url,
+        AGORA_API_TOKEN: src.agora_token.value if src.agora_token else None,
+        OTLP_INBOX_DIR: src.otlp_dir,
+        SOURCE_TIMEOUT: src.http.timeout,
+        SOURCE_MAX_RETRIES: src.http.max_retries,
+        HTTP_RETRY_WAIT_INITIAL: src.http.retry_wait_initial,
+        FETCH_CONCURRENCY: src.fetch_concurrency,
+        SESSION_SETTLE_SECONDS: src.settle_seconds,
+        AGENT_NAME: src.agent_name,
+        SIGNAVIO_API_URL: sig.api_url,
+        SIGNAVIO_API_KEY: sig.api_key.value if sig.api_key else None,
+        SIGNAVIO_STATUS_URL: sig.status_url,
+        SIGNAVIO_DATASET: sig.dataset,
+        SIGNAVIO_TIMEOUT: sig.http.timeout,
+        SIGNAVIO_MAX_RETRIES: sig.http.max_retries,
+        SIGNAVIO_TENANT_ID: sig.tenant_id,
+        SIGNAVIO_POLL_INTERVAL: sig.poll_interval,
+        SIGNAVIO_POLL_DEADLINE: sig.poll_deadline,
+        SIGNAVIO_MAX_BODY_MB: sig.max_body_bytes / MB,
+        EXPORT_BATCH_SIZE: settings.batch_size,
+        SENSOR_INTERVAL_SECONDS: settings.sensor_interval_seconds,
+        RETENTION_DAYS: settings.retention_days,
+    }
+    return {name: str(value) for name, value in values.items() if value is not None}

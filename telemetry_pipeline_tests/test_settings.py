@@ -1,0 +1,75 @@
+"""Settings are read from the environment in one function; everything else takes a `Settings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telemetry_pipeline.settings import (
+    MB,
+    ConfigurationError,
+    HttpSettings,
+    Secret,
+    SignavioSettings,
+    SourcesSettings,
+    for_home,
+    from_environment,
+    to_environment,
+)
+
+
+def test_the_environment_is_read_once_into_typed_settings(tmp_path: Path):
+    settings = from_environment({
+        "TELEMETRY_PIPELINE_HOME": str(tmp_path),
+        "EXTRACT_SERVICE_URL": "http://extract",
+        "EXTRACT_SESSIONS_PATH": "",
+        "SIGNAVIO_API_URL": "https://signavio/ingest",
+        "SIGNAVIO_API_KEY": "tok-7f3e9a",
+        "SIGNAVIO_TIMEOUT": "1m30s",
+        "SIGNAVIO_POLL_DEADLINE": "2m",
+        "SIGNAVIO_MAX_BODY_MB": "0.5",
+        "SOURCE_TIMEOUT": "250ms",
+        "EXPORT_BATCH_SIZE": "7",
+        "AGENT_NAME": "  ",
+        "SERVICE_NAME": "svc",
+    })
+    assert settings.home == tmp_path.resolve() and settings.dagster_home == tmp_path.resolve() / "dagster_home"
+    assert settings.sources.extract_list_path == "", "an empty listing path means: no listing endpoint"
+    assert settings.sources.agent_telemetry_url is None and settings.sources.otlp_dir is None
+    assert settings.sources.http.timeout == 0.25 and settings.sources.agent_name == "svc"
+    assert settings.signavio.http.timeout == 90.0 and settings.signavio.poll_deadline == 120.0
+    assert settings.signavio.max_body_bytes == MB // 2 and settings.batch_size == 7
+    assert settings.signavio.api_key == Secret("tok-7f3e9a", env_var="SIGNAVIO_API_KEY")
+    assert "tok-7f3e9a" not in repr(settings), "a secret never appears in a repr"
+
+
+def test_settings_round_trip_through_the_environment_a_subprocess_gets(tmp_path: Path):
+    settings = for_home(
+        tmp_path,
+        sources=SourcesSettings(extract_url="http://e", agora_url="http://a", agora_token=Secret("agora-tok"),
+                                otlp_dir=tmp_path / "traces", http=HttpSettings(0.3, 1, 0.5), agent_name="me"),
+        signavio=SignavioSettings(api_url="http://s", api_key=Secret("sig-tok"), dataset="d",
+                                  http=HttpSettings(5.0, 2, 0.5), poll_interval=0.01, max_body_bytes=3 * MB),
+        batch_size=9,
+    )
+    again = from_environment(to_environment(settings))
+    assert again.sources.agora_token == Secret("agora-tok", env_var="AGORA_API_TOKEN")
+    assert again.signavio.api_key == Secret("sig-tok", env_var="SIGNAVIO_API_KEY")
+    unbound = again.replace(
+        sources=SourcesSettings(**{**again.sources.__dict__, "agora_token": settings.sources.agora_token}),
+        signavio=SignavioSettings(**{**again.signavio.__dict__, "api_key": settings.signavio.api_key}),
+    )
+    assert unbound == settings
+
+
+@pytest.mark.parametrize(("name", "value"), [("EXPORT_BATCH_SIZE", "many"), ("SIGNAVIO_TIMEOUT", "soon")])
+def test_an_unreadable_setting_is_a_configuration_error_naming_it(name: str, value: str):
+    with pytest.raises(ConfigurationError, match=name):
+        from_environment({name: value})
+
+
+def test_an_endpoint_without_a_token_is_refused_where_the_destination_is_built():
+    settings = from_environment({"SIGNAVIO_API_URL": "https://signavio/ingest"})  # reading alone is fine
+    with pytest.raises(ConfigurationError, match="SIGNAVIO_API_KEY"):
+        settings.signavio.check()
