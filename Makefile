@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOME_DIR := $(abspath $(or $(TELEMETRY_PIPELINE_HOME),.telemetry_pipeline))
 SIM_PORT ?= 8765
 
-.PHONY: run test install dev bench clean
+.PHONY: run test lint install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ run: install
 	$(BIN)/python -m telemetry_pipeline.instance && \
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-test: install
+# Style and types first (seconds), then the whole suite.
+lint: install
+	$(BIN)/ruff check telemetry_pipeline telemetry_pipeline_tests bench
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: install

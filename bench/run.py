@@ -64,7 +64,9 @@ def main() -> None:
                 )
             results["sensor_tick"] = _sensor_tick(Path(tmp) / "sensor", args)
             per_batched = results["pipeline"]["seconds"] / args.sessions
-            results["speedup_vs_per_session_cli"] = round(results["per_session_cli"]["seconds_per_session"] / per_batched, 1)
+            results["speedup_vs_per_session_cli"] = round(
+                results["per_session_cli"]["seconds_per_session"] / per_batched, 1
+            )
     finally:
         simulator.terminate()
         simulator.wait(timeout=10)
@@ -177,7 +179,8 @@ def _sensor_tick(home: Path, args: argparse.Namespace) -> dict:
 
 def _machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 def _free_port() -> int:

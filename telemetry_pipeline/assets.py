@@ -15,13 +15,16 @@ per session, one costs ~26 ms (README, Benchmark). That is the difference betwee
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
 from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.export import BatchOutcome, export_batch
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
-from telemetry_pipeline.names import SESSION_EXPORT_STEP, SIGNAVIO_CSV as CSV_ASSET, SIGNAVIO_EXPORT as EXPORT
+from telemetry_pipeline.names import SESSION_EXPORT_STEP
+from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
+from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
 from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
@@ -37,7 +40,9 @@ MAX_LISTED_IN_METADATA = 20
 )
 def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResource) -> dg.MaterializeResult:
     with sources.open() as source_set:
-        found, metadata = register_new_sessions(context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds))
+        found, metadata = register_new_sessions(
+            context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds)
+        )
     for source, error in found.errors.items():
         context.log.warning("source %s could not be listed: %s", source, error)
     return dg.MaterializeResult(metadata=metadata)
@@ -106,7 +111,9 @@ def session_export(
 
 
 def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iterator[dg.AssetMaterialization]:
-    failed_at = {stage: sum(1 for e in out.failures.values() if e.startswith(stage)) for stage in ("fetch", "normalise")}
+    failed_at = {
+        stage: sum(1 for e in out.failures.values() if e.startswith(stage)) for stage in ("fetch", "normalise")
+    }
     runs_table, events_table = RUNS.name(dataset), EVENTS.name(dataset)
     runs_rows = sum(r for r, _ in out.rows.values())
     events_rows = sum(e for _, e in out.rows.values())
@@ -129,7 +136,7 @@ def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iter
         return
     execution_ids = {load.table: ",".join(load.execution_ids) for load in out.loads}
     statuses = {load.status for load in out.loads}
-    shared = {
+    shared: dict[str, Any] = {
         "execution_id": execution_ids.get(events_table, ""),
         "execution_ids": dg.MetadataValue.json(execution_ids),
         "ingestion_status": COMPLETED if statuses == {COMPLETED} else next(iter(statuses)),
@@ -141,5 +148,7 @@ def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iter
     for key in out.exported:
         session_runs, session_events = out.rows.get(key, (0, 0))
         yield dg.AssetMaterialization(
-            asset_key=EXPORT, partition=key, metadata={**shared, "runs_rows": session_runs, "events_rows": session_events}
+            asset_key=EXPORT,
+            partition=key,
+            metadata={**shared, "runs_rows": session_runs, "events_rows": session_events},
         )

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 
@@ -177,7 +177,7 @@ def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str,
     in_flight: dict[str, str] = {}
     for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
         if observation.asset_key == SIGNAVIO_EXPORT_KEY and "in_flight" in observation.metadata:
-            in_flight.update(observation.metadata["in_flight"].value)
+            in_flight.update(cast(dict[str, str], observation.metadata["in_flight"].value))
     return confirmed, in_flight
 
 
@@ -190,7 +190,7 @@ def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str],
         data = event.step_failure_data if event.is_step_failure else None
         user = data.user_failure_data if data else None
         if user and "failed_sessions" in user.metadata:
-            return dict(user.metadata["failed_sessions"].value), None
+            return cast(dict[str, str], user.metadata["failed_sessions"].value), None
     return {}, _run_error(result)
 
 
@@ -255,7 +255,7 @@ def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.health import run_checks
 
-    with dg.build_resources(build_definitions(args.settings).resources) as resources:
+    with dg.build_resources(build_definitions(args.settings).resources or {}) as resources:
         checks = run_checks(resources.sources, resources.signavio)
     healthy = all(c["ok"] for c in checks)
     return {"healthy": healthy, "checks": checks}, healthy

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 
@@ -77,7 +77,7 @@ def register_new_sessions(
     the new keys to `agent_sessions`, and return the metadata the next record must carry."""
     previous = instance.get_latest_materialization_event(DISCOVERED_SESSIONS_KEY)
     meta = previous.asset_materialization.metadata if previous and previous.asset_materialization else {}
-    watermarks = dict(meta["watermarks"].value) if "watermarks" in meta else {}  # type: ignore[call-overload]
+    watermarks = cast(dict[str, str], meta["watermarks"].value) if "watermarks" in meta else {}
     known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
     found = discover(sources, watermarks, known, settle)
     if found.new_keys:

@@ -123,7 +123,7 @@ def _export(
     failed = [r for r in out.loads if not r.ok]
     if failed:
         reason = "; ".join(f"{r.table}: {r.status}" + (f" ({r.message})" if r.message else "") for r in failed)
-        out.failures.update({k: f"load: {reason}" for k in out.rendered})
+        out.failures.update(dict.fromkeys(out.rendered, f"load: {reason}"))
     else:
         out.exported = list(out.rendered)
     log.info(

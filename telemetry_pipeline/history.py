@@ -35,7 +35,9 @@ def pending_keys(instance: dg.DagsterInstance, all_keys: Iterable[str]) -> list[
 def latest_exports(instance: dg.DagsterInstance, keys: Sequence[str] | None = None) -> dict[str, ExportRecord]:
     """The newest materialisation of each key (all keys when None), paging through history."""
     latest: dict[str, ExportRecord] = {}
-    chunks: list[Sequence[str] | None] = [None] if keys is None else [keys[i : i + _PAGE] for i in range(0, len(keys), _PAGE)]
+    chunks: list[Sequence[str] | None] = (
+        [None] if keys is None else [keys[i : i + _PAGE] for i in range(0, len(keys), _PAGE)]
+    )
     for chunk in chunks:
         records_filter = dg.AssetRecordsFilter(asset_key=EXPORT_KEY, asset_partitions=list(chunk) if chunk else None)
         cursor = None

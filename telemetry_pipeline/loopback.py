@@ -145,8 +145,8 @@ class LoopbackServer:
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0, name: str = "loopback") -> None:
         self.name = name
         self._server = _Server((host, port), handler)
-        bound_host, bound_port = self._server.server_address[:2]
-        self.url = f"http://{bound_host}:{bound_port}"
+        bound_port = self._server.server_address[1]
+        self.url = f"http://{host}:{bound_port}"
         self._thread: threading.Thread | None = None
         self._stopping = threading.Lock()
 
@@ -247,7 +247,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply.body)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 (the stdlib's naming)
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
+    def log_message(self, format: str, *args: Any) -> None:
         """Silent: a benchmark makes tens of thousands of requests; doubles record what they need."""

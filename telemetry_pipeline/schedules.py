@@ -8,6 +8,7 @@ import dagster as dg
 from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.history import pending_keys
 from telemetry_pipeline.names import (
+    AGENT_SESSIONS,
     DISCOVERED_SESSIONS_KEY,
     EXPORT_JOB,
     HOURLY_EXPORT_SCHEDULE,
@@ -15,7 +16,7 @@ from telemetry_pipeline.names import (
     RETENTION_OP,
     RETENTION_SCHEDULE,
 )
-from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.partitions import batched_ranges
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.retention import apply_retention
 
@@ -38,9 +39,11 @@ def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
             settle = dt.timedelta(seconds=sources.settle_seconds)
             _, metadata = register_new_sessions(context.instance, source_set, settle)
         context.instance.report_runless_asset_event(
-            dg.AssetMaterialization(asset_key=DISCOVERED_SESSIONS_KEY, metadata={**metadata, "by": HOURLY_EXPORT_SCHEDULE})
+            dg.AssetMaterialization(
+                asset_key=DISCOVERED_SESSIONS_KEY, metadata={**metadata, "by": HOURLY_EXPORT_SCHEDULE}
+            )
         )
-        all_keys = context.instance.get_dynamic_partitions(agent_sessions.name)
+        all_keys = context.instance.get_dynamic_partitions(AGENT_SESSIONS)
         pending = pending_keys(context.instance, all_keys)
         if not pending:
             return dg.SkipReason("every known session is exported")

@@ -7,7 +7,7 @@ import dagster as dg
 
 from telemetry_pipeline.discovery import discover
 from telemetry_pipeline.history import latest_exports
-from telemetry_pipeline.names import EXPORT_JOB, NEW_SESSIONS_SENSOR
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
@@ -25,7 +25,7 @@ def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefini
         # The cursor holds each source's watermark; it only moves in the same result that adds the
         # partitions, so a crash between the two cannot skip a session.
         watermarks = json.loads(context.cursor) if context.cursor else {}
-        known = set(context.instance.get_dynamic_partitions(agent_sessions.name))
+        known = set(context.instance.get_dynamic_partitions(AGENT_SESSIONS))
         with sources.open() as source_set:
             found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
         for source, error in found.errors.items():
@@ -44,7 +44,9 @@ def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefini
             stamp = max(updated.values())
             runs += [
                 dg.RunRequest(run_key=f"updated:{r.start}..{r.end}:{len(r.keys)}:{stamp}", tags=r.tags)
-                for r in batched_ranges(context.instance.get_dynamic_partitions(agent_sessions.name), updated, batch_size)
+                for r in batched_ranges(
+                    context.instance.get_dynamic_partitions(AGENT_SESSIONS), updated, batch_size
+                )
             ]
         context.log.info("%d new and %d updated sessions -> %d runs", len(new_keys), len(updated), len(runs))
         return dg.SensorResult(

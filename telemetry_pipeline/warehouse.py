@@ -146,7 +146,9 @@ class Warehouse:
                 if "lock" not in str(exc).lower():
                     raise
                 if time.monotonic() >= deadline:
-                    raise WarehouseBusy(f"{self.path} stayed locked by another process for {self.lock_wait:.0f}s") from None
+                    raise WarehouseBusy(
+                        f"{self.path} stayed locked by another process for {self.lock_wait:.0f}s"
+                    ) from None
                 time.sleep(wait)
                 wait = min(wait * 2, 2.0)
 

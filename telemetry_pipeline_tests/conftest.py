@@ -18,9 +18,9 @@ import pytest
 from telemetry_pipeline import cli
 from telemetry_pipeline.definitions import build_definitions
 from telemetry_pipeline.settings import HttpSettings, Secret, Settings, SourcesSettings, for_home, to_environment
+from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixture)
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
-from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixture)
 
 # Distinctive, so that finding it anywhere is proof of a leak and not a coincidence.
 TOKEN = "sgv-TOKEN-4f1c9e27b3d84a6e-do-not-leak"

@@ -204,7 +204,9 @@ class SignavioDouble:
             fault = self._upload_faults.popleft() if self._upload_faults else None
         if fault:
             status, retry_after = fault
-            raise _Rejected(status, "injected fault", "injected", {"Retry-After": retry_after} if retry_after is not None else {})
+            raise _Rejected(
+                status, "injected fault", "injected", {"Retry-After": retry_after} if retry_after is not None else {}
+            )
         self._authorise(request)
         execution = _validate(parts)
         with self._lock:

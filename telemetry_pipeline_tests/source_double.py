@@ -37,7 +37,9 @@ def good_events(n_tools: int = 2, fail_last: bool = False, start: str = "2025-01
     base = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
     iso = lambda s: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base + s)) + "Z"  # noqa: E731
     events = [agent_event(iso(0), "user_prompt", prompt="Summarise the sales data", tokens=40)]
-    events.append(agent_event(iso(1), "model_change", model="gpt-4o", purpose="planning", input_tokens=100, output_tokens=20))
+    events.append(
+        agent_event(iso(1), "model_change", model="gpt-4o", purpose="planning", input_tokens=100, output_tokens=20)
+    )
     for i in range(n_tools):
         failed = fail_last and i == n_tools - 1
         events.append(agent_event(iso(2 + 2 * i), "tool_call_started", tool_name=f"tool_{i % 3}", parameters={"q": i}))

@@ -18,12 +18,12 @@ import duckdb
 import httpx
 import pytest
 
+from telemetry_pipeline.definitions import build_definitions
 from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
+from telemetry_pipeline.settings import HttpSettings, Secret, SourcesSettings, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
 from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.sources.base import SourceError
-from telemetry_pipeline.definitions import build_definitions
-from telemetry_pipeline.settings import HttpSettings, Secret, SourcesSettings, from_environment
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
 
 TOKEN = "agora-s3cret-token-value"
@@ -155,29 +155,68 @@ def populate(double: AgoraDouble) -> dict[str, str]:
     keys = {}
     keys["ok"] = double.add(
         execution("ex-ok", "success", 0, 10),
-        timeline=[node("ex-ok", 0, "plan", "llm", "success", 0, 2),
-                  node("ex-ok", 1, "lookup", "tool", "success", 2, 7, retries=2),
-                  node("ex-ok", 2, "answer", "llm", "success", 7, 10)],
-        spans=[span("support_flow.flow", 0, 10, **{"traceloop.span.kind": "workflow",
-                                                    "traceloop.workflow.name": "support_flow"}),
-               # the node span repeats the usage of its exec span: it must not be counted twice
-               span("plan.node", 0, 2, retry_count=0, **{"gen_ai.usage.input_tokens": 1200,
-                                                          "gen_ai.usage.output_tokens": 300}),
-               span("plan.prep", 0, 0.2),
-               span("plan.exec", 0.2, 1.9, **{"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-                                              "gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-2024-08-06",
-                                              "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300,
-                                              "llm.usage.total_tokens": 1500}),
-               span("lookup.node", 2, 7, retry_count=2),
-               span("lookup.exec", 2.1, 6.9, **{"gen_ai.operation.name": "execute_tool",
-                                                "gen_ai.tool.name": "lookup_customer"}),
-               span("answer.node", 7, 10),
-               span("answer.exec", 7.1, 9.9, **{"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4",
-                                                "gen_ai.usage.prompt_tokens": 800, "gen_ai.usage.completion_tokens": 90})],
-        events=[{"event_type": "user_prompt", "timestamp": iso(0), "data": {"prompt": "Handle request ex-ok"}},
-                *tool_call(2.5, "lookup_customer", ok=False), *tool_call(3.5, "lookup_customer", ok=False),
-                *tool_call(5.0, "lookup_customer", ok=True),
-                {"event_type": "custom_audit", "timestamp": iso(9.5), "data": {"reviewer": "bot", "nested": {"a": [1]}}}],
+        timeline=[
+            node("ex-ok", 0, "plan", "llm", "success", 0, 2),
+            node("ex-ok", 1, "lookup", "tool", "success", 2, 7, retries=2),
+            node("ex-ok", 2, "answer", "llm", "success", 7, 10),
+        ],
+        spans=[
+            span(
+                "support_flow.flow",
+                0,
+                10,
+                **{"traceloop.span.kind": "workflow", "traceloop.workflow.name": "support_flow"},
+            ),
+            # the node span repeats the usage of its exec span: it must not be counted twice
+            span(
+                "plan.node",
+                0,
+                2,
+                retry_count=0,
+                **{"gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300},
+            ),
+            span("plan.prep", 0, 0.2),
+            span(
+                "plan.exec",
+                0.2,
+                1.9,
+                **{
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": "gpt-4o",
+                    "gen_ai.response.model": "gpt-4o-2024-08-06",
+                    "gen_ai.usage.input_tokens": 1200,
+                    "gen_ai.usage.output_tokens": 300,
+                    "llm.usage.total_tokens": 1500,
+                },
+            ),
+            span("lookup.node", 2, 7, retry_count=2),
+            span(
+                "lookup.exec",
+                2.1,
+                6.9,
+                **{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_customer"},
+            ),
+            span("answer.node", 7, 10),
+            span(
+                "answer.exec",
+                7.1,
+                9.9,
+                **{
+                    "gen_ai.system": "anthropic",
+                    "gen_ai.request.model": "claude-sonnet-4",
+                    "gen_ai.usage.prompt_tokens": 800,
+                    "gen_ai.usage.completion_tokens": 90,
+                },
+            ),
+        ],
+        events=[
+            {"event_type": "user_prompt", "timestamp": iso(0), "data": {"prompt": "Handle request ex-ok"}},
+            *tool_call(2.5, "lookup_customer", ok=False),
+            *tool_call(3.5, "lookup_customer", ok=False),
+            *tool_call(5.0, "lookup_customer", ok=True),
+            {"event_type": "custom_audit", "timestamp": iso(9.5), "data": {"reviewer": "bot", "nested": {"a": [1]}}},
+        ],
     )
     keys["err"] = double.add(
         execution("ex-err", "error", 20, 25, error="PermissionError: no access"),
@@ -203,7 +242,7 @@ def agora(only_new_sources: Path, pipeline: Pipeline) -> Iterator[AgoraDouble]:
         yield double
 
 
-def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipeline, 
+def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipeline,
     agora: AgoraDouble, only_new_sources: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
 ):
     home = only_new_sources
@@ -250,7 +289,9 @@ def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipelin
     err_node = next(e for e in tables["agent_telemetry_events"]
                     if e["case_id"] == "ex-err" and e["event_type"] == "node_execution")
     assert err_node["status"] == "failed" and err_node["error"] == "PermissionError"
-    (metrics,) = warehouse_rows(home, "SELECT source_metrics->>'error_message' FROM sessions WHERE session_id = 'ex-err'")
+    (metrics,) = warehouse_rows(
+        home, "SELECT source_metrics->>'error_message' FROM sessions WHERE session_id = 'ex-err'"
+    )
     assert metrics == ("PermissionError: no access",)
 
     # the token went in every request's header and nowhere else
@@ -269,7 +310,9 @@ def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipelin
     assert code == 0 and out["new_keys"] == [keys["running"]]
 
 
-def test_agora_running_execution_exported_by_hand_is_refused(pipeline: Pipeline, agora: AgoraDouble, only_new_sources: Path):
+def test_agora_running_execution_exported_by_hand_is_refused(
+    pipeline: Pipeline, agora: AgoraDouble, only_new_sources: Path
+):
     keys = populate(agora)
     code, out = pipeline.cli("export", keys["running"])
     assert code == 1 and "still running" in out["results"][0]["error"]

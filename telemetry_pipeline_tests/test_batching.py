@@ -22,7 +22,10 @@ def test_batched_ranges_are_contiguous_and_bounded():
     assert [r.keys for r in ranges] == [
         tuple(keys[0:3]), (keys[3],), tuple(keys[5:7]), (keys[9],),
     ], "a range never spans a key that is not wanted, and holds at most max_per_run keys"
-    assert ranges[0].tags == {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[2]}
+    assert ranges[0].tags == {
+        "dagster/asset_partition_range_start": keys[0],
+        "dagster/asset_partition_range_end": keys[2],
+    }
 
 
 def test_sensor_requests_one_run_per_batch(pipeline: Pipeline, home: Path, source_double: SourceDouble):
@@ -50,8 +53,9 @@ def test_backfill_policy_batches_ui_backfills(pipeline: Pipeline, home: Path):
     assert asset.backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=250)
 
 
-def test_hourly_schedule_exports_pending_and_previously_failed(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance,
-                                                               source_double: SourceDouble):
+def test_hourly_schedule_exports_pending_and_previously_failed(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     done = [source_double.add_good("extract", f"done{i}") for i in range(2)]
     assert pipeline.cli("export", *done)[0] == 0
     broken = source_double.add("extract", "broken", b"not json")
@@ -76,11 +80,11 @@ def test_hourly_schedule_exports_pending_and_previously_failed(pipeline: Pipelin
     assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later, unseen}
     with dg.build_schedule_context(instance=instance, resources=defs.resources) as ctx:
         assert not schedule.evaluate_tick(ctx).run_requests, "nothing left to export"
-    code, out = pipeline.cli("discover")
+    _code, out = pipeline.cli("discover")
     assert out["new_count"] == 0, "the schedule's pass moved the same watermarks the asset uses"
 
 
-def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline: Pipeline, 
+def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
 ):
     old = source_double.add_good("extract", "old")
@@ -101,4 +105,7 @@ def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline
 def test_retention_schedule_is_off_by_default(pipeline: Pipeline, home: Path):
     schedule = pipeline.defs().resolve_schedule_def("retention_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    assert pipeline.defs().resolve_schedule_def("hourly_export_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (
+        pipeline.defs().resolve_schedule_def("hourly_export_schedule").default_status
+        == dg.DefaultScheduleStatus.RUNNING
+    )

@@ -10,13 +10,15 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from telemetry_pipeline_tests.conftest import outbox_uploads, read_upload, Pipeline, uploads_by_table
+from telemetry_pipeline_tests.conftest import Pipeline, outbox_uploads, read_upload, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
 
 EXPORT = dg.AssetKey("signavio_export")
 
 
-def run_sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[dg.SensorResult, list]:
+def run_sensor_tick(
+    pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | None = None
+) -> tuple[dg.SensorResult, list]:
     """One sensor tick as the daemon does it: apply its partition requests, then run its requests."""
     defs = pipeline.defs()
     sensor = defs.resolve_sensor_def("new_sessions_sensor")
@@ -29,7 +31,9 @@ def run_sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: st
     return result, runs
 
 
-def test_sensor_discovers_and_exports_to_outbox(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+def test_sensor_discovers_and_exports_to_outbox(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     keys = [source_double.add_good("extract", f"ex-{i}", n_tools=3) for i in range(3)]
     keys += [source_double.add_good("agent_telemetry", f"at-{i}", fail_last=True) for i in range(2)]
 
@@ -71,7 +75,9 @@ def test_sensor_discovers_and_exports_to_outbox(pipeline: Pipeline, home: Path, 
     assert not again.run_requests and not again.dynamic_partitions_requests
 
 
-def test_outbox_upload_is_exactly_the_request(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+def test_outbox_upload_is_exactly_the_request(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     key = source_double.add_good("extract", "s1")
     code, out = pipeline.cli("export", key)
     assert code == 0 and out["exported_count"] == 1
@@ -92,15 +98,26 @@ def test_outbox_upload_is_exactly_the_request(pipeline: Pipeline, home: Path, in
             assert primary_keys == ["event_id"]
 
 
-def test_bad_payloads_fail_alone_and_keep_raw(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+def test_bad_payloads_fail_alone_and_keep_raw(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     good = source_double.add_good("agent_telemetry", "good")
     not_json = source_double.add("agent_telemetry", "not-json", b'{"events": [')
     no_events = source_double.add("agent_telemetry", "no-events", {"session_id": "no-events", "evts": []})
-    bad_time = source_double.add("agent_telemetry", "bad-time", {"events": [agent_event("yesterday-ish", "user_prompt")]})
-    unknown = source_double.add("agent_telemetry", "unknown-type", {"events": good_events() + [
-        agent_event("2025-01-15T10:31:00Z", "memory_write", bytes=12, step_name="Store memory"),
-        agent_event(1736937100, "brand_new_kind", what={"nested": [1, 2]}),
-    ]})
+    bad_time = source_double.add(
+        "agent_telemetry", "bad-time", {"events": [agent_event("yesterday-ish", "user_prompt")]}
+    )
+    unknown = source_double.add(
+        "agent_telemetry",
+        "unknown-type",
+        {
+            "events": [
+                *good_events(),
+                agent_event("2025-01-15T10:31:00Z", "memory_write", bytes=12, step_name="Store memory"),
+                agent_event(1736937100, "brand_new_kind", what={"nested": [1, 2]}),
+            ]
+        },
+    )
     missing = "agent_telemetry:never-heard-of-it"
 
     code, out = pipeline.cli("export", good, not_json, no_events, bad_time, unknown, missing)
@@ -155,7 +172,9 @@ def test_reexport_is_idempotent_and_skips_unless_forced(pipeline: Pipeline, home
     assert len(ids) == 2 * len(set(ids)), "the re-upload carries exactly the same event ids"
 
 
-def test_status_and_sessions_survive_a_restart(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+def test_status_and_sessions_survive_a_restart(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     done = source_double.add_good("extract", "done")
     code, _ = pipeline.cli("export", done)
     assert code == 0
@@ -178,13 +197,15 @@ def test_status_and_sessions_survive_a_restart(pipeline: Pipeline, home: Path, i
     assert {r["session_id"]: r["exported"] for r in rows} == {done: True, pending: False}
 
 
-def test_transient_source_errors_are_retried(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble):
+def test_transient_source_errors_are_retried(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     flaky = source_double.add_good("extract", "flaky")
     source_double.fail("extract", "flaky", 503, times=2, retry_after="0")
     down = source_double.add_good("extract", "down")
     source_double.fail("extract", "down", 500)  # never recovers
 
-    code, out = pipeline.cli("export", flaky, down)
+    _code, out = pipeline.cli("export", flaky, down)
 
     by_key = {r["session_id"]: r for r in out["results"]}
     assert by_key[flaky]["status"] == "exported"
@@ -221,8 +242,9 @@ def test_a_source_without_a_listing_endpoint_is_exported_by_hand(pipeline: Pipel
     assert code == 0 and out["checks"][0]["name"] == "source:extract" and out["checks"][0]["ok"]
 
 
-def test_sensor_reexports_a_session_that_continued_after_its_export(pipeline: Pipeline, home: Path, instance: dg.DagsterInstance,
-                                                                    source_double: SourceDouble):
+def test_sensor_reexports_a_session_that_continued_after_its_export(
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
     import datetime as dt
     import time
 

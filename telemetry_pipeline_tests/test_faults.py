@@ -12,8 +12,8 @@ and the Signavio double, and is killed with SIGKILL at a chosen stage (no cleanu
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -30,8 +30,8 @@ import dagster as dg
 import duckdb
 import httpx
 
-from telemetry_pipeline.warehouse import Warehouse
 from telemetry_pipeline.settings import HttpSettings
+from telemetry_pipeline.warehouse import Warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import Fault, SourceDouble
@@ -120,7 +120,7 @@ def assert_delivered_exactly_once(api: SignavioDouble, instance: dg.DagsterInsta
     assert sorted(r["agent_run_id"] for r in runs) == ids, "one case row per session: none missing, none extra"
     events = api.rows(EVENTS)
     per_case = Counter(e["case_id"] for e in events)
-    assert per_case == {i: EVENTS_PER_SESSION for i in ids}, "every event once: deterministic ids replaced rows"
+    assert per_case == dict.fromkeys(ids, EVENTS_PER_SESSION), "every event once: deterministic ids replaced rows"
     assert instance.get_materialized_partitions(EXPORT) == set(keys), "every session ends exported"
     assert_nothing_unconfirmed(api, instance)
 
@@ -202,7 +202,7 @@ def test_claims_race_between_connections_of_one_process(tmp_path: Path):
 # -- two real runs overlapping on the same sessions -----------------------------------------------------------
 
 
-def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline, 
+def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
 ):
@@ -223,7 +223,11 @@ def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
     by_key = {r["session_id"]: r for r in out_b["results"]}
     assert code_b == 0 and out_b["exported_count"] == 2 and out_b["skipped_count"] == 4
     for key in keys[2:6]:
-        assert by_key[key] == {"session_id": key, "status": "skipped", "reason": f"being exported by run {run_a.run_id}"}
+        assert by_key[key] == {
+            "session_id": key,
+            "status": "skipped",
+            "reason": f"being exported by run {run_a.run_id}",
+        }
         assert source_double.hits[key] == 1, "B never even fetched a session A was exporting"
     uploaded = Counter(r["agent_run_id"] for rows in posted_rows(signavio, RUNS) for r in rows)
     assert uploaded == {k.partition(":")[2]: 1 for k in keys}, "each session in exactly one upload"
@@ -237,7 +241,7 @@ def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
 # -- SIGKILL at each stage; the next export finishes the job ----------------------------------------------------
 
 
-def test_killed_while_fetching(pipeline: Pipeline, 
+def test_killed_while_fetching(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
 ):
@@ -251,7 +255,7 @@ def test_killed_while_fetching(pipeline: Pipeline,
     assert not signavio.posts() and instance.get_materialized_partitions(EXPORT) == set()
     [dead] = instance.get_runs()
     assert dead.status == dg.DagsterRunStatus.STARTED, "nobody recorded its end: its record says STARTED"
-    assert claims(home) == {k: dead.run_id for k in keys}, "its claims were left behind"
+    assert claims(home) == dict.fromkeys(keys, dead.run_id), "its claims were left behind"
     source_double.slow("extract", "a-003", 0)
 
     code, out = pipeline.cli("export", "--pending")
@@ -261,7 +265,7 @@ def test_killed_while_fetching(pipeline: Pipeline,
     assert claims(home) == {}
 
 
-def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: Pipeline, 
+def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
 ):
@@ -287,7 +291,7 @@ def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: 
     assert len(posted_rows(signavio, RUNS)) == 2, "sent twice (at least once), loaded once per key"
 
 
-def test_killed_while_recording_materialisations(pipeline: Pipeline, 
+def test_killed_while_recording_materialisations(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
 ):
@@ -322,7 +326,7 @@ def sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | 
         return defs.resolve_sensor_def("new_sessions_sensor")(context)
 
 
-def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: Pipeline, 
+def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     old = [source_double.add_good("extract", f"old-{i}") for i in range(2)]
@@ -357,7 +361,7 @@ def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: 
     assert not last.dynamic_partitions_requests and not last.run_requests
 
 
-def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(pipeline: Pipeline, 
+def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     source_double.add_good("extract", "e1")
@@ -376,7 +380,7 @@ def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(pipeline:
 # -- sources that are down or slow ---------------------------------------------------------------------------
 
 
-def test_a_source_that_is_down_fails_only_its_sessions(pipeline: Pipeline, 
+def test_a_source_that_is_down_fails_only_its_sessions(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     with SourceDouble() as gone:
@@ -420,7 +424,7 @@ def test_a_slow_source_times_out_per_session(
 # -- Signavio faults at the pipeline level ------------------------------------------------------------------------
 
 
-def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_does(pipeline: Pipeline, 
+def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_does(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     keys = add_good(source_double, 3, "r")
@@ -446,7 +450,7 @@ def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_do
     assert_delivered_exactly_once(signavio, instance, keys)
 
 
-def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_nothing(pipeline: Pipeline, 
+def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_nothing(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     pipeline.configure(signavio={"http": dataclasses.replace(pipeline.settings.signavio.http, timeout=0.3)})

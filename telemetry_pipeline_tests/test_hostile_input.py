@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from telemetry_pipeline_tests.conftest import outbox_uploads, Pipeline
+from telemetry_pipeline_tests.conftest import Pipeline, outbox_uploads
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
 
 EXPORT = dg.AssetKey("signavio_export")
@@ -63,7 +63,7 @@ def prompt_session(prompt: str, **payload: Any) -> dict[str, Any]:
     return {"events": [agent_event(T0, "user_prompt", prompt=prompt, **payload)]}
 
 
-def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: Pipeline, 
+def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: Pipeline,
     home: Path, tmp_path: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     add = source_double.add
@@ -116,10 +116,18 @@ def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: 
     rejected[add(src, "top-array", [1, 2])] = "not a JSON object"
     rejected[add(src, "events-object", {"events": {"0": twice}})] = 'no "events" list'
     rejected[add(src, "events-null", {"events": None})] = 'no "events" list'
-    rejected[add(src, "event-not-object", {"events": [twice, 17]})] = "event #1 has a timestamp that cannot be parsed: missing"
-    rejected[add(src, "ts-object", {"events": [agent_event({"s": 1}, "user_prompt")]})] = 'timestamp that cannot be parsed: {"s":1}'
-    rejected[add(src, "ts-bool", {"events": [agent_event(True, "user_prompt")]})] = "timestamp that cannot be parsed: true"
-    rejected[add(src, "ts-infinity", {"events": [agent_event("infinity", "user_prompt")]})] = "cannot be parsed: \"infinity\""
+    rejected[add(src, "event-not-object", {"events": [twice, 17]})] = (
+        "event #1 has a timestamp that cannot be parsed: missing"
+    )
+    rejected[add(src, "ts-object", {"events": [agent_event({"s": 1}, "user_prompt")]})] = (
+        'timestamp that cannot be parsed: {"s":1}'
+    )
+    rejected[add(src, "ts-bool", {"events": [agent_event(True, "user_prompt")]})] = (
+        "timestamp that cannot be parsed: true"
+    )
+    rejected[add(src, "ts-infinity", {"events": [agent_event("infinity", "user_prompt")]})] = (
+        "cannot be parsed: \"infinity\""
+    )
     rejected[add(src, "ts-far", {"events": [agent_event(1e25, "user_prompt")]})] = "cannot be parsed: 1e25"
     rejected[add(src, "ts-text", {"events": [twice, agent_event("yesterday", "x"), agent_event("", "y")]})] = (
         'event #1 has a timestamp that cannot be parsed: "yesterday" (2 events in all)'
@@ -197,7 +205,7 @@ def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: 
     assert sorted(e["event_id"] for e in again) == sorted(ids * 2)
 
 
-def test_a_10_mb_prompt_and_a_100_000_event_session(pipeline: Pipeline, 
+def test_a_10_mb_prompt_and_a_100_000_event_session(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     big_prompt = ("0123456789abcdef\"\n,\r" * (10 * 1024 * 1024 // 20))[: 10 * 1024 * 1024]
@@ -254,7 +262,7 @@ def test_odd_agora_and_otlp_payloads_fail_alone(pipeline: Pipeline, tmp_path: Pa
     # every odd document either normalised or failed with a message naming its session; none raised
     for i in range(len(odd_docs)):
         key = f"agora:odd{i}"
-        assert key in errors and errors[key].startswith(key) or (key,) in exported
+        assert (key in errors and errors[key].startswith(key)) or (key,) in exported
 
     odd_traces = [
         {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": 5, "spanId": None, "attributes": "x"}]}]}]},
@@ -266,4 +274,4 @@ def test_odd_agora_and_otlp_payloads_fail_alone(pipeline: Pipeline, tmp_path: Pa
         exported = con.execute("SELECT session_key FROM sessions WHERE source = 'otlp'").fetchall()
     for i in range(len(odd_traces)):
         key = f"otlp:t{i}"
-        assert key in errors and errors[key].startswith(key) or (key,) in exported
+        assert (key in errors and errors[key].startswith(key)) or (key,) in exported

@@ -6,7 +6,14 @@ import httpx
 import pytest
 
 from telemetry_pipeline.loopback import (
-    HTTPError, LoopbackServer, Reply, Request, Router, empty_reply, json_reply, text_reply,
+    HTTPError,
+    LoopbackServer,
+    Reply,
+    Request,
+    Router,
+    empty_reply,
+    json_reply,
+    text_reply,
 )
 
 

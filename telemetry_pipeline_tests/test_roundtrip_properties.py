@@ -94,7 +94,10 @@ def test_any_text_and_numbers_round_trip_through_the_csv(
     warehouse: Warehouse, batch: list[dict[str, Any]], session_ids: list[str]
 ) -> None:
     now = dt.datetime.now(dt.UTC)
-    raw = [RawSession("agent_telemetry", sid, body(s), "application/json", now, "") for sid, s in zip(session_ids, batch)]
+    raw = [
+        RawSession("agent_telemetry", sid, body(s), "application/json", now, "")
+        for sid, s in zip(session_ids, batch, strict=False)
+    ]
     with warehouse.connect() as con:
         problems = normalize_agent_sessions(con, raw, "fallback-agent")
         assert problems == {}
@@ -104,7 +107,7 @@ def test_any_text_and_numbers_round_trip_through_the_csv(
     runs = {r["agent_run_id"]: r for r in parse(runs_upload.csv)}
     events = parse(events_upload.csv)
     assert len(runs) == len(raw) and len(events) == 2 * len(raw)
-    for r, s in zip(raw, batch):
+    for r, s in zip(raw, batch, strict=False):
         run = runs[r.session_id]
         assert run["task_id"] == r.session_id and run["source"] == "agent_telemetry"
         assert run["task_description"] == s["prompt"][:500]

@@ -71,7 +71,7 @@ def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 # -- 1. the happy path ------------------------------------------------------------------------------------
 
 
-def test_export_loads_both_tables_and_history_records_the_confirmed_load(pipeline: Pipeline, 
+def test_export_loads_both_tables_and_history_records_the_confirmed_load(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     keys = add_sessions(source_double)
@@ -118,7 +118,7 @@ def test_export_loads_both_tables_and_history_records_the_confirmed_load(pipelin
 # -- 2. transient failures ----------------------------------------------------------------------------------
 
 
-def test_a_flapping_endpoint_still_loads_every_session_once(pipeline: Pipeline, 
+def test_a_flapping_endpoint_still_loads_every_session_once(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     keys = add_sessions(source_double)
@@ -164,7 +164,7 @@ def test_a_flapping_endpoint_still_loads_every_session_once(pipeline: Pipeline,
         ),
     ],
 )
-def test_a_permanent_refusal_is_not_retried_and_names_the_cause(pipeline: Pipeline, 
+def test_a_permanent_refusal_is_not_retried_and_names_the_cause(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
     spoil: Callable[[SignavioDouble, pytest.MonkeyPatch], None], expected: list[str], loaded_tables: set[str],
 ):
@@ -191,7 +191,7 @@ def test_a_permanent_refusal_is_not_retried_and_names_the_cause(pipeline: Pipeli
 # -- 4. an accepted upload whose load fails -------------------------------------------------------------------
 
 
-def test_a_failed_load_marks_nothing_exported_and_a_later_export_loads_it(pipeline: Pipeline, 
+def test_a_failed_load_marks_nothing_exported_and_a_later_export_loads_it(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     keys = add_sessions(source_double)[:2]
@@ -232,7 +232,7 @@ def test_a_failed_load_marks_nothing_exported_and_a_later_export_loads_it(pipeli
 # -- 5. re-export -----------------------------------------------------------------------------------------
 
 
-def test_forced_reexport_replaces_rows_instead_of_duplicating_them(pipeline: Pipeline, 
+def test_forced_reexport_replaces_rows_instead_of_duplicating_them(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     keys = add_sessions(source_double)
@@ -262,7 +262,7 @@ def test_forced_reexport_replaces_rows_instead_of_duplicating_them(pipeline: Pip
 # -- 6. dataset override ----------------------------------------------------------------------------------
 
 
-def test_dataset_override_from_the_cli_and_from_run_config(pipeline: Pipeline, 
+def test_dataset_override_from_the_cli_and_from_run_config(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     by_cli = source_double.add_good("extract", "by-cli")
@@ -301,7 +301,7 @@ def checks_by_name(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in out["checks"]}
 
 
-def test_check_is_healthy_with_reachable_sources_and_accepted_token(pipeline: Pipeline, 
+def test_check_is_healthy_with_reachable_sources_and_accepted_token(pipeline: Pipeline,
     signavio: SignavioDouble
 ):
     code, out = pipeline.cli("check")
@@ -314,7 +314,7 @@ def test_check_is_healthy_with_reachable_sources_and_accepted_token(pipeline: Pi
     assert [(r.method, r.path) for r in signavio.requests] == [("GET", NIL_STATUS_PATH)], "probed, never uploaded"
 
 
-def test_check_reports_a_refused_token(pipeline: Pipeline, 
+def test_check_reports_a_refused_token(pipeline: Pipeline,
     signavio: SignavioDouble
 ):
     pipeline.configure(signavio={"api_key": Secret("not-the-token")})
@@ -328,7 +328,7 @@ def test_check_reports_a_refused_token(pipeline: Pipeline,
     assert not signavio.posts()
 
 
-def test_check_reports_a_destination_that_is_down(pipeline: Pipeline, 
+def test_check_reports_a_destination_that_is_down(pipeline: Pipeline,
     signavio: SignavioDouble
 ):
     with SignavioDouble(token=TOKEN) as gone:
@@ -342,7 +342,7 @@ def test_check_reports_a_destination_that_is_down(pipeline: Pipeline,
     assert signavio_check["ok"] is False and signavio_check["detail"].startswith("unreachable")
 
 
-def test_check_without_an_endpoint_checks_the_outbox(pipeline: Pipeline, 
+def test_check_without_an_endpoint_checks_the_outbox(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path
 ):
     pipeline.configure(signavio={"api_url": None})
@@ -364,7 +364,7 @@ def test_check_without_an_endpoint_checks_the_outbox(pipeline: Pipeline,
     [(["export", "extract:s1"], None), (["check"], "   ")],
     ids=["export-token-unset", "check-token-blank"],
 )
-def test_an_endpoint_without_a_token_is_a_configuration_error(pipeline: Pipeline, 
+def test_an_endpoint_without_a_token_is_a_configuration_error(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
     capsys: pytest.CaptureFixture[str],
     command: list[str], key_value: str | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 import time
 from collections import defaultdict, deque
@@ -145,7 +146,7 @@ def test_events_follow_the_contract(sim: Simulator, client: httpx.Client) -> Non
 def check_events(sid: str, events: list[dict[str, Any]]) -> None:
     times = [dt.datetime.fromisoformat(e["timestamp"]) for e in events]
     assert all(t.utcoffset() == dt.timedelta(0) for t in times)
-    assert all(a < b for a, b in zip(times, times[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(times))
     assert {e["session_id"] for e in events} == {sid}
     assert {e["type"] for e in events} <= KNOWN_TYPES
     assert events[0]["type"] == "user_prompt"
@@ -263,7 +264,7 @@ def test_agora_execution_details_agree(client: httpx.Client) -> None:
 
         assert detail["execution"] == execution
         assert timeline[0]["node_name"] == "plan" and timeline[0]["started_at"] == execution["started_at"]
-        for before, after in zip(timeline, timeline[1:], strict=False):
+        for before, after in itertools.pairwise(timeline):
             assert before["completed_at"] == after["started_at"]  # contiguous nodes
         span_ids = {s["span_id"] for s in spans}
         assert all(s["parent_span_id"] in span_ids for s in spans if s["parent_span_id"])

@@ -70,7 +70,7 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
     timeline_doc = doc.get("timeline")
     if not isinstance(timeline_doc, Mapping) or not isinstance(timeline_doc.get("timeline"), list):
         raise InvalidPayload('the timeline response has no "timeline" list')
-    execution = timeline_doc.get("execution") if isinstance(timeline_doc.get("execution"), Mapping) else {}
+    execution = found if isinstance(found := timeline_doc.get("execution"), Mapping) else {}
     spans, telemetry = doc.get("spans", []), doc.get("events", [])
     if not isinstance(spans, list):
         raise InvalidPayload("the telemetry-spans response is not a JSON list")
@@ -141,12 +141,14 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
         started = to_utc(entry.get("started_at"))
         if started is None:
             raise InvalidPayload(
-                f"timeline entry #{position} has a started_at that cannot be parsed: {str(entry.get('started_at'))[:100]}"
+                f"timeline entry #{position} has a started_at that cannot be parsed: "
+                f"{str(entry.get('started_at'))[:100]}"
             )
         completed = to_utc(entry.get("completed_at"))
         if completed is None and entry.get("completed_at") not in (None, ""):
             raise InvalidPayload(
-                f"timeline entry #{position} has a completed_at that cannot be parsed: {str(entry['completed_at'])[:100]}"
+                f"timeline entry #{position} has a completed_at that cannot be parsed: "
+                f"{str(entry['completed_at'])[:100]}"
             )
         times.append((started, completed))
     matched = _match_spans(entries, times, spans)
@@ -164,7 +166,8 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
             attrs["retry_count"] = span_attrs["retry_count"]
         if node_spans:
             attrs["spans"] = [
-                {"name": s.get("name"), "status": s.get("status"), "duration_ms": s.get("duration_ms")} for s in node_spans
+                {"name": s.get("name"), "status": s.get("status"), "duration_ms": s.get("duration_ms")}
+                for s in node_spans
             ]
         token_spans = _token_spans(node_spans)
         tool = text(span_attrs.get("gen_ai.tool.name")) or (
@@ -192,7 +195,9 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
 
 
 def _match_spans(
-    entries: list[Mapping[str, Any]], times: list[tuple[dt.datetime, dt.datetime | None]], spans: list[Mapping[str, Any]]
+    entries: list[Mapping[str, Any]],
+    times: list[tuple[dt.datetime, dt.datetime | None]],
+    spans: list[Mapping[str, Any]],
 ) -> list[list[Mapping[str, Any]]]:
     """Each node's spans: by node name; by time too when the same node ran more than once."""
     by_name: dict[str, list[int]] = {}
@@ -200,7 +205,7 @@ def _match_spans(
         by_name.setdefault(str(entry.get("node_name") or ""), []).append(position)
     out: list[list[Mapping[str, Any]]] = [[] for _ in entries]
     for span in spans:
-        attrs = span.get("attributes") if isinstance(span.get("attributes"), Mapping) else {}
+        attrs = found if isinstance(found := span.get("attributes"), Mapping) else {}
         name = str(span.get("name") or "")
         node = attrs.get("agora.node")
         if node is None:
@@ -250,7 +255,9 @@ def _span_error(spans: list[Mapping[str, Any]]) -> str | None:
         for event in span.get("events") or []:
             attrs = event.get("attributes") if isinstance(event, Mapping) else None
             if isinstance(attrs, Mapping) and (attrs.get("exception.message") or attrs.get("exception.type")):
-                return text(": ".join(str(v) for v in (attrs.get("exception.type"), attrs.get("exception.message")) if v), 2000)
+                return text(
+                    ": ".join(str(v) for v in (attrs.get("exception.type"), attrs.get("exception.message")) if v), 2000
+                )
     return None
 
 
@@ -292,7 +299,8 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
         at = to_utc(event.get("timestamp"))
         if at is None:
             raise InvalidPayload(
-                f"telemetry event #{position} has a timestamp that cannot be parsed: {str(event.get('timestamp'))[:100]}"
+                f"telemetry event #{position} has a timestamp that cannot be parsed: "
+                f"{str(event.get('timestamp'))[:100]}"
             )
         kind = text(event.get("event_type") or event.get("type"), 200) or "unknown"
         data = event.get("data") if isinstance(event.get("data"), Mapping) else {}
@@ -320,7 +328,11 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
         tool = text(data.get("tool_name"), 200)
         end_time = latency = tool_name = None
         if kind in _TOOL_EVENTS:
-            done = parsed[completion_of[i]] if i in completion_of else (parsed[i] if kind == "tool_call_completed" else None)
+            done = (
+                parsed[completion_of[i]]
+                if i in completion_of
+                else (parsed[i] if kind == "tool_call_completed" else None)
+            )
             result = done[3] if done else {}
             if done is not None and done is not parsed[i]:
                 attrs.update(result)
@@ -340,7 +352,11 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
             resource = tool_name or "agent"
         else:
             if kind == "user_prompt":
-                activity = "Agent response" if data.get("prompt") is None and data.get("response") is not None else "User prompt"
+                activity = (
+                    "Agent response"
+                    if data.get("prompt") is None and data.get("response") is not None
+                    else "User prompt"
+                )
             else:
                 activity = _TELEMETRY_ACTIVITY.get(kind) or text(data.get("step_name"), 200) or humanize(kind)
             status = "failed" if data.get("success") is False or data.get("error") else "success"

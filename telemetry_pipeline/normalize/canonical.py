@@ -84,7 +84,9 @@ def _select(row_type: type) -> str:
     return ", ".join(f"{f.name}::JSON" if f.name in _JSON_COLUMNS else f.name for f in fields(row_type))
 
 
-def replace_sessions(con: duckdb.DuckDBPyConnection, sessions: Sequence[SessionRow], events: Sequence[EventRow]) -> None:
+def replace_sessions(
+    con: duckdb.DuckDBPyConnection, sessions: Sequence[SessionRow], events: Sequence[EventRow]
+) -> None:
     """Replace the rows of exactly these sessions (their old events go, even if they now have none)."""
     if not sessions:
         return

@@ -20,8 +20,8 @@ One activity per span (a span repeated across files, same trace and span id, cou
   and `otel.*` entries for the span's name, kind, ids, status, scope, events, links and any other field.
 
 The `sessions` row: status `failed` when a root span failed, `partial` when another span failed, else
-`completed`; agent = first `gen_ai.agent.name` (else `service.name`, else the fallback), service = `service.name`, workflow =
-`traceloop.workflow.name`, task = the root span's name; `source_metrics` carries span count, trace ids,
+`completed`; agent = first `gen_ai.agent.name` (else `service.name`, else the fallback), service = `service.name`,
+workflow = `traceloop.workflow.name`, task = the root span's name; `source_metrics` carries span count, trace ids,
 files and the `skipped_lines` of the payload.
 
 A session fails alone when the payload is not JSON / has no `resourceSpans` list, or a span has
@@ -80,7 +80,7 @@ def normalize_otlp_sessions(
 
 
 class _Span:
-    __slots__ = ("row", "trace_id", "span_id", "parent_id", "name", "attrs", "resource_attrs")
+    __slots__ = ("attrs", "name", "parent_id", "resource_attrs", "row", "span_id", "trace_id")
 
     def __init__(self, row: EventRow, trace_id: str | None, span_id: str | None, parent_id: str | None,
                  name: str, attrs: dict[str, Any], resource_attrs: dict[str, Any]) -> None:

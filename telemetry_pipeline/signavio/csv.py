@@ -77,8 +77,8 @@ ORDER BY s.session_key
 _EVENTS_SQL = """
 SELECT e.event_id, s.session_id AS case_id, e.activity,
        epoch_ms(date_trunc('millisecond', e.event_time)) AS event_time,
-       epoch_ms(date_trunc('millisecond', e.end_time)) AS end_time, e.resource, e.event_type, e.status, e.tool_name, e.model,
-       e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source
+       epoch_ms(date_trunc('millisecond', e.end_time)) AS end_time, e.resource, e.event_type, e.status, e.tool_name,
+       e.model, e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source
 FROM events e JOIN sessions s USING (session_key)
 WHERE e.session_key IN (SELECT unnest($keys::VARCHAR[]))
 ORDER BY e.session_key, e.event_time, e.seq

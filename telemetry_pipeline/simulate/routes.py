@@ -12,7 +12,15 @@ from typing import Any
 
 from telemetry_pipeline.loopback import HTTPError, Reply, Request, Router, json_reply
 from telemetry_pipeline.simulate import agora
-from telemetry_pipeline.simulate.runs import AGENT_TELEMETRY, EXTRACT, ID_PREFIX, PARITY, generate_events, session_id, session_summary
+from telemetry_pipeline.simulate.runs import (
+    AGENT_TELEMETRY,
+    EXTRACT,
+    ID_PREFIX,
+    PARITY,
+    generate_events,
+    session_id,
+    session_summary,
+)
 from telemetry_pipeline.simulate.timelines import SimulationConfig, Timeline, format_ms
 
 DEFAULT_PAGE_SIZE = 100

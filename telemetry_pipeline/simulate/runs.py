@@ -8,7 +8,14 @@ from typing import Any
 
 from telemetry_pipeline.simulate.timelines import SimulationConfig, Timeline, format_ms
 from telemetry_pipeline.simulate.vocabulary import (
-    ERRORS, MEMORY_KEYS, MODELS, THOUGHTS, TOOL_TIMEOUT_MS, TOOLS, WORKFLOWS, Step,
+    ERRORS,
+    MEMORY_KEYS,
+    MODELS,
+    THOUGHTS,
+    TOOL_TIMEOUT_MS,
+    TOOLS,
+    WORKFLOWS,
+    Step,
 )
 
 EXTRACT = "extract"

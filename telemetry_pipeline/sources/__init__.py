@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import TracebackType
 
+from telemetry_pipeline import settings as settings_env
 from telemetry_pipeline.http import make_client
+from telemetry_pipeline.settings import SourcesSettings
 from telemetry_pipeline.sources import agent_telemetry, extract
 from telemetry_pipeline.sources.agora import AgoraSource
 from telemetry_pipeline.sources.base import (
@@ -21,8 +23,6 @@ from telemetry_pipeline.sources.base import (
 )
 from telemetry_pipeline.sources.otlp import OtlpSource
 from telemetry_pipeline.sources.session_api import SessionApiSource
-from telemetry_pipeline import settings as settings_env
-from telemetry_pipeline.settings import SourcesSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,9 @@ class SourceSet:
         keys = list(keys)
         raw: list[RawSession] = []
         errors: dict[str, str] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.fetch_concurrency), thread_name_prefix="fetch") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.settings.fetch_concurrency), thread_name_prefix="fetch"
+        ) as pool:
             for key, outcome in zip(keys, pool.map(fetch_one, keys), strict=True):
                 if isinstance(outcome, str):
                     errors[key] = outcome

@@ -65,6 +65,10 @@ class Source(Protocol):
         """The session's payload, verbatim. Raises `SourceError` (or `SessionNotFound`)."""
         ...
 
+    def probe(self) -> tuple[bool, str]:
+        """(reachable, detail) without fetching data: what `check` reports."""
+        ...
+
 
 def session_key(source: str, session_id: str) -> str:
     return f"{source}:{session_id}"

@@ -156,7 +156,7 @@ def enum_name(value: Any, names: tuple[str, ...], prefix: str) -> str | None:
     """`2`, `"2"`, `"SPAN_KIND_SERVER"`, `"SERVER"`, `"server"` -> `"SERVER"`."""
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool) or (isinstance(value, str) and value.isdigit()):
+    if (isinstance(value, int | float) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit()):
         index = int(value)
         return names[index] if 0 <= index < len(names) else str(index)
     text = str(value).strip().upper().removeprefix(prefix)
@@ -201,7 +201,9 @@ class _Session:
 class _Index:
     files: list[str] = field(default_factory=list)  # relative paths, sorted
     mtimes: list[float] = field(default_factory=list)
-    groups: dict[tuple[int, int, int, int], tuple[Any, Any, Any]] = field(default_factory=dict)  # resource span, scope span
+    groups: dict[tuple[int, int, int, int], tuple[Any, Any, Any]] = field(
+        default_factory=dict
+    )  # resource span, scope span
     sessions: dict[str, _Session] = field(default_factory=dict)
     skipped: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # file -> skipped lines
     dropped_spans: int = 0
@@ -226,7 +228,8 @@ class OtlpSource:
         since_s = None if since is None else since.timestamp()
         listed = sorted(index.sessions.items(), key=lambda kv: (kv[1].last_ns, kv[0]))
         for session_id, session in listed:
-            if since_ns is not None and session.last_ns < since_ns and session.newest_file_mtime < since_s:
+            if since_ns is not None and since_s is not None and session.last_ns < since_ns \
+                    and session.newest_file_mtime < since_s:
                 continue
             yield SessionRef(NAME, session_id, nanos_to_datetime(session.last_ns) if session.last_ns else None)
 
@@ -366,7 +369,7 @@ def _session_document(index: _Index, session_id: str, session: _Session) -> dict
     by_resource: dict[tuple[int, int, int], dict[str, Any]] = {}
     by_scope: dict[tuple[int, int, int, int], list[Any]] = {}
     for span in session.spans:
-        f, line, r, s = span.group
+        f, line, r, _s = span.group
         rs, ss, scope = index.groups[span.group]
         if span.group not in by_scope:
             resource_doc = by_resource.get((f, line, r))
