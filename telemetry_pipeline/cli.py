@@ -1,4 +1,4 @@
-"""`telemetry-pipeline`: the command line (INTERFACE.md). JSON on stdout, progress on stderr;
+"""`telemetry-pipeline`: the command line (docs/INTERFACE.md). JSON on stdout, progress on stderr;
 exit 0 on success, 1 when any item failed, 2 on bad usage.
 
 Every export goes through the Dagster instance under `<home>/dagster_home` (or `$DAGSTER_HOME`),

@@ -1,4 +1,4 @@
-"""A real HTTP stand-in for the Signavio Ingestion API (contracts/SIGNAVIO.md), for tests.
+"""A real HTTP stand-in for the Signavio Ingestion API (docs/SIGNAVIO.md), for tests.
 
 It listens on 127.0.0.1, checks every request the way the contract says the real API does (token,
 multipart fields, Avro record schema, primary keys, CSV header, UTF-8), walks accepted uploads through

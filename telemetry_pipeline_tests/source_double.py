@@ -1,4 +1,4 @@
-"""A real HTTP server standing in for the Extract and agent telemetry services (SOURCES.md).
+"""A real HTTP server standing in for the Extract and agent telemetry services (docs/SOURCES.md).
 
 Sessions are registered with the exact body to serve, so tests can hand out broken payloads;
 faults (status codes, Retry-After, delays) are injected per session.

@@ -25,10 +25,10 @@ from telemetry_pipeline.simulate import SimulationConfig, Simulator
 from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.sources.base import SourceError
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
+from telemetry_pipeline_tests.shared import shared_path
 
 TOKEN = "agora-s3cret-token-value"
-# The public fixture in ../shared beside the repository (as CI lays it out).
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "otlp-trace-example.json"
+FIXTURE = shared_path("fixtures", "otlp-trace-example.json")
 EXPORT = dg.AssetKey("signavio_export")
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
@@ -58,7 +58,7 @@ def warehouse_rows(home: Path, sql: str, params: list[Any] | None = None) -> lis
 
 
 class AgoraDouble:
-    """Agora's execution endpoints (SOURCES.md) over executions registered by the test."""
+    """Agora's execution endpoints (docs/SOURCES.md) over executions registered by the test."""
 
     def __init__(self, token: str = TOKEN) -> None:
         self.token = token

@@ -1,4 +1,4 @@
-"""The SAP Signavio Process Intelligence Ingestion API as a `Destination` (see contracts/SIGNAVIO.md).
+"""The SAP Signavio Process Intelligence Ingestion API as a `Destination` (see docs/SIGNAVIO.md).
 
 An upload is only *accepted* by a 200; it is *loaded* once its execution reaches `COMPLETED`. So `load`
 submits every table first (the server then works on them in parallel) and polls every execution until

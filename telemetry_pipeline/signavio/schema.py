@@ -1,4 +1,4 @@
-"""The two Signavio tables: column order, Avro types, primary keys (INTERFACE.md)."""
+"""The two Signavio tables: column order, Avro types, primary keys (docs/INTERFACE.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A loopback server that serves generated agent telemetry, for demos (`make run`) and the benchmark.
 
-It speaks the `extract` and `agent_telemetry` contracts plus their session discovery (SOURCES.md) on one
+It speaks the `extract` and `agent_telemetry` contracts plus their session discovery (docs/SOURCES.md) on one
 port, so both sources can point at `Simulator.url`; Agora's execution endpoints are served there too.
 Nothing is precomputed: a session's events are generated on request from `(seed, session index)`, which
 keeps a 10,000-session server as cheap to start as a 10-session one and makes every body byte-identical

@@ -1,4 +1,4 @@
-"""Agora, the workflow platform (SOURCES.md, `agora`): one session = one workflow execution.
+"""Agora, the workflow platform (docs/SOURCES.md, `agora`): one session = one workflow execution.
 
 Listing pages `GET /executions/?limit=100&offset=N` (newest first) and yields only finished executions
 (status other than `running`), with `completed_at` as the session's last event.

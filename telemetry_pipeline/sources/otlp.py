@@ -1,4 +1,4 @@
-"""OpenTelemetry trace files (OTLP/JSON) in an inbox directory (SOURCES.md, `otlp`).
+"""OpenTelemetry trace files (OTLP/JSON) in an inbox directory (docs/SOURCES.md, `otlp`).
 
 Files: `*.json` holds one `ExportTraceServiceRequest`, `*.jsonl` one per line (the Collector's file
 exporter). Sub-directories are scanned too; hidden files and directories (`.name`) are not. Keys may be

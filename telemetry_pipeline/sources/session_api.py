@@ -1,5 +1,5 @@
 """The session API that the Extract and agent telemetry services share: one fetch route per session
-and a cursor-paginated listing (`GET <list_path>?since=&limit=&cursor=`, see SOURCES.md)."""
+and a cursor-paginated listing (`GET <list_path>?since=&limit=&cursor=`, see docs/SOURCES.md)."""
 
 from __future__ import annotations
 
