@@ -14,9 +14,10 @@ from typing import Any, cast
 
 import dagster as dg
 
+from telemetry_pipeline.canonical.time import format_time, to_utc
 from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS_KEY
 from telemetry_pipeline.sources import SourceSet
-from telemetry_pipeline.sources.base import SessionRef, format_time, key_problem, parse_time
+from telemetry_pipeline.sources.base import SessionRef, key_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def discover(
     now: dt.datetime | None = None,
 ) -> Discovery:
     now = now or dt.datetime.now(dt.UTC)
-    since = {name: parse_time(value) for name, value in watermarks.items()}
+    since = {name: to_utc(value) for name, value in watermarks.items()}
     listed, errors = sources.list_sessions(since)
     result = Discovery(watermarks=dict(watermarks), errors=errors)
     seen: set[str] = set()

@@ -19,11 +19,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from telemetry_pipeline.canonical.model import ddl as canonical_ddl
 from telemetry_pipeline.sources.base import RawSession
 
 log = logging.getLogger(__name__)
 
-DDL = """
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS raw_telemetry (
     session_key  VARCHAR PRIMARY KEY,
     source       VARCHAR NOT NULL,
@@ -35,43 +37,9 @@ CREATE TABLE IF NOT EXISTS raw_telemetry (
     location     VARCHAR,
     fetched_at   TIMESTAMPTZ NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sessions (
-    session_key      VARCHAR PRIMARY KEY,
-    source           VARCHAR NOT NULL,
-    session_id       VARCHAR NOT NULL,
-    agent_name       VARCHAR,
-    task_description VARCHAR,
-    start_time       TIMESTAMPTZ,
-    end_time         TIMESTAMPTZ,
-    status           VARCHAR NOT NULL,
-    service_name     VARCHAR,
-    workflow_name    VARCHAR,
-    workflow_version VARCHAR,
-    agent_type       VARCHAR,
-    agent_state      VARCHAR,
-    event_count      BIGINT NOT NULL,
-    prompt_metrics   JSON,
-    source_metrics   JSON,               -- the source's own summary (Extract's `metrics`), kept as is
-    normalized_at    TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    event_id      VARCHAR PRIMARY KEY,   -- deterministic: same event, same id, on every run
-    session_key   VARCHAR NOT NULL,
-    seq           BIGINT NOT NULL,       -- position of the (first) source event in the payload
-    activity      VARCHAR NOT NULL,
-    event_type    VARCHAR NOT NULL,
-    event_time    TIMESTAMPTZ NOT NULL,
-    end_time      TIMESTAMPTZ,
-    resource      VARCHAR,
-    status        VARCHAR,
-    tool_name     VARCHAR,
-    model         VARCHAR,
-    latency_ms    BIGINT,
-    input_tokens  BIGINT,
-    output_tokens BIGINT,
-    error         VARCHAR,
-    attributes    JSON
-);
+"""
+    + canonical_ddl()
+    + """
 -- One row per session that a run is exporting right now; deleted when the run is done with it.
 -- A row left behind by a run that died is stale once that run is over (see `Warehouse.claim`).
 CREATE TABLE IF NOT EXISTS export_claims (
@@ -82,6 +50,7 @@ CREATE TABLE IF NOT EXISTS export_claims (
     pid         BIGINT NOT NULL          -- ... and which one, so a killed process's claims are seen as stale
 );
 """
+)
 
 #: A claim older than this is stale even if its run still looks alive (a run record can say STARTED
 #: for ever when its process was killed on another host). Far longer than any batch takes.

@@ -248,7 +248,7 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(
     import datetime as dt
     import time
 
-    from telemetry_pipeline.sources.base import format_time
+    from telemetry_pipeline.canonical.time import format_time
 
     key = source_double.add_good("agent_telemetry", "ongoing", n_tools=1)
     first, _ = run_sensor_tick(pipeline, instance)

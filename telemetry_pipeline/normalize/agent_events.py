@@ -15,20 +15,29 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
+from telemetry_pipeline.canonical.activity import SQL_MACROS as ACTIVITY_MACROS
+from telemetry_pipeline.canonical.model import EVENTS, SESSIONS
+from telemetry_pipeline.canonical.pairing import (
+    CALL_KEYS,
+    PAIRING_ORDER_SQL,
+    TOOL_CALL_COMPLETED,
+    TOOL_CALL_STARTED,
+    call_key_sql,
+)
+from telemetry_pipeline.canonical.time import epoch_sql_macro
 from telemetry_pipeline.sources.base import RawSession
 
-# Epoch numbers arrive in s, ms, us or ns; the magnitude tells which. Beyond year 9999 -> NULL.
-_MACROS = """
-CREATE OR REPLACE TEMP MACRO epoch_ts(n) AS to_timestamp(
-    CASE WHEN abs(n) < 1e11 THEN n WHEN abs(n) < 1e14 THEN n / 1e3
-         WHEN abs(n) < 1e17 THEN n / 1e6 WHEN abs(n) < 2.5e20 THEN n / 1e9 END);
-CREATE OR REPLACE TEMP MACRO humanize(t) AS upper(left(t, 1)) || replace(substr(t, 2), '_', ' ');
+_MACROS = (
+    epoch_sql_macro()
+    + ACTIVITY_MACROS
+    + """
 CREATE OR REPLACE TEMP MACRO finite_ts(t) AS CASE WHEN isfinite(t) THEN t END;
 -- A JSON scalar as a long: exact for integers, fractions rounded; NULL, never an error, for anything
 -- else (text, NaN, beyond the long range), whose raw value stays in `attributes`.
 CREATE OR REPLACE TEMP MACRO to_long(v) AS
     coalesce(try_cast(v AS BIGINT), try_cast(round(try_cast(v AS DOUBLE)) AS BIGINT));
 """
+)
 
 _VALIDATE = """
 CREATE OR REPLACE TEMP TABLE nb AS
@@ -45,7 +54,7 @@ FROM batch_in;
 # `->>` per field would parse the same JSON again for every field (and hold the memory each time).
 _SESSION_FIELDS = ("agent_name", "service_name", "workflow_name", "workflow_version", "agent_type", "agent_state")
 _PAYLOAD_FIELDS = (
-    "tool_name", "tool_call_id", "call_id", "success", "error", "error_details", "model", "latency_ms",
+    *CALL_KEYS, "success", "error", "error_details", "model", "latency_ms",
     "input_tokens", "prompt_tokens", "output_tokens", "completion_tokens", "tokens", "prompt", "response",
     "step_name", *_SESSION_FIELDS,
 )
@@ -106,7 +115,7 @@ SELECT session_key, seq, e,
            WHEN 'DOUBLE' THEN epoch_ts(try_cast(ts_json->>'$' AS DOUBLE))
        END) AS ts,
        {_P["tool_name"]} AS tool_name,
-       coalesce({_P["tool_call_id"]}, {_P["call_id"]}) AS call_id,
+       {call_key_sql(_P.__getitem__)} AS call_key,
        try_cast({_P["success"]} AS BOOLEAN) AS success,
        nullif(coalesce({_P["error"]}, {_P["error_details"]}), '') AS error,
        {_P["model"]} AS model,
@@ -127,51 +136,44 @@ SELECT session_key, count(*) AS bad, min(seq) AS first_seq,
 FROM ev WHERE ts IS NULL GROUP BY session_key
 """
 
-# Activities: tool_call_started/completed paired FIFO per (session, call id or tool name); every
-# other event is an instant. The anchor event (the start, or a lone completion) gives the id.
-_ACTIVITIES = """
+# Activities: tool calls paired (canonical.pairing); every other event is an instant. The anchor event
+# (the start, or a lone completion) gives the id.
+_ACTIVITIES = f"""
 CREATE OR REPLACE TEMP TABLE act AS
 WITH ok AS (SELECT * FROM ev WHERE session_key IN (SELECT session_key FROM ok_sessions)),
-s AS (SELECT *, row_number() OVER (PARTITION BY session_key, coalesce(call_id, tool_name) ORDER BY ts, seq) AS n
-      FROM ok WHERE event_type = 'tool_call_started'),
-c AS (SELECT *, row_number() OVER (PARTITION BY session_key, coalesce(call_id, tool_name) ORDER BY ts, seq) AS n
-      FROM ok WHERE event_type = 'tool_call_completed'),
+s AS (SELECT *, row_number() OVER (PARTITION BY session_key, call_key ORDER BY {PAIRING_ORDER_SQL}) AS n
+      FROM ok WHERE event_type = '{TOOL_CALL_STARTED}'),
+c AS (SELECT *, row_number() OVER (PARTITION BY session_key, call_key ORDER BY {PAIRING_ORDER_SQL}) AS n
+      FROM ok WHERE event_type = '{TOOL_CALL_COMPLETED}'),
 tools AS (
     SELECT coalesce(s.session_key, c.session_key) AS session_key,
            coalesce(s.seq, c.seq) AS seq,
            coalesce(s.e, c.e) AS anchor,
            coalesce(s.event_type, c.event_type) AS event_type,
            coalesce(s.tool_name, c.tool_name) AS tool_name,
-           'Call tool ' || coalesce(s.tool_name, c.tool_name, 'unknown') AS activity,
+           tool_call_activity(coalesce(s.tool_name, c.tool_name)) AS activity,
            coalesce(s.ts, try(c.ts - to_milliseconds(coalesce(c.latency_ms, 0))), c.ts) AS event_time,
            c.ts AS end_time,
            coalesce(s.tool_name, c.tool_name) AS resource,
-           CASE WHEN c.seq IS NULL THEN 'incomplete'
-                WHEN c.success = false OR c.error IS NOT NULL THEN 'failed' ELSE 'success' END AS status,
+           CASE WHEN c.seq IS NULL THEN 'incomplete' ELSE event_status(c.success, c.error) END AS status,
            coalesce(c.model, s.model) AS model,
            coalesce(c.latency_ms, CASE WHEN s.ts IS NOT NULL AND c.ts IS NOT NULL
                                        THEN date_diff('millisecond', s.ts, c.ts) END) AS latency_ms,
            coalesce(c.input_tokens, s.input_tokens) AS input_tokens,
            coalesce(c.output_tokens, s.output_tokens) AS output_tokens,
            c.error AS error,
-           json_merge_patch(coalesce(s.attrs, '{}'::JSON), coalesce(c.attrs, '{}'::JSON)) AS attributes
+           json_merge_patch(coalesce(s.attrs, '{{}}'::JSON), coalesce(c.attrs, '{{}}'::JSON)) AS attributes
     FROM s FULL OUTER JOIN c
-      ON s.session_key = c.session_key
-     AND coalesce(s.call_id, s.tool_name) IS NOT DISTINCT FROM coalesce(c.call_id, c.tool_name)
-     AND s.n = c.n
+      ON s.session_key = c.session_key AND s.call_key IS NOT DISTINCT FROM c.call_key AND s.n = c.n
 ),
 instants AS (
     SELECT session_key, seq, e AS anchor, event_type, tool_name,
-           CASE WHEN event_type = 'user_prompt' AND prompt IS NULL AND response IS NOT NULL
-                     THEN 'Agent response'
-                WHEN event_type = 'user_prompt' THEN 'User prompt'
-                WHEN event_type = 'model_change' THEN 'Change model'
-                ELSE coalesce(step_name, humanize(event_type)) END AS activity,
+           event_activity(event_type, step_name, prompt IS NULL AND response IS NOT NULL) AS activity,
            ts AS event_time, NULL::TIMESTAMPTZ AS end_time,
-           CASE WHEN event_type = 'user_prompt' THEN 'user' ELSE coalesce(tool_name, model, 'agent') END AS resource,
-           CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END AS status,
+           event_resource(event_type, tool_name, model) AS resource,
+           event_status(success, error) AS status,
            model, latency_ms, input_tokens, output_tokens, error, attrs AS attributes
-    FROM ok WHERE event_type NOT IN ('tool_call_started', 'tool_call_completed')
+    FROM ok WHERE event_type NOT IN ('{TOOL_CALL_STARTED}', '{TOOL_CALL_COMPLETED}')
 ),
 a AS (SELECT * FROM tools UNION ALL SELECT * FROM instants)
 SELECT md5(concat_ws(chr(31), session_key, event_type, anchor::VARCHAR,
@@ -237,11 +239,11 @@ FROM nj JOIN ok_sessions USING (session_key)
 LEFT JOIN src USING (session_key) LEFT JOIN acts USING (session_key);
 """
 
-_REPLACE = """
-DELETE FROM events WHERE session_key IN (SELECT session_key FROM ok_sessions);
-DELETE FROM sessions WHERE session_key IN (SELECT session_key FROM ok_sessions);
-INSERT INTO events SELECT * FROM act;
-INSERT INTO sessions SELECT * FROM sess;
+_REPLACE = f"""
+DELETE FROM {EVENTS.name} WHERE session_key IN (SELECT session_key FROM ok_sessions);
+DELETE FROM {SESSIONS.name} WHERE session_key IN (SELECT session_key FROM ok_sessions);
+{EVENTS.insert_sql("act")};
+{SESSIONS.insert_sql("sess")};
 """
 
 

@@ -27,25 +27,25 @@ spans/events responses are not lists, the execution is still `running`, or a nod
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
 
-from telemetry_pipeline.normalize.canonical import (
-    EventRow,
-    InvalidPayload,
-    SessionRow,
-    as_int,
-    event_id,
+from telemetry_pipeline.canonical.activity import (
+    TOOL_EVENTS,
+    event_activity,
+    event_resource,
+    event_status,
     humanize,
-    json_text,
-    ms_between,
-    normalize_each,
-    text,
-    to_utc,
+    tool_call_activity,
 )
+from telemetry_pipeline.canonical.genai import GenAI, first_int, first_text, tool_name
+from telemetry_pipeline.canonical.model import EventRow, SessionRow
+from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, ToolEvent, call_key, pair_tool_calls
+from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
+from telemetry_pipeline.canonical.time import ms_between, to_utc
+from telemetry_pipeline.canonical.values import as_int, event_id, json_text, text
 from telemetry_pipeline.sources.base import RawSession
 
 _NODE_STATUS = {"success": "success", "completed": "success", "error": "failed", "failed": "failed",
@@ -54,9 +54,6 @@ _EXECUTION_STATUS = {"success": "completed", "completed": "completed", "error": 
                      "failed": "failed", "cancelled": "failed", "canceled": "failed"}
 _ENTRY_MAPPED = {"node_name", "status", "started_at", "completed_at", "error_message"}
 _SPAN_ATTRIBUTE_PREFIXES = ("gen_ai.", "llm.", "traceloop.")
-_INPUT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens")
-_OUTPUT_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens")
-_MODEL = ("gen_ai.response.model", "gen_ai.request.model", "llm.response.model", "llm.request.model")
 
 
 def normalize_agora_sessions(
@@ -90,7 +87,9 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
     rows = nodes + instants
 
     flow = _flow_attributes(spans)
-    workflow = text(flow.get("agora.flow") or flow.get("traceloop.workflow.name") or execution.get("workflow_name"))
+    workflow = (
+        text(flow.get("agora.flow")) or first_text(flow, GenAI.WORKFLOW_NAME) or text(execution.get("workflow_name"))
+    )
     start = to_utc(execution.get("started_at")) or min((e.event_time for e in rows), default=None)
     end = to_utc(execution.get("completed_at")) or max((e.end_time or e.event_time for e in rows), default=None)
     any_failed = any(e.status == "failed" for e in nodes)
@@ -121,12 +120,7 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
 
 
 def _load(body: bytes) -> Mapping[str, Any]:
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidPayload("payload is not valid UTF-8") from None
-    except ValueError:
-        raise InvalidPayload("payload is not valid JSON") from None
+    doc = parse_json(body)
     if not isinstance(doc, Mapping):
         raise InvalidPayload("payload is not a JSON object")
     for part in ("timeline", "spans", "events"):
@@ -170,10 +164,8 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
                 for s in node_spans
             ]
         token_spans = _token_spans(node_spans)
-        tool = text(span_attrs.get("gen_ai.tool.name")) or (
-            text(span_attrs.get("traceloop.entity.name")) if span_attrs.get("traceloop.span.kind") == "tool" else None
-        )
-        model = next((text(span_attrs[k]) for k in _MODEL if text(span_attrs.get(k))), None)
+        tool = tool_name(span_attrs)
+        model = first_text(span_attrs, GenAI.MODEL)
         raw_status = str(entry.get("status") or "").lower()
         status = _NODE_STATUS.get(raw_status, raw_status or None)
         if status is None:
@@ -187,8 +179,8 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
             event_time=started, end_time=completed,
             resource=tool or model or node, status=status, tool_name=tool, model=model,
             latency_ms=ms_between(started, completed) if completed else None,
-            input_tokens=_sum(_first_int(s, _INPUT_TOKENS) for s in token_spans),
-            output_tokens=_sum(_first_int(s, _OUTPUT_TOKENS) for s in token_spans),
+            input_tokens=_sum(first_int(s["attributes"], GenAI.INPUT_TOKENS) for s in token_spans),
+            output_tokens=_sum(first_int(s["attributes"], GenAI.OUTPUT_TOKENS) for s in token_spans),
             error=error, attributes=json_text(attrs),
         ))
     return rows
@@ -235,14 +227,9 @@ def _merged(spans: list[Mapping[str, Any]]) -> dict[str, Any]:
 def _token_spans(spans: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Spans whose token counts add up without double counting: the phase spans when they carry any."""
     carrying = [s for s in spans if isinstance(s.get("attributes"), Mapping)
-                and any(s["attributes"].get(k) is not None for k in _INPUT_TOKENS + _OUTPUT_TOKENS)]
+                and any(first_int(s["attributes"], c) is not None for c in (GenAI.INPUT_TOKENS, GenAI.OUTPUT_TOKENS))]
     phases = [s for s in carrying if "agora.phase" in s["attributes"]]
     return phases or carrying
-
-
-def _first_int(span: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
-    attrs = span["attributes"]
-    return next((as_int(attrs[k]) for k in keys if as_int(attrs.get(k)) is not None), None)
 
 
 def _sum(values: Any) -> int | None:
@@ -268,7 +255,7 @@ def _flow_attributes(spans: list[Mapping[str, Any]]) -> Mapping[str, Any]:
             return attrs
     for span in spans:  # no flow span: any span naming the flow
         attrs = span.get("attributes")
-        if isinstance(attrs, Mapping) and (attrs.get("agora.flow") or attrs.get("traceloop.workflow.name")):
+        if isinstance(attrs, Mapping) and (attrs.get("agora.flow") or first_text(attrs, GenAI.WORKFLOW_NAME)):
             return attrs
     return {}
 
@@ -285,13 +272,9 @@ def _io_text(data: Any) -> str | None:
     return None
 
 
-_TELEMETRY_ACTIVITY = {"model_change": "Change model"}
-_TOOL_EVENTS = ("tool_call_started", "tool_call_completed")
-
-
 def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRow]:
-    """Instants, except tool calls: `tool_call_started` + `tool_call_completed` of the same call id
-    (else tool name), paired in order, become one `Call tool <name>` activity (as for the other sources)."""
+    """Instants, except tool calls: a `tool_call_started` and its `tool_call_completed` (canonical.pairing)
+    become one `Call tool <name>` activity, as for the other sources."""
     parsed: list[tuple[int, dt.datetime, str, Mapping[str, Any], Mapping[str, Any]]] = []
     for position, event in enumerate(telemetry):
         if not isinstance(event, Mapping):
@@ -305,18 +288,8 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
         kind = text(event.get("event_type") or event.get("type"), 200) or "unknown"
         data = event.get("data") if isinstance(event.get("data"), Mapping) else {}
         parsed.append((position, at, kind, data, event))
-
-    open_calls: dict[str, list[int]] = {}  # call id or tool name -> indexes of unmatched starts
-    completion_of: dict[int, int] = {}  # start index -> completion index
-    paired: set[int] = set()
-    for i, (_, _, kind, data, _) in sorted(enumerate(parsed), key=lambda x: (x[1][1], x[1][0])):
-        call = str(data.get("tool_call_id") or data.get("call_id") or data.get("tool_name") or "")
-        if kind == "tool_call_started":
-            open_calls.setdefault(call, []).append(i)
-        elif kind == "tool_call_completed" and open_calls.get(call):
-            start = open_calls[call].pop(0)
-            completion_of[start] = i
-            paired.add(i)
+    completion_of = pair_tool_calls([ToolEvent(kind, call_key(data), at, p) for p, at, kind, data, _ in parsed])
+    paired = set(completion_of.values())
 
     rows = []
     seen: dict[str, int] = {}
@@ -327,12 +300,9 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
         attrs.update(data)
         tool = text(data.get("tool_name"), 200)
         end_time = latency = tool_name = None
-        if kind in _TOOL_EVENTS:
-            done = (
-                parsed[completion_of[i]]
-                if i in completion_of
-                else (parsed[i] if kind == "tool_call_completed" else None)
-            )
+        if kind in TOOL_EVENTS:
+            lone_completion = parsed[i] if kind == TOOL_CALL_COMPLETED else None
+            done = parsed[completion_of[i]] if i in completion_of else lone_completion
             result = done[3] if done else {}
             if done is not None and done is not parsed[i]:
                 attrs.update(result)
@@ -342,26 +312,20 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
                 status = "incomplete"
             else:
                 end_time = done[1]
-                if kind == "tool_call_completed":  # a completion without its start
+                if kind == TOOL_CALL_COMPLETED:  # a completion without its start
                     at = end_time - dt.timedelta(milliseconds=latency or 0)
                 elif latency is None:
                     latency = ms_between(at, end_time)
-                status = "failed" if result.get("success") is False or result.get("error") else "success"
-            activity = "Call tool " + (tool_name or "unknown")
+                status = event_status(result.get("success"), result.get("error"))
+            activity = tool_call_activity(tool_name)
             error = text(result.get("error") or result.get("error_details"), 2000) if status == "failed" else None
-            resource = tool_name or "agent"
+            resource = event_resource(kind, tool_name, None)
         else:
-            if kind == "user_prompt":
-                activity = (
-                    "Agent response"
-                    if data.get("prompt") is None and data.get("response") is not None
-                    else "User prompt"
-                )
-            else:
-                activity = _TELEMETRY_ACTIVITY.get(kind) or text(data.get("step_name"), 200) or humanize(kind)
-            status = "failed" if data.get("success") is False or data.get("error") else "success"
+            response_only = data.get("prompt") is None and data.get("response") is not None
+            activity = event_activity(kind, data.get("step_name"), response_only=response_only)
+            status = event_status(data.get("success"), data.get("error"))
             error = text(data.get("error") or data.get("error_details"), 2000) if status == "failed" else None
-            resource = "user" if kind == "user_prompt" else (tool or text(data.get("model"), 200) or "agent")
+            resource = event_resource(kind, tool, text(data.get("model"), 200))
             latency = as_int(data.get("latency_ms"))
         anchor = json_text(event)
         n = seen[anchor] = seen.get(anchor, 0) + 1

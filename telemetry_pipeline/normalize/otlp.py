@@ -30,24 +30,18 @@ neither a start nor an end time.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import duckdb
 
-from telemetry_pipeline.normalize.canonical import (
-    EventRow,
-    InvalidPayload,
-    SessionRow,
-    as_int,
-    event_id,
-    humanize,
-    json_text,
-    normalize_each,
-    text,
-)
+from telemetry_pipeline.canonical.activity import span_activity
+from telemetry_pipeline.canonical.genai import GenAI, agent_name, first_int, first_text, operation, span_kind, tool_name
+from telemetry_pipeline.canonical.model import EventRow, SessionRow
+from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
+from telemetry_pipeline.canonical.time import nanos_to_datetime
+from telemetry_pipeline.canonical.values import event_id, json_text, text
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.sources.otlp import (
     SPAN_KINDS,
@@ -56,16 +50,12 @@ from telemetry_pipeline.sources.otlp import (
     enum_name,
     get,
     hex_id,
-    nanos_to_datetime,
     resource_spans,
     scope_of,
     scope_spans,
     unix_nanos,
 )
 
-_MODEL = ("gen_ai.response.model", "gen_ai.request.model", "llm.response.model", "llm.request.model")
-_INPUT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens")
-_OUTPUT_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens")
 _MAPPED_SPAN_KEYS = {
     "traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id", "name", "kind",
     "startTimeUnixNano", "start_time_unix_nano", "endTimeUnixNano", "end_time_unix_nano",
@@ -89,12 +79,7 @@ class _Span:
 
 
 def _session(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[EventRow]]:
-    try:
-        doc = json.loads(raw.body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidPayload("payload is not valid UTF-8") from None
-    except ValueError:
-        raise InvalidPayload("payload is not valid JSON") from None
+    doc = parse_json(raw.body)
     if not isinstance(doc, Mapping) or not isinstance(get(doc, "resourceSpans"), list):
         raise InvalidPayload('payload has no "resourceSpans" list')
 
@@ -124,28 +109,24 @@ def _session(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[Eve
     root_failed = any(s.row.status == "failed" for s in roots)
     status = "failed" if root_failed else "partial" if failed else "completed"
 
-    def first(*keys: str, resource: bool = False) -> str | None:
-        for s in by_start:
-            for key in keys:
-                value = text((s.resource_attrs if resource else s.attrs).get(key), 200)
-                if value:
-                    return value
-        return None
+    def first(read: Callable[[_Span], str | None]) -> str | None:
+        return next((value for s in by_start if (value := read(s))), None)
 
-    agent = first("gen_ai.agent.name") or next(
-        (text(s.attrs.get("traceloop.entity.name"), 200) for s in by_start
-         if s.attrs.get("traceloop.span.kind") == "agent" and text(s.attrs.get("traceloop.entity.name"))), None)
+    def resource(key: str) -> Callable[[_Span], str | None]:
+        return lambda s: text(s.resource_attrs.get(key), 200)
+
+    agent = first(lambda s: first_text(s.attrs, GenAI.AGENT_NAME)) or first(lambda s: agent_name(s.attrs))
     task = roots[0].name if roots else None
     session = SessionRow(
         session_key=raw.key, source=raw.source, session_id=raw.session_id,
-        agent_name=agent or first("service.name", resource=True) or fallback_agent,
+        agent_name=agent or first(resource("service.name")) or fallback_agent,
         task_description=(task or f"OTLP session {raw.session_id}")[:500],
         start_time=min((r.event_time for r in rows), default=None),
         end_time=max((r.end_time or r.event_time for r in rows), default=None),
         status=status,
-        service_name=first("service.name", resource=True),
-        workflow_name=first("traceloop.workflow.name"),
-        workflow_version=first("service.version", resource=True),
+        service_name=first(resource("service.name")),
+        workflow_name=first(lambda s: first_text(s.attrs, GenAI.WORKFLOW_NAME)),
+        workflow_version=first(resource("service.version")),
         agent_type=None, agent_state=None,
         event_count=len(rows),
         source_metrics=json_text({
@@ -172,13 +153,11 @@ def _span_row(key: str, seq: int, span: Mapping[str, Any], trace_id: str | None,
     kind = enum_name(get(span, "kind"), SPAN_KINDS, "SPAN_KIND_")
     events = [_event(e) for e in get(span, "events") or [] if isinstance(e, Mapping)]
 
-    op = text(attrs.get("gen_ai.operation.name") or attrs.get("llm.request.type"), 100)
-    tl_kind = text(attrs.get("traceloop.span.kind"), 100)
-    entity = text(attrs.get("traceloop.entity.name"), 200)
-    tool = text(attrs.get("gen_ai.tool.name"), 200) or (entity if tl_kind == "tool" else None)
-    agent = text(attrs.get("gen_ai.agent.name"), 200) or (entity if tl_kind == "agent" else None)
-    model = next((text(attrs[k], 200) for k in _MODEL if text(attrs.get(k))), None)
-    activity = _activity(op, tl_kind, tool, agent, entity, text(attrs.get("traceloop.workflow.name"), 200), name)
+    op, step_kind = first_text(attrs, GenAI.OPERATION, 100), span_kind(attrs)
+    entity = first_text(attrs, GenAI.ENTITY_NAME)
+    tool, agent, model = tool_name(attrs), agent_name(attrs), first_text(attrs, GenAI.MODEL)
+    workflow = first_text(attrs, GenAI.WORKFLOW_NAME)
+    activity = span_activity(operation(attrs), step_kind, tool, agent, entity, workflow, name)
 
     failed = code == "ERROR"
     error = None
@@ -214,37 +193,17 @@ def _span_row(key: str, seq: int, span: Mapping[str, Any], trace_id: str | None,
     anchor = (trace_id, span_id) if trace_id and span_id else (trace_id, name, start_ns, end_ns, seq)
     row = EventRow(
         event_id=event_id(key, "span", *anchor),
-        session_key=key, seq=seq, activity=activity, event_type=op or tl_kind or "span",
+        session_key=key, seq=seq, activity=activity, event_type=op or step_kind or "span",
         event_time=start, end_time=end,
         resource=tool or agent or model or entity or text(resource_attrs.get("service.name"), 200),
         status="failed" if failed else "success" if end is not None else "incomplete",
         tool_name=tool, model=model,
         latency_ms=round((end_ns - start_ns) / 1e6) if start_ns is not None and end_ns is not None else None,
-        input_tokens=next((as_int(attrs[k]) for k in _INPUT_TOKENS if as_int(attrs.get(k)) is not None), None),
-        output_tokens=next((as_int(attrs[k]) for k in _OUTPUT_TOKENS if as_int(attrs.get(k)) is not None), None),
+        input_tokens=first_int(attrs, GenAI.INPUT_TOKENS),
+        output_tokens=first_int(attrs, GenAI.OUTPUT_TOKENS),
         error=error, attributes=json_text(out),
     )
     return _Span(row, trace_id, span_id, hex_id(get(span, "parentSpanId")), name, attrs, resource_attrs)
-
-
-def _activity(op: str | None, tl_kind: str | None, tool: str | None, agent: str | None, entity: str | None,
-              workflow: str | None, name: str) -> str:
-    def named(label: str, what: str | None) -> str:
-        return f"{label} {what}" if what else label
-
-    if op == "execute_tool" or (op is None and tl_kind == "tool"):
-        return named("Execute tool", tool)
-    if op == "invoke_agent" or (op is None and tl_kind == "agent"):
-        return named("Invoke agent", agent)
-    if op == "create_agent":
-        return named("Create agent", agent)
-    if op:
-        return humanize(op)
-    if tl_kind == "workflow":
-        return named("Workflow", workflow or entity)
-    if tl_kind == "task":
-        return named("Task", entity)
-    return name[:200] or "Span"
 
 
 def _event(event: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from telemetry_pipeline.canonical.time import to_utc
 from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
 from telemetry_pipeline.sources.base import (
     RawSession,
@@ -34,7 +35,6 @@ from telemetry_pipeline.sources.base import (
     SourceError,
     checked_get,
     json_of,
-    parse_time,
     path_segment,
 )
 
@@ -95,7 +95,7 @@ class AgoraSource:
                     continue
                 if item.get("status") == "running":
                     continue  # not ready: listed again once it has finished
-                completed = _time(item.get("completed_at")) or _time(item.get("started_at"))
+                completed = to_utc(item.get("completed_at")) or to_utc(item.get("started_at"))
                 if since is not None and completed is not None and completed < since:
                     continue
                 yield SessionRef(NAME, item["id"], completed)
@@ -106,7 +106,7 @@ class AgoraSource:
     def _all_older(self, page: list, since: dt.datetime) -> bool:
         horizon = since - self._lookback
         for item in page:
-            started = _time(item.get("started_at")) if isinstance(item, dict) else None
+            started = to_utc(item.get("started_at")) if isinstance(item, dict) else None
             if started is None or started >= horizon:
                 return False
         return True
@@ -172,14 +172,3 @@ def _embeddable(content: bytes) -> bytes:
         return json.dumps(content.decode("utf-8", errors="replace")).encode()
     return body
 
-
-def _time(value: object) -> dt.datetime | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-        while abs(seconds) >= 1e11:  # ms, us or ns
-            seconds /= 1000
-        try:
-            return dt.datetime.fromtimestamp(seconds, dt.UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    return parse_time(value) if isinstance(value, str) else None

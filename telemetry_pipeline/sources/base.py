@@ -97,21 +97,6 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def parse_time(value: str | None) -> dt.datetime | None:
-    """RFC 3339 (with 'Z' or offset) -> aware UTC datetime; None for None/empty/unreadable."""
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-
-
-def format_time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def path_segment(value: str) -> str:
     """`value` as one URL path segment: every reserved character percent-encoded, and the dot segments
     `.` and `..` too, which an HTTP client would otherwise resolve (`/sessions/../events` is `/events`)."""

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telemetry_pipeline.canonical.genai import ALIASES, GenAI
+from telemetry_pipeline.canonical.time import nanos_to_datetime
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SourceError
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,6 @@ log = logging.getLogger(__name__)
 NAME = "otlp"
 FORMAT = "otlp-session/1"
 SUFFIXES = (".json", ".jsonl")
-SESSION_ATTRIBUTES = ("gen_ai.conversation.id", "session.id")
 
 SPAN_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
@@ -146,10 +147,6 @@ def unix_nanos(value: Any) -> int | None:
         except (TypeError, ValueError, OverflowError):
             return None
     return nanos if nanos > 0 else None
-
-
-def nanos_to_datetime(nanos: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=nanos // 1000)
 
 
 def enum_name(value: Any, names: tuple[str, ...], prefix: str) -> str | None:
@@ -337,7 +334,7 @@ def _spans_of(index: _Index, f: int, line: int, request: Any) -> Iterator[_Span]
 
 
 def _session_attr(attributes: Mapping[str, Any]) -> str | None:
-    for key in SESSION_ATTRIBUTES:
+    for key in ALIASES[GenAI.CONVERSATION_ID]:
         value = attributes.get(key)
         if value is not None and str(value).strip():
             return str(value).strip()

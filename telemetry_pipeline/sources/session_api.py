@@ -10,15 +10,14 @@ from dataclasses import dataclass
 
 import httpx
 
+from telemetry_pipeline.canonical.time import format_time, to_utc
 from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
 from telemetry_pipeline.sources.base import (
     RawSession,
     SessionRef,
     SourceError,
     checked_get,
-    format_time,
     json_of,
-    parse_time,
     path_segment,
 )
 
@@ -78,7 +77,7 @@ class SessionApiSource:
             page = self._get_page(url, params)
             for item in page.get("sessions") or []:
                 if isinstance(item, dict) and isinstance(item.get("session_id"), str) and item["session_id"]:
-                    yield SessionRef(self.name, item["session_id"], parse_time(item.get("last_event_at")))
+                    yield SessionRef(self.name, item["session_id"], to_utc(item.get("last_event_at")))
                 else:
                     log.warning("%s listing: skipped an entry without a session_id: %.200r", self.name, item)
             next_cursor = page.get("next_cursor")

@@ -1,0 +1,117 @@
+"""Activity names, resources and statuses, one rule for every normaliser.
+
+Agent events' activities are human-readable and low-cardinality (no ids, no free text): a tool call is
+`Call tool <name>`, a prompt `User prompt` (or `Agent response` when it only carries the answer), a model
+change `Change model`, any other event its step name or its type made readable. The Python functions
+serve the normalisers written in Python; `SQL_MACROS` are the same rules for the SQL normaliser,
+generated from the same declarations. Trace spans are named by `span_activity`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, TOOL_CALL_STARTED
+
+USER_PROMPT = "user_prompt"
+MODEL_CHANGE = "model_change"
+TOOL_EVENTS = (TOOL_CALL_STARTED, TOOL_CALL_COMPLETED)
+#: Event types with a fixed activity name (user prompts are named by what they carry).
+FIXED_ACTIVITIES = {MODEL_CHANGE: "Change model"}
+USER_PROMPT_ACTIVITY, AGENT_RESPONSE_ACTIVITY = "User prompt", "Agent response"
+TOOL_CALL_ACTIVITY = "Call tool"
+UNKNOWN_TOOL = "unknown"
+USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
+MAX_LABEL = 200
+_BLANKS = " \t\n\r\v\f"
+
+
+def humanize(label: Any) -> str:
+    """`tool_call_started` -> `Tool call started`: trimmed, first letter upper case, `_` as spaces."""
+    trimmed = str(label).strip(_BLANKS)
+    return (trimmed[:1].upper() + trimmed[1:].replace("_", " "))[:MAX_LABEL] if trimmed else "Unknown"
+
+
+def step_label(step_name: Any) -> str | None:
+    """A step name as an activity: trimmed, cut to `MAX_LABEL`; None when blank or not text."""
+    if not isinstance(step_name, str | int | float) or isinstance(step_name, bool):
+        return None
+    return str(step_name).strip(_BLANKS)[:MAX_LABEL] or None
+
+
+def tool_call_activity(tool_name: str | None) -> str:
+    return f"{TOOL_CALL_ACTIVITY} {UNKNOWN_TOOL if tool_name is None else tool_name}"
+
+
+def event_activity(event_type: str, step_name: Any, *, response_only: bool) -> str:
+    """The activity of an event that is not a tool call; `response_only`: a prompt event that carries
+    the agent's response and no prompt."""
+    if event_type == USER_PROMPT:
+        return AGENT_RESPONSE_ACTIVITY if response_only else USER_PROMPT_ACTIVITY
+    return FIXED_ACTIVITIES.get(event_type) or step_label(step_name) or humanize(event_type)
+
+
+def event_resource(event_type: str, tool_name: str | None, model: str | None) -> str:
+    """Who did it: the user for prompts, else the tool, the model, or the agent."""
+    if event_type == USER_PROMPT:
+        return USER_RESOURCE
+    return next((v for v in (tool_name, model) if v is not None), AGENT_RESOURCE)
+
+
+def event_status(success: Any, error: Any) -> str:
+    return "failed" if success is False or error else "success"
+
+
+def span_activity(
+    operation: str | None, kind: str | None, tool: str | None, agent: str | None, entity: str | None,
+    workflow: str | None, name: str,
+) -> str:
+    """The activity of a trace span: by its GenAI operation (`canonical.genai.operation`), else its kind,
+    else its name. A chat is `Chat` whatever the model; tools and agents are named, nothing else is."""
+
+    def named(label: str, what: str | None) -> str:
+        return f"{label} {what}" if what else label
+
+    if operation == "execute_tool":
+        return named("Execute tool", tool)
+    if operation == "invoke_agent":
+        return named("Invoke agent", agent)
+    if operation == "create_agent":
+        return named("Create agent", agent)
+    if operation:
+        return humanize(operation)
+    if kind == "workflow":
+        return named("Workflow", workflow or entity)
+    if kind == "task":
+        return named("Task", entity)
+    return name[:MAX_LABEL] or "Span"
+
+
+def _sql(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _trim(expr: str) -> str:
+    return f"trim_blanks({expr})"
+
+
+_FIXED_SQL = " ".join(f"WHEN event_type = {_sql(t)} THEN {_sql(a)}" for t, a in FIXED_ACTIVITIES.items())
+
+SQL_MACROS = f"""
+CREATE OR REPLACE TEMP MACRO trim_blanks(t) AS trim(t, {" || ".join(f"chr({ord(c)})" for c in _BLANKS)});
+CREATE OR REPLACE TEMP MACRO humanize(t) AS CASE WHEN {_trim('t')} = '' THEN 'Unknown'
+    ELSE left(upper(left({_trim('t')}, 1)) || replace(substr({_trim('t')}, 2), '_', ' '), {MAX_LABEL}) END;
+CREATE OR REPLACE TEMP MACRO step_label(s) AS nullif(left({_trim('s')}, {MAX_LABEL}), '');
+CREATE OR REPLACE TEMP MACRO tool_call_activity(tool) AS
+    {_sql(TOOL_CALL_ACTIVITY + ' ')} || coalesce(tool, {_sql(UNKNOWN_TOOL)});
+CREATE OR REPLACE TEMP MACRO event_activity(event_type, step_name, response_only) AS CASE
+    WHEN event_type = {_sql(USER_PROMPT)}
+        THEN CASE WHEN response_only THEN {_sql(AGENT_RESPONSE_ACTIVITY)} ELSE {_sql(USER_PROMPT_ACTIVITY)} END
+    {_FIXED_SQL}
+    ELSE coalesce(step_label(step_name), humanize(event_type)) END;
+CREATE OR REPLACE TEMP MACRO event_resource(event_type, tool_name, model) AS CASE
+    WHEN event_type = {_sql(USER_PROMPT)} THEN {_sql(USER_RESOURCE)}
+    ELSE coalesce(tool_name, model, {_sql(AGENT_RESOURCE)}) END;
+CREATE OR REPLACE TEMP MACRO event_status(success, error) AS
+    CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END;
+"""

@@ -1,0 +1,110 @@
+"""GenAI attribute aliases: which span attributes name the same thing across instrumentations.
+
+A declaration, shared by every normaliser: for each concept, the attribute keys that carry it, in the
+order they are tried (the first one present wins). Covers OpenTelemetry GenAI (current and deprecated
+names), OpenInference (Arize/Phoenix), the Vercel AI SDK, OpenLLMetry/Traceloop and LiteLLM (which
+writes `gen_ai.*`, old names included). See SOURCES.md, `otlp`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from telemetry_pipeline.canonical.values import as_int, text
+
+
+class GenAI(StrEnum):
+    OPERATION = "operation"  # chat, text_completion, embeddings, execute_tool, invoke_agent, ...
+    SPAN_KIND = "span_kind"  # what kind of step a span is, in the instrumentation's own words
+    PROVIDER = "provider"
+    MODEL = "model"  # the model that answered, else the one asked for
+    INPUT_TOKENS = "input_tokens"
+    OUTPUT_TOKENS = "output_tokens"
+    TOTAL_TOKENS = "total_tokens"
+    TOOL_NAME = "tool_name"
+    TOOL_CALL_ID = "tool_call_id"
+    AGENT_NAME = "agent_name"
+    ENTITY_NAME = "entity_name"  # Traceloop's name of a workflow, task, agent or tool
+    WORKFLOW_NAME = "workflow_name"
+    CONVERSATION_ID = "conversation_id"  # the session a span belongs to
+
+
+ALIASES: Mapping[GenAI, tuple[str, ...]] = MappingProxyType({
+    GenAI.OPERATION: ("gen_ai.operation.name", "llm.request.type"),
+    GenAI.SPAN_KIND: ("traceloop.span.kind", "openinference.span.kind", "ai.operationId"),
+    GenAI.PROVIDER: ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system", "ai.model.provider"),
+    GenAI.MODEL: (
+        "gen_ai.response.model", "gen_ai.request.model", "llm.response.model", "llm.request.model",
+        "llm.model_name", "ai.response.model", "ai.model.id",
+    ),
+    GenAI.INPUT_TOKENS: (
+        "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens",
+        "llm.token_count.prompt", "ai.usage.inputTokens", "ai.usage.promptTokens",
+    ),
+    GenAI.OUTPUT_TOKENS: (
+        "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens",
+        "llm.token_count.completion", "ai.usage.outputTokens", "ai.usage.completionTokens",
+    ),
+    GenAI.TOTAL_TOKENS: (
+        "gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total", "ai.usage.totalTokens",
+    ),
+    GenAI.TOOL_NAME: ("gen_ai.tool.name", "tool.name", "ai.toolCall.name"),
+    GenAI.TOOL_CALL_ID: ("gen_ai.tool.call.id", "tool_call.id", "ai.toolCall.id"),
+    GenAI.AGENT_NAME: ("gen_ai.agent.name", "agent.name"),
+    GenAI.ENTITY_NAME: ("traceloop.entity.name",),
+    GenAI.WORKFLOW_NAME: ("traceloop.workflow.name", "ai.telemetry.functionId"),
+    GenAI.CONVERSATION_ID: ("gen_ai.conversation.id", "session.id"),
+})
+
+#: Span kinds (lower-cased) and Vercel operation ids that say which GenAI operation a span is.
+OPERATION_OF_KIND: Mapping[str, str] = MappingProxyType({
+    # OpenInference `openinference.span.kind`, Traceloop `traceloop.span.kind`
+    "llm": "chat", "embedding": "embeddings", "tool": "execute_tool", "agent": "invoke_agent",
+    # Vercel AI SDK `ai.operationId`: the provider calls and tool calls inside ai.generateText & co.
+    "ai.generatetext.dogenerate": "chat", "ai.streamtext.dostream": "chat",
+    "ai.generateobject.dogenerate": "chat", "ai.streamobject.dostream": "chat",
+    "ai.embed.doembed": "embeddings", "ai.embedmany.doembed": "embeddings", "ai.toolcall": "execute_tool",
+})
+
+
+def first(attributes: Mapping[str, Any], concept: GenAI) -> Any:
+    """The value of the first alias of `concept` present (not None) in `attributes`, else None."""
+    return next((attributes[k] for k in ALIASES[concept] if attributes.get(k) is not None), None)
+
+
+def first_text(attributes: Mapping[str, Any], concept: GenAI, limit: int = 200) -> str | None:
+    """The first alias of `concept` holding non-blank text (numbers become text)."""
+    return next((t for k in ALIASES[concept] if (t := text(attributes.get(k), limit))), None)
+
+
+def first_int(attributes: Mapping[str, Any], concept: GenAI) -> int | None:
+    """The first alias of `concept` holding a number."""
+    return next((n for k in ALIASES[concept] if (n := as_int(attributes.get(k))) is not None), None)
+
+
+def span_kind(attributes: Mapping[str, Any]) -> str | None:
+    """The span's kind, lower-cased (`tool`, `agent`, `llm`, `workflow`, `ai.toolcall`, ...)."""
+    kind = first_text(attributes, GenAI.SPAN_KIND, 100)
+    return kind.lower() if kind else None
+
+
+def operation(attributes: Mapping[str, Any]) -> str | None:
+    """The GenAI operation: as the span states it, else as its kind implies."""
+    return first_text(attributes, GenAI.OPERATION, 100) or OPERATION_OF_KIND.get(span_kind(attributes) or "")
+
+
+def tool_name(attributes: Mapping[str, Any]) -> str | None:
+    """The tool a span calls: named by a tool alias, else the entity of a span of kind `tool`."""
+    return first_text(attributes, GenAI.TOOL_NAME) or _entity_of_kind(attributes, "tool")
+
+
+def agent_name(attributes: Mapping[str, Any]) -> str | None:
+    """The agent a span invokes: named by an agent alias, else the entity of a span of kind `agent`."""
+    return first_text(attributes, GenAI.AGENT_NAME) or _entity_of_kind(attributes, "agent")
+
+
+def _entity_of_kind(attributes: Mapping[str, Any], kind: str) -> str | None:
+    return first_text(attributes, GenAI.ENTITY_NAME) if span_kind(attributes) == kind else None

@@ -1,0 +1,158 @@
+"""The canonical model, declared once: `sessions` and `events` are the row dataclasses below.
+
+Every other form is derived from these declarations: the `CREATE TABLE` statements (DuckDB and
+PostgreSQL), the Arrow schemas the Python normalisers load through, and the column lists of every
+insert (always explicit, never `SELECT *` in table order). A column's SQL type follows its Python type
+(`str` text, `int` long, `datetime` UTC timestamp, `Json` JSON text); `| None` makes it nullable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, NewType
+
+import pyarrow as pa
+
+Json = NewType("Json", str)  # JSON text: stored in a JSON column
+Dialect = Literal["duckdb", "postgres"]
+
+_KINDS: dict[Any, str] = {str: "text", int: "long", dt.datetime: "timestamp", Json: "json"}
+SQL_TYPES: dict[str, dict[str, str]] = {
+    "duckdb": {"text": "VARCHAR", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSON"},
+    "postgres": {"text": "TEXT", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSONB"},
+}
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "text": pa.string(), "long": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "json": pa.string(),
+}
+
+
+def _doc(text: str, *, key: bool = False) -> dict[str, Any]:
+    """Field metadata: what the column means (a comment in the DDL), and whether it is the primary key."""
+    return {"doc": text, "primary_key": key}
+
+
+@dataclass
+class SessionRow:
+    """One agent session (a case)."""
+
+    session_key: str = field(metadata=_doc("<source>:<session_id>", key=True))
+    source: str
+    session_id: str
+    agent_name: str | None
+    task_description: str | None
+    start_time: dt.datetime | None
+    end_time: dt.datetime | None
+    status: str = field(metadata=_doc("completed | partial | failed"))
+    service_name: str | None = None
+    workflow_name: str | None = None
+    workflow_version: str | None = None
+    agent_type: str | None = None
+    agent_state: str | None = None
+    event_count: int = 0
+    prompt_metrics: Json | None = None
+    source_metrics: Json | None = field(default=None, metadata=_doc("the source's own summary, kept as is"))
+    normalized_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass
+class EventRow:
+    """One activity of a session (an event of the event log)."""
+
+    event_id: str = field(metadata=_doc("deterministic: same event, same id, on every run", key=True))
+    session_key: str
+    seq: int = field(metadata=_doc("position of the (first) source event in the payload"))
+    activity: str
+    event_type: str
+    event_time: dt.datetime
+    end_time: dt.datetime | None
+    resource: str | None
+    status: str | None
+    tool_name: str | None
+    model: str | None
+    latency_ms: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    error: str | None
+    attributes: Json | None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # text | long | timestamp | json
+    nullable: bool
+    primary_key: bool
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A canonical table: its name, its row type and the columns derived from that type."""
+
+    name: str
+    row_type: type
+    columns: tuple[Column, ...]
+
+    @classmethod
+    def of(cls, name: str, row_type: type) -> Table:
+        hints = typing.get_type_hints(row_type)
+        columns = []
+        for f in fields(row_type):
+            python_type, nullable = _unwrap_optional(hints[f.name])
+            columns.append(Column(f.name, _KINDS[python_type], nullable, f.metadata.get("primary_key", False),
+                                  f.metadata.get("doc", "")))
+        return cls(name, row_type, tuple(columns))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def primary_key(self) -> str:
+        return next(c.name for c in self.columns if c.primary_key)
+
+    def column_list(self) -> str:
+        return ", ".join(self.names)
+
+    def ddl(self, dialect: Dialect = "duckdb") -> str:
+        """`CREATE TABLE IF NOT EXISTS` for this table in `dialect`."""
+        types_ = SQL_TYPES[dialect]
+        lines = []
+        for i, c in enumerate(self.columns):
+            constraint = " PRIMARY KEY" if c.primary_key else "" if c.nullable else " NOT NULL"
+            comma = "," if i < len(self.columns) - 1 else ""
+            comment = f"  -- {c.doc}" if c.doc else ""
+            lines.append(f"    {c.name} {types_[c.kind]}{constraint}{comma}{comment}")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n" + "\n".join(lines) + "\n);\n"
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in self.columns])
+
+    def insert_sql(self, relation: str) -> str:
+        """`INSERT INTO <table> (<columns>) SELECT <columns> FROM relation` (DuckDB; JSON text cast to JSON)."""
+        select = ", ".join(f"{c.name}::JSON" if c.kind == "json" else c.name for c in self.columns)
+        return f"INSERT INTO {self.name} ({self.column_list()}) SELECT {select} FROM {relation}"
+
+    def to_arrow(self, rows: typing.Sequence[Any]) -> pa.Table:
+        names = self.names
+        return pa.Table.from_pylist([{n: getattr(r, n) for n in names} for r in rows], schema=self.arrow_schema())
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+SESSIONS = Table.of("sessions", SessionRow)
+EVENTS = Table.of("events", EventRow)
+TABLES = (SESSIONS, EVENTS)
+
+
+def ddl(dialect: Dialect = "duckdb") -> str:
+    """The canonical tables' DDL in `dialect`."""
+    return "".join(t.ddl(dialect) for t in TABLES)

@@ -1,0 +1,82 @@
+"""Writing canonical rows built in Python (the normalisers of Agora and OTLP payloads).
+
+A normaliser builds one `SessionRow` per good session and its `EventRow`s; `replace_sessions` swaps
+them in for those sessions in one transaction (Arrow tables in, set-based DELETE + INSERT with the
+columns the model declares).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import duckdb
+
+from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, EventRow, SessionRow
+from telemetry_pipeline.sources.base import RawSession
+
+
+class InvalidPayload(Exception):
+    """The session's payload cannot be normalised; the message says why (the session fails alone)."""
+
+
+#: A Python normaliser of one session: its `sessions` row and `events` rows, or `InvalidPayload`.
+SessionParser = Callable[[RawSession, str], tuple[SessionRow, list[EventRow]]]
+
+
+def parse_json(body: bytes) -> Any:
+    """The payload as JSON; `InvalidPayload` when it is not UTF-8 or not JSON."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidPayload("payload is not valid UTF-8") from None
+    except ValueError:
+        raise InvalidPayload("payload is not valid JSON") from None
+
+
+def replace_sessions(
+    con: duckdb.DuckDBPyConnection, sessions: Sequence[SessionRow], events: Sequence[EventRow]
+) -> None:
+    """Replace the rows of exactly these sessions (their old events go, even if they now have none)."""
+    if not sessions:
+        return
+    con.register("canon_sessions_in", SESSIONS.to_arrow(sessions))
+    con.register("canon_events_in", EVENTS.to_arrow(events))
+    try:
+        con.execute("BEGIN")
+        for table in (EVENTS, SESSIONS):
+            con.execute(f"DELETE FROM {table.name} WHERE session_key IN (SELECT session_key FROM canon_sessions_in)")
+        con.execute(EVENTS.insert_sql("canon_events_in"))
+        con.execute(SESSIONS.insert_sql("canon_sessions_in"))
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("canon_sessions_in")
+        con.unregister("canon_events_in")
+
+
+def normalize_each(
+    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str, parse: SessionParser
+) -> dict[str, str]:
+    """Parse every session with `parse` (which raises `InvalidPayload` for a session that must fail),
+    then replace the good ones' rows in one transaction; return {key: why} for the others."""
+    errors: dict[str, str] = {}
+    sessions: list[SessionRow] = []
+    events: list[EventRow] = []
+    for r in raw:
+        try:
+            session, rows = parse(r, fallback_agent)
+        except InvalidPayload as exc:
+            errors[r.key] = f"{r.key}: {exc}"
+            continue
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            # A shape the parser did not foresee fails this session, named, not the whole batch.
+            errors[r.key] = f"{r.key}: unreadable payload ({type(exc).__name__}: {exc})"
+            continue
+        sessions.append(session)
+        events.extend(rows)
+    replace_sessions(con, sessions, events)
+    return errors
