@@ -3,7 +3,7 @@
 A declaration, shared by every normaliser: for each concept, the attribute keys that carry it, in the
 order they are tried (the first one present wins). Covers OpenTelemetry GenAI (current and deprecated
 names), OpenInference (Arize/Phoenix), the Vercel AI SDK, OpenLLMetry/Traceloop and LiteLLM (which
-writes `gen_ai.*`, old names included). See SOURCES.md, `otlp`.
+writes `gen_ai.*`, old names included). See docs/SOURCES.md, `otlp`.
 """
 
 from __future__ import annotations
