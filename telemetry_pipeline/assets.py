@@ -45,6 +45,8 @@ def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResou
         )
     for source, error in found.errors.items():
         context.log.warning("source %s could not be listed: %s", source, error)
+    for file, error in found.unreadable.items():
+        context.log.warning("inbox file %s was not read: %s", file, error)
     return dg.MaterializeResult(metadata=metadata)
 
 

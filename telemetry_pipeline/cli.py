@@ -97,7 +97,10 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, False
         meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
         errors = meta["source_errors"].value
-        payload = {"new_count": meta["new_count"].value, "new_keys": meta["new_keys"].value}
+        payload = {"new_count": meta["new_count"].value, "new_keys": meta["new_keys"].value,
+                   "unreadable_files": meta["unreadable_files"].value}
+        for unreadable in payload["unreadable_files"]:
+            log.warning("inbox file %s was not read: %s", unreadable["file"], unreadable["error"])
         if errors:
             payload["source_errors"] = errors
         return payload, not errors

@@ -30,6 +30,7 @@ class Discovery:
     errors: dict[str, str] = field(default_factory=dict)  # source -> why its listing failed
     refused: dict[str, str] = field(default_factory=dict)  # key -> why it cannot be a partition
     unsettled: int = 0  # listed, but still active: left for a later tick
+    unreadable: dict[str, str] = field(default_factory=dict)  # inbox file -> why nothing in it could be read
 
     @property
     def new_keys(self) -> list[str]:
@@ -46,7 +47,7 @@ def discover(
     now = now or dt.datetime.now(dt.UTC)
     since = {name: to_utc(value) for name, value in watermarks.items()}
     listed, errors = sources.list_sessions(since)
-    result = Discovery(watermarks=dict(watermarks), errors=errors)
+    result = Discovery(watermarks=dict(watermarks), errors=errors, unreadable=sources.unreadable_files())
     seen: set[str] = set()
     newest: dict[str, dt.datetime] = {}
     held_back: dict[str, dt.datetime] = {}  # earliest session per source we did not take
@@ -91,4 +92,5 @@ def register_new_sessions(
         "unsettled": found.unsettled,
         "source_errors": dg.MetadataValue.json(found.errors),
         "refused_keys": dg.MetadataValue.json(found.refused),
+        "unreadable_files": dg.MetadataValue.json([{"file": f, "error": e} for f, e in found.unreadable.items()]),
     }

@@ -99,6 +99,11 @@ class SourceSet:
                     raw.append(outcome)
         return FetchResult(raw, errors)
 
+    def unreadable_files(self) -> dict[str, str]:
+        """The inbox's files with nothing readable in them (path -> why): reported, never silently ignored."""
+        inbox = self.sources.get("otlp")
+        return inbox.unreadable_files() if isinstance(inbox, OtlpSource) else {}
+
     def list_sessions(self, since: Mapping[str, dt.datetime | None]) -> tuple[list[SessionRef], dict[str, str]]:
         """Every source's listing since its own watermark; a source that fails is reported, not fatal."""
         found: list[SessionRef] = []

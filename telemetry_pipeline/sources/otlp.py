@@ -1,9 +1,18 @@
 """OpenTelemetry trace files (OTLP/JSON) in an inbox directory (docs/SOURCES.md, `otlp`).
 
-Files: `*.json` holds one `ExportTraceServiceRequest`, `*.jsonl` one per line (the Collector's file
-exporter). Sub-directories are scanned too; hidden files and directories (`.name`) are not. Keys may be
+Files: `*.json` holds one `ExportTraceServiceRequest`; any other file is read line by line, each line one
+`ExportTraceServiceRequest` (`.jsonl`, the Collector's file exporter) or one span of Agora's local export
+(the SDK's offline fallback, `JSONFileExporter`: `{"timestamp", "name", "trace_id", "attributes"}`).
+Sub-directories are scanned too; hidden files and directories (`.name`) are not. Keys may be
 camelCase (`resourceSpans`, `startTimeUnixNano`) or snake_case (`resource_spans`, `start_time_unix_nano`),
 ids hex in any case, nanoseconds strings or numbers, enums (kind, status code) ints or names.
+
+No file is ignored silently: a file with nothing the inbox can read (not OTLP/JSON, not an Agora export)
+is reported by `unreadable_files()` with why (discovery's metadata and `discover` name it), and read
+again on the next scan.
+
+Agora's export has no span ids, parents, start/end or status: a span's end is its `timestamp` (the SDK's
+naive local time, taken as UTC), its start that minus `duration_ms` (or `total_duration_ms`).
 
 Sessions. A span belongs to the session named by its `gen_ai.conversation.id`, else its `session.id`
 (span attribute first, then resource attribute). A span without either takes the conversation of its
@@ -13,10 +22,9 @@ carries the conversation id stays whole.
 
 Indexing. The inbox is scanned and parsed once per `OtlpSource` (one per run, built by `SourceSet`),
 on first use; listing and every fetch of the run read that snapshot, so no session id ever builds a
-path. A `.jsonl` line that is not JSON (e.g. a file cut off mid-write) is skipped with a warning naming
-file and line; the session payloads of that file carry it in `skipped_lines`, the rest is exported.
-A `.json` file that is not JSON (still being written) is skipped whole, with a warning; the next run's
-scan reads it again.
+path. A line that is neither (e.g. a file cut off mid-write) is skipped with a warning naming file and
+line; the session payloads of that file carry it in `skipped_lines`, the rest is exported. A `.json`
+file that is not JSON (still being written) is unreadable as a whole; the next run's scan reads it again.
 
 Finished sessions and late spans. A session's `last_event_at` is its newest span end (or start when a
 span has no end). Discovery takes a session once that is `settle_seconds` old (SESSION_SETTLE_SECONDS)
@@ -30,7 +38,8 @@ the inbox later are still found; known keys are filtered out by discovery.
 
 Payload (`RawSession.body`): an `ExportTraceServiceRequest` holding only the session's spans — each
 span object verbatim, under its original resource and scope (also verbatim) — plus
-`{"format": "otlp-session/1", "session_id", "files": [...], "skipped_lines": [{"file","line","error"}]}`.
+`{"format": "otlp-session/1", "session_id", "files": [...], "skipped_lines": [{"file","line","error"}]}`,
+and the session's Agora export spans, verbatim, under `"agoraSpans"`.
 """
 
 from __future__ import annotations
@@ -49,14 +58,14 @@ from pathlib import Path
 from typing import Any
 
 from telemetry_pipeline.canonical.genai import ALIASES, GenAI
-from telemetry_pipeline.canonical.time import nanos_to_datetime
+from telemetry_pipeline.canonical.time import nanos_to_datetime, to_utc
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SourceError
 
 log = logging.getLogger(__name__)
 
 NAME = "otlp"
 FORMAT = "otlp-session/1"
-SUFFIXES = (".json", ".jsonl")
+WHOLE_FILE_SUFFIX = ".json"  # one document per file; any other file is read as JSON Lines
 
 SPAN_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
@@ -179,7 +188,7 @@ def scope_of(scope_span: Any) -> Any:
 @dataclass
 class _Span:
     file: int  # index into _Index.files
-    group: tuple[int, int, int, int]  # (file, line, resource span #, scope span #): its resource + scope
+    group: tuple[int, int, int, int] | None  # (file, line, resource span #, scope span #); None: an Agora export span
     span: Mapping[str, Any]
     trace_id: str | None
     own_session: str | None
@@ -203,6 +212,7 @@ class _Index:
     )  # resource span, scope span
     sessions: dict[str, _Session] = field(default_factory=dict)
     skipped: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # file -> skipped lines
+    unreadable: dict[str, str] = field(default_factory=dict)  # file (relative) -> why nothing in it was read
     dropped_spans: int = 0
 
 
@@ -246,6 +256,10 @@ class OtlpSource:
             location="; ".join(str(self.directory / index.files[f]) for f in files)[:1000],
         )
 
+    def unreadable_files(self) -> dict[str, str]:
+        """Files of the inbox with nothing readable in them (relative path -> why)."""
+        return dict(self._get_index().unreadable)
+
     def probe(self) -> tuple[bool, str]:
         if not self.directory.is_dir():
             return False, f"{self.directory} is not a directory"
@@ -267,7 +281,7 @@ def _trace_files(directory: Path) -> Iterator[Path]:
     for root, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-            if not name.startswith(".") and name.endswith(SUFFIXES):
+            if not name.startswith("."):
                 yield Path(root) / name
 
 
@@ -277,39 +291,81 @@ def _build_index(directory: Path) -> _Index:
     index = _Index()
     spans: list[_Span] = []
     for path in _trace_files(directory):
+        relative = path.relative_to(directory).as_posix()
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
             mtime = path.stat().st_mtime
         except OSError as exc:
             log.warning("otlp: cannot read %s: %s", path, exc.strerror)
+            index.unreadable[relative] = f"cannot be read: {exc.strerror}"
             continue
         f = len(index.files)
-        index.files.append(path.relative_to(directory).as_posix())
+        index.files.append(relative)
         index.mtimes.append(mtime)
-        if path.suffix == ".json":
+        if path.suffix == WHOLE_FILE_SUFFIX:
             documents: list[tuple[int, str]] = [(0, text)]
         else:
             # "\n" only: str.splitlines() would also split at U+2028 etc., which JSON strings may hold.
             documents = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+        problems: list[dict[str, Any]] = []
+        found = 0
         for line, doc in documents:
             try:
-                request = json.loads(doc)
-                if not isinstance(request, Mapping):
+                document = json.loads(doc)
+                if not isinstance(document, Mapping):
                     raise ValueError("not a JSON object")
-                if get(request, "resourceSpans") is None:
-                    raise ValueError('no "resourceSpans"')
-            except ValueError as exc:
-                where = index.files[f] + (f" line {line}" if line else "")
-                log.warning("otlp: skipped %s: %s", where, exc)
-                index.skipped.setdefault(f, []).append(
-                    {"file": index.files[f], "line": line or None, "error": str(exc)[:300]}
-                )
+                if get(document, "resourceSpans") is not None:
+                    new = list(_spans_of(index, f, line, document))
+                elif _is_agora_export_span(document):
+                    new = [_agora_export_span(f, document)]
+                else:
+                    raise ValueError('neither OTLP/JSON ("resourceSpans") nor an Agora export span')
+            except ValueError as exc:  # JSONDecodeError included
+                error = "not JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)[:300]
+                problems.append({"file": relative, "line": line or None, "error": error})
                 continue
-            spans.extend(_spans_of(index, f, line, request))
+            found += 1
+            spans.extend(new)
+        if problems and not found:
+            first = problems[0]
+            where = f"line {first['line']}: " if first["line"] else ""
+            why = f"not OTLP/JSON and not an Agora export ({where}{first['error']})"
+            log.warning("otlp: cannot read %s: %s", relative, why)
+            index.unreadable[relative] = why
+        elif problems:
+            for problem in problems:
+                log.warning("otlp: skipped %s line %s: %s", relative, problem["line"], problem["error"])
+            index.skipped[f] = problems
     _assign_sessions(index, spans)
     if index.dropped_spans:
         log.warning("otlp: %d spans had neither a trace id nor a session id and were ignored", index.dropped_spans)
     return index
+
+
+def _is_agora_export_span(document: Mapping[str, Any]) -> bool:
+    return (isinstance(document.get("name"), str) and isinstance(document.get("trace_id"), str)
+            and "timestamp" in document and isinstance(document.get("attributes", {}), Mapping))
+
+
+def _agora_export_span(f: int, record: Mapping[str, Any]) -> _Span:
+    start, end = agora_export_times(record)
+    attributes = record.get("attributes") or {}
+    return _Span(file=f, group=None, span=record, trace_id=hex_id(record["trace_id"]),
+                 own_session=_session_attr(attributes), start=start, end=end)
+
+
+def agora_export_times(record: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(start, end) in epoch nanoseconds of an Agora export span: it was written as it ended, at
+    `timestamp` (naive local time, taken as UTC); it lasted `duration_ms` (`total_duration_ms`)."""
+    end = to_utc(record.get("timestamp"))
+    if end is None:
+        return None, None
+    end_ns = round(end.timestamp() * 1e6) * 1000
+    attributes = record.get("attributes") if isinstance(record.get("attributes"), Mapping) else {}
+    duration = attributes.get("duration_ms", attributes.get("total_duration_ms"))
+    if isinstance(duration, int | float) and not isinstance(duration, bool) and 0 < duration < 1e12:
+        return end_ns - round(duration * 1e6), end_ns
+    return end_ns, end_ns
 
 
 def _spans_of(index: _Index, f: int, line: int, request: Any) -> Iterator[_Span]:
@@ -365,7 +421,11 @@ def _session_document(index: _Index, session_id: str, session: _Session) -> dict
     """The session's spans regrouped under their own resource and scope, in file order."""
     by_resource: dict[tuple[int, int, int], dict[str, Any]] = {}
     by_scope: dict[tuple[int, int, int, int], list[Any]] = {}
+    agora: list[Any] = []
     for span in session.spans:
+        if span.group is None:
+            agora.append(span.span)
+            continue
         f, line, r, _s = span.group
         rs, ss, scope = index.groups[span.group]
         if span.group not in by_scope:
@@ -382,10 +442,13 @@ def _session_document(index: _Index, session_id: str, session: _Session) -> dict
             by_scope[span.group] = scope_doc["spans"]
         by_scope[span.group].append(span.span)
     files = sorted({s.file for s in session.spans})
-    return {
+    document = {
         "format": FORMAT,
         "session_id": session_id,
         "files": [index.files[f] for f in files],
         "skipped_lines": [entry for f in files for entry in index.skipped.get(f, [])],
         "resourceSpans": list(by_resource.values()),
     }
+    if agora:
+        document["agoraSpans"] = agora
+    return document
