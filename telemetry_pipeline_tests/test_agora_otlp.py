@@ -526,15 +526,15 @@ def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path,
 
     events = {e["activity"]: e for e in tables["agent_telemetry_events"]}
     assert {a for a, e in events.items() if e["case_id"] == "conv-1"} == {
-        "Invoke agent planner", "Chat", "Execute tool search", "Task format_answer", "Execute tool web_fetch"}
+        "Invoke agent planner", "Chat", "Call tool search", "Task format_answer", "Call tool web_fetch"}
     chats = [e for e in tables["agent_telemetry_events"] if e["activity"] == "Chat"]
     assert sorted((c["model"], c["input_tokens"], c["output_tokens"]) for c in chats) == [
         ("gpt-4o-2024-08-06", "120", "30"), ("gpt-4o-mini", "50", "10")]
-    tool = events["Execute tool search"]
+    tool = events["Call tool search"]
     assert (tool["status"], tool["error"], tool["tool_name"], tool["resource"]) == (
         "failed", "search backend timed out", "search", "search")
     assert tool["event_time"] == ms(4) and tool["end_time"] == ms(5) and tool["latency_ms"] == "1000"
-    open_span = events["Execute tool web_fetch"]
+    open_span = events["Call tool web_fetch"]
     assert open_span["end_time"] == "" and open_span["status"] == "incomplete" and open_span["latency_ms"] == ""
     assert open_span["tool_name"] == "web_fetch"
     typed = json.loads(events["Task format_answer"]["attributes"])

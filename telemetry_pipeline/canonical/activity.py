@@ -9,6 +9,7 @@ generated from the same declarations. Trace spans are named by `span_activity`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, TOOL_CALL_STARTED
@@ -23,6 +24,9 @@ TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
 USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
+# Ids as they turn up in span names: UUIDs, long hex (trace/span ids, hashes), long digit runs.
+_ID_LIKE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+                      r"|\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{16,}\b|\b\d{6,}\b")
 _BLANKS = " \t\n\r\v\f"
 
 
@@ -67,13 +71,14 @@ def span_activity(
     workflow: str | None, name: str,
 ) -> str:
     """The activity of a trace span: by its GenAI operation (`canonical.genai.operation`), else its kind,
-    else its name. A chat is `Chat` whatever the model; tools and agents are named, nothing else is."""
+    else its name. A chat is `Chat` whatever the model; tools and agents are named, nothing else is.
+    Ids never enter a name: a span name's long hex, UUID or digit runs read `{id}`."""
 
     def named(label: str, what: str | None) -> str:
         return f"{label} {what}" if what else label
 
-    if operation == "execute_tool":
-        return named("Execute tool", tool)
+    if operation == "execute_tool":  # a tool call is a tool call, whichever source reports it
+        return tool_call_activity(tool)
     if operation == "invoke_agent":
         return named("Invoke agent", agent)
     if operation == "create_agent":
@@ -84,7 +89,7 @@ def span_activity(
         return named("Workflow", workflow or entity)
     if kind == "task":
         return named("Task", entity)
-    return name[:MAX_LABEL] or "Span"
+    return _ID_LIKE.sub("{id}", name)[:MAX_LABEL] or "Span"
 
 
 def _sql(text: str) -> str:

@@ -55,8 +55,10 @@ ALIASES: Mapping[GenAI, tuple[str, ...]] = MappingProxyType({
     GenAI.TOOL_CALL_ID: ("gen_ai.tool.call.id", "tool_call.id", "ai.toolCall.id"),
     GenAI.AGENT_NAME: ("gen_ai.agent.name", "agent.name"),
     GenAI.ENTITY_NAME: ("traceloop.entity.name",),
-    GenAI.WORKFLOW_NAME: ("traceloop.workflow.name", "ai.telemetry.functionId"),
-    GenAI.CONVERSATION_ID: ("gen_ai.conversation.id", "session.id"),
+    # `agora.flow`: Agora's `{flow}.flow` spans; `flow_name`: its AuditedFlow (examples/Milvus RAG notebook)
+    GenAI.WORKFLOW_NAME: ("traceloop.workflow.name", "agora.flow", "ai.telemetry.functionId", "flow_name"),
+    # `custom.session_id`: what Agora's SDK writes (agora/exports/chat.jsonl)
+    GenAI.CONVERSATION_ID: ("gen_ai.conversation.id", "session.id", "custom.session_id"),
 })
 
 #: Span kinds (lower-cased) and Vercel operation ids that say which GenAI operation a span is.
@@ -68,6 +70,18 @@ OPERATION_OF_KIND: Mapping[str, str] = MappingProxyType({
     "ai.generateobject.dogenerate": "chat", "ai.streamobject.dostream": "chat",
     "ai.embed.doembed": "embeddings", "ai.embedmany.doembed": "embeddings", "ai.toolcall": "execute_tool",
 })
+
+
+#: Operation names as instrumentations spell them -> the OpenTelemetry GenAI operation they are.
+OPERATION_SYNONYMS: Mapping[str, str] = MappingProxyType({
+    "call_llm": "chat",  # any-agent (OpenAI Agents SDK, LangChain, LlamaIndex, Google ADK, smolagents…)
+    "completion": "text_completion", "embedding": "embeddings",  # Traceloop `llm.request.type`
+})
+#: Operations that are a call of a model (its model and usage are the call's own).
+LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
+#: OpenTelemetry GenAI span names are `{operation} {model}`, `execute_tool {tool}`, `invoke_agent {agent}`:
+#: the operation a span name starts with, for spans whose attributes do not say it (Strands, Spring AI).
+_NAMED_OPERATIONS = frozenset({*LLM_OPERATIONS, "execute_tool", "invoke_agent", "create_agent", "call_llm"})
 
 
 def first(attributes: Mapping[str, Any], concept: GenAI) -> Any:
@@ -91,19 +105,40 @@ def span_kind(attributes: Mapping[str, Any]) -> str | None:
     return kind.lower() if kind else None
 
 
-def operation(attributes: Mapping[str, Any]) -> str | None:
-    """The GenAI operation: as the span states it, else as its kind implies."""
-    return first_text(attributes, GenAI.OPERATION, 100) or OPERATION_OF_KIND.get(span_kind(attributes) or "")
+def operation(attributes: Mapping[str, Any], span_name: str = "") -> str | None:
+    """The GenAI operation: as the span states it, else as its kind implies, else as its name starts;
+    in OpenTelemetry's spelling (`call_llm` is `chat`)."""
+    op = first_text(attributes, GenAI.OPERATION, 100) or OPERATION_OF_KIND.get(span_kind(attributes) or "")
+    op = op or _named(span_name)[0]
+    return OPERATION_SYNONYMS.get(op.lower(), op) if op else None
 
 
-def tool_name(attributes: Mapping[str, Any]) -> str | None:
-    """The tool a span calls: named by a tool alias, else the entity of a span of kind `tool`."""
-    return first_text(attributes, GenAI.TOOL_NAME) or _entity_of_kind(attributes, "tool")
+def tool_name(attributes: Mapping[str, Any], span_name: str = "") -> str | None:
+    """The tool a span calls: named by a tool alias, else the entity of a span of kind `tool`, else the
+    name of an `execute_tool <tool>` span."""
+    return first_text(attributes, GenAI.TOOL_NAME) or _entity_of_kind(attributes, "tool") or _subject(
+        attributes, span_name, "execute_tool")
 
 
-def agent_name(attributes: Mapping[str, Any]) -> str | None:
-    """The agent a span invokes: named by an agent alias, else the entity of a span of kind `agent`."""
-    return first_text(attributes, GenAI.AGENT_NAME) or _entity_of_kind(attributes, "agent")
+def agent_name(attributes: Mapping[str, Any], span_name: str = "") -> str | None:
+    """The agent a span invokes: named by an agent alias, else the entity of a span of kind `agent`, else
+    the name of an `invoke_agent <agent>` span."""
+    return first_text(attributes, GenAI.AGENT_NAME) or _entity_of_kind(attributes, "agent") or _subject(
+        attributes, span_name, "invoke_agent")
+
+
+def _named(span_name: str) -> tuple[str | None, str | None]:
+    """(`operation`, `subject`) of a span named the OpenTelemetry GenAI way, else (None, None)."""
+    head, _, rest = span_name.strip().partition(" ")
+    if head not in _NAMED_OPERATIONS:
+        return None, None
+    return head, rest.strip().strip("[]").strip() or None
+
+
+def _subject(attributes: Mapping[str, Any], span_name: str, op: str) -> str | None:
+    named_op, subject = _named(span_name)
+    stated = first_text(attributes, GenAI.OPERATION, 100)
+    return text(subject, 200) if named_op == op and stated in (None, op) else None
 
 
 def _entity_of_kind(attributes: Mapping[str, Any], kind: str) -> str | None:

@@ -69,13 +69,17 @@ def _field(column: str, fields: tuple[str, ...], name: str) -> str:
 
 
 _P = {f: _field("pf", _PAYLOAD_FIELDS, f) for f in _PAYLOAD_FIELDS}
-_S = {f: _field("top", (*_SESSION_FIELDS, "last_user_prompt"), f) for f in (*_SESSION_FIELDS, "last_user_prompt")}
+# The case's own attributes: the document's top level, else the Extract `metrics` block (aModels' sample
+# carries them there), else the events (whose `service_name` is often the tool's or model's service).
+_TOP = (*_SESSION_FIELDS, "metrics.last_user_prompt", *(f"metrics.{f}" for f in _SESSION_FIELDS))
+_S = {f: f"coalesce({_field('top', _TOP, f)}, {_field('top', _TOP, 'metrics.' + f)})" for f in _SESSION_FIELDS}
+_S["last_user_prompt"] = _field("top", _TOP, "metrics.last_user_prompt")
 
 _DOCUMENTS = f"""
 CREATE OR REPLACE TEMP TABLE nj AS
 SELECT session_key, source, session_id,
        json_extract(text, '$.events[*]') AS evs,
-       json_extract_string(text, {_paths((*_SESSION_FIELDS, "metrics.last_user_prompt"))}) AS top,
+       json_extract_string(text, {_paths(_TOP)}) AS top,
        CASE WHEN json_type(text, '$.metrics') = 'OBJECT' THEN json_extract(text, '$.metrics') END AS metrics
 FROM nb WHERE problem IS NULL;
 """
