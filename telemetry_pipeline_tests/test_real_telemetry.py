@@ -30,7 +30,8 @@ import pytest
 
 from telemetry_pipeline import cli
 from telemetry_pipeline.loopback import LoopbackServer, Reply, Request, Router, raw_reply, text_reply
-from telemetry_pipeline_tests.conftest import CONFIG_VARS, uploads_by_table
+from telemetry_pipeline.settings import HttpSettings, Settings, SourcesSettings, for_home
+from telemetry_pipeline_tests.conftest import uploads_by_table
 from telemetry_pipeline_tests.shared import shared_path
 
 CORPUS = shared_path("real-telemetry")
@@ -97,12 +98,20 @@ def corpus_inbox(inbox: Path) -> None:
             shutil.copy(path, inbox / path.name)
 
 
-def run(*argv: str) -> tuple[int, Any]:
+def run(settings: Settings, *argv: str) -> tuple[int, Any]:
     """The CLI in this process, its stdout read back (module-scoped fixtures have no capsys)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = cli.main(list(argv))
+        code = cli.main(list(argv), settings=settings)
     return code, json.loads(out.getvalue())
+
+
+def settings_for(home: Path, inbox: Path, extract_url: str | None = None) -> Settings:
+    return for_home(home, sources=SourcesSettings(
+        otlp_dir=inbox, extract_url=extract_url,
+        extract_list_path="",  # the real Extract service lists nothing: its sessions are given by key
+        agent_name=FALLBACK_AGENT, http=HttpSettings(max_retries=1, retry_wait_initial=0.01),
+    ))
 
 
 @pytest.fixture(scope="module")
@@ -113,26 +122,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     corpus_inbox(inbox)
     sample = EXTRACT_SAMPLE.read_bytes()
     double = extract_double({EXTRACT_SESSION: sample, NO_PAYLOADS: without_payloads(sample)})
-    with double as extract, pytest.MonkeyPatch.context() as env:
-        for name in CONFIG_VARS:
-            env.delenv(name, raising=False)
-        env.setenv("TELEMETRY_PIPELINE_HOME", str(home))
-        env.setenv("OTLP_INBOX_DIR", str(inbox))
-        env.setenv("EXTRACT_SERVICE_URL", extract.url)
-        env.setenv("EXTRACT_SESSIONS_PATH", "")  # the real service lists nothing: sessions are given by key
-        env.setenv("AGENT_NAME", FALLBACK_AGENT)
-        env.setenv("SOURCE_MAX_RETRIES", "1")
-        env.setenv("HTTP_RETRY_WAIT_INITIAL", "0.01")
-        env.setenv("EXPORT_BATCH_SIZE", "500")
-        code, discovery = run("discover")
+    with double as extract:
+        settings = settings_for(home, inbox, extract.url)
+        code, discovery = run(settings, "discover")
         assert code == 0, discovery
-        code, export = run("export", "--pending")
+        code, export = run(settings, "export", "--pending")
         assert code == 0, export
-        code, extract_out = run("export", f"extract:{EXTRACT_SESSION}", f"extract:{NO_PAYLOADS}")
-        assert code == 0, extract_out
-        code, failed = run("export", "extract:unknown-session", "extract:telemetry-down")
-        assert code == 1
-        errors = {r["session_id"]: r["error"] for r in failed["results"]}
+        code, extract_out = run(settings, "export", f"extract:{EXTRACT_SESSION}", f"extract:{NO_PAYLOADS}",
+                                "extract:unknown-session", "extract:telemetry-down")
+        assert code == 1, extract_out
+        errors = {r["session_id"]: r["error"] for r in extract_out["results"] if r["status"] == "failed"}
     tables = uploads_by_table(home)
     events: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
     for row in tables["agent_telemetry_events"]:
@@ -361,7 +360,7 @@ def test_each_file_exports_what_its_reader_expects(exported: Exported, file: str
 
 def test_the_whole_corpus_exports_with_no_failed_session(exported: Exported) -> None:
     assert exported.export["failed_count"] == 0, exported.export
-    assert exported.extract["exported_count"] == 2
+    assert exported.extract["exported_count"] == 2 and exported.extract["failed_count"] == 2
     assert len(exported.runs) == ALL_SESSIONS
     assert sorted(exported.discovery["new_keys"]) == sorted(f"otlp:{case}" for case in exported.runs
                                                             if case not in (EXTRACT_SESSION, NO_PAYLOADS))
@@ -480,19 +479,14 @@ CAPTURES = {
 }
 
 
-def test_captures_of_one_conversation_by_different_exporters_agree(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_captures_of_one_conversation_by_different_exporters_agree(tmp_path: Path) -> None:
     seen = {}
     for label, path in CAPTURES.items():
         home = tmp_path / re.sub(r"\W+", "_", label)
         inbox = home / "inbox"
         inbox.mkdir(parents=True)
         shutil.copy(path, inbox / path.name)
-        for name in CONFIG_VARS:
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("TELEMETRY_PIPELINE_HOME", str(home))
-        monkeypatch.setenv("AGENT_NAME", FALLBACK_AGENT)
-        code, out = run("export", "otlp:ed6bb32cbc51a3c81617d4c7442c3f1f")
+        code, out = run(settings_for(home, inbox), "export", "otlp:ed6bb32cbc51a3c81617d4c7442c3f1f")
         assert code == 0, out
         tables = uploads_by_table(home)
         (row,) = tables["agent_telemetry_runs"]
