@@ -542,7 +542,7 @@ def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path,
     assert typed["otel.trace_id"] == T1.lower() and typed["resource.service.name"] == "agent-svc"
     assert json.loads(events["Invoke agent planner"]["attributes"])["otel.span.kind"] == "SERVER"
     assert json.loads(events["Chat"]["attributes"])["otel.span.kind"] == "CLIENT"
-    completion = events["Completion"]
+    completion = events["Text completion"]
     assert (completion["model"], completion["input_tokens"], completion["output_tokens"]) == (
         "gpt-3.5-turbo-instruct", "7", "3")
     assert events["Workflow nightly_report"]["case_id"] == t3

@@ -35,6 +35,7 @@ neither a start nor an end time.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections import Counter, defaultdict
@@ -51,7 +52,7 @@ from telemetry_pipeline.canonical.genai import (
 )
 from telemetry_pipeline.canonical.model import EventRow, SessionRow
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
-from telemetry_pipeline.canonical.time import nanos_to_datetime
+from telemetry_pipeline.canonical.time import ms_between, nanos_to_datetime
 from telemetry_pipeline.canonical.values import event_id, json_text, text
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.sources.otlp import (
@@ -110,11 +111,11 @@ class _Span:
     exported: bool = False  # from Agora's local export (no ids, no status)
 
     @property
-    def start(self) -> Any:
-        return nanos_to_datetime(self.start_ns if self.start_ns is not None else self.end_ns)  # type: ignore[arg-type]
+    def start(self) -> dt.datetime:
+        return nanos_to_datetime(self.start_ns if self.start_ns is not None else self.end_ns or 0)
 
     @property
-    def end(self) -> Any:
+    def end(self) -> dt.datetime | None:
         return nanos_to_datetime(self.end_ns) if self.end_ns is not None else None
 
     @property
@@ -375,8 +376,7 @@ def _run_row(key: str, run: NodeRun) -> EventRow:
     calls = [s for s in inner if s.llm]
     tool = next((s.tool for s in inner if s.tool), None)
     model = next((s.model for s in calls if s.model), None)
-    start, end = run.start, run.end
-    failed = run.failed
+    start, end = run.start or head.start, run.end
     attrs: dict[str, Any] = {
         **run.attributes(),
         "otel.trace_id": head.trace_id, "otel.span_id": head.span_id, "otel.span.name": head.name,
@@ -395,10 +395,9 @@ def _run_row(key: str, run: NodeRun) -> EventRow:
         session_key=key, seq=min(s.seq for s in members), activity=humanize(run.node), event_type="node_execution",
         event_time=start, end_time=end if run.complete else None,
         resource=tool or model or run.node,
-        status="failed" if failed else "success" if run.complete else "incomplete",
+        status="failed" if run.failed else "success" if run.complete else "incomplete",
         tool_name=tool, model=model,
-        latency_ms=_latency(min(s.start_ns or s.end_ns or 0 for s in members), max(s.end_ns or 0 for s in members))
-        if run.complete else None,
+        latency_ms=ms_between(start, end) if run.complete else None,
         input_tokens=_sum(s.input_tokens for s in calls), output_tokens=_sum(s.output_tokens for s in calls),
         error=next((s.error for s in members if s.error), None), attributes=json_text(attrs),
     )
