@@ -13,7 +13,8 @@ from telemetry_pipeline.canonical.genai import GenAI, agent_name, first_int, fir
 LLM_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
     "OpenTelemetry GenAI": ("chat gpt-4o", {
         "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
-        "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 120, "gen_ai.usage.output_tokens": 30}),
+        "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 120,
+        "gen_ai.usage.output_tokens": 30}),
     "deprecated GenAI names (gen_ai.system, prompt/completion tokens)": ("chat gpt-4o", {
         "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o-2024-08-06",
         "gen_ai.usage.prompt_tokens": "120", "gen_ai.usage.completion_tokens": "30"}),
@@ -39,7 +40,8 @@ LLM_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 TOOL_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
-    "OpenTelemetry GenAI": ("execute_tool search", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}),
+    "OpenTelemetry GenAI": ("execute_tool search", {"gen_ai.operation.name": "execute_tool",
+                                                     "gen_ai.tool.name": "search"}),
     "OpenTelemetry span name only": ("execute_tool search", {}),
     "OpenInference": ("search", {"openinference.span.kind": "TOOL", "tool.name": "search"}),
     "Vercel AI SDK": ("ai.toolCall", {"ai.operationId": "ai.toolCall", "ai.toolCall.name": "search",
@@ -48,7 +50,8 @@ TOOL_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 AGENTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "OpenTelemetry GenAI": ("invoke_agent planner", {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}),
+    "OpenTelemetry GenAI": ("invoke_agent planner", {"gen_ai.operation.name": "invoke_agent",
+                                                      "gen_ai.agent.name": "planner"}),
     "OpenTelemetry span name only (Strands)": ("invoke_agent planner", {"gen_ai.request.model": "gpt-4o"}),
     "any-agent (bracketed name)": ("invoke_agent [planner]", {"gen_ai.operation.name": "invoke_agent"}),
     "Traceloop": ("planner.agent", {"traceloop.span.kind": "agent", "traceloop.entity.name": "planner"}),

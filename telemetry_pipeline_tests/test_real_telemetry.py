@@ -195,7 +195,7 @@ def any_agent(trace: str, calls: list[tuple[int, int]], tools: list[str]) -> Ses
         trace, events=1 + len(calls) + len(tools),
         activities={"Invoke agent any_agent": 1, "Chat": len(calls), **{f"Call tool {t}": 1 for t in tools}},
         llm=chat(MISTRAL, len(calls), sum(c[0] for c in calls), sum(c[1] for c in calls)),
-        tools={t: 1 for t in tools}, agent="any_agent", status="completed",
+        tools=dict.fromkeys(tools, 1), agent="any_agent", status="completed",
     )
 
 
@@ -410,7 +410,8 @@ ALPHABET = {
     "ProcessMessage", "ValidateOrder", "CheckInventory", "ProcessPayment", "UpdateInventory", "SendConfirmation",
     # the Milvus RAG notebook's own flow/node spans
     "flow.RAGIndexing", "flow.RAGQuery", *(f"node.{n}" for n in (
-        "DocumentLoader", "EmbeddingGenerator", "MilvusStorer", "QueryEmbedder", "VectorSearcher", "ResponseGenerator")),
+        "DocumentLoader", "EmbeddingGenerator", "MilvusStorer", "QueryEmbedder", "VectorSearcher",
+        "ResponseGenerator")),
     # plain OpenTelemetry spans: the proto example, FastAPI, Jaeger's fixtures, the pabot suite
     "I'm a server span", "POST /", "POST / http send", *(f"example-operation-{n}" for n in range(1, 5)),
     "test-general-conversion", "test-general-conversion-3", "test-general-conversion-4", "test-general-conversion-5",
@@ -491,7 +492,8 @@ def test_captures_of_one_conversation_by_different_exporters_agree(tmp_path: Pat
         tables = uploads_by_table(home)
         (row,) = tables["agent_telemetry_runs"]
         events = sorted(tables["agent_telemetry_events"], key=lambda e: int(e["event_time"]))
-        calls = [(c["model"], c["call_count"], c["input_tokens"], c["output_tokens"]) for c in json.loads(row["llm_calls"])]
+        calls = [(c["model"], c["call_count"], c["input_tokens"], c["output_tokens"])
+                 for c in json.loads(row["llm_calls"])]
         seen[label] = (calls, [e["activity"] for e in events],
                        [(e["model"], e["input_tokens"], e["output_tokens"]) for e in events])
     (first, second) = seen.values()

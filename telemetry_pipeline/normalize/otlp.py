@@ -40,7 +40,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -48,7 +48,14 @@ import duckdb
 from telemetry_pipeline.canonical.activity import humanize, span_activity
 from telemetry_pipeline.canonical.agora_tracer import FoldedTrace, NodeRun, TracerSpan, fold, is_tracer_span
 from telemetry_pipeline.canonical.genai import (
-    GenAI, LLM_OPERATIONS, agent_name, first_int, first_text, operation, span_kind, tool_name,
+    LLM_OPERATIONS,
+    GenAI,
+    agent_name,
+    first_int,
+    first_text,
+    operation,
+    span_kind,
+    tool_name,
 )
 from telemetry_pipeline.canonical.model import EventRow, SessionRow
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
@@ -256,8 +263,10 @@ def _otlp_span(seq: int, span: Mapping[str, Any], trace_id: str | None, span_id:
 
 def _export_spans(doc: Mapping[str, Any], offset: int) -> list[_Span]:
     """Agora's local export spans of the session: no ids, no status; ended at `timestamp`."""
-    records = doc.get("agoraSpans") if isinstance(doc.get("agoraSpans"), list) else []
-    spans = []
+    records = doc.get("agoraSpans")
+    spans: list[_Span] = []
+    if not isinstance(records, list):
+        return spans
     for n, record in enumerate(records):
         if not isinstance(record, Mapping):
             continue
@@ -268,7 +277,8 @@ def _export_spans(doc: Mapping[str, Any], offset: int) -> list[_Span]:
                                  f"{str(record.get('timestamp'))[:100]}")
         attrs = dict(record["attributes"]) if isinstance(record.get("attributes"), Mapping) else {}
         trace_id = hex_id(record.get("trace_id"))
-        out = {**attrs, "otel.span.name": name, "otel.trace_id": trace_id, "agora.export.timestamp": record.get("timestamp")}
+        out = {**attrs, "otel.span.name": name, "otel.trace_id": trace_id,
+               "agora.export.timestamp": record.get("timestamp")}
         span = _Span(offset + n, name, trace_id, None, None, attrs, {}, start_ns, end_ns, False, None, out,
                      exported=True)
         spans.append(_classified(span))
@@ -311,7 +321,7 @@ def _classified(span: _Span) -> _Span:
 def _mark_llm_calls(spans: list[_Span]) -> None:
     """An LLM call is a span of an LLM operation, or an unclassified span reporting a model or usage,
     unless a descendant reported usage already: then its numbers are a sum, kept in attributes only."""
-    by_id = {(s.trace_id, s.span_id): s for s in spans if s.span_id}
+    by_id: dict[tuple[str | None, str | None], _Span] = {(s.trace_id, s.span_id): s for s in spans if s.span_id}
     summing: set[int] = set()
     for span in spans:
         if span.input_tokens is None and span.output_tokens is None:
@@ -354,7 +364,8 @@ def _span_row(key: str, s: _Span) -> EventRow:
     if s.exported:
         anchor: tuple[Any, ...] = ("agora-export", s.trace_id, s.name, s.end_ns, s.seq)
     else:
-        anchor = (s.trace_id, s.span_id) if s.trace_id and s.span_id else (s.trace_id, s.name, s.start_ns, s.end_ns, s.seq)
+        anchor = (s.trace_id, s.span_id) if s.trace_id and s.span_id else (
+            s.trace_id, s.name, s.start_ns, s.end_ns, s.seq)
     end = s.end
     return EventRow(
         event_id=event_id(key, "span", *anchor),
@@ -389,7 +400,8 @@ def _run_row(key: str, run: NodeRun) -> EventRow:
         attrs["inner_spans"] = [s.out for s in inner]
     if head.service:
         attrs["resource.service.name"] = head.service
-    anchor = (head.trace_id, head.span_id) if head.span_id else ("agora-export", head.trace_id, head.name, head.end_ns, head.seq)
+    anchor = (head.trace_id, head.span_id) if head.span_id else (
+        "agora-export", head.trace_id, head.name, head.end_ns, head.seq)
     return EventRow(
         event_id=event_id(key, "node_run", *anchor),
         session_key=key, seq=min(s.seq for s in members), activity=humanize(run.node), event_type="node_execution",

@@ -361,7 +361,9 @@ def agora_export_times(record: Mapping[str, Any]) -> tuple[int | None, int | Non
     if end is None:
         return None, None
     end_ns = round(end.timestamp() * 1e6) * 1000
-    attributes = record.get("attributes") if isinstance(record.get("attributes"), Mapping) else {}
+    attributes = record.get("attributes")
+    if not isinstance(attributes, Mapping):
+        attributes = {}
     duration = attributes.get("duration_ms", attributes.get("total_duration_ms"))
     if isinstance(duration, int | float) and not isinstance(duration, bool) and 0 < duration < 1e12:
         return end_ns - round(duration * 1e6), end_ns
