@@ -97,10 +97,11 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, False
         meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
         errors = meta["source_errors"].value
+        unreadable: list[dict[str, str]] = meta["unreadable_files"].value  # type: ignore[assignment]
+        for entry in unreadable:  # never silently: a file the inbox could not read is named, with why
+            log.warning("inbox file %s was not read: %s", entry["file"], entry["error"])
         payload = {"new_count": meta["new_count"].value, "new_keys": meta["new_keys"].value,
-                   "unreadable_files": meta["unreadable_files"].value}
-        for unreadable in payload["unreadable_files"]:
-            log.warning("inbox file %s was not read: %s", unreadable["file"], unreadable["error"])
+                   "unreadable_files": unreadable}
         if errors:
             payload["source_errors"] = errors
         return payload, not errors
