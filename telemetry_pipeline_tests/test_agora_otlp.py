@@ -58,10 +58,12 @@ def warehouse_rows(home: Path, sql: str, params: list[Any] | None = None) -> lis
 
 
 class AgoraDouble:
-    """Agora's execution endpoints (docs/SOURCES.md) over executions registered by the test."""
+    """Agora's execution endpoints (docs/SOURCES.md) over executions registered by the test: spans and events wrapped
+    in objects as the backend answers today, or, with `legacy`, the bare lists of its releases up to late 2025."""
 
-    def __init__(self, token: str = TOKEN) -> None:
+    def __init__(self, token: str = TOKEN, legacy: bool = False) -> None:
         self.token = token
+        self.legacy = legacy
         self.records: dict[str, dict[str, Any]] = {}
         self.details: dict[str, tuple[list, list, list]] = {}  # id -> (timeline entries, spans, events)
         self.requests: list[tuple[str, str | None]] = []  # (target, Authorization)
@@ -105,7 +107,8 @@ class AgoraDouble:
             raise HTTPError(404, "Execution not found")
         timeline, spans, events = self.details[eid]
         body = {"timeline": {"execution": self.records[eid], "timeline": timeline},
-                "telemetry-spans": spans, "telemetry-events": events}.get(part)
+                "telemetry-spans": spans if self.legacy else {"spans": spans},
+                "telemetry-events": events if self.legacy else {"events": events}}.get(part)
         if body is None:
             raise HTTPError(404, "Execution not found")
         return json_reply(body)
@@ -129,24 +132,41 @@ def node(eid: str, n: int, name: str, node_type: str, status: str, start: float,
             "retry_count": retries, "error_message": error}
 
 
+# The client that ran the flows was in New York (EDT): Agora's SDK wrote its span times as that naive local
+# time, and the backend stored them as if they were UTC.
+CLIENT_SKEW = dt.timedelta(hours=-4)
+
+
+def local(seconds: float) -> str:
+    return (T0 + dt.timedelta(seconds=seconds) + CLIENT_SKEW).isoformat()
+
+
 def span(name: str, start: float, end: float, **attributes: Any) -> dict[str, Any]:
+    """A `telemetry_spans` row as the SDK uploads it: every column, `SpanKind.*`, UNSET, local times."""
     node_name, _, phase = name.partition(".")
     attrs = {"agora.flow": "support_flow", **attributes}
     if phase != "flow":
         attrs["agora.node"] = node_name
     if phase in ("prep", "exec", "post"):
         attrs["agora.phase"] = phase
-    return {"span_id": f"s-{name}", "trace_id": "t1", "parent_span_id": None, "name": name, "kind": "INTERNAL",
-            "status": "OK", "start_time": iso(start), "end_time": iso(end), "duration_ms": int((end - start) * 1000),
-            "attributes": attrs, "events": []}
+    return {"id": f"row-{name}", "execution_id": None, "node_execution_id": None, "span_id": f"s-{name}",
+            "trace_id": "t1", "parent_span_id": None, "name": name, "kind": "SpanKind.INTERNAL", "status": "UNSET",
+            "start_time": local(start), "end_time": local(end), "duration_ms": (end - start) * 1000,
+            "attributes": attrs, "events": [], "tokens_used": None, "estimated_cost": None, "created_at": iso(end + 1)}
+
+
+def event(event_type: str, at: float, data: dict[str, Any]) -> dict[str, Any]:
+    """A `telemetry_events` row: every column; the time is UTC (the column defaults to now())."""
+    return {"id": f"ev-{event_type}-{at}", "execution_id": None, "node_execution_id": None, "event_type": event_type,
+            "timestamp": iso(at), "data": data, "created_at": iso(at + 1)}
 
 
 def tool_call(at: float, tool: str, ok: bool, latency: int = 300) -> list[dict[str, Any]]:
     done: dict[str, Any] = {"tool_name": tool, "success": ok, "latency_ms": latency}
     if not ok:
         done["error"] = "upstream returned 503"
-    return [{"event_type": "tool_call_started", "timestamp": iso(at), "data": {"tool_name": tool}},
-            {"event_type": "tool_call_completed", "timestamp": iso(at + latency / 1000), "data": done}]
+    return [event("tool_call_started", at, {"tool_name": tool}),
+            event("tool_call_completed", at + latency / 1000, done)]
 
 
 def populate(double: AgoraDouble) -> dict[str, str]:
@@ -211,11 +231,11 @@ def populate(double: AgoraDouble) -> dict[str, str]:
             ),
         ],
         events=[
-            {"event_type": "user_prompt", "timestamp": iso(0), "data": {"prompt": "Handle request ex-ok"}},
+            event("user_prompt", 0, {"prompt": "Handle request ex-ok"}),
             *tool_call(2.5, "lookup_customer", ok=False),
             *tool_call(3.5, "lookup_customer", ok=False),
             *tool_call(5.0, "lookup_customer", ok=True),
-            {"event_type": "custom_audit", "timestamp": iso(9.5), "data": {"reviewer": "bot", "nested": {"a": [1]}}},
+            event("custom_audit", 9.5, {"reviewer": "bot", "nested": {"a": [1]}}),
         ],
     )
     keys["err"] = double.add(
@@ -293,6 +313,9 @@ def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipelin
         home, "SELECT source_metrics->>'error_message' FROM sessions WHERE session_id = 'ex-err'"
     )
     assert metrics == ("PermissionError: no access",)
+    (skew,) = warehouse_rows(home, "SELECT source_metrics->>'span_clock_offset_minutes' FROM sessions "
+                                   "WHERE session_id = 'ex-ok'")
+    assert skew == ("-240",), "the New York client's span clock, taken off its spans"
 
     # the token went in every request's header and nowhere else
     assert agora.requests and all(auth == f"Bearer {TOKEN}" for _, auth in agora.requests)
@@ -301,7 +324,8 @@ def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipelin
     assert not warehouse_rows(home, "SELECT 1 FROM raw_telemetry WHERE contains(body::VARCHAR, ?) "
                                     "OR contains(location, ?)", [TOKEN, TOKEN])
     body = json.loads(warehouse_rows(home, "SELECT body FROM raw_telemetry WHERE session_id='ex-ok'")[0][0])
-    assert body["timeline"]["execution"]["id"] == "ex-ok" and len(body["spans"]) == 8 and len(body["events"]) == 8
+    assert body["timeline"]["execution"]["id"] == "ex-ok" and len(body["spans"]["spans"]) == 8
+    assert len(body["events"]["events"]) == 8
 
     # once the running execution finishes it is discovered, and only it
     agora.records["ex-running"].update(status="success", completed_at=iso(60), duration_ms=10_000)
@@ -365,42 +389,94 @@ def test_agora_paging_token_and_missing_execution(pipeline: Pipeline, agora: Ago
     assert TOKEN not in capsys.readouterr().out
 
 
-def test_agora_simulator_via_sensor(pipeline: Pipeline, only_new_sources: Path, instance: dg.DagsterInstance,
-                                    ):
-    with Simulator(SimulationConfig(sessions=24, events_per_session=30, seed=11)) as sim:
+def test_agora_legacy_bare_lists_export_too(pipeline: Pipeline, only_new_sources: Path):
+    """Agora releases up to late 2025 answered spans and events as bare lists: still read."""
+    with AgoraDouble(legacy=True) as double:
+        pipeline.configure(sources={"agora_url": double.url, "agora_token": Secret(TOKEN)})
+        keys = populate(double)
+        assert isinstance(httpx.get(f"{double.url}/executions/ex-ok/telemetry-spans",
+                                    headers={"Authorization": f"Bearer {TOKEN}"}).json(), list)
+        code, out = pipeline.cli("export", keys["ok"], keys["err"])
+    assert code == 0 and out["exported_count"] == 2, out
+    events = [e for e in uploads_by_table(only_new_sources)["agent_telemetry_events"] if e["case_id"] == "ex-ok"]
+    plan = next(e for e in events if e["activity"] == "Plan")
+    assert (plan["model"], plan["input_tokens"], plan["output_tokens"]) == ("gpt-4o-2024-08-06", "1200", "300")
+    assert len([e for e in events if e["activity"] == "Call tool lookup_customer"]) == 3
+
+
+def epoch_ms(value: str) -> int:
+    return int(dt.datetime.fromisoformat(value).timestamp() * 1000)
+
+
+def test_agora_as_the_real_backend_serves_it(pipeline: Pipeline, only_new_sources: Path,
+                                             instance: dg.DagsterInstance):
+    """Against the simulator, which answers as the real backend does (wrapped spans and events, every column,
+    `SpanKind.*`, UNSET, skipped and "Unknown" nodes, null and fractional durations, span times in the
+    clients' naive local time): every finished execution exports through the sensor, each node carries
+    the model and tokens of the LLM calls under its exec span, and every event lies inside its execution."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with Simulator(SimulationConfig(sessions=40, events_per_session=30, seed=11)) as sim:
         pipeline.configure(sources={"agora_url": sim.url, "agora_token": Secret(TOKEN)})
-        listing = httpx.get(f"{sim.url}/executions/", params={"limit": 100},
-                            headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        finished = {f"agora:{e['id']}" for e in listing if e["status"] != "running"}
+        listing = httpx.get(f"{sim.url}/executions/", params={"limit": 100}, headers=auth).json()
+        finished = {e["id"]: e for e in listing if e["status"] != "running"}
         assert 0 < len(finished) < len(listing), "the simulator keeps some executions running"
+        assert "timeout" in {e["status"] for e in finished.values()}
 
         defs = pipeline.defs()
         sensor = defs.resolve_sensor_def("new_sessions_sensor")
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             result = sensor(context)
         (request,) = result.dynamic_partitions_requests
-        assert set(request.partition_keys) == finished
+        assert set(request.partition_keys) == {f"agora:{eid}" for eid in finished}
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         job = defs.resolve_job_def("export_sessions")
         for run_request in result.run_requests:
             assert job.execute_in_process(instance=instance, tags=run_request.tags).success
-        assert instance.get_materialized_partitions(EXPORT) == finished
+        assert instance.get_materialized_partitions(EXPORT) == {f"agora:{eid}" for eid in finished}
 
-        # every LLM node carries its exec span's model and tokens
         tables = uploads_by_table(only_new_sources)
-        some = sorted(finished)[0].removeprefix("agora:")
-        spans = httpx.get(f"{sim.url}/executions/{some}/telemetry-spans",
-                          headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        expected = {s["attributes"]["agora.node"]: s["attributes"] for s in spans
-                    if s["name"].endswith(".exec") and "gen_ai.usage.input_tokens" in s["attributes"]}
-        assert expected
-        nodes = {e["activity"]: e for e in tables["agent_telemetry_events"]
-                 if e["case_id"] == some and e["event_type"] == "node_execution"}
-        for name, attrs in expected.items():
-            row = nodes[name.capitalize().replace("_", " ")]
-            assert row["model"] == attrs["gen_ai.response.model"]
-            assert int(row["input_tokens"]) == attrs["gen_ai.usage.input_tokens"]
-            assert int(row["output_tokens"]) == attrs["gen_ai.usage.output_tokens"]
+        runs = {r["agent_run_id"]: r for r in tables["agent_telemetry_runs"]}
+        assert set(runs) == set(finished)
+        skews, unknown_names = set(), 0
+        for eid, execution in finished.items():
+            assert runs[eid]["status"] == ("completed" if execution["status"] == "success" else "failed")
+            start, end = epoch_ms(execution["started_at"]), epoch_ms(execution["completed_at"])
+            rows = [e for e in tables["agent_telemetry_events"] if e["case_id"] == eid]
+            for row in rows:  # every event inside its execution's time window
+                assert start <= int(row["event_time"]) <= end, (eid, row["activity"], row["event_time"])
+                assert not row["end_time"] or int(row["event_time"]) <= int(row["end_time"]) <= end, (eid, row)
+
+            timeline = httpx.get(f"{sim.url}/executions/{eid}/timeline", headers=auth).json()["timeline"]
+            spans = httpx.get(f"{sim.url}/executions/{eid}/telemetry-spans", headers=auth).json()["spans"]
+            (flow,) = [s for s in spans if s["name"].endswith(".flow")]
+            skews.add(epoch_ms(flow["start_time"]) - start)
+            by_id = {s["span_id"]: s for s in spans}
+            calls: dict[str, list[dict[str, Any]]] = {}  # node -> its LLM calls (client spans under its exec span)
+            for s in spans:
+                parent = by_id.get(s["parent_span_id"] or "")
+                if s["kind"].endswith("CLIENT") and parent and parent["name"].endswith(".exec"):
+                    calls.setdefault(parent["attributes"]["agora.node"], []).append(s)
+            nodes = {json.loads(r["attributes"])["id"]: r for r in rows if r["event_type"] == "node_execution"}
+            assert len(nodes) == len(timeline)
+            for entry in timeline:
+                row = nodes[entry["id"]]
+                name = entry["node_id"].rsplit(".", 1)[1]  # the simulator spells the node in its id
+                unknown_names += entry["node_name"] == "Unknown"
+                assert row["activity"] == (name[:1].upper() + name[1:]).replace("_", " "), "named from its spans"
+                assert int(row["event_time"]) == epoch_ms(entry["started_at"])
+                llm = sorted(calls.get(name, []), key=lambda s: dt.datetime.fromisoformat(s["start_time"]))
+                if entry["status"] == "skipped":
+                    assert row["status"] == "skipped" and not llm
+                else:  # the SDK leaves prep/post null in the timeline: the phase spans tell them
+                    attributes = json.loads(row["attributes"])
+                    assert attributes["prep_duration_ms"] is not None and attributes["post_duration_ms"] is not None
+                if not llm:
+                    assert (row["model"], row["input_tokens"], row["output_tokens"]) == ("", "", ""), row
+                    continue
+                assert row["model"] == llm[-1]["attributes"]["gen_ai.response.model"], (eid, name)
+                assert int(row["input_tokens"]) == sum(s["attributes"]["gen_ai.usage.prompt_tokens"] for s in llm)
+                assert int(row["output_tokens"]) == sum(s["attributes"]["gen_ai.usage.completion_tokens"] for s in llm)
+        assert len(skews) >= 3 and 0 in skews and unknown_names, "local clocks on both sides of UTC, and UTC"
 
 
 # --------------------------------------------------------------------------------------------------

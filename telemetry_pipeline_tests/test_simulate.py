@@ -250,7 +250,7 @@ def test_agora_lists_newest_first_with_offset_paging(client: httpx.Client) -> No
     assert {e["status"] for e in executions[2:]} <= {"success", "error", "timeout"}
     only_running = client.get("/executions/", params={"status": "running"}, headers=AUTH).json()
     assert only_running == running
-    assert client.get("/executions/", params={"limit": 101}, headers=AUTH).status_code == 400
+    assert client.get("/executions/", params={"limit": 101}, headers=AUTH).status_code == 422
 
 
 def test_agora_execution_details_agree(client: httpx.Client) -> None:
@@ -258,18 +258,20 @@ def test_agora_execution_details_agree(client: httpx.Client) -> None:
     for execution in executions:
         base = f"/executions/{execution['id']}"
         detail = client.get(f"{base}/timeline", headers=AUTH).json()
-        spans = client.get(f"{base}/telemetry-spans", headers=AUTH).json()
-        events = client.get(f"{base}/telemetry-events", headers=AUTH).json()
+        spans = client.get(f"{base}/telemetry-spans", headers=AUTH).json()["spans"]
+        events = client.get(f"{base}/telemetry-events", headers=AUTH).json()["events"]
         timeline = detail["timeline"]
 
-        assert detail["execution"] == execution
+        assert detail["execution"] == execution == client.get(base, headers=AUTH).json()
+        assert [n["id"] for n in client.get(f"{base}/nodes", headers=AUTH).json()] == [n["id"] for n in timeline]
         assert timeline[0]["node_name"] == "plan" and timeline[0]["started_at"] == execution["started_at"]
         for before, after in itertools.pairwise(timeline):
             assert before["completed_at"] == after["started_at"]  # contiguous nodes
         span_ids = {s["span_id"] for s in spans}
         assert all(s["parent_span_id"] in span_ids for s in spans if s["parent_span_id"])
         assert len({s["trace_id"] for s in spans}) == 1
-        assert all({"event_type", "timestamp", "data"} <= e.keys() for e in events)
+        assert all(e.keys() == EVENT_COLUMNS and e["execution_id"] == execution["id"] for e in events)
+        assert all(s.keys() == SPAN_COLUMNS and s["execution_id"] == execution["id"] for s in spans)
         if execution["status"] == "running":
             assert timeline[-1]["status"] == "running" and timeline[-1]["completed_at"] is None
             assert not any(s["name"].endswith(".flow") for s in spans)
@@ -279,6 +281,38 @@ def test_agora_execution_details_agree(client: httpx.Client) -> None:
             assert len(roots) == 1 and roots[0]["name"].endswith(".flow")
             assert any(s["attributes"].get("gen_ai.request.model") for s in spans)
             assert len(events) == CONFIG.events_per_session
+
+
+SPAN_COLUMNS = {"id", "execution_id", "node_execution_id", "span_id", "trace_id", "parent_span_id", "name", "kind",
+                "status", "start_time", "end_time", "duration_ms", "attributes", "events", "tokens_used",
+                "estimated_cost", "created_at"}
+EVENT_COLUMNS = {"id", "execution_id", "node_execution_id", "event_type", "timestamp", "data", "created_at"}
+
+
+def test_agora_answers_like_the_real_backend(client: httpx.Client) -> None:
+    """SOURCES.md `agora`: the quirks of real rows, each present somewhere in the population."""
+    finished = [e for e in client.get("/executions/", headers=AUTH).json() if e["status"] != "running"]
+    offsets, kinds, statuses, names, exec_durations, prep_durations = set(), set(), set(), set(), set(), set()
+    for execution in finished:
+        base = f"/executions/{execution['id']}"
+        timeline = client.get(f"{base}/timeline", headers=AUTH).json()["timeline"]
+        spans = client.get(f"{base}/telemetry-spans", headers=AUTH).json()["spans"]
+        (flow,) = [s for s in spans if s["name"].endswith(".flow")]
+        skew = dt.datetime.fromisoformat(flow["start_time"]) - dt.datetime.fromisoformat(execution["started_at"])
+        assert skew % dt.timedelta(minutes=15) == dt.timedelta(0), "a whole number of quarter hours"
+        offsets.add(skew)
+        kinds |= {s["kind"] for s in spans}
+        statuses |= {s["status"] for s in spans if s["name"].endswith((".node", ".prep", ".post"))}
+        statuses |= {n["status"] for n in timeline}
+        names |= {n["node_name"] for n in timeline}
+        exec_durations |= {type(n["exec_duration_ms"]) for n in timeline}
+        prep_durations |= {n["prep_duration_ms"] is None for n in timeline}
+        assert all(s["parent_span_id"] for s in spans if s["kind"].endswith("CLIENT")), "LLM spans sit under .exec"
+    assert len(offsets) >= 3 and dt.timedelta(0) in offsets and any(o < dt.timedelta(0) for o in offsets)
+    assert {"SpanKind.INTERNAL", "SpanKind.CLIENT", "INTERNAL", "CLIENT"} <= kinds
+    assert "UNSET" in statuses and "skipped" in statuses and "Unknown" in names
+    assert float in exec_durations and prep_durations == {True, False}
+    assert "timeout" in {e["status"] for e in finished}
 
 
 def test_agora_unknown_execution_is_404(client: httpx.Client) -> None:

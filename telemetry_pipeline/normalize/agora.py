@@ -2,13 +2,14 @@
 
 Per execution (= session):
 - every timeline entry (a node execution) is one activity: `activity` = the node name made readable
-  (`understand_request` -> `Understand request`), `event_type` = `node_execution`, start/end from the
-  entry's `started_at`/`completed_at`, status `success`/`failed` (error, timeout)/`skipped`/`incomplete`
-  (running). The node's telemetry spans (matched by `agora.node`, else by the `{node}.` span-name
-  prefix, and by time when a node name repeats) add the model, token counts (GenAI / Traceloop /
-  `llm.*` attributes; phase spans win over the `.node` span so nothing is counted twice), the tool
-  name, and their GenAI attributes. `resource` = tool, else model, else node name. Prep/exec/post
-  durations, `retry_count`, node id/type and any unknown entry fields go to `attributes`.
+  (`understand_request` -> `Understand request`; an entry named "Unknown" takes its spans' node),
+  `event_type` = `node_execution`, start/end from the entry's `started_at`/`completed_at`, status
+  `success`/`failed` (error, timeout)/`skipped`/`incomplete` (running). The node's telemetry spans, put
+  on the execution's clock and folded into node runs as `agora_spans` says, add the model of its last
+  LLM call, token counts (canonical GenAI aliases; the LLM calls, else the phase spans, so nothing is
+  counted twice), the tool name, and their GenAI attributes. `resource` = tool, else model, else node
+  name. Prep/exec/post durations (null or fractional as served; what the timeline leaves null, the
+  phase spans tell), `retry_count`, node id/type and any unknown entry fields go to `attributes`.
 - every telemetry event is an event of its own `event_type` (`User prompt`, `Change model`, else the
   type made readable); its `data` is kept in `attributes`. `tool_call_started` + `tool_call_completed`
   are paired (call id, else tool name, in time order) into one `Call tool <name>` activity with start,
@@ -18,10 +19,13 @@ Per execution (= session):
 - the `sessions` row: status `completed` (success) / `failed` (error, timeout, failed, cancelled);
   start/end = the execution's; workflow = the `{flow}.flow` span's `agora.flow`/`traceloop.workflow.name`;
   `agent_state` = the execution's own status; `source_metrics` = the execution record (incl.
-  `error_message`, `duration_ms`, `workflow_id`).
+  `error_message`, `duration_ms`, `workflow_id`) and `span_clock_offset_minutes`, the client's UTC offset
+  taken off its span times, when not zero.
 
-A session fails alone when the payload is not JSON, the timeline response has no `timeline` list, the
-spans/events responses are not lists, the execution is still `running`, or a node/event time is unreadable.
+The spans and events answers are `{"spans": [...]}` / `{"events": [...]}` (today's backend) or bare lists
+(releases up to late 2025). A session fails alone when the payload is not JSON, the timeline response has
+no `timeline` list, the spans/events answers are neither, the execution is still `running`, or a
+node/event time is unreadable.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ from telemetry_pipeline.canonical.activity import (
     humanize,
     tool_call_activity,
 )
+from telemetry_pipeline.canonical.agora_tracer import TracerSpan
 from telemetry_pipeline.canonical.genai import GenAI, first_int, first_text, tool_name
 from telemetry_pipeline.canonical.model import EventRow, SessionRow
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, ToolEvent, call_key, pair_tool_calls
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, to_utc
 from telemetry_pipeline.canonical.values import as_int, event_id, json_text, text
+from telemetry_pipeline.normalize import agora_spans
 from telemetry_pipeline.sources.base import RawSession
 
 _NODE_STATUS = {"success": "success", "completed": "success", "error": "failed", "failed": "failed",
@@ -68,18 +74,14 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
     if not isinstance(timeline_doc, Mapping) or not isinstance(timeline_doc.get("timeline"), list):
         raise InvalidPayload('the timeline response has no "timeline" list')
     execution = found if isinstance(found := timeline_doc.get("execution"), Mapping) else {}
-    spans, telemetry = doc.get("spans", []), doc.get("events", [])
-    if not isinstance(spans, list):
-        raise InvalidPayload("the telemetry-spans response is not a JSON list")
-    if not isinstance(telemetry, list):
-        raise InvalidPayload("the telemetry-events response is not a JSON list")
+    spans, telemetry = _rows(doc.get("spans", []), "spans"), _rows(doc.get("events", []), "events")
     status = str(execution.get("status") or "").lower()
     if status == "running":
         raise InvalidPayload("the execution is still running; export it once it has finished")
 
     spans = [s for s in spans if isinstance(s, Mapping)]
     entries = [e for e in timeline_doc["timeline"] if isinstance(e, Mapping)]
-    nodes = _node_rows(raw.key, entries, spans)
+    nodes, offset = _node_rows(raw.key, entries, spans, to_utc(execution.get("started_at")))
     instants = _telemetry_rows(raw.key, telemetry, offset=len(entries))
     if any(e.tool_name for e in instants):
         for node_row in nodes:  # the calls carry the tool; a node keeping it too would count each call twice
@@ -114,9 +116,25 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
         agent_state=status or None,
         event_count=len(rows),
         prompt_metrics=prompt_metrics,
-        source_metrics=json_text(dict(execution)) if execution else None,
+        source_metrics=json_text(_source_metrics(execution, offset)) if execution or offset else None,
     )
     return session, rows
+
+
+def _rows(body: Any, part: str) -> list[Any]:
+    """The rows of a telemetry-spans/-events answer: `{"spans": [...]}` today, a bare list up to late 2025."""
+    if isinstance(body, Mapping) and isinstance(body.get(part), list):
+        return body[part]
+    if isinstance(body, list):
+        return body
+    raise InvalidPayload(f'the telemetry-{part} response is neither a list nor an object with a "{part}" list')
+
+
+def _source_metrics(execution: Mapping[str, Any], offset: dt.timedelta) -> dict[str, Any]:
+    metrics = dict(execution)
+    if offset:  # the client's UTC offset, taken off its span times
+        metrics["span_clock_offset_minutes"] = offset // dt.timedelta(minutes=1)
+    return metrics
 
 
 def _load(body: bytes) -> Mapping[str, Any]:
@@ -129,8 +147,10 @@ def _load(body: bytes) -> Mapping[str, Any]:
     return doc
 
 
-def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[str, Any]]) -> list[EventRow]:
-    times = []
+def _node_rows(
+    key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[str, Any]], execution_start: dt.datetime | None
+) -> tuple[list[EventRow], dt.timedelta]:
+    windows = []
     for position, entry in enumerate(entries):
         started = to_utc(entry.get("started_at"))
         if started is None:
@@ -144,28 +164,27 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
                 f"timeline entry #{position} has a completed_at that cannot be parsed: "
                 f"{str(entry['completed_at'])[:100]}"
             )
-        times.append((started, completed))
-    matched = _match_spans(entries, times, spans)
+        windows.append((started, completed))
+    names = [name if (name := text(e.get("node_name"))) != agora_spans.UNKNOWN_NODE else None for e in entries]
+    runs, offset = agora_spans.node_spans(spans, names, windows, execution_start)
 
     rows = []
     seen: dict[str, int] = {}
-    for position, (entry, (started, completed)) in enumerate(zip(entries, times, strict=True)):
-        node = text(entry.get("node_name")) or text(entry.get("node_id")) or "node"
-        node_spans = matched[position]
+    for position, (entry, (started, completed)) in enumerate(zip(entries, windows, strict=True)):
+        node_spans = [span for run in runs[position] for span in run.spans]
+        node = (names[position] or agora_spans.name_from_spans(node_spans) or text(entry.get("node_name"))
+                or text(entry.get("node_id")) or "node")
         attrs = {k: v for k, v in entry.items() if k not in _ENTRY_MAPPED}
         attrs["node_name"] = node
         span_attrs = _merged(node_spans)
         attrs.update({k: v for k, v in span_attrs.items() if k.startswith(_SPAN_ATTRIBUTE_PREFIXES)})
-        if "retry_count" not in attrs and span_attrs.get("retry_count") is not None:
-            attrs["retry_count"] = span_attrs["retry_count"]
+        # What the timeline leaves null (the SDK fills only exec), the spans' phases tell.
+        attrs.update({k: v for k, v in agora_spans.run_attributes(runs[position]).items() if attrs.get(k) is None})
         if node_spans:
-            attrs["spans"] = [
-                {"name": s.get("name"), "status": s.get("status"), "duration_ms": s.get("duration_ms")}
-                for s in node_spans
-            ]
-        token_spans = _token_spans(node_spans)
+            attrs["spans"] = [agora_spans.summary(s) for s in node_spans]
+        usage = agora_spans.usage_spans(node_spans)
         tool = tool_name(span_attrs)
-        model = first_text(span_attrs, GenAI.MODEL)
+        model = agora_spans.model(node_spans)
         raw_status = str(entry.get("status") or "").lower()
         status = _NODE_STATUS.get(raw_status, raw_status or None)
         if status is None:
@@ -179,57 +198,19 @@ def _node_rows(key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[s
             event_time=started, end_time=completed,
             resource=tool or model or node, status=status, tool_name=tool, model=model,
             latency_ms=ms_between(started, completed) if completed else None,
-            input_tokens=_sum(first_int(s["attributes"], GenAI.INPUT_TOKENS) for s in token_spans),
-            output_tokens=_sum(first_int(s["attributes"], GenAI.OUTPUT_TOKENS) for s in token_spans),
+            input_tokens=_sum(first_int(s.attributes, GenAI.INPUT_TOKENS) for s in usage),
+            output_tokens=_sum(first_int(s.attributes, GenAI.OUTPUT_TOKENS) for s in usage),
             error=error, attributes=json_text(attrs),
         ))
-    return rows
+    return rows, offset
 
 
-def _match_spans(
-    entries: list[Mapping[str, Any]],
-    times: list[tuple[dt.datetime, dt.datetime | None]],
-    spans: list[Mapping[str, Any]],
-) -> list[list[Mapping[str, Any]]]:
-    """Each node's spans: by node name; by time too when the same node ran more than once."""
-    by_name: dict[str, list[int]] = {}
-    for position, entry in enumerate(entries):
-        by_name.setdefault(str(entry.get("node_name") or ""), []).append(position)
-    out: list[list[Mapping[str, Any]]] = [[] for _ in entries]
-    for span in spans:
-        attrs = found if isinstance(found := span.get("attributes"), Mapping) else {}
-        name = str(span.get("name") or "")
-        node = attrs.get("agora.node")
-        if node is None:
-            node = next((n for n in by_name if n and name.startswith(f"{n}.") and not name.endswith(".flow")), None)
-        candidates = by_name.get(str(node)) if node is not None else None
-        if not candidates:
-            continue
-        if len(candidates) > 1:
-            start = to_utc(span.get("start_time"))
-            inside = [p for p in candidates if start and times[p][0] <= start <= (times[p][1] or start)]
-            before = [p for p in candidates if start and times[p][0] <= start]
-            candidates = inside or before[-1:] or candidates[:1]
-        out[candidates[0]].append(span)
-    return out
-
-
-def _merged(spans: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Attributes of a node's spans; a phase span's value wins over the `.node` span's."""
-    ordered = sorted(spans, key=lambda s: isinstance(s.get("attributes"), Mapping) and "agora.phase" in s["attributes"])
+def _merged(spans: list[TracerSpan]) -> dict[str, Any]:
+    """Attributes of a node's spans; a phase span's value wins over the `.node` span's, a call's over both."""
     merged: dict[str, Any] = {}
-    for span in ordered:
-        if isinstance(span.get("attributes"), Mapping):
-            merged.update(span["attributes"])
+    for span in sorted(spans, key=lambda s: (not s.is_node_span) + (not agora_spans.is_agora(s))):
+        merged.update(span.attributes)
     return merged
-
-
-def _token_spans(spans: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Spans whose token counts add up without double counting: the phase spans when they carry any."""
-    carrying = [s for s in spans if isinstance(s.get("attributes"), Mapping)
-                and any(first_int(s["attributes"], c) is not None for c in (GenAI.INPUT_TOKENS, GenAI.OUTPUT_TOKENS))]
-    phases = [s for s in carrying if "agora.phase" in s["attributes"]]
-    return phases or carrying
 
 
 def _sum(values: Any) -> int | None:
@@ -237,9 +218,9 @@ def _sum(values: Any) -> int | None:
     return sum(present) if present else None
 
 
-def _span_error(spans: list[Mapping[str, Any]]) -> str | None:
+def _span_error(spans: list[TracerSpan]) -> str | None:
     for span in spans:
-        for event in span.get("events") or []:
+        for event in span.ref.get("events") or []:
             attrs = event.get("attributes") if isinstance(event, Mapping) else None
             if isinstance(attrs, Mapping) and (attrs.get("exception.message") or attrs.get("exception.type")):
                 return text(
@@ -272,6 +253,10 @@ def _io_text(data: Any) -> str | None:
     return None
 
 
+# The telemetry_events table's own columns: bookkeeping, not what happened (the raw payload keeps them).
+_EVENT_COLUMNS = {"event_type", "timestamp", "data", "id", "execution_id", "node_execution_id", "created_at"}
+
+
 def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRow]:
     """Instants, except tool calls: a `tool_call_started` and its `tool_call_completed` (canonical.pairing)
     become one `Call tool <name>` activity, as for the other sources."""
@@ -296,7 +281,7 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
     for i, (position, at, kind, data, event) in enumerate(parsed):
         if i in paired:
             continue  # folded into its start's activity
-        attrs = {k: v for k, v in event.items() if k not in ("event_type", "timestamp", "data")}
+        attrs = {k: v for k, v in event.items() if k not in _EVENT_COLUMNS}
         attrs.update(data)
         tool = text(data.get("tool_name"), 200)
         end_time = latency = tool_name = None

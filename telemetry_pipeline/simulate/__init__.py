@@ -11,8 +11,9 @@ Session `i` belongs to `extract` when `i` is even (`sim-ex-000042`) and to `agen
 is index order and `since` is a binary search, never a scan.
 
 The package by concern: `timelines` (when sessions end), `vocabulary` (agents, tools, models), `runs` (one
-agent run's events), `agora` (executions, nodes, spans), `routes` (what each endpoint answers) and
-`server` (the routes on `telemetry_pipeline.loopback`).
+agent run's events), `agora` (executions and their timelines) and `agora_spans` (their span and event
+rows, as the real backend serves them), `routes` (what each endpoint answers) and `server` (the routes on
+`telemetry_pipeline.loopback`).
 """
 
 from telemetry_pipeline.simulate.runs import SOURCES, generate_events, session_id, source_of

@@ -1,17 +1,30 @@
-"""Agora: workflow executions made of nodes, built from the same kind of run as the other sources."""
+"""Agora: workflow executions made of nodes, built from the same kind of run as the other sources, and the
+execution/timeline rows the real backend serves for them (SOURCES.md `agora`); spans and events are in
+`agora_spans`.
+
+Like the real platform: executions end `success`, `error` or `timeout`; some timelines have a `skipped`
+node or a node whose name join came back empty (`"Unknown"`); the SDK fills only `exec_duration_ms`
+(fractional), prep/post are null, except for executions that came in over OTLP. Every time is a
+timestamptz as PostgREST prints it (`+00:00`, trailing zeros trimmed).
+"""
 
 from __future__ import annotations
 
-import itertools
+import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from telemetry_pipeline.loopback import HTTPError
 from telemetry_pipeline.simulate.runs import Run, build_run
-from telemetry_pipeline.simulate.timelines import SimulationConfig, Timeline, format_ms
-from telemetry_pipeline.simulate.vocabulary import MODELS, WORKFLOWS, Workflow
+from telemetry_pipeline.simulate.timelines import SimulationConfig, Timeline
+from telemetry_pipeline.simulate.vocabulary import WORKFLOWS, Workflow
 
 AGORA_RUNNING = 2  # the newest executions are still running, so a client must skip them
+# UTC offsets (minutes) of the machines that ran executions through the SDK, which writes span times as their
+# naive local time: whole quarter hours of both signs (Berlin, Helsinki, New York, Los Angeles, India, Nepal,
+# Tokyo, Newfoundland, London).
+CLIENT_OFFSETS = (60, 120, -300, -420, 330, 345, 540, -210, 0)
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,8 @@ class Execution:
     run: Run
     nodes: list[Node]
     running: bool
+    sdk: bool  # uploaded by the SDK (naive local span times, `SpanKind.*` kinds) or ingested over OTLP
+    offset_minutes: int  # the client's UTC offset: what the SDK's span times are ahead of UTC
 
     @property
     def finished_nodes(self) -> list[Node]:
@@ -60,9 +75,11 @@ def build_execution(config: SimulationConfig, anchor_ms: int, index: int) -> Exe
     count = agora_count(config)
     timeline = Timeline(count, config.seed, anchor_ms)
     builder, run = build_run(f"{config.seed}:agora:{index}", config.events_per_session, timeline.end_ms(index))
+    sdk = index % 3 != 2
+    offset = random.Random(f"{config.seed}:agora:{index}:client").choice(CLIENT_OFFSETS) if sdk else 0
     return Execution(
         agora_execution_id(config.seed, index), index, builder.workflow, run, _nodes(run),
-        running=index >= count - AGORA_RUNNING,
+        running=index >= count - AGORA_RUNNING, sdk=sdk, offset_minutes=offset,
     )
 
 
@@ -87,41 +104,45 @@ def _nodes(run: Run) -> list[Node]:
     return nodes
 
 
-def _failures(run: Run) -> list[dict[str, Any]]:
+def failures(run: Run) -> list[dict[str, Any]]:
     return [p for _, kind, p in run if kind == "tool_call_completed" and not p["success"]]
 
 
-def _final_failure(node: Node) -> dict[str, Any] | None:
+def final_failure(node: Node) -> dict[str, Any] | None:
     """The node's last tool result when it failed: a failure followed by a successful retry is no error."""
     completions = [p for _, kind, p in node.run if kind == "tool_call_completed"]
     return completions[-1] if completions and not completions[-1]["success"] else None
 
 
-def _retries(node: Node) -> int:
-    return len(_failures(node.run)) - (1 if _final_failure(node) else 0)
+def retries(node: Node) -> int:
+    return len(failures(node.run)) - (1 if final_failure(node) else 0)
 
 
-def _run_failure(ex: Execution) -> dict[str, Any] | None:
+def run_failure(ex: Execution) -> dict[str, Any] | None:
     """The tool failure that made the agent give up, if it did."""
     gave_up = ex.run[-1][2].get("agent_state") == "failed"
-    return _failures(ex.run)[-1] if gave_up and not ex.running else None
+    return failures(ex.run)[-1] if gave_up and not ex.running else None
 
 
 def execution_record(ex: Execution) -> dict[str, Any]:
     first, last = ex.run[0], ex.run[-1]
-    failure = _run_failure(ex)
+    failure = run_failure(ex)
     status = "running" if ex.running else "success" if failure is None else "error"
     if failure is not None and failure["error"] == "TimeoutError":
         status = "timeout"
     finished = not ex.running
+    error = f"{failure['error']}: {failure['error_details']}" if failure else None
+    if finished and failure is None and ex.index % 9 == 5:
+        # The platform's deadline ran out while the flow was answering: its nodes all look fine.
+        status, error = "timeout", "execution exceeded its time limit"
     return {
         "id": ex.id,
         "workflow_id": _workflow_id(ex.workflow),
         "status": status,
-        "started_at": format_ms(first[0]),
-        "completed_at": format_ms(last[0]) if finished else None,
+        "started_at": timestamptz(first[0] * 1000),
+        "completed_at": timestamptz(last[0] * 1000) if finished else None,
         "duration_ms": last[0] - first[0] if finished else None,
-        "error_message": f"{failure['error']}: {failure['error_details']}" if failure else None,
+        "error_message": error,
         "input_data": {"prompt": first[2]["prompt"]},
         "output_data": {"response": last[2]["response"]} if finished and "response" in last[2] else None,
     }
@@ -132,94 +153,63 @@ def _workflow_id(workflow: Workflow) -> str:
     return f"00000000-0000-4000-a000-{position + 1:012x}"
 
 
-def _phases(node: Node) -> tuple[int, int, int]:
-    """(prep, exec, post) ms: preparing and posting are short; executing is most of the node."""
-    total = node.run[-1][0] - node.start_ms
+def phases_us(node: Node) -> tuple[int, int, int]:
+    """(prep, exec, post) in microseconds: preparing and posting are short; executing is most of the node."""
+    total = (node.run[-1][0] - node.start_ms) * 1000
     prep, post = total * 6 // 100, total * 3 // 100
     return prep, total - prep - post, post
 
 
+def node_entry_id(ex: Execution, position: int) -> str:
+    return f"{ex.id[:9]}5158-4000-8000-{ex.index:08x}{position:04x}"
+
+
 def timeline_entries(ex: Execution) -> list[dict[str, Any]]:
+    """`GET /executions/{id}/timeline`'s list: node_executions joined with their nodes' name and type."""
     entries = []
     for position, node in enumerate(ex.nodes):
         running = ex.running and position == len(ex.nodes) - 1
-        final_failure = _final_failure(node)
-        prep, exec_, post = _phases(node)
+        failure = final_failure(node)
+        prep, exec_, post = phases_us(node)
+        unknown = ex.index % 7 == 3 and position == 1  # the node row is gone: the join comes back empty
         entries.append({
-            "id": f"{ex.id[:9]}5158-4000-8000-{ex.index:08x}{position:04x}",
+            "id": node_entry_id(ex, position),
             "node_id": f"{ex.workflow.workflow_name}.{node.name}",
-            "node_name": node.name,
-            "node_type": node.node_type,
-            "status": "running" if running else "error" if final_failure else "success",
-            "started_at": format_ms(node.start_ms),
-            "completed_at": None if running else format_ms(node.run[-1][0]),
-            "prep_duration_ms": prep,
-            "exec_duration_ms": None if running else exec_,
-            "post_duration_ms": None if running else post,
-            "retry_count": _retries(node),
-            "error_message": final_failure["error"] if final_failure else None,
+            "node_name": "Unknown" if unknown else node.name,
+            "node_type": "Unknown" if unknown else node.node_type,
+            "status": "running" if running else "error" if failure else "success",
+            "started_at": timestamptz(node.start_ms * 1000),
+            "completed_at": None if running else timestamptz(node.run[-1][0] * 1000),
+            # The SDK measures only exec (a float of ms); OTLP-ingested executions carry all three.
+            "prep_duration_ms": None if ex.sdk else prep // 1000,
+            "exec_duration_ms": None if running else exec_ / 1000 if ex.sdk else exec_ // 1000,
+            "post_duration_ms": None if running or ex.sdk else post // 1000,
+            "retry_count": retries(node),
+            "error_message": failure["error"] if failure else None,
+        })
+    if not ex.running and ex.index % 5 == 1:
+        # An escalation the flow did not need: skipped, where the answer began.
+        at = entries[-1]["started_at"]
+        entries.insert(-1, {
+            "id": node_entry_id(ex, len(entries)), "node_id": f"{ex.workflow.workflow_name}.escalate",
+            "node_name": "escalate", "node_type": "llm", "status": "skipped", "started_at": at, "completed_at": at,
+            "prep_duration_ms": None, "exec_duration_ms": None, "post_duration_ms": None, "retry_count": 0,
+            "error_message": None,
         })
     return entries
 
 
-def telemetry_spans(ex: Execution) -> list[dict[str, Any]]:
-    """`{flow}.flow` over `{node}.node` over `{node}.prep/.exec/.post`, as Agora's tracer names them."""
-    trace_id = ex.id.replace("-", "")
-    flow = ex.workflow.workflow_name
-    ids = itertools.count(1)
-
-    def span(name: str, parent: str | None, start: int, end: int, attributes: dict[str, Any],
-             error: dict[str, Any] | None = None) -> dict[str, Any]:
-        events = [] if error is None else [{
-            "name": "exception", "timestamp": format_ms(end),
-            "attributes": {"exception.type": error["error"], "exception.message": error["error_details"]},
-        }]
-        return {
-            "span_id": f"{ex.index:012x}{next(ids):04x}", "trace_id": trace_id, "parent_span_id": parent,
-            "name": name, "kind": "INTERNAL", "status": "ERROR" if error else "OK",
-            "start_time": format_ms(start), "end_time": format_ms(end), "duration_ms": end - start,
-            "attributes": {"agora.flow": flow, **attributes}, "events": events,
-        }
-
-    spans = []
-    if not ex.running:
-        spans.append(span(f"{flow}.flow", None, ex.run[0][0], ex.run[-1][0],
-                          {"traceloop.span.kind": "workflow", "traceloop.workflow.name": flow}, _run_failure(ex)))
-    for node in ex.finished_nodes:
-        final_failure = _final_failure(node)
-        node_span = span(f"{node.name}.node", spans[0]["span_id"] if spans else None, node.start_ms,
-                         node.run[-1][0], {"agora.node": node.name, "retry_count": _retries(node)}, final_failure)
-        spans.append(node_span)
-        start = node.start_ms
-        for phase, duration in zip(("prep", "exec", "post"), _phases(node), strict=True):
-            is_exec = phase == "exec"
-            attributes = {"agora.node": node.name, "agora.phase": phase, **(_genai(node) if is_exec else {})}
-            error = final_failure if is_exec else None
-            spans.append(span(f"{node.name}.{phase}", node_span["span_id"], start, start + duration, attributes, error))
-            start += duration
-    return spans
+def timestamptz(epoch_us: int) -> str:
+    """A timestamptz as PostgREST prints it: `2026-01-01T09:00:00.1234+00:00` (no trailing zeros)."""
+    seconds, micros = divmod(epoch_us, 1_000_000)
+    fraction = f".{micros:06d}".rstrip("0").rstrip(".")
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}{fraction}+00:00"
 
 
-def _genai(node: Node) -> dict[str, Any]:
-    """OpenTelemetry GenAI attributes of a node's exec span: the model it used, or its first tool."""
-    if node.node_type == "tool":
-        tool = next(p["tool_name"] for _, kind, p in node.run if kind == "tool_call_started")
-        return {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool, "traceloop.span.kind": "tool"}
-    calls = [p for _, kind, p in node.run if kind == "model_change"]
-    if not calls:
-        return {}
-    call = calls[-1]
-    return {
-        "gen_ai.operation.name": "chat", "gen_ai.provider.name": MODELS[call["model"]].provider,
-        "gen_ai.request.model": call["model"], "gen_ai.response.model": call["model"],
-        "gen_ai.usage.input_tokens": call["input_tokens"], "gen_ai.usage.output_tokens": call["output_tokens"],
-        "llm.usage.total_tokens": call["input_tokens"] + call["output_tokens"], "traceloop.span.kind": "task",
-    }
-
-
-def telemetry_events(ex: Execution) -> list[dict[str, Any]]:
+def node_rows(ex: Execution) -> list[dict[str, Any]]:
+    """`GET /executions/{id}/nodes`: the raw node_executions rows, without the node's name or type."""
     return [
-        {"event_type": kind, "timestamp": format_ms(at), "data": payload}
-        for node in ex.finished_nodes
-        for at, kind, payload in node.run
+        {**{k: v for k, v in entry.items() if k not in ("node_name", "node_type")}, "execution_id": ex.id,
+         "prep_result": None, "exec_result": None, "post_result": None}
+        for entry in timeline_entries(ex)
     ]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from telemetry_pipeline.loopback import HTTPError, Reply, Request, Router, json_reply
-from telemetry_pipeline.simulate import agora
+from telemetry_pipeline.simulate import agora, agora_spans
 from telemetry_pipeline.simulate.runs import (
     AGENT_TELEMETRY,
     EXTRACT,
@@ -41,11 +41,14 @@ class Routes:
         get("GET", "/agent_metrics/sessions", lambda r: json_reply(self.listing(AGENT_TELEMETRY, r.query)))
         get("GET", "/agent_metrics/{sid}/events", self._agent_telemetry_session)
         get("GET", "/executions", lambda r: json_reply(self.executions(r.query)))
+        get("GET", "/executions/{id}", lambda r: json_reply(agora.execution_record(self.execution(r.params["id"]))))
         get("GET", "/executions/{id}/timeline", lambda r: json_reply(self._timeline(r.params["id"])))
+        get("GET", "/executions/{id}/nodes", lambda r: json_reply(agora.node_rows(self.execution(r.params["id"]))))
+        # Wrapped in objects, as the backend answers today (its releases up to late 2025 sent bare lists).
         get("GET", "/executions/{id}/telemetry-spans",
-            lambda r: json_reply(agora.telemetry_spans(self.execution(r.params["id"]))))
+            lambda r: json_reply({"spans": agora_spans.telemetry_spans(self.execution(r.params["id"]))}))
         get("GET", "/executions/{id}/telemetry-events",
-            lambda r: json_reply(agora.telemetry_events(self.execution(r.params["id"]))))
+            lambda r: json_reply({"events": agora_spans.telemetry_events(self.execution(r.params["id"]))}))
 
     def __call__(self, request: Request) -> Reply:
         # Agora wants a Bearer token on every execution endpoint, known or not.
@@ -90,7 +93,8 @@ class Routes:
 
     def executions(self, query: dict[str, str]) -> list[dict[str, Any]]:
         """Newest first, like Agora. Filters scan every execution: fine at the sizes Agora demos use."""
-        limit = _parse_int(query.get("limit"), "limit", default=100, low=1, high=100)
+        # FastAPI's `Query(50, le=100)`: 50 by default, and a larger limit is a validation error (422).
+        limit = _parse_int(query.get("limit"), "limit", default=50, low=1, high=100, status=422)
         offset = _parse_int(query.get("offset"), "offset", default=0, low=0, high=None)
         records = (
             agora.execution_record(agora.build_execution(self.config, self.timeline.anchor_ms, index))
@@ -132,15 +136,15 @@ def _indexer(source: str) -> Callable[[int], int]:
     return lambda position: 2 * position + parity
 
 
-def _parse_int(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+def _parse_int(raw: str | None, name: str, default: int, low: int, high: int | None, status: int = 400) -> int:
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise HTTPError(400, f"{name} must be an integer") from None
+        raise HTTPError(status, f"{name} must be an integer") from None
     if value < low or (high is not None and value > high):
-        raise HTTPError(400, f"{name} must be between {low} and {high}" if high else f"{name} must be >= {low}")
+        raise HTTPError(status, f"{name} must be between {low} and {high}" if high else f"{name} must be >= {low}")
     return value
 
 
