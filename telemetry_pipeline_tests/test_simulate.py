@@ -315,9 +315,11 @@ def test_agora_answers_like_the_real_backend(client: httpx.Client) -> None:
     assert "timeout" in {e["status"] for e in finished}
 
 
-def test_agora_unknown_execution_is_404(client: httpx.Client) -> None:
+def test_agora_unknown_execution_is_404_and_a_malformed_id_422(client: httpx.Client) -> None:
     response = client.get("/executions/00000000-0000-0000-0000-000000000000/timeline", headers=AUTH)
-    assert response.status_code == 404
+    assert (response.status_code, response.json()) == (404, {"detail": "Execution not found"})
+    malformed = client.get("/executions/not-a-uuid/telemetry-spans", headers=AUTH)
+    assert malformed.status_code == 422 and malformed.json()["detail"][0]["type"] == "uuid_parsing"
 
 
 def test_serve_forever_blocks_until_stopped() -> None:

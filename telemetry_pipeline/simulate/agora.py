@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +62,19 @@ def agora_execution_id(seed: int, index: int) -> str:
 
 
 def execution_index(seed: int, execution_id: str, count: int) -> int:
+    try:
+        uuid.UUID(execution_id)
+    except ValueError:  # FastAPI validates the path parameter before the handler runs
+        detail = [{"type": "uuid_parsing", "loc": ["path", "execution_id"], "msg": "Input should be a valid UUID",
+                   "input": execution_id}]
+        raise HTTPError(422, "execution_id is not a UUID", payload={"detail": detail}) from None
     head, _, tail = execution_id.rpartition("-")
     try:
         index = int(tail, 16)
     except ValueError:
         index = -1
     if head != agora_execution_id(seed, 0).rpartition("-")[0] or len(tail) != 12 or not 0 <= index < count:
-        raise HTTPError(404, "execution not found")
+        raise HTTPError(404, "Execution not found")
     return index
 
 
