@@ -2,7 +2,8 @@
 
 In one run, on fresh temporary homes, against `telemetry-pipeline simulate` on loopback:
 1. pipeline  — `discover` + `export --pending` through the Dagster instance (batched runs) to the outbox:
-               sessions/s, events/s, peak RSS of the exporting process;
+               sessions/s, events/s, peak RSS of the exporting process; once on the DuckDB file (the default)
+               and once more with the warehouse in PostgreSQL (`WAREHOUSE_URL`, a fresh database on `--postgres`);
 2. per-session — the same CLI `export KEY`, one process per session, on a few sessions: s/session;
 3. floor     — the same asset graph (same specs, same partitions, same batches, the same two
                processes) with bodies that do nothing but report what ours report: Dagster's own cost;
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--sensor-known", type=int, default=100_000)
     parser.add_argument("--sensor-new", type=int, default=1_000)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432",
+                        help="PostgreSQL server for the PostgreSQL-warehouse row ('' skips that row)")
     args = parser.parse_args()
 
     port = _free_port()
@@ -55,8 +58,13 @@ def main() -> None:
                 "events_per_session": args.events,
                 "batch_size": args.batch_size,
                 "pipeline": _pipeline(Path(tmp) / "pipeline", url, args),
-                "per_session_cli": _per_session(Path(tmp) / "single", url, args),
             }
+            if args.postgres:
+                results["pipeline_postgres_warehouse"] = _pipeline_on_postgres(Path(tmp) / "pipeline-pg", url, args)
+                results["postgres_over_duckdb"] = round(
+                    results["pipeline_postgres_warehouse"]["seconds"] / results["pipeline"]["seconds"], 2
+                )
+            results["per_session_cli"] = _per_session(Path(tmp) / "single", url, args)
             if not args.skip_floor:
                 results["floor"] = _floor(Path(tmp) / "floor", args)
                 results["pipeline_over_floor"] = round(
@@ -96,14 +104,36 @@ def _cli(env: dict[str, str], *argv: str) -> tuple[dict | list, float]:
     return json.loads(proc.stdout), elapsed
 
 
-def _pipeline(home: Path, url: str, args: argparse.Namespace) -> dict:
+def _pipeline_on_postgres(home: Path, url: str, args: argparse.Namespace) -> dict:
+    """The same pipeline with the warehouse in a database of its own, created here and dropped after."""
+    import uuid
+
+    import psycopg2
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(f"{args.postgres}/postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        return _pipeline(home, url, args, warehouse_url=f"{args.postgres}/{name}")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _pipeline(home: Path, url: str, args: argparse.Namespace, warehouse_url: str | None = None) -> dict:
     env = _env(home, url, args.batch_size)
-    _log(f"pipeline: discover + export of {args.sessions} sessions x {args.events} events")
+    if warehouse_url:
+        env["WAREHOUSE_URL"] = warehouse_url
+    where = "PostgreSQL" if warehouse_url else "the DuckDB file"
+    _log(f"pipeline: discover + export of {args.sessions} sessions x {args.events} events, warehouse in {where}")
     discovered, t_discover = _cli(env, "discover")
     exported, t_export = _cli(env, "export", "--pending")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     seconds = t_discover + t_export
-    events = _count_events(home)
+    events = _count_events(home, warehouse_url)
     if exported["exported_count"] != args.sessions:
         _log(f"warning: {exported['failed_count']} sessions failed: {exported['results'][:3]}")
     return {
@@ -121,7 +151,17 @@ def _pipeline(home: Path, url: str, args: argparse.Namespace) -> dict:
     }
 
 
-def _count_events(home: Path) -> int:
+def _count_events(home: Path, warehouse_url: str | None = None) -> int:
+    if warehouse_url:
+        import psycopg2
+
+        con = psycopg2.connect(warehouse_url)
+        try:
+            with con.cursor() as cur:
+                cur.execute("SELECT count(*) FROM events")
+                return int(cur.fetchone()[0])
+        finally:
+            con.close()
     import duckdb
 
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:

@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="reach each configured source and the destination")
     p.set_defaults(run=cmd_check)
 
+    p = sub.add_parser("warehouse", help="the warehouse's own operations")
+    actions = p.add_subparsers(required=True, metavar="action")
+    p = actions.add_parser("copy", help="copy a DuckDB warehouse into PostgreSQL (idempotent: copies what is missing)")
+    p.add_argument("--from", dest="source", metavar="FILE", help="the DuckDB file (default <home>/warehouse.duckdb)")
+    p.add_argument("--to", dest="target", metavar="URL",
+                   help="postgresql://... (default WAREHOUSE_URL; prefer the variable when the URL holds a password)")
+    p.set_defaults(run=cmd_warehouse_copy)
+
     p = sub.add_parser("simulate", help="serve generated telemetry on loopback (demos, benchmarks)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--sessions", type=int, default=200)
@@ -205,7 +213,12 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str:
             error = event.step_failure_data.error
             while error.cause is not None:
                 error = error.cause
-            return f"{error.cls_name}: {error.message.strip()}"
+            # Dagster's message already starts with the (qualified) class name: say it once, short.
+            message = error.message.strip()
+            named, sep, rest = message.partition(": ")
+            if sep and named.rsplit(".", 1)[-1] == error.cls_name:
+                message = rest
+            return f"{error.cls_name}: {message}"
     return "run failed"
 
 
@@ -260,9 +273,32 @@ def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from telemetry_pipeline.health import run_checks
 
     with dg.build_resources(build_definitions(args.settings).resources or {}) as resources:
-        checks = run_checks(resources.sources, resources.signavio)
+        checks = run_checks(resources.sources, resources.signavio, resources.warehouse)
     healthy = all(c["ok"] for c in checks)
     return {"healthy": healthy, "checks": checks}, healthy
+
+
+def cmd_warehouse_copy(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    from pathlib import Path
+
+    from telemetry_pipeline.warehouse import PostgresWarehouse, WarehouseError
+    from telemetry_pipeline.warehouse.copy import copy_duckdb_to_postgres
+    from telemetry_pipeline.warehouse.postgres_store import is_postgres_url
+
+    settings: Settings = args.settings
+    path = Path(args.source) if args.source else settings.warehouse_path
+    url = args.target or (settings.warehouse.url.value if settings.warehouse.url else None)
+    if not url or not is_postgres_url(url):  # never echo the URL: it may hold a password
+        raise ValueError("give --to postgresql://... or set WAREHOUSE_URL to a postgresql:// URL")
+    if not path.is_file():
+        raise ValueError(f"no DuckDB warehouse at {path}")
+    target = PostgresWarehouse(url)
+    payload: dict[str, Any] = {"from": str(path), "to": target.describe()}
+    try:
+        report = copy_duckdb_to_postgres(path, target)
+    except WarehouseError as exc:
+        return {**payload, "error": str(exc)}, False
+    return {**payload, "copied": report.copied, "already_there": report.already_there}, True
 
 
 def cmd_simulate(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:

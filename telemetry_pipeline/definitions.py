@@ -16,6 +16,7 @@ from telemetry_pipeline.settings import Settings, from_environment
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     settings.signavio.check()
+    settings.warehouse.check()
     backfill = dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.batch_size)
     export_assets = session_export.with_attributes(backfill_policy=backfill)
     export_sessions = dg.define_asset_job(
@@ -34,7 +35,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         resources={
             "sources": SourcesResource.from_settings(settings.sources),
-            "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+            "warehouse": WarehouseResource.from_settings(settings),
             "signavio": SignavioResource.from_settings(settings.signavio, settings.outbox_dir),
         },
     )

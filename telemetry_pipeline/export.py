@@ -65,16 +65,16 @@ def export_batch(
     is_live: Callable[[str], bool] = assume_live,
 ) -> BatchOutcome:
     """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
-    claimed in DuckDB before anything is fetched and released at the end, so two overlapping runs never
-    upload the same session twice. `is_live(run_id)` says whether a claiming run is still going."""
+    claimed in the warehouse before anything is fetched, the claims are renewed while the batch runs and
+    released at the end, so two overlapping runs (on any hosts) never upload the same session twice.
+    `is_live(run_id)` says whether a claiming run is still going."""
     run_id = run_id or f"adhoc-{uuid.uuid4().hex}"
     out = BatchOutcome(keys=list(keys))
     claimed, out.in_flight = warehouse.claim(out.keys, run_id, is_live)
-    if out.in_flight:
-        log.warning("%d sessions are being exported by another run, left to it: %s", len(out.in_flight),
-                    dict(list(out.in_flight.items())[:20]))
+    _log_in_flight(out.in_flight)
     try:
-        return _export(out, claimed, sources, warehouse, destination, dataset, fallback_agent)
+        with warehouse.leased(claimed, run_id):
+            return _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent)
     finally:
         try:
             warehouse.release(claimed, run_id)
@@ -82,9 +82,16 @@ def export_batch(
             log.warning("could not release the claims of run %s: %s", run_id, exc)
 
 
+def _log_in_flight(in_flight: dict[str, str]) -> None:
+    if in_flight:
+        log.warning("%d sessions are being exported by another run, left to it: %s", len(in_flight),
+                    dict(list(in_flight.items())[:20]))
+
+
 def _export(
     out: BatchOutcome,
     keys: list[str],
+    run_id: str,
     sources: SourceSet,
     warehouse: Warehouse,
     destination: Destination,
@@ -105,11 +112,14 @@ def _export(
             by_normalizer[NORMALIZERS[r.source]].append(r)
         else:
             out.failures[r.key] = f"normalise: {r.key}: no normaliser for source {r.source!r}"
-    with _timed(out.timings, "normalize"), warehouse.connect() as con:
+    with _timed(out.timings, "normalize"), warehouse.workspace() as con:
         for normalize, batch in by_normalizer.items():
             problems = normalize(con, batch, fallback_agent)
             out.failures.update({k: f"normalise: {e}" for k, e in problems.items()})
             out.normalized += [r.key for r in batch if r.key not in problems]
+        with _timed(out.timings, "save_canonical"):
+            warehouse.save_canonical(con, out.normalized)
+        _drop_lost_claims(out, warehouse, run_id)
         if out.normalized:
             with _timed(out.timings, "render"):
                 rendered = render(con, out.normalized, dataset)
@@ -132,6 +142,17 @@ def _export(
         {k: round(v, 3) for k, v in out.timings.items()},
     )
     return out
+
+
+def _drop_lost_claims(out: BatchOutcome, warehouse: Warehouse, run_id: str) -> None:
+    """A run that was away longer than its lease (paused, cut off from the warehouse) may have lost sessions
+    to another run by now: it renders and uploads only what it still holds."""
+    still = set(warehouse.renew(out.normalized, run_id))
+    lost = {k: "another run (this run's claim had expired)" for k in out.normalized if k not in still}
+    if lost:
+        _log_in_flight(lost)
+        out.in_flight.update(lost)
+        out.normalized = [k for k in out.normalized if k in still]
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""`check`: can we reach each configured source and the destination? Never uploads data."""
+"""`check`: can we reach each configured source, the warehouse and the destination? Never uploads data."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from telemetry_pipeline.resources import SignavioResource, SourcesResource
+from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
 
 
-def run_checks(sources: SourcesResource, signavio: SignavioResource) -> list[dict[str, Any]]:
+def run_checks(
+    sources: SourcesResource, signavio: SignavioResource, warehouse: WarehouseResource
+) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     with sources.open() as source_set:
         if not source_set.sources:
@@ -18,6 +20,8 @@ def run_checks(sources: SourcesResource, signavio: SignavioResource) -> list[dic
         for name, source in source_set.sources.items():
             ok, detail = source.probe()
             checks.append({"name": f"source:{name}", "ok": ok, "detail": detail})
+    ok, detail = warehouse.warehouse().probe()  # names the store in use: a DuckDB file or a PostgreSQL server
+    checks.append({"name": "warehouse", "ok": ok, "detail": detail})
     checks.append(_destination_check(signavio))
     return checks
 

@@ -14,13 +14,14 @@ from pydantic import Field
 from telemetry_pipeline.settings import (
     HttpSettings,
     Secret,
+    Settings,
     SignavioSettings,
     SourcesSettings,
 )
 from telemetry_pipeline.signavio.models import Destination
 from telemetry_pipeline.signavio.outbox import Outbox
 from telemetry_pipeline.sources import SourceSet
-from telemetry_pipeline.warehouse import Warehouse
+from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, Warehouse, open_warehouse
 
 
 def _bound(secret: Secret | None) -> str | dg.EnvVar | None:
@@ -86,11 +87,23 @@ class SourcesResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    path: str = Field(description="the DuckDB file, <home>/warehouse.duckdb")
-    lock_wait_seconds: float = 300.0
+    """Where a run keeps payloads, the canonical model and its claims (`WarehouseSettings`): PostgreSQL when
+    `url` is set, else the DuckDB file at `path`."""
+
+    path: str = Field(description="the DuckDB file, <home>/warehouse.duckdb (used when url is unset)")
+    url: str | None = Field(default=None, description="postgresql://... (secret: bound with EnvVar)")
+    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, description="a claim lasts this long unless renewed")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WarehouseResource:
+        return cls(
+            path=str(settings.warehouse_path),
+            url=_bound(settings.warehouse.url),  # type: ignore[arg-type]  # EnvVar: resolved by Dagster
+            lease_seconds=settings.warehouse.lease_seconds,
+        )
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(Path(self.path), lock_wait=self.lock_wait_seconds)
+        return open_warehouse(self.url or None, Path(self.path), lease_seconds=self.lease_seconds)
 
 
 class SignavioResource(dg.ConfigurableResource):

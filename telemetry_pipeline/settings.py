@@ -51,6 +51,8 @@ SIGNAVIO_MAX_BODY_MB = "SIGNAVIO_MAX_BODY_MB"
 EXPORT_BATCH_SIZE = "EXPORT_BATCH_SIZE"
 SENSOR_INTERVAL_SECONDS = "SENSOR_INTERVAL_SECONDS"
 RETENTION_DAYS = "RETENTION_DAYS"
+WAREHOUSE_URL = "WAREHOUSE_URL"
+CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
 
 
 class ConfigurationError(ValueError):
@@ -116,11 +118,29 @@ class SignavioSettings:
 
 
 @dataclass(frozen=True)
+class WarehouseSettings:
+    """Where runs keep payloads, the canonical model and their claims: PostgreSQL when `url` is set (it may hold
+    a password: a secret), else the DuckDB file under the home."""
+
+    url: Secret | None = None
+    lease_seconds: float = 60.0  # a run's claim on a session lasts this long unless the run renews it
+
+    def check(self) -> None:
+        from telemetry_pipeline.warehouse.postgres_store import is_postgres_url
+
+        if self.url and not is_postgres_url(self.url.value):  # never echo the URL: it may hold a password
+            raise ConfigurationError(f"configuration error: {WAREHOUSE_URL} must be a postgresql:// URL")
+        if self.lease_seconds <= 0:
+            raise ConfigurationError(f"configuration error: {CLAIM_LEASE_SECONDS} must be positive")
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     dagster_home: Path
     sources: SourcesSettings = SourcesSettings()
     signavio: SignavioSettings = SignavioSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
     batch_size: int = 500
     sensor_interval_seconds: int = 30
     retention_days: float = 30.0
@@ -213,6 +233,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         dagster_home=Path(get(DAGSTER_HOME) or home / "dagster_home").resolve(),
         sources=sources,
         signavio=signavio,
+        warehouse=WarehouseSettings(
+            url=secret(WAREHOUSE_URL), lease_seconds=number(CLAIM_LEASE_SECONDS, "60", float)
+        ),
         batch_size=int(number(EXPORT_BATCH_SIZE, "500", int)),
         sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, "30", int)),
         retention_days=number(RETENTION_DAYS, "30", float),
@@ -252,5 +275,7 @@ def to_environment(settings: Settings) -> dict[str, str]:
         EXPORT_BATCH_SIZE: settings.batch_size,
         SENSOR_INTERVAL_SECONDS: settings.sensor_interval_seconds,
         RETENTION_DAYS: settings.retention_days,
+        WAREHOUSE_URL: settings.warehouse.url.value if settings.warehouse.url else None,
+        CLAIM_LEASE_SECONDS: settings.warehouse.lease_seconds,
     }
     return {name: str(value) for name, value in values.items() if value is not None}

@@ -43,15 +43,16 @@ class Pipeline:
         return build_definitions(self.settings)
 
     def configure(self, **changes: Any) -> None:
-        """`sources=` / `signavio=` take dicts of field changes; other keys replace top-level settings."""
-        for part in ("sources", "signavio"):
+        """`sources=` / `signavio=` / `warehouse=` take dicts of field changes; other keys replace top-level settings."""
+        for part in ("sources", "signavio", "warehouse"):
             if part in changes:
                 changes[part] = dataclasses.replace(getattr(self.settings, part), **changes[part])
         self.settings = dataclasses.replace(self.settings, **changes)
 
     def environment(self) -> dict[str, str]:
         """What a `python -m telemetry_pipeline` subprocess needs to run with these settings."""
-        keep = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_"))}
+        prefixes = ("SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_", "WAREHOUSE_", "CLAIM_")
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
         return {**keep, **to_environment(self.settings)}
 
 

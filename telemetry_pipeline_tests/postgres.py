@@ -23,8 +23,12 @@ def _admin() -> psycopg2.extensions.connection:
 def create_database(prefix: str = "tp") -> str:
     """A new empty database; returns its `postgresql://` URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with _admin() as con, con.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    con = _admin()  # not `with con`: psycopg2 2.9 opens a transaction there, and CREATE DATABASE refuses one
+    try:
+        with con.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        con.close()
     return f"{SERVER}/{name}"
 
 

@@ -29,9 +29,10 @@ from typing import Any
 import dagster as dg
 import duckdb
 import httpx
+import pytest
 
 from telemetry_pipeline.settings import HttpSettings
-from telemetry_pipeline.warehouse import Warehouse
+from telemetry_pipeline.warehouse import DuckDBWarehouse
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import Fault, SourceDouble
@@ -82,9 +83,20 @@ def wait_for(condition: Callable[[], bool], export: Export, what: str, timeout: 
         time.sleep(0.02)
 
 
+LEASE_SECONDS = 1.0
+
+
+@pytest.fixture(autouse=True)
+def short_lease(pipeline: Pipeline) -> None:
+    pipeline.configure(warehouse={"lease_seconds": LEASE_SECONDS})
+
+
 def sigkill(export: Export) -> None:
+    """Kill it, then wait out its lease: its run record still says STARTED, so only the lease, which it no
+    longer renews, lets its claims go."""
     os.kill(export.proc.pid, signal.SIGKILL)
-    assert export.proc.wait(timeout=10) == -signal.SIGKILL  # reaped: its pid is gone, not a zombie
+    assert export.proc.wait(timeout=10) == -signal.SIGKILL
+    time.sleep(LEASE_SECONDS * 1.2)
 
 
 def claims(home: Path) -> dict[str, str]:
@@ -140,63 +152,7 @@ def add_good(source_double: SourceDouble, n: int, prefix: str) -> list[str]:
     return [source_double.add_good("extract", f"{prefix}-{i:03d}", n_tools=N_TOOLS) for i in range(n)]
 
 
-# -- claims: the concurrency guard, as plain code -----------------------------------------------------------
-
-
-def test_claims_keep_overlapping_runs_apart_and_expire_with_their_run(tmp_path: Path):
-    wh = Warehouse(tmp_path / "w.duckdb")
-    live = {"run-a", "run-b"}
-    is_live = live.__contains__
-
-    assert wh.claim(["k1", "k2", "k3"], "run-a", is_live) == (["k1", "k2", "k3"], {})
-    claimed, held = wh.claim(["k2", "k3", "k4"], "run-b", is_live)
-    assert claimed == ["k4"] and held == {"k2": "run-a", "k3": "run-a"}, "a live run's claims are respected"
-    assert wh.claim(["k1"], "run-a", is_live) == (["k1"], {}), "a run may claim its own keys again"
-
-    wh.release(["k1", "k2", "k3", "k4"], "run-a")  # only run-a's own claims go
-    assert wh.claim(["k1", "k4"], "run-c", is_live) == (["k1"], {"k4": "run-b"})
-
-    live.discard("run-b")  # run-b is over (finished, failed, or its record is gone)
-    assert wh.claim(["k4"], "run-c", is_live) == (["k4"], {}), "the claim of a run that is over is stale"
-
-    assert wh.claim(["k9"], "run-a", is_live) == (["k9"], {})
-    assert wh.claim(["k9"], "run-d", is_live, stale_after=0) == (["k9"], {}), "a claim past its TTL is stale"
-
-
-def test_claims_of_a_killed_process_are_stale_even_if_its_run_looks_alive(pipeline: Pipeline, tmp_path: Path):
-    path = tmp_path / "w.duckdb"
-    script = (
-        "import sys; from pathlib import Path; from telemetry_pipeline.warehouse import Warehouse; "
-        "print(Warehouse(Path(sys.argv[1])).claim(['k1', 'k2'], 'dead-run'))"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
-    assert "['k1', 'k2']" in done.stdout  # that process claimed both, then ended without releasing them
-
-    claimed, held = Warehouse(path).claim(["k1", "k2"], "next-run", lambda run_id: True)
-
-    assert claimed == ["k1", "k2"] and held == {}
-
-
-def test_claims_race_between_connections_of_one_process(tmp_path: Path):
-    import threading
-
-    wh = Warehouse(tmp_path / "w.duckdb")
-    keys = [f"k{i}" for i in range(50)]
-    results: dict[str, list[str]] = {}
-    start = threading.Barrier(8)
-
-    def contend(run_id: str) -> None:
-        start.wait()
-        results[run_id] = wh.claim(keys, run_id, lambda _: True)[0]
-
-    threads = [threading.Thread(target=contend, args=(f"run-{i}",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    winners = [run for run, got in results.items() if got]
-    assert len(results) == 8 and len(winners) == 1 and results[winners[0]] == keys, "one run got every key"
+# The claims themselves, as plain code, on both stores: test_warehouse.py.
 
 
 # -- two real runs overlapping on the same sessions -----------------------------------------------------------
@@ -442,7 +398,7 @@ def test_a_burst_longer_than_the_retries_exports_nothing_then_the_next_export_do
     # only the run's own status can tell that they are over.
     [failed] = instance.get_runs()
     assert failed.status == dg.DagsterRunStatus.FAILURE
-    Warehouse(home / "warehouse.duckdb").claim(keys, failed.run_id)
+    DuckDBWarehouse(home / "warehouse.duckdb").claim(keys, failed.run_id)
 
     code, out = pipeline.cli("export", *keys)
 

@@ -241,7 +241,7 @@ def test_odd_agora_and_otlp_payloads_fail_alone(pipeline: Pipeline, tmp_path: Pa
     from telemetry_pipeline.normalize.agora import normalize_agora_sessions
     from telemetry_pipeline.normalize.otlp import normalize_otlp_sessions
     from telemetry_pipeline.sources.base import RawSession
-    from telemetry_pipeline.warehouse import Warehouse
+    from telemetry_pipeline.warehouse import DuckDBWarehouse
 
     now = dt.datetime.now(dt.UTC)
 
@@ -255,7 +255,7 @@ def test_odd_agora_and_otlp_payloads_fail_alone(pipeline: Pipeline, tmp_path: Pa
         {"timeline": {"timeline": []}, "spans": "x", "events": None},
         [1, 2, 3],
     ]
-    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
     with warehouse.connect() as con:
         errors = normalize_agora_sessions(con, [raw("agora", f"odd{i}", d) for i, d in enumerate(odd_docs)], "agent")
         exported = con.execute("SELECT session_key FROM sessions").fetchall()

@@ -28,7 +28,7 @@ from telemetry_pipeline.normalize.agent_events import normalize_agent_sessions
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse import Warehouse
+from telemetry_pipeline.warehouse import DuckDBWarehouse
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -82,16 +82,16 @@ def parse(data: bytes) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDBWarehouse]:
     csv.field_size_limit(sys.maxsize)
-    yield Warehouse(Path(tmp_path_factory.mktemp("props")) / "w.duckdb")
+    yield DuckDBWarehouse(Path(tmp_path_factory.mktemp("props")) / "w.duckdb")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(sessions(), min_size=1, max_size=4), session_ids=st.lists(text.filter(bool), min_size=4,
                                                                                   max_size=4, unique=True))
 def test_any_text_and_numbers_round_trip_through_the_csv(
-    warehouse: Warehouse, batch: list[dict[str, Any]], session_ids: list[str]
+    warehouse: DuckDBWarehouse, batch: list[dict[str, Any]], session_ids: list[str]
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     raw = [

@@ -308,8 +308,9 @@ def test_check_is_healthy_with_reachable_sources_and_accepted_token(pipeline: Pi
 
     assert code == 0 and out["healthy"] is True
     checks = checks_by_name(out)
-    assert set(checks) == {"source:extract", "source:agent_telemetry", "signavio"}
+    assert set(checks) == {"source:extract", "source:agent_telemetry", "warehouse", "signavio"}
     assert all(c["ok"] for c in checks.values())
+    assert checks["warehouse"]["detail"].startswith("DuckDB file "), "the embedded default, named"
     assert checks["signavio"]["detail"] == "reachable, token accepted"
     assert [(r.method, r.path) for r in signavio.requests] == [("GET", NIL_STATUS_PATH)], "probed, never uploaded"
 

@@ -3,7 +3,8 @@
 Every other form is derived from these declarations: the `CREATE TABLE` statements (DuckDB and
 PostgreSQL), the Arrow schemas the Python normalisers load through, and the column lists of every
 insert (always explicit, never `SELECT *` in table order). A column's SQL type follows its Python type
-(`str` text, `int` long, `datetime` UTC timestamp, `Json` JSON text); `| None` makes it nullable.
+(`str` text, `int` long, `datetime` UTC timestamp, `Json` JSON text, `bytes` bytes); `| None` makes it nullable.
+The warehouse declares its own tables (`raw_telemetry`, `export_claims`) the same way.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import pyarrow as pa
 Json = NewType("Json", str)  # JSON text: stored in a JSON column
 Dialect = Literal["duckdb", "postgres"]
 
-_KINDS: dict[Any, str] = {str: "text", int: "long", dt.datetime: "timestamp", Json: "json"}
+_KINDS: dict[Any, str] = {str: "text", int: "long", dt.datetime: "timestamp", Json: "json", bytes: "bytes"}
 SQL_TYPES: dict[str, dict[str, str]] = {
-    "duckdb": {"text": "VARCHAR", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSON"},
-    "postgres": {"text": "TEXT", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSONB"},
+    "duckdb": {"text": "VARCHAR", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSON", "bytes": "BLOB"},
+    # JSON, not JSONB: it keeps the text as written (key order, duplicates) and accepts the escape \u0000,
+    # which JSONB refuses (hostile input has it: one such attribute would fail a whole batch's COPY).
+    "postgres": {"text": "TEXT", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSON", "bytes": "BYTEA"},
 }
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(), "long": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "json": pa.string(),
+    "bytes": pa.binary(),
 }
 
 
@@ -82,7 +86,7 @@ class EventRow:
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str  # text | long | timestamp | json
+    kind: str  # text | long | timestamp | json | bytes
     nullable: bool
     primary_key: bool
     doc: str

@@ -1,0 +1,179 @@
+"""The embedded default: the whole warehouse in one DuckDB file, `<home>/warehouse.duckdb`.
+
+DuckDB allows one writing process at a time, so connections are short-lived (one per stage of a batch) and
+opening one waits, bounded, while another run holds the file. The file is also the run's workspace: the
+normalisers write the canonical rows straight into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import duckdb
+
+from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.warehouse import schema
+from telemetry_pipeline.warehouse.base import (
+    DEFAULT_LEASE_SECONDS,
+    Warehouse,
+    WarehouseBusy,
+    WarehouseError,
+    assume_live,
+    live_holders,
+)
+from telemetry_pipeline.warehouse.schema import RAW_TELEMETRY, raw_table
+
+_MIGRATE_LOCK = threading.Lock()  # two first connections of one process would conflict on CREATE
+_CLAIMS_LOCK = threading.Lock()  # claims of one process's connections never interleave (see `claim`)
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Apply the missing migrations in one transaction. Other processes wait on the file lock; other
+    connections of this process on `_MIGRATE_LOCK`."""
+    with _MIGRATE_LOCK:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(schema.SCHEMA_VERSION_DDL)
+            applied = {v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()}
+            for migration in schema.pending(applied):
+                for statement in migration.statements["duckdb"]:
+                    con.execute(statement)
+                con.execute(
+                    "INSERT INTO schema_version VALUES (?, ?, now())", [migration.version, migration.description]
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+
+
+def create_canonical(con: duckdb.DuckDBPyConnection) -> None:
+    """The canonical tables in a DuckDB database (an in-run workspace)."""
+    for table in schema.CANONICAL:
+        con.execute(table.ddl("duckdb"))
+
+
+class DuckDBWarehouse(Warehouse):
+    def __init__(self, path: Path, lock_wait: float = 300.0, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self.path = Path(path)
+        self.lock_wait = lock_wait
+        self.lease_seconds = lease_seconds
+        self._ready = False
+
+    def describe(self) -> str:
+        return f"DuckDB file {self.path}"
+
+    def probe(self) -> tuple[bool, str]:
+        try:
+            with self.connect(lock_wait=5.0) as con:
+                (version,) = con.execute("SELECT max(version) FROM schema_version").fetchone() or (None,)
+        except WarehouseBusy:
+            return True, f"{self.describe()}: in use by another process"
+        except (duckdb.Error, OSError, WarehouseError) as exc:
+            return False, f"{self.describe()}: {exc}"
+        return True, f"{self.describe()}, schema version {version}"
+
+    @contextlib.contextmanager
+    def connect(self, lock_wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one unit of work, in UTC, with the schema migrated."""
+        con = self._open(self.lock_wait if lock_wait is None else lock_wait)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if not self._ready:
+                migrate(con)
+                self._ready = True
+            yield con
+        finally:
+            con.close()
+
+    def _open(self, lock_wait: float) -> duckdb.DuckDBPyConnection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + lock_wait
+        wait = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                # The only IOException worth waiting out is another process's lock on the file.
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusy(f"{self.path} stayed locked by another process for {lock_wait:.0f}s") from None
+                time.sleep(wait)
+                wait = min(wait * 2, 2.0)
+
+    def store_raw(self, raw: Sequence[RawSession]) -> None:
+        if not raw:
+            return
+        with self.connect() as con:
+            con.register("incoming_raw", raw_table(raw))
+            columns = RAW_TELEMETRY.column_list()
+            con.execute(f"INSERT OR REPLACE INTO raw_telemetry ({columns}) SELECT {columns} FROM incoming_raw")
+
+    def workspace(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self.connect()
+
+    def save_canonical(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> None:
+        """Nothing to do: the normalisers replaced the rows in the file, in their own transaction."""
+
+    def claim(
+        self, keys: Sequence[str], run_id: str, is_live: Callable[[str], bool] = assume_live
+    ) -> tuple[list[str], dict[str, str]]:
+        """One transaction; claims never interleave: DuckDB's file lock lets one process in at a time, and
+        within a process `_CLAIMS_LOCK` does the same for its connections."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return [], {}
+        with _CLAIMS_LOCK, self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                held = live_holders(
+                    con.execute(
+                        "SELECT session_key, run_id FROM export_claims WHERE session_key IN "
+                        "(SELECT unnest($keys::VARCHAR[])) AND run_id <> $run AND lease_until > now()",
+                        {"keys": keys, "run": run_id},
+                    ).fetchall(),
+                    is_live,
+                )
+                claimed = [k for k in keys if k not in held]
+                con.execute(
+                    "INSERT OR REPLACE INTO export_claims "
+                    "SELECT unnest($keys::VARCHAR[]), $run, now(), now() + to_microseconds($lease)",
+                    {"keys": claimed, "run": run_id, "lease": self._lease_us()},
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        return claimed, held
+
+    def renew(self, keys: Sequence[str], run_id: str) -> list[str]:
+        if not keys:
+            return []
+        # Bounded by the lease: a renewal stuck behind another process's lock would be too late anyway.
+        with _CLAIMS_LOCK, self.connect(lock_wait=self.lease_seconds / 3) as con:
+            rows = con.execute(
+                "UPDATE export_claims SET lease_until = now() + to_microseconds($lease) "
+                "WHERE run_id = $run AND session_key IN (SELECT unnest($keys::VARCHAR[])) RETURNING session_key",
+                {"keys": list(keys), "run": run_id, "lease": self._lease_us()},
+            ).fetchall()
+        still = {k for (k,) in rows}
+        return [k for k in keys if k in still]
+
+    def release(self, keys: Sequence[str], run_id: str) -> None:
+        if not keys:
+            return
+        with _CLAIMS_LOCK, self.connect() as con:
+            con.execute(
+                "DELETE FROM export_claims WHERE run_id = $run AND session_key IN (SELECT unnest($keys::VARCHAR[]))",
+                {"keys": list(keys), "run": run_id},
+            )
+
+    def _lease_us(self) -> int:
+        return round(self.lease_seconds * 1_000_000)

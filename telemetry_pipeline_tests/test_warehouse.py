@@ -1,0 +1,253 @@
+"""The warehouse as plain code, on both stores (the DuckDB file and a real PostgreSQL database): the claim rule
+(leases, never process ids), versioned migrations that several processes may run at once, and the bulk writes
+keeping every value (bytes verbatim, text with quotes and line breaks, extreme timestamps, JSON escapes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg2
+import pytest
+
+from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.warehouse import DuckDBWarehouse, PostgresWarehouse, Warehouse, open_warehouse
+from telemetry_pipeline.warehouse.schema import LATEST_VERSION
+
+MakeStore = Callable[..., Warehouse]
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MakeStore:
+    """A factory of warehouses sharing one store (several runs, processes or hosts see the same rows);
+    `WAREHOUSE_URL` is set for the PostgreSQL one, so processes the test starts find it too."""
+    path = tmp_path / "w.duckdb"
+    if request.param == "duckdb":
+        monkeypatch.delenv("WAREHOUSE_URL", raising=False)
+        return lambda lease=60.0: DuckDBWarehouse(path, lease_seconds=lease)
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("WAREHOUSE_URL", url)
+    return lambda lease=60.0: PostgresWarehouse(url, lease_seconds=lease)
+
+
+def claim_rows(store: Warehouse) -> dict[str, str]:
+    if isinstance(store, DuckDBWarehouse):
+        with store.connect() as con:
+            return dict(con.execute("SELECT session_key, run_id FROM export_claims").fetchall())
+    assert isinstance(store, PostgresWarehouse)
+    with store.transaction("reading claims") as cur:
+        cur.execute("SELECT session_key, run_id FROM export_claims")
+        return dict(cur.fetchall())
+
+
+# -- claims ------------------------------------------------------------------------------------------------------
+
+
+def test_claims_keep_overlapping_runs_apart_until_their_run_is_over_or_their_lease_runs_out(make_store: MakeStore):
+    wh = make_store()
+    live = {"run-a", "run-b"}
+    is_live = live.__contains__
+
+    assert wh.claim(["k1", "k2", "k3"], "run-a", is_live) == (["k1", "k2", "k3"], {})
+    claimed, held = wh.claim(["k2", "k3", "k4"], "run-b", is_live)
+    assert claimed == ["k4"] and held == {"k2": "run-a", "k3": "run-a"}, "a live run's claims are respected"
+    assert wh.claim(["k1"], "run-a", is_live) == (["k1"], {}), "a run may claim its own keys again"
+
+    wh.release(["k1", "k2", "k3", "k4"], "run-a")  # only run-a's own claims go
+    assert wh.claim(["k1", "k4"], "run-c", is_live) == (["k1"], {"k4": "run-b"})
+
+    live.discard("run-b")  # run-b is over (finished, failed, or its record is gone)
+    assert wh.claim(["k4"], "run-c", is_live) == (["k4"], {}), "the claim of a run that is over is stale"
+
+    short = make_store(lease=0.5)
+    assert short.claim(["k9"], "run-a", is_live) == (["k9"], {})
+    assert wh.claim(["k9"], "run-d", is_live) == ([], {"k9": "run-a"}), "within its lease, a live run keeps it"
+    time.sleep(0.7)
+    assert wh.claim(["k9"], "run-d", is_live) == (["k9"], {}), "a lease that ran out is stale, live run or not"
+    assert short.renew(["k9"], "run-a") == [], "run-a learns that it lost k9"
+
+
+def test_a_live_run_renews_its_lease_and_keeps_its_claims(make_store: MakeStore):
+    holder, other = make_store(lease=0.6), make_store()
+    holder.claim(["k1", "k2"], "run-a")
+
+    with holder.leased(["k1", "k2"], "run-a"):
+        time.sleep(1.5)  # well past one lease: only the renewals keep it
+        assert other.claim(["k1", "k2"], "run-b") == ([], {"k1": "run-a", "k2": "run-a"})
+    time.sleep(0.8)  # renewals stopped (as if the run had died): the lease runs out
+    assert other.claim(["k1", "k2"], "run-b") == (["k1", "k2"], {})
+    assert claim_rows(other) == {"k1": "run-b", "k2": "run-b"}
+
+
+def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_store: MakeStore, tmp_path: Path):
+    """No process ids: a claim left by a process that is gone (on this host or any other) is judged by its
+    lease and its run alone."""
+    wh = make_store(lease=1.5)
+    script = (
+        "import os, sys; from pathlib import Path; from telemetry_pipeline.warehouse import open_warehouse; "
+        "wh = open_warehouse(os.environ.get('WAREHOUSE_URL'), Path(sys.argv[1]), lease_seconds=1.5); "
+        "print(wh.claim(['k1', 'k2'], 'dead-run'))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "w.duckdb")],
+                          capture_output=True, text=True, check=True)
+    assert "(['k1', 'k2'], {})" in done.stdout  # that process claimed both, then ended without releasing them
+
+    assert wh.claim(["k1", "k2"], "next-run", lambda run_id: True) == ([], {"k1": "dead-run", "k2": "dead-run"})
+    time.sleep(1.7)
+    assert wh.claim(["k1", "k2"], "next-run", lambda run_id: True) == (["k1", "k2"], {})
+
+
+def test_claims_race_between_connections(make_store: MakeStore):
+    keys = [f"k{i:02d}" for i in range(50)]
+    results: dict[str, list[str]] = {}
+    start = threading.Barrier(8)
+
+    def contend(run_id: str) -> None:
+        wh = make_store()  # its own warehouse object: its own connections
+        start.wait()
+        results[run_id] = wh.claim(list(reversed(keys)) if run_id.endswith(("1", "3")) else keys, run_id)[0]
+
+    threads = [threading.Thread(target=contend, args=(f"run-{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    winners = [run for run, got in results.items() if got]
+    assert len(results) == 8 and len(winners) == 1 and sorted(results[winners[0]]) == keys, "one run got every key"
+
+
+# -- schema versions ---------------------------------------------------------------------------------------------
+
+
+def test_several_processes_migrate_a_fresh_postgres_warehouse_at_once(postgres_url: str):
+    script = (
+        "import sys; from telemetry_pipeline.warehouse import PostgresWarehouse; "
+        "ok, detail = PostgresWarehouse(sys.argv[1]).probe(); print(detail); sys.exit(0 if ok else 1)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, postgres_url], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert all(f"schema version {LATEST_VERSION}" in out for out in outs)
+    with psycopg2.connect(postgres_url) as con, con.cursor() as cur:
+        cur.execute("SELECT version FROM schema_version ORDER BY version")
+        assert [v for (v,) in cur.fetchall()] == list(range(1, LATEST_VERSION + 1)), "each migration applied once"
+    con.close()
+
+
+def test_a_duckdb_file_from_before_versioning_is_migrated_in_place(tmp_path: Path):
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:  # the tables as the first release created them
+        con.execute("CREATE TABLE raw_telemetry (session_key VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, "
+                    "session_id VARCHAR NOT NULL, body BLOB NOT NULL, content_type VARCHAR, byte_size BIGINT NOT NULL, "
+                    "sha256 VARCHAR NOT NULL, location VARCHAR, fetched_at TIMESTAMPTZ NOT NULL)")
+        con.execute("INSERT INTO raw_telemetry VALUES ('extract:a', 'extract', 'a', 'x'::BLOB, NULL, 1, 'h', NULL, now())")
+        con.execute("CREATE TABLE export_claims (session_key VARCHAR PRIMARY KEY, run_id VARCHAR NOT NULL, "
+                    "claimed_at TIMESTAMPTZ NOT NULL, host VARCHAR NOT NULL, pid BIGINT NOT NULL)")
+        con.execute("INSERT INTO export_claims VALUES ('extract:a', 'old-run', now(), 'h', 1)")
+
+    wh = DuckDBWarehouse(path)
+    assert wh.probe() == (True, f"DuckDB file {path}, schema version {LATEST_VERSION}")
+    with wh.connect() as con:
+        assert con.execute("SELECT session_key FROM raw_telemetry").fetchall() == [("extract:a",)], "data kept"
+        columns = [c for (c,) in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = "
+                                             "'export_claims'").fetchall()]
+    assert columns == ["session_key", "run_id", "claimed_at", "lease_until"], "claims are leases now"
+    assert wh.claim(["extract:a"], "new-run") == (["extract:a"], {})
+
+
+def test_a_warehouse_migrated_by_newer_code_is_refused(make_store: MakeStore):
+    wh = make_store()
+    assert wh.probe()[0]
+    sql = "INSERT INTO schema_version VALUES (99, 'from the future', now())"
+    if isinstance(wh, DuckDBWarehouse):
+        with wh.connect() as con:
+            con.execute(sql)
+    else:
+        assert isinstance(wh, PostgresWarehouse)
+        with wh.transaction("test") as cur:
+            cur.execute(sql)
+
+    ok, detail = make_store().probe()
+    assert not ok and "schema version 99, newer than this code knows" in detail
+
+
+# -- what the stores keep ----------------------------------------------------------------------------------------
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+HOSTILE = 'quote " comma , semicolon ; tab \t CRLF \r\n lone CR \r NUL \x00 emoji \U0001f600 line \\. end'
+
+
+def _session(key: str, **overrides: Any) -> dict[str, Any]:
+    row = {"session_key": key, "source": "extract", "session_id": key.split(":", 1)[1], "agent_name": "",
+           "task_description": HOSTILE, "start_time": dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+           "end_time": dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC), "status": "completed",
+           "event_count": 2, "prompt_metrics": json.dumps({"nul": "\x00", "q": '"'}), "normalized_at": NOW}
+    return {**row, **overrides}
+
+
+def _fill(con: duckdb.DuckDBPyConnection, sessions: list[dict[str, Any]], events: list[tuple[str, str]]) -> None:
+    for s in sessions:
+        con.execute(
+            "INSERT INTO sessions (session_key, source, session_id, agent_name, task_description, start_time, "
+            "end_time, status, event_count, prompt_metrics, normalized_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [s["session_key"], s["source"], s["session_id"], s["agent_name"], s["task_description"], s["start_time"],
+             s["end_time"], s["status"], s["event_count"], s["prompt_metrics"], s["normalized_at"]])
+    for i, (event_id, key) in enumerate(events):
+        con.execute("INSERT INTO events (event_id, session_key, seq, activity, event_type, event_time, latency_ms, "
+                    "attributes) VALUES (?, ?, ?, 'Call tool x', 'tool_call', ?, ?, '{}')",
+                    [event_id, key, i, NOW, 2**63 - 1])
+
+
+def test_postgres_keeps_every_value_and_replaces_a_session_whole(postgres_url: str):
+    wh = PostgresWarehouse(postgres_url)
+    body = bytes(range(256)) * 3
+    raw = RawSession("extract", "s1", body, "application/json", NOW, "http://x/s1")
+    wh.store_raw([raw])
+    wh.store_raw([raw])  # a second fetch replaces the first
+    with wh.workspace() as con:
+        _fill(con, [_session("extract:s1"), _session("extract:s2", task_description=None)],
+              [("e1", "extract:s1"), ("e2", "extract:s1"), ("e3", "extract:s2")])
+        wh.save_canonical(con, ["extract:s1", "extract:s2"])
+    with wh.workspace() as con:  # the next normalisation of s1 has one event only
+        _fill(con, [_session("extract:s1", event_count=1)], [("e4", "extract:s1")])
+        wh.save_canonical(con, ["extract:s1"])
+
+    with psycopg2.connect(postgres_url) as pg, pg.cursor() as cur:
+        cur.execute("SELECT body, byte_size, content_type, location, fetched_at FROM raw_telemetry")
+        [(stored, size, content_type, location, fetched_at)] = cur.fetchall()
+        assert bytes(stored) == body and size == len(body) and fetched_at == NOW
+        assert (content_type, location) == ("application/json", "http://x/s1")
+        cur.execute("SELECT session_key, agent_name, task_description, start_time, end_time, prompt_metrics::text, "
+                    "event_count FROM sessions ORDER BY 1")
+        s1, s2 = cur.fetchall()
+        cur.execute("SELECT event_id, session_key, latency_ms, event_time FROM events ORDER BY 1")
+        events = cur.fetchall()
+    pg.close()
+    assert s1[1] == "", "an empty string stays empty, not NULL"
+    assert s1[2] == HOSTILE.replace("\x00", "\ufffd"), "PostgreSQL text cannot hold NUL: it becomes U+FFFD"
+    assert s1[3:5] == (dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC))
+    assert json.loads(s1[5]) == {"nul": "\x00", "q": '"'} and s1[6] == 1, "JSON escapes kept as written"
+    assert s2[2] is None
+    assert events == [("e3", "extract:s2", 2**63 - 1, NOW), ("e4", "extract:s1", 2**63 - 1, NOW)], (
+        "s1's old events went with its new normalisation; s2's stayed"
+    )
+
+
+def test_open_warehouse_picks_the_store_from_the_url(tmp_path: Path):
+    assert isinstance(open_warehouse(None, tmp_path / "w.duckdb"), DuckDBWarehouse)
+    pg = open_warehouse("postgresql+psycopg2://me:s3cret@db.example:6543/wh", tmp_path / "w.duckdb")
+    assert isinstance(pg, PostgresWarehouse) and pg.describe() == "PostgreSQL me@db.example:6543/wh"
+    with pytest.raises(ValueError, match="WAREHOUSE_URL must be a postgresql:// URL") as caught:
+        open_warehouse("mysql://me:s3cret@db/wh", tmp_path / "w.duckdb")
+    assert "s3cret" not in str(caught.value)

@@ -1,0 +1,331 @@
+"""Issue 12: runs that can start on any host. Real processes, a real PostgreSQL, the Signavio double.
+
+A "host" is a `python -m telemetry_pipeline ...` process with a working directory and a pipeline home of its
+own; two hosts share only what a containerised deployment shares: the PostgreSQL warehouse (`WAREHOUSE_URL`)
+and a PostgreSQL Dagster instance (their `dagster.yaml` point at one database). Invariants, as in
+test_faults.py: every session in exactly one upload and one materialisation, one row per key at Signavio,
+nothing marked exported that Signavio did not confirm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import psycopg2
+import pytest
+
+from telemetry_pipeline_tests.conftest import CONFIG_VARS, TOKEN, outbox_uploads, run_cli, uploads_by_table
+from telemetry_pipeline_tests.postgres import create_database, drop_database
+from telemetry_pipeline_tests.private_postgres import PrivateCluster, private_postgres  # noqa: F401 (fixture)
+from telemetry_pipeline_tests.signavio_double import SignavioDouble
+from telemetry_pipeline_tests.source_double import SourceDouble
+from telemetry_pipeline_tests.test_faults import (
+    EXPORT,
+    RUNS,
+    Export,
+    add_good,
+    assert_delivered_exactly_once,
+    posted_rows,
+    wait_for,
+)
+
+LEASE = 1.0
+
+
+@dataclass
+class Host:
+    """One container's worth of a deployment: its own directory and home, the shared services by URL."""
+
+    workdir: Path
+    env: dict[str, str]
+
+    def start(self, *argv: str) -> Export:
+        n = len(list(self.workdir.glob("cmd-*.out")))
+        out, err = self.workdir / f"cmd-{n}.out", self.workdir / f"cmd-{n}.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "telemetry_pipeline", *argv], cwd=self.workdir,
+                                    env=self.env, stdout=stdout, stderr=stderr)
+        return Export(proc, out)
+
+    def run(self, *argv: str, timeout: float = 120) -> dict[str, Any]:
+        return self.start(*argv).result(timeout)
+
+
+def base_env(source: SourceDouble, api: SignavioDouble, warehouse_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    env.update({
+        "EXTRACT_SERVICE_URL": source.url, "AGENT_NAME": "test-agent", "SOURCE_MAX_RETRIES": "2",
+        "HTTP_RETRY_WAIT_INITIAL": "0.01", "SIGNAVIO_API_URL": api.url, "SIGNAVIO_API_KEY": api.token,
+        "SIGNAVIO_POLL_INTERVAL": "0.01", "SIGNAVIO_POLL_DEADLINE": "10s", "WAREHOUSE_URL": warehouse_url,
+        "CLAIM_LEASE_SECONDS": str(LEASE),
+    })
+    return env
+
+
+@pytest.fixture
+def source() -> Iterator[SourceDouble]:
+    with SourceDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def api() -> Iterator[SignavioDouble]:
+    with SignavioDouble(token=TOKEN) as double:
+        yield double
+
+
+@pytest.fixture
+def dagster_db() -> Iterator[str]:
+    url = create_database("tp_dagster")
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, source: SourceDouble, api: SignavioDouble, postgres_url: str,
+          dagster_db: str) -> tuple[Host, Host]:
+    instance_yaml = (
+        "storage:\n  postgres:\n"
+        f"    postgres_url: {dagster_db.replace('postgresql://', 'postgresql+psycopg2://')}\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    made = []
+    for name in ("host-a", "host-b"):
+        workdir = tmp_path / name
+        (workdir / "dagster_home").mkdir(parents=True)
+        (workdir / "dagster_home" / "dagster.yaml").write_text(instance_yaml)
+        env = base_env(source, api, postgres_url)
+        env.update({"TELEMETRY_PIPELINE_HOME": str(workdir / "home"), "DAGSTER_HOME": str(workdir / "dagster_home")})
+        made.append(Host(workdir, env))
+    with shared_instance(made[0]):  # create the instance's tables once, before two processes race to
+        pass
+    return made[0], made[1]
+
+
+def shared_instance(host: Host) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(host.env["DAGSTER_HOME"])
+
+
+def warehouse_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    con = psycopg2.connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        con.close()
+
+
+def assert_each_once(api: SignavioDouble, instance: dg.DagsterInstance, keys: list[str]) -> None:
+    uploaded = Counter(r["agent_run_id"] for rows in posted_rows(api, RUNS) for r in rows)
+    assert uploaded == {k.partition(":")[2]: 1 for k in keys}, "each session in exactly one upload"
+    for key in keys:
+        page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EXPORT, asset_partitions=[key]), limit=5)
+        assert len(page.records) == 1, f"{key}: one materialisation"
+    assert_delivered_exactly_once(api, instance, keys)
+
+
+# -- two hosts ----------------------------------------------------------------------------------------------------
+
+
+def test_two_hosts_export_overlapping_sessions_at_once(
+    hosts: tuple[Host, Host], source: SourceDouble, api: SignavioDouble, postgres_url: str
+):
+    a, b = hosts
+    keys = add_good(source, 8, "o")
+    first, second = keys[:6], keys[2:]  # overlapping on keys[2:6]
+    for key in keys:  # both runs are surely in flight together: nobody answers until both have claimed
+        source.slow("extract", key.partition(":")[2], 60)
+
+    run_a, run_b = a.start("export", *first), b.start("export", *second)
+    wait_for(lambda: source.hits[keys[0]] > 0, run_a, "host A fetching (it holds its claims)")
+    wait_for(lambda: source.hits[keys[-1]] > 0, run_b, "host B fetching (it holds its claims)")
+    for key in keys:
+        source.slow("extract", key.partition(":")[2], 0)
+    out_a, out_b = run_a.result(), run_b.result()
+
+    assert run_a.proc.returncode == 0 and run_b.proc.returncode == 0, (out_a, out_b)
+    assert out_a["exported_count"] + out_b["exported_count"] == 8, "every session exported by one of them"
+    assert out_a["skipped_count"] + out_b["skipped_count"] == 4, "the overlap was left to whoever claimed it"
+    for out in (out_a, out_b):
+        for result in out["results"]:
+            if result["status"] == "skipped":
+                assert result["reason"].startswith("being exported by run ")
+    assert all(source.hits[k] == 1 for k in keys), "no session was even fetched twice"
+    with shared_instance(a) as instance:
+        assert_each_once(api, instance, keys)
+    assert warehouse_rows(postgres_url, "SELECT count(*) FROM sessions") == [(8,)]
+    assert warehouse_rows(postgres_url, "SELECT count(*) FROM export_claims") == [(0,)], "all released"
+    assert not (a.workdir / "home" / "warehouse.duckdb").exists(), "no warehouse file on either host"
+    assert not (b.workdir / "home" / "warehouse.duckdb").exists()
+
+
+def test_a_host_killed_mid_batch_loses_its_sessions_to_the_other_once_its_lease_ran_out(
+    hosts: tuple[Host, Host], source: SourceDouble, api: SignavioDouble, postgres_url: str
+):
+    a, b = hosts
+    keys = add_good(source, 8, "k")
+    first, second = keys[:6], keys[2:]
+    for key in first:
+        source.slow("extract", key.partition(":")[2], 60)
+
+    run_a = a.start("export", *first)
+    wait_for(lambda: all(source.hits[k] for k in first), run_a, "host A fetching all of its sessions")
+    out_b = b.run("export", *second)  # while A is alive, renewing its lease
+    assert out_b["exported_count"] == 2 and out_b["skipped_count"] == 4, out_b
+
+    os.kill(run_a.proc.pid, signal.SIGKILL)
+    assert run_a.proc.wait(timeout=10) == -signal.SIGKILL
+    for key in first:
+        source.slow("extract", key.partition(":")[2], 0)
+    with shared_instance(a) as instance:
+        [dead] = [r for r in instance.get_runs() if r.tags.get("dagster/asset_partition_range_start") == first[0]]
+        assert dead.status == dg.DagsterRunStatus.STARTED, "its record says STARTED: only the lease can tell"
+    held = dict(warehouse_rows(postgres_url, "SELECT session_key, run_id FROM export_claims"))
+    assert held == {k: dead.run_id for k in first}
+    assert {r["agent_run_id"] for rows in posted_rows(api, RUNS) for r in rows} == {"k-006", "k-007"}
+
+    time.sleep(LEASE * 1.2)
+    out = b.run("export", "--pending")
+
+    assert out["exported_count"] == 6 and out["status"] == "ok", out
+    with shared_instance(b) as instance:
+        assert_each_once(api, instance, keys)
+    assert warehouse_rows(postgres_url, "SELECT count(*) FROM export_claims") == [(0,)]
+
+
+# -- PostgreSQL restarted in the middle of a run ---------------------------------------------------------------------
+
+
+def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_everything(
+    private_postgres: PrivateCluster, tmp_path: Path, source: SourceDouble, api: SignavioDouble
+):
+    url = private_postgres.url(password="pg-s3cret-do-not-leak")  # trust auth: any password is accepted
+    env = base_env(source, api, url)
+    env.update({"TELEMETRY_PIPELINE_HOME": str(tmp_path / "home")})
+    host = Host(tmp_path, env)
+    keys = add_good(source, 4, "p")
+    source.slow("extract", "p-003", 60)
+
+    running = host.start("export", *keys)
+    wait_for(lambda: source.hits[keys[3]] > 0, running, "the run fetching (its claims are in PostgreSQL)")
+    private_postgres.stop()
+    source.slow("extract", "p-003", 0)
+    out = running.result()
+
+    assert running.proc.returncode == 1 and out["failed_count"] == 4, out
+    where = f"PostgreSQL postgres@127.0.0.1:{private_postgres.port}/postgres"
+    for result in out["results"]:
+        assert result["error"].startswith(f"WarehouseUnavailable: {where} is unreachable (storing raw payloads)")
+    assert "pg-s3cret-do-not-leak" not in json.dumps(out)
+    assert "pg-s3cret-do-not-leak" not in running.out.with_suffix(".err").read_text()
+    assert not api.posts(), "nothing was uploaded"
+    check = host.run("check")
+    [warehouse] = [c for c in check["checks"] if c["name"] == "warehouse"]
+    assert not check["healthy"] and not warehouse["ok"] and warehouse["detail"].startswith(f"{where} is unreachable")
+
+    private_postgres.start()
+    out = host.run("export", "--pending")
+
+    assert out["exported_count"] == 4 and out["status"] == "ok", out
+    with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster_home")) as instance:
+        assert_each_once(api, instance, keys)
+    check = host.run("check")
+    [warehouse] = [c for c in check["checks"] if c["name"] == "warehouse"]
+    assert check["healthy"] and warehouse["detail"] == f"{where}, schema version 2"
+
+
+# -- the embedded default: SIGKILL in the middle of a DuckDB write ---------------------------------------------------
+
+
+def test_killed_in_the_middle_of_a_duckdb_write_the_file_opens_and_nothing_confirmed_is_lost(
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+):
+    """To the outbox: an 18 MB upload to the double would test the HTTP timeout, not the file."""
+    from telemetry_pipeline_tests.source_double import agent_event
+    from telemetry_pipeline_tests.test_faults import start_export
+
+    monkeypatch.setenv("CLAIM_LEASE_SECONDS", str(LEASE))
+    confirmed = add_good(source_double, 3, "c")
+    assert run_cli(capsys, "export", *confirmed)[0] == 0
+    path = home / "warehouse.duckdb"
+    snapshot_sql = ("SELECT r.session_key, r.sha256, s.event_count, (SELECT count(*) FROM events e WHERE "
+                    "e.session_key = r.session_key) FROM raw_telemetry r JOIN sessions s USING (session_key) "
+                    "WHERE r.session_key LIKE 'extract:c-%' ORDER BY 1")
+    with duckdb.connect(str(path), read_only=True) as con:
+        before = con.execute(snapshot_sql).fetchall()
+    big = source_double.add("extract", "big", {"events": [
+        agent_event(1736937000000 + i, "agent_thought", step_name=f"step {i % 7}", text="x" * 200, n=i) for i in range(60_000)
+    ]})
+    wal = path.with_name(path.name + ".wal")
+    assert not wal.exists(), "the first run checkpointed its writes into the file"
+
+    killed = start_export(tmp_path, big)  # claims (a small write), fetch, then the 18 MB payload and 60k events
+    wait_for(lambda: wal.exists() and wal.stat().st_size > 1_000_000, killed, "the big write under way",
+             timeout=120)
+    os.kill(killed.proc.pid, signal.SIGKILL)
+    assert killed.proc.wait(timeout=10) == -signal.SIGKILL
+    assert len(outbox_uploads(home)) == 2, "killed before any upload: only the first run's two tables"
+    time.sleep(LEASE * 1.2)
+
+    with duckdb.connect(str(path), read_only=True) as con:  # the file opens (its WAL replayed or dropped)
+        assert con.execute(snapshot_sql).fetchall() == before, "nothing confirmed was lost"
+    code, out = run_cli(capsys, "export", "--pending")
+
+    assert code == 0 and out["exported_count"] == 1, out
+    uploaded = Counter(r["agent_run_id"] for r in uploads_by_table(home)[RUNS])
+    assert uploaded == {"c-000": 1, "c-001": 1, "c-002": 1, "big": 1}, "the session was exported once"
+    assert instance.get_materialized_partitions(EXPORT) == {*confirmed, big}
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT event_count FROM sessions WHERE session_key = ?", [big]).fetchall() == [(60_000,)]
+
+
+# -- operating it: check, and moving a DuckDB home into PostgreSQL ----------------------------------------------------
+
+
+def test_copy_a_duckdb_home_into_postgres_idempotently_then_run_there(
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    postgres_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+):
+    old = add_good(source_double, 3, "d")
+    assert run_cli(capsys, "export", *old)[0] == 0
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        duck_events = con.execute("SELECT event_id, session_key, event_time, attributes::VARCHAR FROM events "
+                                  "ORDER BY 1").fetchall()
+        duck_raw = con.execute("SELECT session_key, sha256 FROM raw_telemetry ORDER BY 1").fetchall()
+
+    code, out = run_cli(capsys, "warehouse", "copy", "--to", postgres_url)
+    assert code == 0 and out["copied"] == {"raw_telemetry": 3, "sessions": 3, "events": len(duck_events)}, out
+    code, again = run_cli(capsys, "warehouse", "copy", "--to", postgres_url)
+    assert code == 0 and again["copied"] == {"raw_telemetry": 0, "sessions": 0, "events": 0}, "idempotent"
+    assert again["already_there"] == {"raw_telemetry": 3, "sessions": 3}
+    pg_events = warehouse_rows(postgres_url, "SELECT event_id, session_key, event_time, attributes::text FROM events "
+                                             "ORDER BY 1")
+    assert [(e[0], e[1], e[2]) for e in pg_events] == [(e[0], e[1], e[2]) for e in duck_events]
+    assert [json.loads(e[3]) for e in pg_events] == [json.loads(e[3]) for e in duck_events]
+    assert warehouse_rows(postgres_url, "SELECT session_key, sha256 FROM raw_telemetry ORDER BY 1") == duck_raw
+
+    monkeypatch.setenv("WAREHOUSE_URL", postgres_url)  # the move: from now on runs use PostgreSQL
+    code, out = run_cli(capsys, "check")
+    [warehouse] = [c for c in out["checks"] if c["name"] == "warehouse"]
+    assert warehouse["ok"] and warehouse["detail"].startswith("PostgreSQL postgres@127.0.0.1:5432/")
+    new = add_good(source_double, 2, "n")
+    code, out = run_cli(capsys, "export", "--pending")
+    assert code == 0 and out["exported_count"] == 2, "the history moved nowhere: only the new ones are pending"
+    assert warehouse_rows(postgres_url, "SELECT count(*) FROM sessions") == [(5,)]
+    assert_delivered_exactly_once(signavio, instance, old + new)
