@@ -98,7 +98,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def from_settings(cls, settings: Settings) -> WarehouseResource:
         return cls(
             path=str(settings.warehouse_path),
-            url=_bound(settings.warehouse.url),  # type: ignore[arg-type]  # EnvVar: resolved by Dagster
+            url=_bound(settings.warehouse.url),  # an EnvVar when read from the environment
             lease_seconds=settings.warehouse.lease_seconds,
         )
 

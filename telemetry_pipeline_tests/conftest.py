@@ -43,7 +43,8 @@ class Pipeline:
         return build_definitions(self.settings)
 
     def configure(self, **changes: Any) -> None:
-        """`sources=` / `signavio=` / `warehouse=` take dicts of field changes; other keys replace top-level settings."""
+        """`sources=` / `signavio=` / `warehouse=` take dicts of field changes; other keys replace top-level
+        settings."""
         for part in ("sources", "signavio", "warehouse"):
             if part in changes:
                 changes[part] = dataclasses.replace(getattr(self.settings, part), **changes[part])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -151,7 +150,9 @@ def test_a_duckdb_file_from_before_versioning_is_migrated_in_place(tmp_path: Pat
         con.execute("CREATE TABLE raw_telemetry (session_key VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, "
                     "session_id VARCHAR NOT NULL, body BLOB NOT NULL, content_type VARCHAR, byte_size BIGINT NOT NULL, "
                     "sha256 VARCHAR NOT NULL, location VARCHAR, fetched_at TIMESTAMPTZ NOT NULL)")
-        con.execute("INSERT INTO raw_telemetry VALUES ('extract:a', 'extract', 'a', 'x'::BLOB, NULL, 1, 'h', NULL, now())")
+        con.execute(
+            "INSERT INTO raw_telemetry VALUES ('extract:a', 'extract', 'a', 'x'::BLOB, NULL, 1, 'h', NULL, now())"
+        )
         con.execute("CREATE TABLE export_claims (session_key VARCHAR PRIMARY KEY, run_id VARCHAR NOT NULL, "
                     "claimed_at TIMESTAMPTZ NOT NULL, host VARCHAR NOT NULL, pid BIGINT NOT NULL)")
         con.execute("INSERT INTO export_claims VALUES ('extract:a', 'old-run', now(), 'h', 1)")
@@ -236,7 +237,8 @@ def test_postgres_keeps_every_value_and_replaces_a_session_whole(postgres_url: s
     pg.close()
     assert s1[1] == "", "an empty string stays empty, not NULL"
     assert s1[2] == HOSTILE.replace("\x00", "\ufffd"), "PostgreSQL text cannot hold NUL: it becomes U+FFFD"
-    assert s1[3:5] == (dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC))
+    latest = dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert s1[3:5] == (dt.datetime(1, 1, 1, tzinfo=dt.UTC), latest)
     assert json.loads(s1[5]) == {"nul": "\x00", "q": '"'} and s1[6] == 1, "JSON escapes kept as written"
     assert s2[2] is None
     assert events == [("e3", "extract:s2", 2**63 - 1, NOW), ("e4", "extract:s1", 2**63 - 1, NOW)], (

@@ -9,6 +9,8 @@ nothing marked exported that Signavio did not confirm.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -20,15 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import dagster as dg
 import duckdb
 import psycopg2
 import pytest
 
-from telemetry_pipeline_tests.conftest import CONFIG_VARS, TOKEN, outbox_uploads, run_cli, uploads_by_table
+from telemetry_pipeline import cli
+from telemetry_pipeline.settings import Secret
+from telemetry_pipeline_tests.conftest import TOKEN, Pipeline, outbox_uploads, uploads_by_table
 from telemetry_pipeline_tests.postgres import create_database, drop_database
-from telemetry_pipeline_tests.private_postgres import PrivateCluster, private_postgres  # noqa: F401 (fixture)
+from telemetry_pipeline_tests.private_postgres import PrivateCluster
+from telemetry_pipeline_tests.private_postgres import private_postgres as private_postgres
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
 from telemetry_pipeline_tests.test_faults import (
@@ -62,9 +68,21 @@ class Host:
     def run(self, *argv: str, timeout: float = 120) -> dict[str, Any]:
         return self.start(*argv).result(timeout)
 
+    def check(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`check` with this host's environment, in this process (a second process would only cost time):
+        (the whole answer, its warehouse entry)."""
+        out = io.StringIO()
+        # The host's environment for the duration (secrets are bound from it, as in its own process).
+        with mock.patch.dict(os.environ, self.env, clear=True), contextlib.redirect_stdout(out):
+            cli.main(["check"])
+        answer = json.loads(out.getvalue())
+        [warehouse] = [c for c in answer["checks"] if c["name"] == "warehouse"]
+        return answer, warehouse
+
 
 def base_env(source: SourceDouble, api: SignavioDouble, warehouse_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    prefixes = ("SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_", "WAREHOUSE_", "CLAIM_", "DAGSTER_", "TELEMETRY_", "OTLP_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update({
         "EXTRACT_SERVICE_URL": source.url, "AGENT_NAME": "test-agent", "SOURCE_MAX_RETRIES": "2",
         "HTTP_RETRY_WAIT_INITIAL": "0.01", "SIGNAVIO_API_URL": api.url, "SIGNAVIO_API_KEY": api.token,
@@ -196,7 +214,7 @@ def test_a_host_killed_mid_batch_loses_its_sessions_to_the_other_once_its_lease_
         [dead] = [r for r in instance.get_runs() if r.tags.get("dagster/asset_partition_range_start") == first[0]]
         assert dead.status == dg.DagsterRunStatus.STARTED, "its record says STARTED: only the lease can tell"
     held = dict(warehouse_rows(postgres_url, "SELECT session_key, run_id FROM export_claims"))
-    assert held == {k: dead.run_id for k in first}
+    assert held == dict.fromkeys(first, dead.run_id)
     assert {r["agent_run_id"] for rows in posted_rows(api, RUNS) for r in rows} == {"k-006", "k-007"}
 
     time.sleep(LEASE * 1.2)
@@ -234,8 +252,7 @@ def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_e
     assert "pg-s3cret-do-not-leak" not in json.dumps(out)
     assert "pg-s3cret-do-not-leak" not in running.out.with_suffix(".err").read_text()
     assert not api.posts(), "nothing was uploaded"
-    check = host.run("check")
-    [warehouse] = [c for c in check["checks"] if c["name"] == "warehouse"]
+    check, warehouse = host.check()
     assert not check["healthy"] and not warehouse["ok"] and warehouse["detail"].startswith(f"{where} is unreachable")
 
     private_postgres.start()
@@ -244,8 +261,7 @@ def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_e
     assert out["exported_count"] == 4 and out["status"] == "ok", out
     with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster_home")) as instance:
         assert_each_once(api, instance, keys)
-    check = host.run("check")
-    [warehouse] = [c for c in check["checks"] if c["name"] == "warehouse"]
+    check, warehouse = host.check()
     assert check["healthy"] and warehouse["detail"] == f"{where}, schema version 2"
 
 
@@ -253,16 +269,15 @@ def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_e
 
 
 def test_killed_in_the_middle_of_a_duckdb_write_the_file_opens_and_nothing_confirmed_is_lost(
-    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, tmp_path: Path
 ):
     """To the outbox: an 18 MB upload to the double would test the HTTP timeout, not the file."""
     from telemetry_pipeline_tests.source_double import agent_event
     from telemetry_pipeline_tests.test_faults import start_export
 
-    monkeypatch.setenv("CLAIM_LEASE_SECONDS", str(LEASE))
+    pipeline.configure(warehouse={"lease_seconds": LEASE})
     confirmed = add_good(source_double, 3, "c")
-    assert run_cli(capsys, "export", *confirmed)[0] == 0
+    assert pipeline.cli("export", *confirmed)[0] == 0
     path = home / "warehouse.duckdb"
     snapshot_sql = ("SELECT r.session_key, r.sha256, s.event_count, (SELECT count(*) FROM events e WHERE "
                     "e.session_key = r.session_key) FROM raw_telemetry r JOIN sessions s USING (session_key) "
@@ -270,12 +285,14 @@ def test_killed_in_the_middle_of_a_duckdb_write_the_file_opens_and_nothing_confi
     with duckdb.connect(str(path), read_only=True) as con:
         before = con.execute(snapshot_sql).fetchall()
     big = source_double.add("extract", "big", {"events": [
-        agent_event(1736937000000 + i, "agent_thought", step_name=f"step {i % 7}", text="x" * 200, n=i) for i in range(60_000)
+        agent_event(1736937000000 + i, "agent_thought", step_name=f"step {i % 7}", text="x" * 200, n=i)
+        for i in range(60_000)
     ]})
     wal = path.with_name(path.name + ".wal")
     assert not wal.exists(), "the first run checkpointed its writes into the file"
 
-    killed = start_export(tmp_path, big)  # claims (a small write), fetch, then the 18 MB payload and 60k events
+    # claims (a small write), the fetch, then the 18 MB payload and 60,000 events
+    killed = start_export(pipeline, tmp_path, big)
     wait_for(lambda: wal.exists() and wal.stat().st_size > 1_000_000, killed, "the big write under way",
              timeout=120)
     os.kill(killed.proc.pid, signal.SIGKILL)
@@ -285,7 +302,7 @@ def test_killed_in_the_middle_of_a_duckdb_write_the_file_opens_and_nothing_confi
 
     with duckdb.connect(str(path), read_only=True) as con:  # the file opens (its WAL replayed or dropped)
         assert con.execute(snapshot_sql).fetchall() == before, "nothing confirmed was lost"
-    code, out = run_cli(capsys, "export", "--pending")
+    code, out = pipeline.cli("export", "--pending")
 
     assert code == 0 and out["exported_count"] == 1, out
     uploaded = Counter(r["agent_run_id"] for r in uploads_by_table(home)[RUNS])
@@ -299,19 +316,19 @@ def test_killed_in_the_middle_of_a_duckdb_write_the_file_opens_and_nothing_confi
 
 
 def test_copy_a_duckdb_home_into_postgres_idempotently_then_run_there(
-    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
-    postgres_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    pipeline: Pipeline, signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance,
+    source_double: SourceDouble, postgres_url: str,
 ):
     old = add_good(source_double, 3, "d")
-    assert run_cli(capsys, "export", *old)[0] == 0
+    assert pipeline.cli("export", *old)[0] == 0
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         duck_events = con.execute("SELECT event_id, session_key, event_time, attributes::VARCHAR FROM events "
                                   "ORDER BY 1").fetchall()
         duck_raw = con.execute("SELECT session_key, sha256 FROM raw_telemetry ORDER BY 1").fetchall()
 
-    code, out = run_cli(capsys, "warehouse", "copy", "--to", postgres_url)
+    code, out = pipeline.cli("warehouse", "copy", "--to", postgres_url)
     assert code == 0 and out["copied"] == {"raw_telemetry": 3, "sessions": 3, "events": len(duck_events)}, out
-    code, again = run_cli(capsys, "warehouse", "copy", "--to", postgres_url)
+    code, again = pipeline.cli("warehouse", "copy", "--to", postgres_url)
     assert code == 0 and again["copied"] == {"raw_telemetry": 0, "sessions": 0, "events": 0}, "idempotent"
     assert again["already_there"] == {"raw_telemetry": 3, "sessions": 3}
     pg_events = warehouse_rows(postgres_url, "SELECT event_id, session_key, event_time, attributes::text FROM events "
@@ -320,12 +337,13 @@ def test_copy_a_duckdb_home_into_postgres_idempotently_then_run_there(
     assert [json.loads(e[3]) for e in pg_events] == [json.loads(e[3]) for e in duck_events]
     assert warehouse_rows(postgres_url, "SELECT session_key, sha256 FROM raw_telemetry ORDER BY 1") == duck_raw
 
-    monkeypatch.setenv("WAREHOUSE_URL", postgres_url)  # the move: from now on runs use PostgreSQL
-    code, out = run_cli(capsys, "check")
+    pipeline.configure(warehouse={"url": Secret(postgres_url)})  # the move: from now on runs use PostgreSQL
+    code, out = pipeline.cli("check")
     [warehouse] = [c for c in out["checks"] if c["name"] == "warehouse"]
     assert warehouse["ok"] and warehouse["detail"].startswith("PostgreSQL postgres@127.0.0.1:5432/")
     new = add_good(source_double, 2, "n")
-    code, out = run_cli(capsys, "export", "--pending")
+    assert pipeline.cli("discover")[1]["new_count"] == 2
+    code, out = pipeline.cli("export", "--pending")
     assert code == 0 and out["exported_count"] == 2, "the history moved nowhere: only the new ones are pending"
     assert warehouse_rows(postgres_url, "SELECT count(*) FROM sessions") == [(5,)]
     assert_delivered_exactly_once(signavio, instance, old + new)

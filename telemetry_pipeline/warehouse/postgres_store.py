@@ -106,7 +106,7 @@ def copy_rows(
         spool.seek(0)
         cur.copy_expert(
             f"COPY {into or table.name} ({table.column_list()}) FROM STDIN WITH (FORMAT csv)",
-            spool,  # type: ignore[arg-type]
+            spool,
             size=1 << 20,
         )
     return rows
