@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import duckdb
 
 from telemetry_pipeline.sources.base import RawSession
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 60.0

@@ -35,8 +35,8 @@ from telemetry_pipeline.warehouse.base import (
     assume_live,
     live_holders,
 )
-from telemetry_pipeline.warehouse.schema import raw_table
 from telemetry_pipeline.warehouse.duckdb_store import create_canonical
+from telemetry_pipeline.warehouse.schema import raw_table
 
 log = logging.getLogger(__name__)
 
