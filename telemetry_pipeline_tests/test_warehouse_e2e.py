@@ -188,8 +188,8 @@ def test_two_hosts_export_overlapping_sessions_at_once(
         assert_each_once(api, instance, keys)
     assert warehouse_rows(postgres_url, "SELECT count(*) FROM sessions") == [(8,)]
     assert warehouse_rows(postgres_url, "SELECT count(*) FROM export_claims") == [(0,)], "all released"
-    assert not (a.workdir / "home" / "warehouse.duckdb").exists(), "no warehouse file on either host"
-    assert not (b.workdir / "home" / "warehouse.duckdb").exists()
+    for host in (a, b):  # nothing kept on either host: no warehouse file, no outbox, not even the home
+        assert not Path(host.env["TELEMETRY_PIPELINE_HOME"]).exists()
 
 
 def test_a_host_killed_mid_batch_loses_its_sessions_to_the_other_once_its_lease_ran_out(
