@@ -58,3 +58,12 @@ def test_with_span_ids_runs_follow_the_parents_and_spans_outside_stay_on_their_o
     assert [x.name for x in run.phases] == ["Plan.prep", "Plan.exec"] and [x.name for x in run.inner] == ["openai.chat"]
     assert run.attributes()["retry_count"] == 2 and run.attributes()["prep_duration_ms"] == 1.5
     assert [x.name for x in folded.others] == ["http GET"] and folded.workflow == "Flow"
+
+
+def test_parents_in_a_cycle_or_a_long_chain_end_the_walk() -> None:
+    t = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    node = TracerSpan("Plan.node", {"agora.node": "Plan", "agora.kind": "node"}, t, t, "n", None)
+    chain = [TracerSpan(f"step {i}", {}, t, t, f"s{i}", f"s{i - 1}" if i else "n") for i in range(5000)]
+    cycle = [TracerSpan("a", {}, t, t, "a", "b"), TracerSpan("b", {}, t, t, "b", "a")]
+    folded = fold([node, *chain, *cycle])
+    assert len(folded.runs[0].inner) == 5000 and [s.name for s in folded.others] == ["a", "b"]

@@ -144,10 +144,11 @@ def fold(spans: Sequence[TracerSpan]) -> FoldedTrace:
     placed: set[int] = {id(s) for s in flows} | set(runs)
 
     # By parent ids: a span whose ancestors include a `.node` span belongs to that run.
+    enclosing = _EnclosingRuns(by_id, runs)
     for span in spans:
         if id(span) in placed:
             continue
-        run = _enclosing_run(span, by_id, runs)
+        run = enclosing.of(span)
         if run is not None:
             (run.phases if span.phase and span.node == run.node else run.inner).append(span)
             placed.add(id(span))
@@ -173,22 +174,40 @@ def fold(spans: Sequence[TracerSpan]) -> FoldedTrace:
     claimed = {id(s) for run in [*ordered_runs, *orphans] for s in run.spans}
     all_runs = sorted([*ordered_runs, *orphans], key=lambda r: (r.start is None, r.start or _EPOCH))
     workflow = next((s.flow for s in flows), None)
-    others = [s for s in spans if id(s) not in claimed and id(s) not in {id(f) for f in flows}]
+    claimed |= {id(f) for f in flows}
+    others = [s for s in spans if id(s) not in claimed]
     return FoldedTrace(workflow, flows, all_runs, others)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _enclosing_run(span: TracerSpan, by_id: Mapping[str, TracerSpan], runs: Mapping[int, NodeRun]) -> NodeRun | None:
-    seen = 0
-    parent = by_id.get(span.parent_id) if span.parent_id else None
-    while parent is not None and seen < 1000:  # a cycle in bad data must not hang the run
-        if id(parent) in runs:
-            return runs[id(parent)]
-        parent = by_id.get(parent.parent_id) if parent.parent_id else None
-        seen += 1
-    return None
+class _EnclosingRuns:
+    """The run whose `.node` span is a span's nearest such ancestor; each span is resolved once, so a
+    deep trace costs its size, not its size times its depth; a cycle in bad data ends the walk."""
+
+    def __init__(self, by_id: Mapping[str, TracerSpan], runs: Mapping[int, NodeRun]) -> None:
+        self._by_id, self._runs = by_id, runs
+        self._known: dict[int, NodeRun | None] = {}
+
+    def of(self, span: TracerSpan) -> NodeRun | None:
+        path: list[TracerSpan] = []
+        on_path: set[int] = set()
+        found: NodeRun | None = None
+        parent = self._by_id.get(span.parent_id) if span.parent_id else None
+        while parent is not None and id(parent) not in on_path:
+            if id(parent) in self._runs:
+                found = self._runs[id(parent)]
+                break
+            if id(parent) in self._known:
+                found = self._known[id(parent)]
+                break
+            path.append(parent)
+            on_path.add(id(parent))
+            parent = self._by_id.get(parent.parent_id) if parent.parent_id else None
+        for ancestor in path:
+            self._known[id(ancestor)] = found
+        return found
 
 
 def _claim(run: NodeRun, pending: list[TracerSpan]) -> None:

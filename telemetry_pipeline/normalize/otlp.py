@@ -326,10 +326,10 @@ def _mark_llm_calls(spans: list[_Span]) -> None:
     for span in spans:
         if span.input_tokens is None and span.output_tokens is None:
             continue
-        parent, hops = by_id.get((span.trace_id, span.parent_id)), 0
-        while parent is not None and hops < 1000:  # a cycle in bad data must not hang the run
+        parent = by_id.get((span.trace_id, span.parent_id))
+        while parent is not None and id(parent) not in summing:  # marked: so are its ancestors (or a cycle)
             summing.add(id(parent))
-            parent, hops = by_id.get((parent.trace_id, parent.parent_id)), hops + 1
+            parent = by_id.get((parent.trace_id, parent.parent_id))
     for span in spans:
         plain = span.op is None and span.kind not in ("tool", "agent", "workflow", "task", "chain") and not span.tool
         reported = span.model is not None or span.input_tokens is not None or span.output_tokens is not None
