@@ -119,7 +119,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.history import exported_keys
     from telemetry_pipeline.partitions import batched_ranges
-    from telemetry_pipeline.sources.base import key_problem, parse_key
+    from telemetry_pipeline.sources.registry import key_problem, parse_key
 
     if bool(args.keys) == bool(args.pending):
         raise ValueError("give session keys or --pending (not both)")

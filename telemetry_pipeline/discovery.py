@@ -16,8 +16,9 @@ import dagster as dg
 
 from telemetry_pipeline.canonical.time import format_time, to_utc
 from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS_KEY
-from telemetry_pipeline.sources import SourceSet
-from telemetry_pipeline.sources.base import SessionRef, key_problem
+from telemetry_pipeline.sources.base import SessionRef
+from telemetry_pipeline.sources.registry import key_problem
+from telemetry_pipeline.sources.source_set import SourceSet
 
 log = logging.getLogger(__name__)
 

@@ -14,29 +14,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import duckdb
-
-from telemetry_pipeline.normalize.agent_events import normalize_agent_sessions
-from telemetry_pipeline.normalize.agora import normalize_agora_sessions
-from telemetry_pipeline.normalize.otlp import normalize_otlp_sessions
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
-from telemetry_pipeline.sources import SourceSet
 from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.sources.registry import SOURCES, Normalizer
+from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import Warehouse, assume_live
 
 log = logging.getLogger(__name__)
-
-# A normaliser replaces the canonical rows of the good sessions among `raw` (all of one source) and
-# returns {key: why} for the others. Sources missing here fail their sessions with a clear message.
-Normalizer = Callable[[duckdb.DuckDBPyConnection, Sequence[RawSession], str], dict[str, str]]
-NORMALIZERS: dict[str, Normalizer] = {
-    "extract": normalize_agent_sessions,
-    "agent_telemetry": normalize_agent_sessions,
-    "agora": normalize_agora_sessions,
-    "otlp": normalize_otlp_sessions,
-}
-
 
 @dataclass
 class BatchOutcome:
@@ -108,10 +93,7 @@ def _export(
 
     by_normalizer: dict[Normalizer, list[RawSession]] = defaultdict(list)
     for r in fetched.raw:
-        if r.source in NORMALIZERS:
-            by_normalizer[NORMALIZERS[r.source]].append(r)
-        else:
-            out.failures[r.key] = f"normalise: {r.key}: no normaliser for source {r.source!r}"
+        by_normalizer[SOURCES[r.source].normalize].append(r)  # fetched, so a registered source
     with _timed(out.timings, "normalize"), warehouse.workspace() as con:
         for normalize, batch in by_normalizer.items():
             problems = normalize(con, batch, fallback_agent)

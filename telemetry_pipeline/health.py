@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
@@ -27,23 +24,10 @@ def run_checks(
 
 
 def _destination_check(signavio: SignavioResource) -> dict[str, Any]:
-    if signavio.api_url:
-        try:
-            with signavio.destination() as client:
-                ok, detail = client.probe()  # type: ignore[attr-defined]
-        except ValueError as exc:  # configuration error (e.g. no token)
-            ok, detail = False, str(exc)
-        return {"name": "signavio", "ok": ok, "detail": detail}
-    outbox = Path(signavio.outbox_dir)
     try:
-        outbox.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=outbox, prefix=".check-"):
-            pass
-    except OSError as exc:
-        return {"name": "outbox", "ok": False, "detail": f"{outbox} is not writable: {exc.strerror}"}
-    return {"name": "outbox", "ok": True, "detail": f"writable: {outbox} ({_free_space(outbox)} free)"}
-
-
-def _free_space(path: Path) -> str:
-    stat = os.statvfs(path)
-    return f"{stat.f_bavail * stat.f_frsize / 1e9:.1f} GB"
+        with signavio.destination() as destination:
+            name = destination.name
+            ok, detail = destination.probe()
+    except ValueError as exc:  # configuration error (e.g. no token)
+        return {"name": "signavio", "ok": False, "detail": str(exc)}
+    return {"name": name, "ok": ok, "detail": detail}

@@ -20,7 +20,7 @@ from telemetry_pipeline.settings import (
 )
 from telemetry_pipeline.signavio.models import Destination
 from telemetry_pipeline.signavio.outbox import Outbox
-from telemetry_pipeline.sources import SourceSet
+from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, Warehouse, open_warehouse
 
 

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry_pipeline.normalize.agent_events import normalize_agent_sessions
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.sources.session_api.normalize import normalize_agent_sessions
 from telemetry_pipeline.warehouse import DuckDBWarehouse
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1

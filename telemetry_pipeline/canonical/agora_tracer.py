@@ -19,10 +19,11 @@ Plain data in, plain data out: callers wrap their own spans in `TracerSpan` (`re
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from telemetry_pipeline.canonical.values import as_float
 
 PHASES = ("prep", "exec", "post")
 
@@ -100,16 +101,16 @@ class NodeRun:
         """Phase durations, retries and the run's own Agora attributes (what the four spans said)."""
         out: dict[str, Any] = {"agora.node": self.node}
         for phase in PHASES:
-            durations = [_number(s.attributes.get("duration_ms")) for s in self.phases if s.phase == phase]
+            durations = [as_float(s.attributes.get("duration_ms")) for s in self.phases if s.phase == phase]
             present = [d for d in durations if d is not None]
             if present:
                 out[f"{phase}_duration_ms"] = round(sum(present), 3)
         if self.node_span is not None:
-            total = _number(self.node_span.attributes.get("total_duration_ms"))
+            total = as_float(self.node_span.attributes.get("total_duration_ms"))
             if total is not None:
                 out["total_duration_ms"] = total
         execs = [s for s in self.phases if s.phase == "exec"]
-        counted = [_number(s.attributes.get("retry_count")) for s in execs]
+        counted = [as_float(s.attributes.get("retry_count")) for s in execs]
         retries = max([int(c) for c in counted if c is not None] + [len(execs) - 1, 0])
         if execs or retries:
             out["retry_count"] = retries
@@ -229,12 +230,3 @@ def _claim(run: NodeRun, pending: list[TracerSpan]) -> None:
 def _has_phase(run: NodeRun, phase: str) -> bool:
     return any(s.phase == phase for s in run.phases)
 
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

@@ -15,15 +15,21 @@ def event_id(*parts: object) -> str:
     return hashlib.md5(chr(31).join("" if p is None else str(p) for p in parts).encode("utf-8")).hexdigest()
 
 
-def as_int(value: Any) -> int | None:
-    """A number (or numeric text) as a long, fractions rounded; None for anything else."""
+def as_float(value: Any) -> float | None:
+    """A finite number (or numeric text); None for anything else (booleans, NaN, infinities included)."""
     if value is None or isinstance(value, bool):
         return None
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return round(number) if math.isfinite(number) else None
+    return number if math.isfinite(number) else None
+
+
+def as_int(value: Any) -> int | None:
+    """A number (or numeric text) as a long, fractions rounded; None for anything else."""
+    number = as_float(value)
+    return None if number is None else round(number)
 
 
 def text(value: Any, limit: int = 500) -> str | None:

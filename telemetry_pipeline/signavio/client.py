@@ -117,6 +117,8 @@ class _TableLoad:
 class SignavioClient:
     """Uploads tables to one Ingestion API connection and confirms each load via the status endpoint."""
 
+    name = "signavio"
+
     def __init__(
         self,
         api_url: str,

@@ -51,11 +51,20 @@ class LoadResult:
 
 
 class Destination(Protocol):
-    """Loads tables and reports, per table, whether the load is confirmed. Never raises for a
-    failed load (that is a `LoadResult` with `ok == False`); raises only for programming errors."""
+    """Where the tables go, as export (`load`, `describe`) and `check` (`probe`) use it."""
 
-    def load(self, uploads: Sequence[TableUpload]) -> list[LoadResult]: ...
+    #: What `check` calls it: `signavio` (the Ingestion API) or `outbox`.
+    name: str
+
+    def load(self, uploads: Sequence[TableUpload]) -> list[LoadResult]:
+        """Load the tables and report, per table, whether the load is confirmed. Never raises for a failed
+        load (that is a `LoadResult` with `ok == False`); raises only for programming errors."""
+        ...
 
     def describe(self) -> str:
         """Where data goes (URL or outbox path), never a secret."""
+        ...
+
+    def probe(self) -> tuple[bool, str]:
+        """Whether loads can go through now, without loading anything: (ok, what was found; never a secret)."""
         ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +15,24 @@ from telemetry_pipeline.signavio.models import OUTBOX, LoadResult, TableUpload
 
 
 class Outbox:
+    name = "outbox"
+
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
     def describe(self) -> str:
         return str(self.directory)
+
+    def probe(self) -> tuple[bool, str]:
+        """Writable: a file can be created in the outbox (created when missing), and how much room is left."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".check-"):
+                pass
+        except OSError as exc:
+            return False, f"{self.directory} is not writable: {exc.strerror}"
+        stat = os.statvfs(self.directory)
+        return True, f"writable: {self.directory} ({stat.f_bavail * stat.f_frsize / 1e9:.1f} GB free)"
 
     def load(self, uploads: Sequence[TableUpload]) -> list[LoadResult]:
         return [self._write(upload) for upload in uploads]

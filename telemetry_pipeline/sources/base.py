@@ -12,10 +12,6 @@ import httpx
 
 from telemetry_pipeline.http import RequestFailed, RetryPolicy, request_with_retries
 
-SOURCE_NAMES = ("extract", "agent_telemetry", "agora", "otlp")
-# Dagster refuses these inside partition keys; a session id carrying one cannot become a partition.
-_FORBIDDEN_IN_KEYS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
-
 
 class SourceError(Exception):
     """A session could not be fetched; the message says which session and why (never a token)."""
@@ -55,6 +51,8 @@ class RawSession:
 
 
 class Source(Protocol):
+    """A telemetry source, as discovery (`list_sessions`), export (`fetch`) and `check` (`probe`) use it."""
+
     name: str
 
     def list_sessions(self, since: dt.datetime | None) -> Iterator[SessionRef]:
@@ -70,31 +68,16 @@ class Source(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SharedHttp:
+    """The run's one HTTP client and retry policy, shared by every HTTP source."""
+
+    client: httpx.Client
+    retry: RetryPolicy
+
+
 def session_key(source: str, session_id: str) -> str:
     return f"{source}:{session_id}"
-
-
-def parse_key(key: str) -> tuple[str, str]:
-    """`<source>:<session_id>` -> (source, session_id); the session id may itself contain ':'."""
-    source, sep, session_id = key.partition(":")
-    if not sep or source not in SOURCE_NAMES or not session_id:
-        raise ValueError(
-            f"invalid session key {key!r}: expected '<source>:<session_id>' with source one of "
-            + ", ".join(SOURCE_NAMES)
-        )
-    return source, session_id
-
-
-def key_problem(key: str) -> str | None:
-    """Why `key` cannot be a partition key, or None when it can."""
-    try:
-        parse_key(key)
-    except ValueError as exc:
-        return str(exc)
-    bad = [s for s in _FORBIDDEN_IN_KEYS if s in key]
-    if bad:
-        return f"session key {key!r} contains {bad[0]!r}, which Dagster partition keys cannot hold"
-    return None
 
 
 def path_segment(value: str) -> str:

@@ -1,11 +1,11 @@
-"""Normalise Agora executions (payload built by `sources/agora.py`) into the canonical model.
+"""Normalise Agora executions (payload built by `sources/agora/source.py`) into the canonical model.
 
 Per execution (= session):
 - every timeline entry (a node execution) is one activity: `activity` = the node name made readable
   (`understand_request` -> `Understand request`; an entry named "Unknown" takes its spans' node),
   `event_type` = `node_execution`, start/end from the entry's `started_at`/`completed_at`, status
   `success`/`failed` (error, timeout)/`skipped`/`incomplete` (running). The node's telemetry spans, put
-  on the execution's clock and folded into node runs as `agora_spans` says, add the model of its last
+  on the execution's clock and folded into node runs as `sources/agora/spans.py` says, add the model of its last
   LLM call, token counts (canonical GenAI aliases; the LLM calls, else the phase spans, so nothing is
   counted twice), the tool name, and their GenAI attributes. `resource` = tool, else model, else node
   name. Prep/exec/post durations (null or fractional as served; what the timeline leaves null, the
@@ -51,7 +51,7 @@ from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, ToolEvent,
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, to_utc
 from telemetry_pipeline.canonical.values import as_int, event_id, json_text, text
-from telemetry_pipeline.normalize import agora_spans
+from telemetry_pipeline.sources.agora import spans as agora_spans
 from telemetry_pipeline.sources.base import RawSession
 
 _NODE_STATUS = {"success": "success", "completed": "success", "error": "failed", "failed": "failed",

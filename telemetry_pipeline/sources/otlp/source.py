@@ -44,13 +44,10 @@ and the session's Agora export spans, verbatim, under `"agoraSpans"`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -58,127 +55,17 @@ from pathlib import Path
 from typing import Any
 
 from telemetry_pipeline.canonical.genai import ALIASES, GenAI
-from telemetry_pipeline.canonical.time import nanos_to_datetime, to_utc
-from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SourceError
+from telemetry_pipeline.canonical.time import nanos_to_datetime
+from telemetry_pipeline.otlp_json import attributes_of, get, hex_id, resource_spans, scope_of, scope_spans, unix_nanos
+from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, SourceError
+from telemetry_pipeline.sources.otlp.agora_export import agora_export_times, is_agora_export_span
+from telemetry_pipeline.sources.otlp.settings import OtlpSettings
 
 log = logging.getLogger(__name__)
 
 NAME = "otlp"
 FORMAT = "otlp-session/1"
 WHOLE_FILE_SUFFIX = ".json"  # one document per file; any other file is read as JSON Lines
-
-SPAN_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
-STATUS_CODES = ("UNSET", "OK", "ERROR")
-_HEX = re.compile(r"[0-9a-fA-F]+")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading OTLP/JSON, whichever spelling the writer used (shared with normalize/otlp.py)
-
-
-def get(obj: Mapping[str, Any] | Any, camel: str, default: Any = None) -> Any:
-    """`obj[camel]`, or its snake_case spelling; `default` when neither is there (or obj is no dict)."""
-    if not isinstance(obj, Mapping):
-        return default
-    if camel in obj:
-        return obj[camel]
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
-    return obj.get(snake, default)
-
-
-def decode_value(value: Any) -> Any:
-    """An OTLP `AnyValue` -> plain JSON: str, int, float, bool, list, dict; bytes stay base64 text."""
-    if not isinstance(value, Mapping):
-        return value
-    for camel in ("stringValue", "boolValue", "bytesValue"):
-        if (v := get(value, camel, _MISSING)) is not _MISSING:
-            return v
-    if (v := get(value, "intValue", _MISSING)) is not _MISSING:
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            return v
-    if (v := get(value, "doubleValue", _MISSING)) is not _MISSING:
-        try:
-            number = float(v)
-        except (TypeError, ValueError):
-            return v
-        return number if number == number and abs(number) != float("inf") else str(v)  # NaN/inf stay text
-    if (v := get(value, "arrayValue", _MISSING)) is not _MISSING:
-        return [decode_value(x) for x in (get(v, "values") or [])]
-    if (v := get(value, "kvlistValue", _MISSING)) is not _MISSING:
-        return attributes_of(v, "values")
-    if not value:
-        return None
-    return dict(value)
-
-
-_MISSING = object()
-
-
-def attributes_of(obj: Any, key: str = "attributes") -> dict[str, Any]:
-    """`[{key, value}]` -> {key: plain value}. Already-plain dicts pass through."""
-    items = get(obj, key)
-    if isinstance(items, Mapping):
-        return dict(items)
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if isinstance(item, Mapping) and isinstance(item.get("key"), str):
-            out[item["key"]] = decode_value(item.get("value"))
-    return out
-
-
-def hex_id(value: Any) -> str | None:
-    """A trace/span id as lowercase hex: hex in any case, or base64 (protobuf's JSON mapping)."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    if _HEX.fullmatch(text) and len(text) in (16, 32):
-        out = text.lower()
-    else:
-        try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        out = raw.hex() if len(raw) in (8, 16) else text.lower()
-    return None if set(out) == {"0"} else out
-
-
-def unix_nanos(value: Any) -> int | None:
-    """Nanoseconds since the epoch from a number or a numeric string; None for absent or 0."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        nanos = int(value)
-    except (TypeError, ValueError):
-        try:
-            nanos = int(float(value))
-        except (TypeError, ValueError, OverflowError):
-            return None
-    return nanos if nanos > 0 else None
-
-
-def enum_name(value: Any, names: tuple[str, ...], prefix: str) -> str | None:
-    """`2`, `"2"`, `"SPAN_KIND_SERVER"`, `"SERVER"`, `"server"` -> `"SERVER"`."""
-    if value is None:
-        return None
-    if (isinstance(value, int | float) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit()):
-        index = int(value)
-        return names[index] if 0 <= index < len(names) else str(index)
-    text = str(value).strip().upper().removeprefix(prefix)
-    return text or None
-
-
-def resource_spans(request: Any) -> list[Any]:
-    return get(request, "resourceSpans") or []
-
-
-def scope_spans(resource_span: Any) -> list[Any]:
-    return get(resource_span, "scopeSpans") or get(resource_span, "instrumentationLibrarySpans") or []
-
-
-def scope_of(scope_span: Any) -> Any:
-    return get(scope_span, "scope") or get(scope_span, "instrumentationLibrary") or {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,7 +203,7 @@ def _build_index(directory: Path) -> _Index:
                     raise ValueError("not a JSON object")
                 if get(document, "resourceSpans") is not None:
                     new = list(_spans_of(index, f, line, document))
-                elif _is_agora_export_span(document):
+                elif is_agora_export_span(document):
                     new = [_agora_export_span(f, document)]
                 else:
                     raise ValueError('neither OTLP/JSON ("resourceSpans") nor an Agora export span')
@@ -342,32 +229,11 @@ def _build_index(directory: Path) -> _Index:
     return index
 
 
-def _is_agora_export_span(document: Mapping[str, Any]) -> bool:
-    return (isinstance(document.get("name"), str) and isinstance(document.get("trace_id"), str)
-            and "timestamp" in document and isinstance(document.get("attributes", {}), Mapping))
-
-
 def _agora_export_span(f: int, record: Mapping[str, Any]) -> _Span:
     start, end = agora_export_times(record)
     attributes = record.get("attributes") or {}
     return _Span(file=f, group=None, span=record, trace_id=hex_id(record["trace_id"]),
                  own_session=_session_attr(attributes), start=start, end=end)
-
-
-def agora_export_times(record: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(start, end) in epoch nanoseconds of an Agora export span: it was written as it ended, at
-    `timestamp` (naive local time, taken as UTC); it lasted `duration_ms` (`total_duration_ms`)."""
-    end = to_utc(record.get("timestamp"))
-    if end is None:
-        return None, None
-    end_ns = round(end.timestamp() * 1e6) * 1000
-    attributes = record.get("attributes")
-    if not isinstance(attributes, Mapping):
-        attributes = {}
-    duration = attributes.get("duration_ms", attributes.get("total_duration_ms"))
-    if isinstance(duration, int | float) and not isinstance(duration, bool) and 0 < duration < 1e12:
-        return end_ns - round(duration * 1e6), end_ns
-    return end_ns, end_ns
 
 
 def _spans_of(index: _Index, f: int, line: int, request: Any) -> Iterator[_Span]:
@@ -454,3 +320,7 @@ def _session_document(index: _Index, session_id: str, session: _Session) -> dict
     if agora:
         document["agoraSpans"] = agora
     return document
+
+
+def build(settings: OtlpSettings, http: SharedHttp) -> OtlpSource:
+    return OtlpSource(settings.inbox_dir)  # files: the run's HTTP client is not needed

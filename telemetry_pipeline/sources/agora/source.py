@@ -1,4 +1,4 @@
-"""Agora, the workflow platform (docs/SOURCES.md, `agora`): one session = one workflow execution.
+"""Agora, the workflow platform (docs/SOURCES.md, `agora`): listing and fetching executions.
 
 Listing pages `GET /executions/?limit=100&offset=N` (newest first) and yields only finished executions
 (status other than `running`), with `completed_at` as the session's last event.
@@ -28,10 +28,12 @@ from collections.abc import Callable, Iterator
 import httpx
 
 from telemetry_pipeline.canonical.time import to_utc
-from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
+from telemetry_pipeline.http import RequestFailed, redact_url, request_with_retries
+from telemetry_pipeline.sources.agora.settings import AgoraSettings
 from telemetry_pipeline.sources.base import (
     RawSession,
     SessionRef,
+    SharedHttp,
     SourceError,
     checked_get,
     json_of,
@@ -54,18 +56,11 @@ class AgoraSource:
 
     name = NAME
 
-    def __init__(
-        self,
-        base_url: str,
-        token: str | None,
-        client: httpx.Client,
-        retry: RetryPolicy,
-        lookback: dt.timedelta = DEFAULT_LOOKBACK,
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._token = token or ""
-        self._client = client
-        self._retry = retry
+    def __init__(self, settings: AgoraSettings, http: SharedHttp, lookback: dt.timedelta = DEFAULT_LOOKBACK) -> None:
+        self._base = settings.url.rstrip("/")
+        self._token = settings.token or ""
+        self._client = http.client
+        self._retry = http.retry
         self._lookback = lookback
 
     def __repr__(self) -> str:
@@ -172,3 +167,7 @@ def _embeddable(content: bytes) -> bytes:
         return json.dumps(content.decode("utf-8", errors="replace")).encode()
     return body
 
+
+
+def build(settings: AgoraSettings, http: SharedHttp) -> AgoraSource:
+    return AgoraSource(settings, http)

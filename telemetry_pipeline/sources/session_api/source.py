@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-
-import httpx
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 from telemetry_pipeline.canonical.time import format_time, to_utc
-from telemetry_pipeline.http import RequestFailed, RetryPolicy, redact_url, request_with_retries
+from telemetry_pipeline.http import RequestFailed, redact_url, request_with_retries
 from telemetry_pipeline.sources.base import (
     RawSession,
     SessionRef,
+    SharedHttp,
     SourceError,
     checked_get,
     json_of,
     path_segment,
 )
+from telemetry_pipeline.sources.session_api.settings import SessionApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +34,15 @@ class SessionApiSource:
     """A source served over HTTP by a session API. Stateless apart from the run's shared client."""
 
     def __init__(
-        self,
-        name: str,
-        base_url: str,
-        routes: SessionApiRoutes,
-        client: httpx.Client,
-        retry: RetryPolicy,
-        page_size: int = 500,
+        self, name: str, settings: SessionApiSettings, routes: SessionApiRoutes, http: SharedHttp, page_size: int = 500
     ) -> None:
         self.name = name
-        self._base = base_url.rstrip("/")
+        self._base = settings.url.rstrip("/")
+        if settings.list_path is not None:  # "" = the service has no listing endpoint
+            routes = replace(routes, list_path=settings.list_path or None)
         self._routes = routes
-        self._client = client
-        self._retry = retry
+        self._client = http.client
+        self._retry = http.retry
         self._page_size = page_size
 
     def fetch(self, session_id: str) -> RawSession:
@@ -107,3 +103,8 @@ class SessionApiSource:
         if response.status_code == 404 and self._routes.list_path is None:
             return True, f"reachable, no listing endpoint ({redact_url(url)})"
         return False, f"HTTP {response.status_code} from {redact_url(url)}"
+
+
+def builder(name: str, routes: SessionApiRoutes) -> Callable[[SessionApiSettings, SharedHttp], SessionApiSource]:
+    """How the registry builds the session-API source `name` served at `routes`."""
+    return lambda settings, http: SessionApiSource(name, settings, routes, http)

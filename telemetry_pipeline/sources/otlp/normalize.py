@@ -61,11 +61,9 @@ from telemetry_pipeline.canonical.model import EventRow, SessionRow
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, nanos_to_datetime
 from telemetry_pipeline.canonical.values import event_id, json_text, text
-from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.sources.otlp import (
+from telemetry_pipeline.otlp_json import (
     SPAN_KINDS,
     STATUS_CODES,
-    agora_export_times,
     attributes_of,
     enum_name,
     get,
@@ -73,8 +71,11 @@ from telemetry_pipeline.sources.otlp import (
     resource_spans,
     scope_of,
     scope_spans,
+    snake_case,
     unix_nanos,
 )
+from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.sources.otlp.agora_export import agora_export_times
 
 _MAPPED_SPAN_KEYS = {
     "traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id", "name", "kind",
@@ -256,7 +257,7 @@ def _otlp_span(seq: int, span: Mapping[str, Any], trace_id: str | None, span_id:
         ]
     for k, v in span.items():
         if k not in _MAPPED_SPAN_KEYS:
-            out["otel." + re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower()] = v
+            out["otel." + snake_case(k)] = v
     return _classified(_Span(seq, name, trace_id, span_id, parent_id, attrs, resource_attrs, start_ns, end_ns,
                              failed, error, {k: v for k, v in out.items() if v is not None}))
 

@@ -1,1 +1,0 @@
-"""Raw payloads -> the canonical model (`sessions`, `events`), one module per payload shape."""

@@ -1,0 +1,1 @@
+"""Agora, the workflow platform (docs/SOURCES.md, `agora`): one session = one workflow execution."""

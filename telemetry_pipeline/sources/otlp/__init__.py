@@ -1,0 +1,1 @@
+"""OpenTelemetry trace files (OTLP/JSON) in an inbox directory (docs/SOURCES.md, `otlp`)."""

@@ -1,0 +1,92 @@
+"""The configured sources of one run, built from the registry, sharing one HTTP client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+
+from telemetry_pipeline.http import make_client
+from telemetry_pipeline.settings import SourcesSettings
+from telemetry_pipeline.sources.base import RawSession, SessionRef, SharedHttp, Source, SourceError
+from telemetry_pipeline.sources.otlp.source import OtlpSource
+from telemetry_pipeline.sources.registry import REGISTRY, SOURCES, parse_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    raw: list[RawSession]
+    errors: dict[str, str]  # key -> what went wrong, for the keys that could not be fetched
+
+
+class SourceSet:
+    """Context manager: the configured sources for one run (those of the registry that `settings`
+    configures), sharing one HTTP client, fetching with bounded concurrency."""
+
+    def __init__(self, settings: SourcesSettings) -> None:
+        self.settings = settings
+        self._client = make_client(settings.http.timeout, max_connections=settings.fetch_concurrency)
+        http = SharedHttp(self._client, settings.http.retry)
+        self.sources: dict[str, Source] = {
+            entry.name: entry.build(configured, http)
+            for entry in REGISTRY
+            if (configured := entry.configure(settings)) is not None
+        }
+
+    def __enter__(self) -> SourceSet:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._client.close()
+
+    def get(self, name: str) -> Source:
+        source = self.sources.get(name)
+        if source is None:
+            hint = SOURCES[name].enabled_by if name in SOURCES else "its URL"
+            raise SourceError(f"source {name!r} is not configured (set {hint})")
+        return source
+
+    def fetch_many(self, keys: Iterable[str]) -> FetchResult:
+        """Fetch every key, at most `fetch_concurrency` at once. One failure never stops the others."""
+
+        def fetch_one(key: str) -> RawSession | str:
+            try:
+                source_name, session_id = parse_key(key)
+                return self.get(source_name).fetch(session_id)
+            except (SourceError, ValueError) as exc:
+                return str(exc)
+
+        keys = list(keys)
+        raw: list[RawSession] = []
+        errors: dict[str, str] = {}
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.settings.fetch_concurrency), thread_name_prefix="fetch"
+        ) as pool:
+            for key, outcome in zip(keys, pool.map(fetch_one, keys), strict=True):
+                if isinstance(outcome, str):
+                    errors[key] = outcome
+                else:
+                    raw.append(outcome)
+        return FetchResult(raw, errors)
+
+    def unreadable_files(self) -> dict[str, str]:
+        """The inbox's files with nothing readable in them (path -> why): reported, never silently ignored."""
+        inbox = self.sources.get("otlp")
+        return inbox.unreadable_files() if isinstance(inbox, OtlpSource) else {}
+
+    def list_sessions(self, since: Mapping[str, dt.datetime | None]) -> tuple[list[SessionRef], dict[str, str]]:
+        """Every source's listing since its own watermark; a source that fails is reported, not fatal."""
+        found: list[SessionRef] = []
+        errors: dict[str, str] = {}
+        for name, source in self.sources.items():
+            try:
+                found.extend(source.list_sessions(since.get(name)))
+            except SourceError as exc:
+                log.warning("discovery: %s", exc)
+                errors[name] = str(exc)
+        return found, errors
