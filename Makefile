@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOME_DIR := $(abspath $(or $(TELEMETRY_PIPELINE_HOME),.telemetry_pipeline))
 SIM_PORT ?= 8765
 
-.PHONY: run test lint install dev bench clean
+.PHONY: run deploy test lint install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ run: install
 	  export EXTRACT_SERVICE_URL=http://127.0.0.1:$(SIM_PORT) AGENT_METRICS_BASE_URL=http://127.0.0.1:$(SIM_PORT); \
 	fi; \
 	export TELEMETRY_PIPELINE_HOME=$(HOME_DIR) DAGSTER_HOME=$${DAGSTER_HOME:-$(HOME_DIR)/dagster_home}; \
-	$(BIN)/python -m telemetry_pipeline.instance && \
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/python -m telemetry_pipeline.instance $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# Production: the PostgreSQL instance (deploy/dagster.yaml, DAGSTER_POSTGRES_URL) and Dagster as three
+# processes (gRPC code server, daemon, webserver on WEBSERVER_PORT, default 3000). Sources as configured.
+deploy: install
+	BIN=$(BIN) TELEMETRY_PIPELINE_HOME=$(HOME_DIR) deploy/start.sh
 
 # Style and types first (seconds), then the whole suite.
 lint: install

@@ -18,6 +18,7 @@ from typing import Any, cast
 import dagster as dg
 
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance import dagster_settings
 from telemetry_pipeline.settings import Settings, from_environment
 
 log = logging.getLogger("telemetry_pipeline.cli")
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         args.settings = settings or from_environment()
-        payload, ok = args.run(args)
+        with dagster_settings(args.settings.run_bookkeeping):  # this process creates runs and writes their events
+            payload, ok = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
         print(json.dumps({"error": str(exc)}), file=sys.stdout)
         return 2

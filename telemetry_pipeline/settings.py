@@ -53,6 +53,7 @@ SENSOR_INTERVAL_SECONDS = "SENSOR_INTERVAL_SECONDS"
 RETENTION_DAYS = "RETENTION_DAYS"
 WAREHOUSE_URL = "WAREHOUSE_URL"
 CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
+RUN_BOOKKEEPING = "RUN_BOOKKEEPING"
 
 
 class ConfigurationError(ValueError):
@@ -144,6 +145,7 @@ class Settings:
     batch_size: int = 500
     sensor_interval_seconds: int = 30
     retention_days: float = 30.0
+    run_bookkeeping: str = "lean"  # what Dagster records per run: lean | full (instance/__init__.py)
 
     @property
     def warehouse_path(self) -> Path:
@@ -228,6 +230,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         settle_seconds=number(SESSION_SETTLE_SECONDS, "0", float),
         agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or "agent",
     )
+    bookkeeping = get(RUN_BOOKKEEPING, "lean") or "lean"
+    if bookkeeping not in ("lean", "full"):
+        raise ConfigurationError(f"{RUN_BOOKKEEPING} must be lean or full, not {bookkeeping!r}")
     return Settings(
         home=home,
         dagster_home=Path(get(DAGSTER_HOME) or home / "dagster_home").resolve(),
@@ -239,6 +244,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         batch_size=int(number(EXPORT_BATCH_SIZE, "500", int)),
         sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, "30", int)),
         retention_days=number(RETENTION_DAYS, "30", float),
+        run_bookkeeping=bookkeeping,
     )
 
 
@@ -277,5 +283,6 @@ def to_environment(settings: Settings) -> dict[str, str]:
         RETENTION_DAYS: settings.retention_days,
         WAREHOUSE_URL: settings.warehouse.url.value if settings.warehouse.url else None,
         CLAIM_LEASE_SECONDS: settings.warehouse.lease_seconds,
+        RUN_BOOKKEEPING: settings.run_bookkeeping,
     }
     return {name: str(value) for name, value in values.items() if value is not None}

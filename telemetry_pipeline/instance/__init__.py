@@ -1,0 +1,78 @@
+"""The Dagster instance under `<home>/dagster_home`: created with a sensible `dagster.yaml` on first
+use, never overwritten (an operator's own file, e.g. the PostgreSQL instance `deploy/dagster.yaml`, wins);
+and the Dagster settings our processes start with (`RUN_BOOKKEEPING`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from dagster.version import __version__ as DAGSTER_VERSION
+
+# Telemetry off (no outside calls); at most two runs at once: they share one DuckDB file, whose
+# writers take turns, so more would only queue on its lock.
+LOCAL_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 2
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+"""
+
+
+# `RUN_BOOKKEEPING` (README, Configuration) is our one setting over Dagster's internal knobs. They are read
+# from the environment of the process that writes the events: the one that creates a run (CLI, daemon,
+# webserver) writes its planned events. So they are set where our processes start: the CLI's commands, and
+# `python -m telemetry_pipeline.instance COMMAND` for `make run` / `make deploy`.
+#   lean  one "planned" event per run for signavio_export instead of one per session (the export runs write
+#         one event per session instead of two: the floor 1.3-1.5x faster on PostgreSQL, README). The UI cost: the
+#         sessions of a failed run show as missing, not red "failed" (the run is red and names them).
+#   full  Dagster's defaults.
+# DAGSTER_EVENT_BATCH_SIZE is left alone: it batches only events Dagster derives itself (planned events,
+# the partitions of one Output), while our per-session AssetMaterializations are written one by one.
+BOOKKEEPING_MODES = ("lean", "full")
+MEASURED_ON = ((1, 13), (1, 14))  # Dagster versions the knobs were measured on: >=1.13, <1.14
+
+
+def dagster_environment(bookkeeping: str, version: str = DAGSTER_VERSION) -> dict[str, str]:
+    """The Dagster environment variables `RUN_BOOKKEEPING` stands for (none outside the measured versions)."""
+    if bookkeeping not in BOOKKEEPING_MODES:
+        raise ValueError(f"RUN_BOOKKEEPING must be one of {', '.join(BOOKKEEPING_MODES)}, not {bookkeeping!r}")
+    major_minor = tuple(int(part) for part in version.split(".")[:2])
+    if not MEASURED_ON[0] <= major_minor < MEASURED_ON[1]:
+        return {}
+    return {"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true" if bookkeeping == "lean" else "false"}
+
+
+@contextmanager
+def dagster_settings(bookkeeping: str) -> Iterator[None]:
+    """`dagster_environment` in this process's environment while the block runs (the CLI's commands)."""
+    values = dagster_environment(bookkeeping)
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def prepare_dagster_home(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        config.write_text(LOCAL_INSTANCE_YAML, encoding="utf-8")
+    return path
+
+
+def open_instance(path: Path) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(prepare_dagster_home(path)))

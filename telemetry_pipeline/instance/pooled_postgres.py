@@ -1,0 +1,211 @@
+"""Dagster's PostgreSQL storage with one bounded connection pool per process.
+
+dagster-postgres (0.29) gives its run, event-log and schedule storages each an engine with `NullPool`:
+every storage call opens a new connection (TCP + authentication + backend start), and an export run
+writes several thousand events. The webserver switches to `pool_size=1` plus an overflow per storage.
+Dagster has no option for a pool, so this class, named in `dagster.yaml`, builds the same three
+storages and gives them ONE shared engine with a bounded pool (size, overflow, pre-ping, recycle from
+`dagster.yaml`). Every process that builds the instance from that file gets it: the CLI, runs and their
+steps, the daemon, the webserver, the code server.
+
+    storage:
+      custom:
+        module: telemetry_pipeline.instance.pooled_postgres
+        class: PooledPostgresStorage
+        config:
+          postgres_url: {env: DAGSTER_POSTGRES_URL}
+          pool: {size: 5, max_overflow: 5, pre_ping: true, recycle_seconds: 3600, timeout_seconds: 30}
+
+Written against dagster 1.13 / dagster-postgres 0.29: it swaps the storages' `_engine`, the one attribute
+through which they reach the database; the tests build it from `deploy/dagster.yaml` against a real server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from dagster import Field, IntSource, StringSource
+from dagster._config.config_schema import UserConfigSchema
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.event_log import PostgresEventLogStorage
+from dagster_postgres.run_storage import PostgresRunStorage
+from dagster_postgres.schedule_storage import PostgresScheduleStorage
+from dagster_postgres.utils import set_pg_statement_timeout
+
+PLAIN_SCHEME = "postgresql://"
+# SQLAlchemy 2.x maps a bare `postgresql://` to psycopg (3); the driver installed with dagster-postgres is psycopg2.
+DRIVER_SCHEME = "postgresql+psycopg2://"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    size: int = 5
+    max_overflow: int = 5
+    pre_ping: bool = True
+    recycle_seconds: int = 3600
+    timeout_seconds: int = 30
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> PoolSettings:
+        return cls(**(config or {}))
+
+    @property
+    def limit(self) -> int:
+        """The most connections one process holds at once."""
+        return self.size + self.max_overflow
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://…` (the form users write, INTERFACE.md) → the psycopg2 form SQLAlchemy 2 needs."""
+    return DRIVER_SCHEME + url[len(PLAIN_SCHEME):] if url.startswith(PLAIN_SCHEME) else url
+
+
+def pooled_engine(url: str, pool: PoolSettings) -> sa.Engine:
+    # AUTOCOMMIT like dagster-postgres' engines: its storages open their own transactions where they need one.
+    return sa.create_engine(
+        driver_url(url),
+        isolation_level="AUTOCOMMIT",
+        pool_size=pool.size,
+        max_overflow=pool.max_overflow,
+        pool_pre_ping=pool.pre_ping,
+        pool_recycle=pool.recycle_seconds,
+        pool_timeout=pool.timeout_seconds,
+    )
+
+
+class SharedEngine:
+    """The process's one pooled engine, held by the three storages."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._statement_timeout_ms: int | None = None
+        sa.event.listen(engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        if self._statement_timeout_ms is not None:
+            set_pg_statement_timeout(dbapi_connection, self._statement_timeout_ms)
+
+    def for_webserver(self, statement_timeout_ms: int) -> None:
+        """The webserver's statement timeout applies to every connection from now on; the pool stays as
+        configured (dagster-postgres would replace it with pool_size=1 + an overflow, per storage)."""
+        if self._statement_timeout_ms != statement_timeout_ms:
+            self._statement_timeout_ms = statement_timeout_ms
+            self.engine.dispose()  # connections opened before had no timeout
+
+
+class _Pooled:
+    """Mixin for the three dagster-postgres storages: use the shared engine instead of their own."""
+
+    _engine: sa.Engine
+    _shared: SharedEngine
+
+    def use(self, shared: SharedEngine) -> None:
+        self._engine.dispose()
+        self._engine = shared.engine
+        self._shared = shared
+
+    def optimize_for_webserver(self, statement_timeout: int, pool_recycle: int, max_overflow: int) -> None:
+        self._shared.for_webserver(statement_timeout)
+
+    def dispose(self) -> None:
+        super().dispose()  # type: ignore[misc]
+        self._shared.engine.dispose()
+
+
+class PooledRunStorage(_Pooled, PostgresRunStorage):
+    pass
+
+
+class PooledEventLogStorage(_Pooled, PostgresEventLogStorage):
+    pass
+
+
+class PooledScheduleStorage(_Pooled, PostgresScheduleStorage):
+    pass
+
+
+class PooledPostgresStorage(DagsterPostgresStorage):
+    """dagster-postgres' storage whose run, event-log and schedule storages share one bounded pool."""
+
+    def __init__(
+        self,
+        postgres_url: str,
+        pool: PoolSettings | None = None,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+    ) -> None:
+        url = driver_url(postgres_url)
+        self.pool = pool or PoolSettings()
+        self.postgres_url = url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        # Each constructor checks (and on a new database creates) its tables over a short connection of its own.
+        self._run_storage = PooledRunStorage(url, should_autocreate_tables)
+        self._event_log_storage = PooledEventLogStorage(url, should_autocreate_tables)
+        self._schedule_storage = PooledScheduleStorage(url, should_autocreate_tables)
+        shared = SharedEngine(pooled_engine(url, self.pool))
+        for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
+            storage.use(shared)
+        self._shared = shared
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._shared.engine
+
+    @classmethod
+    def config_type(cls) -> UserConfigSchema:
+        return {
+            "postgres_url": StringSource,
+            "should_autocreate_tables": Field(bool, is_required=False, default_value=True),
+            "pool": Field(
+                {
+                    "size": Field(IntSource, is_required=False, default_value=PoolSettings.size),
+                    "max_overflow": Field(IntSource, is_required=False, default_value=PoolSettings.max_overflow),
+                    "pre_ping": Field(bool, is_required=False, default_value=PoolSettings.pre_ping),
+                    "recycle_seconds": Field(
+                        IntSource, is_required=False, default_value=PoolSettings.recycle_seconds
+                    ),
+                    "timeout_seconds": Field(
+                        IntSource, is_required=False, default_value=PoolSettings.timeout_seconds
+                    ),
+                },
+                is_required=False,
+            ),
+        }
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PooledPostgresStorage:
+        return cls(
+            postgres_url=config_value["postgres_url"],
+            pool=PoolSettings.from_config(config_value.get("pool")),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            inst_data=inst_data,
+        )
+
+    # Something that rebuilds one storage alone gets it through this whole class (the way Dagster's
+    # `instance_ref` does for a custom storage), so it is pooled too.
+    def _legacy(self, class_name: str) -> ConfigurableClassData | None:
+        data = self.inst_data
+        if data is None:
+            return None
+        wrapped = {"module_name": data.module_name, "class_name": data.class_name, "config_yaml": data.config_yaml}
+        return ConfigurableClassData("dagster._core.storage.legacy_storage", class_name, yaml.safe_dump(wrapped))
+
+    @property
+    def event_storage_data(self) -> ConfigurableClassData | None:
+        return self._legacy("LegacyEventLogStorage")
+
+    @property
+    def run_storage_data(self) -> ConfigurableClassData | None:
+        return self._legacy("LegacyRunStorage")
+
+    @property
+    def schedule_storage_data(self) -> ConfigurableClassData | None:
+        return self._legacy("LegacyScheduleStorage")

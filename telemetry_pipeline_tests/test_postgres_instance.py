@@ -1,0 +1,127 @@
+"""The production instance (`deploy/dagster.yaml` as shipped) on a real PostgreSQL database: the pooled
+storage bounds the connections a process opens, and `RUN_BOOKKEEPING` changes what a run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+import pytest
+import yaml
+
+from telemetry_pipeline.instance import dagster_environment
+from telemetry_pipeline.instance.pooled_postgres import PooledPostgresStorage, driver_url
+from telemetry_pipeline.settings import ConfigurationError, from_environment
+from telemetry_pipeline.simulate import SimulationConfig, Simulator
+from telemetry_pipeline_tests.conftest import Pipeline
+from telemetry_pipeline_tests.postgres import SERVER
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "deploy" / "dagster.yaml"
+EMIT = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+
+
+def production_home(tmp_path: Path, postgres_url: str) -> dict[str, str]:
+    """The environment of a user who copied deploy/dagster.yaml into DAGSTER_HOME and set the one variable."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(SHIPPED, dagster_home / "dagster.yaml")
+    return {"DAGSTER_HOME": str(dagster_home), "DAGSTER_POSTGRES_URL": postgres_url,
+            "TELEMETRY_PIPELINE_HOME": str(tmp_path / "home")}
+
+
+def sessions_opened(postgres_url: str) -> int:
+    """Connections ever opened to the test's database (PostgreSQL's own count, pg_stat_database.sessions)."""
+    con = psycopg2.connect(f"{SERVER}/postgres")  # not the measured database, so not counted
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (postgres_url.rsplit("/", 1)[1],))
+            return int(cur.fetchone()[0])
+    finally:
+        con.close()
+
+
+def run_cli(env: dict[str, str], *argv: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "telemetry_pipeline", *argv], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_the_shipped_config_reads_one_variable_and_keeps_it_out_of_the_instance_ref(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password_free = yaml.safe_load(SHIPPED.read_text())["storage"]["custom"]["config"]["postgres_url"]
+    assert password_free == {"env": "DAGSTER_POSTGRES_URL"}
+    for name, value in production_home(tmp_path, postgres_url).items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.get() as instance:
+        storages = (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+        engines = {id(storage._engine) for storage in storages}  # type: ignore[attr-defined]
+        assert len(engines) == 1, "the three storages share one pool"
+        instance.add_dynamic_partitions("agent_sessions", ["extract:a"])
+        ref = instance.get_ref()
+    assert ref.storage_data is not None and ref.storage_data.class_name == PooledPostgresStorage.__name__
+    assert "DAGSTER_POSTGRES_URL" in ref.storage_data.config_yaml and SERVER not in ref.storage_data.config_yaml
+    with dg.DagsterInstance.from_ref(ref) as worker:  # how run and step processes build it
+        assert worker.get_dynamic_partitions("agent_sessions") == ["extract:a"]
+
+
+def test_driver_url() -> None:
+    assert driver_url("postgresql://u:p@h:5432/d") == "postgresql+psycopg2://u:p@h:5432/d"
+    assert driver_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"
+
+
+def test_a_1000_session_export_opens_at_most_pool_size_connections(tmp_path: Path, postgres_url: str) -> None:
+    pool_size = yaml.safe_load(SHIPPED.read_text())["storage"]["custom"]["config"]["pool"]["size"]
+    with Simulator(SimulationConfig(sessions=1000, events_per_session=2, seed=3)) as sim:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "SIGNAVIO_"))},
+               **production_home(tmp_path, postgres_url),
+               "EXTRACT_SERVICE_URL": sim.url, "AGENT_METRICS_BASE_URL": sim.url, "AGENT_NAME": "test-agent"}
+        run_cli(env, "discover")  # creates the tables; the export below is measured alone
+        before = sessions_opened(postgres_url)
+        exported = run_cli(env, "export", "--pending")
+        opened = sessions_opened(postgres_url) - before
+    assert exported["exported_count"] == 1000, exported["results"][:3]
+    # Each of the three storages checks its tables once, over a short connection, when the process builds
+    # the instance; everything else goes through the pool. dagster-postgres alone opens thousands here.
+    print(f"connections opened by the export of 1,000 sessions: {opened}")
+    assert opened <= pool_size + 3, f"{opened} connections for 1,000 sessions"
+
+
+@pytest.mark.parametrize(("bookkeeping", "planned_per_run"), [("lean", 1), ("full", 12)])
+def test_run_bookkeeping_sets_what_a_run_records(
+    tmp_path: Path, postgres_url: str, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
+    bookkeeping: str, planned_per_run: int,
+) -> None:
+    env = production_home(tmp_path, postgres_url)
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", postgres_url)
+    with Simulator(SimulationConfig(sessions=12, events_per_session=2, seed=4)) as sim:
+        pipeline.configure(dagster_home=Path(env["DAGSTER_HOME"]), run_bookkeeping=bookkeeping,
+                           sources={"extract_url": sim.url, "agent_telemetry_url": sim.url})
+        assert pipeline.cli("discover")[0] == 0
+        code, exported = pipeline.cli("export", "--pending")
+        assert code == 0 and exported["exported_count"] == 12
+    assert EMIT not in os.environ, "the CLI's Dagster settings end with its command"
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        planned = instance.get_event_records(dg.EventRecordsFilter(
+            dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, asset_key=dg.AssetKey("signavio_export")
+        ))
+        assert len(planned) == planned_per_run
+        assert len(instance.get_materialized_partitions(dg.AssetKey("signavio_export"))) == 12
+
+
+def test_run_bookkeeping_values() -> None:
+    assert dagster_environment("lean", "1.13.27") == {EMIT: "true"}
+    assert dagster_environment("full", "1.13.27") == {EMIT: "false"}
+    assert dagster_environment("lean", "1.14.0") == {}, "knobs measured on 1.13 only"
+    with pytest.raises(ValueError, match="RUN_BOOKKEEPING"):
+        dagster_environment("fast")
+    with pytest.raises(ConfigurationError, match="RUN_BOOKKEEPING"):
+        from_environment({"RUN_BOOKKEEPING": "fast"})
