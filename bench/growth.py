@@ -1,0 +1,178 @@
+"""Growth: how Dagster's costs grow with the export history (issue 11). For each history size, on one instance:
+
+  status_query_s       the Partitions tab's GraphQL `assetPartitionStatuses` for signavio_export, timed just after a
+                       new key was added (what every sensor tick with new sessions causes: the cached status is keyed
+                       by the hash of all keys, so it is rebuilt from the whole history), then once more (cached)
+  floor_ms_per_session one export run over `--new` new partitions with a body that does nothing but report (bench/floor.py's
+                       asset): Dagster's part of the cost per exported session
+  pending_s            the pending-key computation the CLI and the schedule do (`get_materialized_partitions`)
+
+History is written in bulk: materialisations of signavio_export (the same metadata our runs write) through the event-log
+storage's batch insert (PostgreSQL's own `store_event_batch`; on SQLite the same insert statements, one transaction per
+chunk), and at most `--known` keys stay partitions (retention prunes the rest; pruning keeps history).
+
+    python bench/growth.py --instance postgres --history 10000,100000 [--known 100000] [--new 500]
+Prints one JSON document (progress on stderr). PostgreSQL: a temporary database on BENCH_POSTGRES_SERVER
+(default postgresql://postgres@127.0.0.1:5432), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log import DynamicPartitionsTable, SqlEventLogStorageTable
+from dagster_postgres.event_log import PostgresEventLogStorage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from floor import export_nothing  # noqa: E402
+
+from telemetry_pipeline.instance import dagster_settings  # noqa: E402
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY  # noqa: E402
+from telemetry_pipeline.partitions import batched_ranges  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = 5_000
+STATUS_QUERY = """
+query Status($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode { assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions } } }
+  }
+}"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instance", choices=("sqlite", "postgres"), required=True)
+    parser.add_argument("--history", default="10000,100000", help="comma-separated history sizes, ascending")
+    parser.add_argument("--known", type=int, default=100_000, help="partitions kept (the rest pruned)")
+    parser.add_argument("--new", type=int, default=500, help="sessions exported per measurement (one run)")
+    parser.add_argument("--bookkeeping", default="lean", choices=("lean", "full"))
+    args = parser.parse_args()
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    sizes = [int(n) for n in args.history.split(",")]
+    results = []
+    with _instance(args.instance) as instance, dagster_settings(args.bookkeeping):
+        written = 0
+        for size in sizes:
+            start = time.perf_counter()
+            _write_history(instance, written, size, args.known)
+            _log(f"history {size}: wrote {size - written} in {time.perf_counter() - start:.0f}s")
+            written = size
+            results.append({"history": size, **_measure(instance, args.new, tag=str(size))})
+            written += args.new
+            _log(json.dumps(results[-1]))
+    json.dump({"instance": args.instance, "bookkeeping": args.bookkeeping, "known": args.known, "new": args.new,
+               "dagster": dg.__version__, "load_average": os.getloadavg(), "results": results}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+@contextmanager
+def _instance(kind: str) -> Iterator[dg.DagsterInstance]:
+    home = Path(tempfile.mkdtemp(prefix="growth-"))
+    database = None
+    try:
+        if kind == "postgres":
+            import psycopg2
+
+            server = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
+            database = f"growth_{uuid.uuid4().hex[:10]}"
+            admin = psycopg2.connect(f"{server}/postgres")
+            admin.autocommit = True
+            admin.cursor().execute(f'CREATE DATABASE "{database}"')
+            os.environ["DAGSTER_POSTGRES_URL"] = f"{server}/{database}"
+            shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+        else:
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            yield instance
+    finally:
+        if database:
+            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _history_event(key: str, timestamp: float) -> EventLogEntry:
+    materialization = dg.AssetMaterialization(asset_key=SIGNAVIO_EXPORT_KEY, partition=key, metadata={
+        "execution_id": str(uuid.uuid4()), "ingestion_status": "COMPLETED", "runs_table": "agent_telemetry_runs",
+        "events_table": "agent_telemetry_events", "runs_rows": 1, "events_rows": 60, "destination": "outbox",
+    })
+    event = DagsterEvent(event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=EXPORT_JOB,
+                         event_specific_data=StepMaterializationData(materialization))
+    return EventLogEntry(error_info=None, level=logging.INFO, user_message="", run_id="", timestamp=timestamp,
+                         dagster_event=event)
+
+
+def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: int) -> None:
+    storage = instance.event_log_storage
+    now = time.time()
+    for begin in range(first, last, CHUNK):
+        keys = [f"extract:hist-{i:08d}" for i in range(begin, min(begin + CHUNK, last))]
+        events = [_history_event(k, now - (last - i)) for i, k in enumerate(keys, begin)]
+        if isinstance(storage, PostgresEventLogStorage):
+            storage.store_event_batch(events)
+        else:  # SQLite has no batch insert: the same statements, one transaction per chunk
+            insert = storage.prepare_insert_event_batch(events)
+            with storage.run_connection("") as conn:
+                conn.execute(insert)
+            with storage.index_transaction() as conn:
+                ids = [row[0] for row in conn.execute(insert.returning(SqlEventLogStorageTable.c.id))]
+                storage._store_asset_event_tags(conn, events, ids)
+                storage._store_asset_event(conn, events[-1], ids[-1])
+        kept = [k for i, k in enumerate(keys, begin) if i >= last - known]
+        instance.add_dynamic_partitions(AGENT_SESSIONS, kept)
+    partitions = instance.get_dynamic_partitions(AGENT_SESSIONS)
+    pruned = partitions[: max(0, len(partitions) - known)]  # what retention prunes (one statement, not one per key)
+    for begin in range(0, len(pruned), CHUNK):
+        with storage.index_connection() as conn:
+            conn.execute(DynamicPartitionsTable.delete().where(
+                (DynamicPartitionsTable.c.partitions_def_name == AGENT_SESSIONS)
+                & DynamicPartitionsTable.c.partition.in_(pruned[begin:begin + CHUNK])
+            ))
+
+
+def _measure(instance: dg.DagsterInstance, new: int, tag: str) -> dict[str, float]:
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    figures: dict[str, float] = {}
+    instance.add_dynamic_partitions(AGENT_SESSIONS, [f"extract:new-{tag}-{i:06d}" for i in range(new)])
+    with define_out_of_process_context(str(ROOT / "workspace.yaml"), None, instance) as context:
+        for label in ("status_query_s", "status_query_cached_s"):
+            start = time.perf_counter()
+            result = execute_dagster_graphql(context, STATUS_QUERY, {"key": {"path": ["signavio_export"]}})
+            figures[label] = round(time.perf_counter() - start, 2)
+            assert not result.errors, result.errors
+    start = time.perf_counter()
+    done = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY)
+    figures["pending_s"] = round(time.perf_counter() - start, 2)
+    keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
+    pending = [k for k in keys if k not in done]
+    job = dg.Definitions(assets=[export_nothing], jobs=[dg.define_asset_job(EXPORT_JOB, selection=[export_nothing])])
+    resolved = job.resolve_job_def(EXPORT_JOB)
+    start = time.perf_counter()
+    for key_range in batched_ranges(keys, pending, new):
+        assert resolved.execute_in_process(instance=instance, tags=key_range.tags).success
+    figures["floor_ms_per_session"] = round((time.perf_counter() - start) / max(1, len(pending)) * 1000, 1)
+    return figures
+
+
+def _log(message: str) -> None:
+    print(f"[growth {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
