@@ -3,8 +3,8 @@
   status_query_s       the Partitions tab's GraphQL `assetPartitionStatuses` for signavio_export, timed just after a
                        new key was added (what every sensor tick with new sessions causes: the cached status is keyed
                        by the hash of all keys, so it is rebuilt from the whole history), then once more (cached)
-  floor_ms_per_session one export run over `--new` new partitions with a body that does nothing but report (bench/floor.py's
-                       asset): Dagster's part of the cost per exported session
+  floor_ms_per_session one export run over `--new` new partitions with a body that does nothing but report
+                       (bench/floor.py's asset): Dagster's part of the cost per exported session
   pending_s            the pending-key computation the CLI and the schedule do (`get_materialized_partitions`)
 
 History is written in bulk: materialisations of signavio_export (the same metadata our runs write) through the event-log
@@ -38,11 +38,11 @@ from dagster._core.storage.event_log import DynamicPartitionsTable, SqlEventLogS
 from dagster_postgres.event_log import PostgresEventLogStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from floor import export_nothing  # noqa: E402
+from floor import export_nothing
 
-from telemetry_pipeline.instance import dagster_settings  # noqa: E402
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY  # noqa: E402
-from telemetry_pipeline.partitions import batched_ranges  # noqa: E402
+from telemetry_pipeline.instance import dagster_settings
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.partitions import batched_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 5_000

@@ -17,8 +17,8 @@ from typing import Any, cast
 
 import dagster as dg
 
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance import dagster_settings
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.settings import Settings, from_environment
 
 log = logging.getLogger("telemetry_pipeline.cli")

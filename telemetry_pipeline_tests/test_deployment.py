@@ -62,7 +62,8 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[tuple[str, Path]]:
     log = (tmp_path / "deploy.log").open("wb")
     with Simulator(SimulationConfig(sessions=SESSIONS, events_per_session=4, seed=5)) as sim:
         port = _free_port()
-        keep = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "SIGNAVIO_", "EXTRACT_", "AGENT_"))}
+        ours = ("DAGSTER_", "SIGNAVIO_", "EXTRACT_", "AGENT_")
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
         env = {
             **keep,
             "BIN": str(Path(sys.executable).parent),

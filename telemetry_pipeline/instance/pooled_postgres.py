@@ -179,7 +179,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         }
 
     @classmethod
-    def from_config_value(  # type: ignore[override]
+    def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> PooledPostgresStorage:
         return cls(
