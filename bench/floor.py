@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from telemetry_pipeline.assets import EXPORT_SPECS
-from telemetry_pipeline.instance import open_instance
+from telemetry_pipeline.instance import dagster_settings, open_instance
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.partitions import batched_ranges
 from telemetry_pipeline.settings import from_environment
@@ -40,7 +40,9 @@ def export_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMateri
 
 def main() -> None:
     mode, number = sys.argv[1], int(sys.argv[2])
-    with open_instance(from_environment().dagster_home) as instance:
+    settings = from_environment()
+    # The same Dagster settings as the pipeline's CLI (RUN_BOOKKEEPING), or the floor would not be comparable.
+    with open_instance(settings.dagster_home) as instance, dagster_settings(settings.run_bookkeeping):
         if mode == "discover":
             result = dg.materialize([discover_nothing], instance=instance,
                                     run_config={"ops": {"discovered_sessions": {"config": {"count": number}}}})

@@ -1,12 +1,17 @@
 """End-to-end benchmark: `python bench/run.py --sessions 10000 --events 100` (or `make bench`).
 
 In one run, on fresh temporary homes, against `telemetry-pipeline simulate` on loopback:
+0. own work  — the same listing and the same batches through the same functions, with no Dagster around them
+               (bench/own_work.py): the limit the pipeline can approach;
+for each instance (`--instances`): `default`, the embedded SQLite instance; `postgres`, deploy/dagster.yaml as
+shipped (pooled PostgreSQL) on a fresh database of `--postgres` (default postgresql://postgres@127.0.0.1:5432):
 1. pipeline  — `discover` + `export --pending` through the Dagster instance (batched runs) to the outbox:
-               sessions/s, events/s, peak RSS of the exporting process; once on the DuckDB file (the default)
-               and once more with the warehouse in PostgreSQL (`WAREHOUSE_URL`, a fresh database on `--postgres`);
-2. per-session — the same CLI `export KEY`, one process per session, on a few sessions: s/session;
-3. floor     — the same asset graph (same specs, same partitions, same batches, the same two
-               processes) with bodies that do nothing but report what ours report: Dagster's own cost;
+               sessions/s, events/s, peak RSS of the exporting process; ÷ own work;
+2. floor     — the same asset graph (same specs, same partitions, same batches, the same two
+               processes) with bodies that do nothing but report what ours report: Dagster's own cost; pipeline ÷ floor;
+then, on the first instance:
+2b. the pipeline once more with the warehouse in PostgreSQL (`WAREHOUSE_URL`, a fresh database on `--postgres`);
+3. per-session — the same CLI `export KEY`, one process per session, on a few sessions: s/session;
 4. sensor    — one `new_sessions_sensor` tick with 100,000 known partitions and 1,000 new sessions.
 Prints one JSON document on stdout (progress on stderr).
 """
@@ -18,15 +23,20 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+INSTANCES = ("default", "postgres")  # the embedded SQLite default; deploy/dagster.yaml (pooled PostgreSQL)
 
 
 def main() -> None:
@@ -34,13 +44,18 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--instances", default=",".join(INSTANCES), help=f"comma-separated, of {', '.join(INSTANCES)}")
     parser.add_argument("--per-session-samples", type=int, default=3)
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--sensor-known", type=int, default=100_000)
     parser.add_argument("--sensor-new", type=int, default=1_000)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432",
-                        help="PostgreSQL server for the PostgreSQL-warehouse row ('' skips that row)")
+                        help="PostgreSQL server for the `postgres` instance and the PostgreSQL-warehouse row "
+                             "('' skips the warehouse row)")
     args = parser.parse_args()
+    instances = [name for name in args.instances.split(",") if name]
+    if not instances or set(instances) - set(INSTANCES):
+        parser.error(f"--instances: choose from {', '.join(INSTANCES)}")
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -52,29 +67,31 @@ def main() -> None:
     try:
         _wait_for(url)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            results = {
+            results: dict = {
                 "machine": _machine(),
                 "sessions": args.sessions,
                 "events_per_session": args.events,
                 "batch_size": args.batch_size,
-                "pipeline": _pipeline(Path(tmp) / "pipeline", url, args),
+                "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+                "own_work": _own_work(Path(tmp) / "own", url, args),
+                "instances": {},
             }
+            for name in instances:
+                results["instances"][name] = _instance_row(name, Path(tmp) / name, url, args, results["own_work"])
+            default = instances[0]
             if args.postgres:
-                results["pipeline_postgres_warehouse"] = _pipeline_on_postgres(Path(tmp) / "pipeline-pg", url, args)
+                warehouse_row = _pipeline_on_postgres(Path(tmp) / "pipeline-pg", url, args, default)
+                results["pipeline_postgres_warehouse"] = warehouse_row
                 results["postgres_over_duckdb"] = round(
-                    results["pipeline_postgres_warehouse"]["seconds"] / results["pipeline"]["seconds"], 2
+                    warehouse_row["seconds"] / results["instances"][default]["pipeline"]["seconds"], 2
                 )
-            results["per_session_cli"] = _per_session(Path(tmp) / "single", url, args)
-            if not args.skip_floor:
-                results["floor"] = _floor(Path(tmp) / "floor", args)
-                results["pipeline_over_floor"] = round(
-                    results["pipeline"]["seconds"] / results["floor"]["seconds"], 2
-                )
-            results["sensor_tick"] = _sensor_tick(Path(tmp) / "sensor", args)
-            per_batched = results["pipeline"]["seconds"] / args.sessions
+            results["per_session_cli"] = _per_session(Path(tmp) / "single", url, args, default)
+            pipeline_seconds = results["instances"][default]["pipeline"]["seconds"]
             results["speedup_vs_per_session_cli"] = round(
-                results["per_session_cli"]["seconds_per_session"] / per_batched, 1
+                results["per_session_cli"]["seconds_per_session"] / (pipeline_seconds / args.sessions), 1
             )
+            results["sensor_tick"] = _sensor_tick(Path(tmp) / "sensor", args)
+            results["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     finally:
         simulator.terminate()
         simulator.wait(timeout=10)
@@ -82,7 +99,58 @@ def main() -> None:
     sys.stdout.write("\n")
 
 
-def _env(home: Path, url: str, batch_size: int) -> dict[str, str]:
+def _instance_row(name: str, root: Path, url: str, args: argparse.Namespace, own_work: dict) -> dict:
+    """The pipeline and the floor on fresh instances of one kind, with their ratios."""
+    with _instance_env(name, root / "pipeline", args.postgres) as extra:
+        row: dict = {"pipeline": _pipeline(root / "pipeline", url, args, extra)}
+    seconds = row["pipeline"]["seconds"]
+    row["pipeline_over_own_work"] = round(seconds / own_work["seconds"], 2)
+    if not args.skip_floor:
+        with _instance_env(name, root / "floor", args.postgres) as extra:
+            row["floor"] = _floor(root / "floor", args, extra)
+        row["pipeline_over_floor"] = round(seconds / row["floor"]["seconds"], 2)
+    return row
+
+
+@contextmanager
+def _instance_env(name: str, home: Path, server: str) -> Iterator[dict[str, str]]:
+    """The variables that select the instance: nothing for the embedded default (SQLite under the home);
+    for `postgres`, deploy/dagster.yaml as shipped in DAGSTER_HOME and a fresh database, dropped afterwards."""
+    if name == "default":
+        yield {}
+        return
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    with _database(server) as url:
+        yield {"DAGSTER_HOME": str(dagster_home), "DAGSTER_POSTGRES_URL": url}
+
+
+@contextmanager
+def _database(server: str) -> Iterator[str]:
+    """A fresh database on `server`, dropped afterwards; yields its URL."""
+    import psycopg2
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(f"{server}/postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"{server}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _pipeline_on_postgres(home: Path, url: str, args: argparse.Namespace, instance: str) -> dict:
+    """The same pipeline with the warehouse in a database of its own (`WAREHOUSE_URL`)."""
+    with _database(args.postgres) as warehouse_url, _instance_env(instance, home, args.postgres) as extra:
+        return _pipeline(home, url, args, {**extra, "WAREHOUSE_URL": warehouse_url})
+
+
+def _env(home: Path, url: str, batch_size: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAVIO_", "DAGSTER_", "AGORA_", "OTLP_"))}
     env.update(
         TELEMETRY_PIPELINE_HOME=str(home),
@@ -90,8 +158,22 @@ def _env(home: Path, url: str, batch_size: int) -> dict[str, str]:
         AGENT_METRICS_BASE_URL=url,
         EXPORT_BATCH_SIZE=str(batch_size),
         AGENT_NAME="bench-agent",
+        **(extra or {}),
     )
     return env
+
+
+def _own_work(home: Path, url: str, args: argparse.Namespace) -> dict:
+    _log(f"own work: the same listing and batches with no Dagster ({args.sessions} sessions)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("own_work.py"))],
+                          env=_env(home, url, args.batch_size), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit("bench/own_work.py failed")
+    out = json.loads(proc.stdout)
+    return {**out, "seconds": round(seconds, 1), "ms_per_session": round(seconds / max(1, out["exported"]) * 1000, 1)}
 
 
 def _cli(env: dict[str, str], *argv: str) -> tuple[dict | list, float]:
@@ -104,36 +186,17 @@ def _cli(env: dict[str, str], *argv: str) -> tuple[dict | list, float]:
     return json.loads(proc.stdout), elapsed
 
 
-def _pipeline_on_postgres(home: Path, url: str, args: argparse.Namespace) -> dict:
-    """The same pipeline with the warehouse in a database of its own, created here and dropped after."""
-    import uuid
-
-    import psycopg2
-
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(f"{args.postgres}/postgres")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        return _pipeline(home, url, args, warehouse_url=f"{args.postgres}/{name}")
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def _pipeline(home: Path, url: str, args: argparse.Namespace, warehouse_url: str | None = None) -> dict:
-    env = _env(home, url, args.batch_size)
-    if warehouse_url:
-        env["WAREHOUSE_URL"] = warehouse_url
-    where = "PostgreSQL" if warehouse_url else "the DuckDB file"
-    _log(f"pipeline: discover + export of {args.sessions} sessions x {args.events} events, warehouse in {where}")
+def _pipeline(home: Path, url: str, args: argparse.Namespace, extra: dict[str, str]) -> dict:
+    env = _env(home, url, args.batch_size, extra)
+    where = "PostgreSQL" if "WAREHOUSE_URL" in extra else "the DuckDB file"
+    instance = "pooled PostgreSQL" if "DAGSTER_POSTGRES_URL" in extra else "the embedded default"
+    _log(f"pipeline: discover + export of {args.sessions} sessions x {args.events} events, "
+         f"instance {instance}, warehouse in {where}")
     discovered, t_discover = _cli(env, "discover")
     exported, t_export = _cli(env, "export", "--pending")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     seconds = t_discover + t_export
-    events = _count_events(home, warehouse_url)
+    events = _count_events(home, extra.get("WAREHOUSE_URL"))
     if exported["exported_count"] != args.sessions:
         _log(f"warning: {exported['failed_count']} sessions failed: {exported['results'][:3]}")
     return {
@@ -168,8 +231,12 @@ def _count_events(home: Path, warehouse_url: str | None = None) -> int:
         return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
-def _per_session(home: Path, url: str, args: argparse.Namespace) -> dict:
-    env = _env(home, url, args.batch_size)
+def _per_session(home: Path, url: str, args: argparse.Namespace, instance: str) -> dict:
+    with _instance_env(instance, home, args.postgres) as extra:
+        return _per_session_on(_env(home, url, args.batch_size, extra), args)
+
+
+def _per_session_on(env: dict[str, str], args: argparse.Namespace) -> dict:
     keys = [f"extract:sim-ex-{i:06d}" for i in range(0, 2 * args.per_session_samples, 2)]
     _log(f"per-session CLI: {len(keys)} separate `export KEY` processes")
     times = []
@@ -182,9 +249,9 @@ def _per_session(home: Path, url: str, args: argparse.Namespace) -> dict:
             "min": round(min(times), 2), "max": round(max(times), 2)}
 
 
-def _floor(home: Path, args: argparse.Namespace) -> dict:
+def _floor(home: Path, args: argparse.Namespace, extra: dict[str, str]) -> dict:
     _log(f"floor: the same asset graph doing nothing over {args.sessions} partitions")
-    env = _env(home, "http://127.0.0.1:9", args.batch_size)
+    env = _env(home, "http://127.0.0.1:9", args.batch_size, extra)
     floor = [sys.executable, str(Path(__file__).with_name("floor.py"))]
     timings = {}
     for mode, number in (("discover", args.sessions), ("export", args.batch_size)):

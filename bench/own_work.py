@@ -1,0 +1,38 @@
+"""Our own work alone: what the pipeline phase does (list every session, then export them in batches of
+EXPORT_BATCH_SIZE to the outbox), through the same functions the assets call, with no Dagster around them
+(no instance, no runs, no events). Run by bench/run.py with the pipeline's environment; prints
+{"listed", "exported", "failed", "batches"} as JSON. The distance between the pipeline and this is Dagster's.
+"""
+
+import json
+import sys
+
+from telemetry_pipeline.export import export_batch
+from telemetry_pipeline.settings import from_environment
+from telemetry_pipeline.signavio.outbox import Outbox
+from telemetry_pipeline.sources import SourceSet
+from telemetry_pipeline.warehouse import Warehouse
+
+
+def main() -> None:
+    settings = from_environment()
+    warehouse = Warehouse(settings.warehouse_path)
+    outbox = Outbox(settings.outbox_dir)
+    exported = failed = batches = 0
+    with SourceSet(settings.sources) as sources:
+        listed, errors = sources.list_sessions({})
+        if errors:
+            raise SystemExit(f"listing failed: {errors}")
+        keys = [ref.key for ref in listed]
+        for begin in range(0, len(keys), settings.batch_size):
+            outcome = export_batch(keys[begin:begin + settings.batch_size], sources=sources, warehouse=warehouse,
+                                   destination=outbox, dataset=settings.signavio.dataset,
+                                   fallback_agent=settings.sources.agent_name)
+            exported += len(outcome.exported)
+            failed += len(outcome.failures)
+            batches += 1
+    json.dump({"listed": len(keys), "exported": exported, "failed": failed, "batches": batches}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
