@@ -12,7 +12,7 @@ storage's batch insert (PostgreSQL's own `store_event_batch`; on SQLite the same
 chunk), and at most `--known` keys stay partitions (retention prunes the rest; pruning keeps history).
 
     python bench/growth.py --instance postgres --history 10000,100000 [--known 100000] [--new 500]
-Prints one JSON document (progress on stderr). PostgreSQL: a temporary database on BENCH_POSTGRES_SERVER
+Prints one JSON document (progress on stderr). PostgreSQL: a temporary database on `--postgres`
 (default postgresql://postgres@127.0.0.1:5432), dropped at the end.
 """
 
@@ -61,11 +61,16 @@ def main() -> None:
     parser.add_argument("--known", type=int, default=100_000, help="partitions kept (the rest pruned)")
     parser.add_argument("--new", type=int, default=500, help="sessions exported per measurement (one run)")
     parser.add_argument("--bookkeeping", default="lean", choices=("lean", "full"))
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432",
+                        help="server for --instance postgres")
     args = parser.parse_args()
     logging.getLogger("dagster").setLevel(logging.WARNING)
     sizes = [int(n) for n in args.history.split(",")]
+    # The code server that answers GraphQL logs to its inherited stdout: keep stdout for the JSON alone.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     results = []
-    with _instance(args.instance) as instance, dagster_settings(args.bookkeeping):
+    with _instance(args.instance, args.postgres) as instance, dagster_settings(args.bookkeeping):
         written = 0
         for size in sizes:
             start = time.perf_counter()
@@ -76,19 +81,19 @@ def main() -> None:
             written += args.new
             _log(json.dumps(results[-1]))
     json.dump({"instance": args.instance, "bookkeeping": args.bookkeeping, "known": args.known, "new": args.new,
-               "dagster": dg.__version__, "load_average": os.getloadavg(), "results": results}, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+               "dagster": dg.__version__, "load_average": os.getloadavg(), "results": results}, out, indent=2)
+    out.write("\n")
+    out.close()
 
 
 @contextmanager
-def _instance(kind: str) -> Iterator[dg.DagsterInstance]:
+def _instance(kind: str, server: str) -> Iterator[dg.DagsterInstance]:
     home = Path(tempfile.mkdtemp(prefix="growth-"))
     database = None
     try:
         if kind == "postgres":
             import psycopg2
 
-            server = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
             database = f"growth_{uuid.uuid4().hex[:10]}"
             admin = psycopg2.connect(f"{server}/postgres")
             admin.autocommit = True
