@@ -10,7 +10,7 @@ import sys
 from telemetry_pipeline.export import export_batch
 from telemetry_pipeline.settings import from_environment
 from telemetry_pipeline.signavio.outbox import Outbox
-from telemetry_pipeline.sources import SourceSet
+from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import open_warehouse
 
 
