@@ -5,8 +5,9 @@ benchmark runs the pipeline, so the difference is our own work.
     floor.py export B     one process: `session_export`'s specs over every pending key, in runs of B
 
 Each mirrors one CLI call of the pipeline phase (`discover`, `export --pending`), with TELEMETRY_PIPELINE_HOME
-set. The bodies report what ours report when every session succeeds (one record per table asset, one
-materialisation per partition of `signavio_export`), without fetching, parsing, rendering or uploading.
+set. The bodies report what ours report when every session succeeds (one record per stage, one
+materialisation per partition of `signavio_export`, one result per data-quality check), without fetching,
+parsing, rendering or uploading.
 """
 
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from telemetry_pipeline.assets import EXPORT_SPECS
+from telemetry_pipeline.assets import CHECK_SPECS, EXPORT_SPEC, STAGE_SPECS
 from telemetry_pipeline.instance import dagster_settings, open_instance
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.partitions import batched_ranges
@@ -28,14 +29,14 @@ def discover_nothing(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"new_count": len(keys)})
 
 
-@dg.multi_asset(name="session_export", specs=EXPORT_SPECS, can_subset=False)
-def export_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMaterialization]:
-    for spec in EXPORT_SPECS:
-        if spec.partitions_def is None:  # a table asset: one record per run
-            yield dg.AssetMaterialization(asset_key=spec.key, metadata={"sessions": len(context.partition_keys)})
-        else:
-            for key in context.partition_keys:
-                yield dg.AssetMaterialization(asset_key=spec.key, partition=key)
+@dg.multi_asset(name="session_export", specs=[EXPORT_SPEC], check_specs=CHECK_SPECS)
+def export_nothing(context: dg.AssetExecutionContext) -> Iterator[dg.AssetMaterialization | dg.AssetCheckResult]:
+    for spec in STAGE_SPECS:  # a stage record: one per run
+        yield dg.AssetMaterialization(asset_key=spec.key, metadata={"sessions": len(context.partition_keys)})
+    for key in context.partition_keys:
+        yield dg.AssetMaterialization(asset_key=EXPORT_SPEC.key, partition=key)
+    for check in CHECK_SPECS:
+        yield dg.AssetCheckResult(asset_key=EXPORT_SPEC.key, check_name=check.name, passed=True)
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
             assert result.success
             return
         job = dg.define_asset_job(EXPORT_JOB, selection=[export_nothing])
-        resolved = dg.Definitions(assets=[export_nothing], jobs=[job]).resolve_job_def(EXPORT_JOB)
+        resolved = dg.Definitions(assets=[*STAGE_SPECS, export_nothing], jobs=[job]).resolve_job_def(EXPORT_JOB)
         keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
         for key_range in batched_ranges(keys, keys, number):
             assert resolved.execute_in_process(instance=instance, tags=key_range.tags).success

@@ -1,37 +1,45 @@
-"""Assets: thin wiring over `discovery` and `export`.
-
-One step (`session_export`) produces the four export assets, because Dagster skips a downstream step
-whenever an upstream one yields only some of its partitions, so separate steps could not record that
-session A passed a stage and session B did not.
+"""Assets: thin wiring over `discovery`, `export` and `overview`.
 
 Only `signavio_export` is partitioned by session: its materialisation history is the export status,
-one event per confirmed session. `raw_telemetry`, `telemetry_events` and `signavio_csv` are the DuckDB
-tables and the CSV batch, materialised once per run with what that run put into them (per-session
-state of every stage is in DuckDB). Dagster writes two instance events per partition per partitioned
+one event per confirmed session. Dagster writes two instance events per partition per partitioned
 asset in a run (planned + materialised, ~12 ms each on SQLite): four partitioned assets cost ~130 ms
-per session, one costs ~26 ms (README, Benchmark). That is the difference between 10,000 sessions in
-~22 minutes and in well under 15.
+per session, one costs ~26 ms (README, Benchmark).
+
+`raw_telemetry`, `telemetry_events` and `signavio_csv` are the DuckDB tables and the CSV batch: one
+step (`session_export`) produces all of them, and it records each stage once per run with what that
+run put into it (per-session state of every stage is in DuckDB). They are declared as external specs
+(`STAGE_SPECS`: visible in the lineage, recorded by the step, never launched on their own) rather than
+as outputs of `session_export`, because as outputs of one multi-asset they (1) made every exported
+session look "Unsynced" as soon as a later run recorded a stage, (2) were dragged into every manual
+launch of one session ("additional assets will be materialized") and (3) gave that launch assets with
+differing backfill policies. External upstreams never make a downstream stale.
 """
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Any
 
 import dagster as dg
 
+from telemetry_pipeline import quality
 from telemetry_pipeline.discovery import register_new_sessions
-from telemetry_pipeline.export import BatchOutcome, export_batch
+from telemetry_pipeline.export import export_batch
+from telemetry_pipeline.metadata import (
+    batch_failure,
+    check_results,
+    export_materializations,
+    failure_observations,
+    overview_metadata,
+    stage_records,
+)
+from telemetry_pipeline.names import PROCESS_OVERVIEW, SESSION_EXPORT_STEP
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
-from telemetry_pipeline.names import SESSION_EXPORT_STEP
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
+from telemetry_pipeline.overview import compute_overview
 from telemetry_pipeline.partitions import agent_sessions
-from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
-from telemetry_pipeline.signavio.models import COMPLETED
-from telemetry_pipeline.signavio.schema import EVENTS, RUNS
-
-MAX_LISTED_IN_METADATA = 20
+from telemetry_pipeline.process_map import draw_process_map
+from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 
 
 @dg.asset(
@@ -54,103 +62,75 @@ class ExportConfig(dg.Config):
     dataset: str | None = None  # overrides SIGNAVIO_DATASET for this run
 
 
-def _spec(name: str, deps: list[str], description: str, partitioned: bool = False) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        name, deps=deps, skippable=True, group_name="telemetry", description=description,
-        partitions_def=agent_sessions if partitioned else None,
-    )
+def _stage(name: str, deps: list[str], description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(name, deps=deps, group_name="telemetry", description=description)
 
 
-EXPORT_SPECS = [
-    _spec(RAW, [], "DuckDB `raw_telemetry`: every payload as served, stored before any parsing."),
-    _spec(EVENTS_ASSET, [RAW], "DuckDB `sessions` and `events`: the canonical model, replaced per session."),
-    _spec(CSV_ASSET, [EVENTS_ASSET], "The `<dataset>_runs` and `<dataset>_events` CSV tables + Avro schemas."),
-    _spec(EXPORT, [CSV_ASSET], "One partition per session, materialised when Signavio confirmed both tables: "
-          "its history is the export status.", partitioned=True),
+STAGE_SPECS = [
+    _stage(RAW, [], "DuckDB `raw_telemetry`: every payload as served, stored before any parsing. "
+           "Recorded once per `session_export` run."),
+    _stage(EVENTS_ASSET, [RAW], "DuckDB `sessions` and `events`: the canonical model, replaced per session. "
+           "Recorded once per `session_export` run."),
+    _stage(CSV_ASSET, [EVENTS_ASSET], "The `<dataset>_runs` and `<dataset>_events` CSV tables + Avro schemas. "
+           "Recorded once per `session_export` run."),
 ]
-
-
-@dg.multi_asset(
-    name=SESSION_EXPORT_STEP,
-    specs=EXPORT_SPECS,
-    can_subset=False,
+EXPORT_SPEC = dg.AssetSpec(
+    EXPORT, deps=[CSV_ASSET], skippable=True, group_name="telemetry", partitions_def=agent_sessions,
+    description="One partition per session, materialised when Signavio confirmed both tables: its history is "
+    "the export status. Each materialisation shows the session at a glance (agent, status, times, tool calls, "
+    "models, tokens, first error, first steps).",
 )
+CHECK_SPECS = [dg.AssetCheckSpec(name, asset=EXPORT, description=text) for name, text in quality.DESCRIPTIONS.items()]
+
+
+@dg.multi_asset(name=SESSION_EXPORT_STEP, specs=[EXPORT_SPEC], check_specs=CHECK_SPECS)
 def session_export(
     context: dg.AssetExecutionContext,
     config: ExportConfig,
     sources: SourcesResource,
     warehouse: WarehouseResource,
     signavio: SignavioResource,
-) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
+    monitoring: MonitoringResource,
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckResult]:
     keys = context.partition_keys
     dataset = config.dataset or signavio.dataset
     context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
     with sources.open() as source_set, signavio.destination() as destination:
         outcome = export_batch(
-            keys,
-            sources=source_set,
-            warehouse=warehouse.warehouse(),
-            destination=destination,
-            dataset=dataset,
-            fallback_agent=sources.agent_name,
-            run_id=context.run_id,
+            keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
+            fallback_agent=sources.agent_name, run_id=context.run_id,
             is_live=lambda rid: (run := context.instance.get_run_by_id(rid)) is not None and not run.is_finished,
+            alphabet_limit=monitoring.activity_alphabet_limit,
         )
         where = destination.describe()
     if outcome.in_flight:  # another run is exporting these right now (export_batch logged them)
         yield dg.AssetObservation(asset_key=EXPORT, metadata={"in_flight": dg.MetadataValue.json(outcome.in_flight)})
-    yield from _materializations(outcome, dataset, where)
+    yield from stage_records(outcome, dataset)
+    yield from export_materializations(outcome, dataset, where)
+    yield from check_results(outcome.quality)
     if outcome.failures:
-        listed = sorted(outcome.failures.items())
-        lines = "\n".join(f"- {error}" for _, error in listed[:MAX_LISTED_IN_METADATA])
-        more = f"\n(and {len(listed) - MAX_LISTED_IN_METADATA} more)" if len(listed) > MAX_LISTED_IN_METADATA else ""
-        raise dg.Failure(
-            description=f"{len(outcome.failures)} of {len(keys)} sessions failed "
-            f"({len(outcome.exported)} exported):\n{lines}{more}",
-            metadata={"failed_sessions": dg.MetadataValue.json(dict(listed))},
-            allow_retries=False,
-        )
+        yield from failure_observations(outcome)
+        raise batch_failure(outcome)
 
 
-def _materializations(out: BatchOutcome, dataset: str, destination: str) -> Iterator[dg.AssetMaterialization]:
-    failed_at = {
-        stage: sum(1 for e in out.failures.values() if e.startswith(stage)) for stage in ("fetch", "normalise")
-    }
-    runs_table, events_table = RUNS.name(dataset), EVENTS.name(dataset)
-    runs_rows = sum(r for r, _ in out.rows.values())
-    events_rows = sum(e for _, e in out.rows.values())
-    if out.stored:
-        yield dg.AssetMaterialization(asset_key=RAW, metadata={
-            "sessions": len(out.stored), "bytes": out.bytes_fetched, "fetch_failures": failed_at["fetch"],
-            "first_keys": dg.MetadataValue.json(out.stored[:MAX_LISTED_IN_METADATA]),
-        })
-    if out.normalized:
-        yield dg.AssetMaterialization(asset_key=EVENTS_ASSET, metadata={
-            "sessions": len(out.normalized), "events_rows": events_rows,
-            "normalise_failures": failed_at["normalise"],
-        })
-    if out.rendered:
-        yield dg.AssetMaterialization(asset_key=CSV_ASSET, metadata={
-            "sessions": len(out.rendered), "dataset": dataset,
-            "runs_table": runs_table, "events_table": events_table, "runs_rows": runs_rows, "events_rows": events_rows,
-        })
-    if not out.exported:
-        return
-    execution_ids = {load.table: ",".join(load.execution_ids) for load in out.loads}
-    statuses = {load.status for load in out.loads}
-    shared: dict[str, Any] = {
-        "execution_id": execution_ids.get(events_table, ""),
-        "execution_ids": dg.MetadataValue.json(execution_ids),
-        "ingestion_status": COMPLETED if statuses == {COMPLETED} else next(iter(statuses)),
-        "runs_table": runs_table,
-        "events_table": events_table,
-        "destination": destination,
-        "dataset": dataset,
-    }
-    for key in out.exported:
-        session_runs, session_events = out.rows.get(key, (0, 0))
-        yield dg.AssetMaterialization(
-            asset_key=EXPORT,
-            partition=key,
-            metadata={**shared, "runs_rows": session_runs, "events_rows": session_events},
-        )
+class OverviewConfig(dg.Config):
+    window_hours: float | None = None  # overrides PROCESS_OVERVIEW_WINDOW_HOURS for this run
+
+
+@dg.asset(
+    name=PROCESS_OVERVIEW, group_name="telemetry", deps=[EVENTS_ASSET],
+    description="The process as Signavio will mine it, over a recent window: a directly-follows process map "
+    "(open `process_map`), top variants, per-activity counts, failure rates and durations, tokens per model. "
+    "Refreshed by `hourly_export_schedule`.",
+)
+def process_overview(
+    context: dg.AssetExecutionContext, config: OverviewConfig, warehouse: WarehouseResource,
+    monitoring: MonitoringResource,
+) -> dg.MaterializeResult:
+    hours = config.window_hours or monitoring.overview_window_hours
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    with warehouse.warehouse().recent(since) as con:
+        overview = compute_overview(con, since)
+    context.log.info("process overview: %d cases, %d events since %s", overview.cases, overview.events, since)
+    png = draw_process_map(overview.edges, overview.activities)
+    return dg.MaterializeResult(metadata=overview_metadata(overview, hours, png))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import dagster as dg
+from tqdm import tqdm
 
 from telemetry_pipeline.instance import dagster_settings
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
@@ -150,11 +151,14 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         todo = [k for k in valid if k not in results]
         run_config = {"ops": {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}} if args.dataset else None
         ranges = batched_ranges(instance.get_dynamic_partitions(AGENT_SESSIONS), todo, args.settings.batch_size)
+        # Progress on stderr (sessions done, rate, ETA), a step per batched run; stdout keeps the JSON.
+        progress = tqdm(total=len(todo), unit="session", file=sys.stderr, disable=not todo, dynamic_ncols=True)
         for number, key_range in enumerate(ranges, 1):
             log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
             result = job.execute_in_process(
                 instance=instance, tags=key_range.tags, run_config=run_config, raise_on_error=False
             )
+            progress.update(len(key_range.keys))
             failed, whole_run_error = _failed_sessions(result)
             confirmed, in_flight = _run_outcome(result)
             for key in key_range.keys:
@@ -169,6 +173,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 else:
                     results[key] = {"session_id": key, "status": "failed",
                                     "error": f"{key}: the run ended without a confirmed load of this session"}
+        progress.close()
     ordered = [results[k] for k in keys]
     counts = {s: sum(1 for r in ordered if r["status"] == s) for s in ("exported", "skipped", "failed")}
     status = "failed" if counts["failed"] and not counts["exported"] else "partial" if counts["failed"] else "ok"

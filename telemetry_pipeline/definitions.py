@@ -6,9 +6,9 @@ from __future__ import annotations
 import dagster as dg
 
 from telemetry_pipeline import names
-from telemetry_pipeline.assets import discovered_sessions, session_export
+from telemetry_pipeline.assets import STAGE_SPECS, discovered_sessions, process_overview, session_export
 from telemetry_pipeline.partitions import agent_sessions
-from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 from telemetry_pipeline.schedules import build_hourly_export_schedule, build_retention_schedule, retention_job
 from telemetry_pipeline.sensors import build_new_sessions_sensor
 from telemetry_pipeline.settings import Settings, from_environment
@@ -26,7 +26,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="raw_telemetry -> signavio_export for a set of sessions (a contiguous range per run).",
     )
     return dg.Definitions(
-        assets=[discovered_sessions, export_assets],
+        assets=[discovered_sessions, *STAGE_SPECS, export_assets, process_overview],
         jobs=[export_sessions, retention_job],
         sensors=[build_new_sessions_sensor(settings.batch_size, settings.sensor_interval_seconds)],
         schedules=[
@@ -36,6 +36,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "sources": SourcesResource.from_settings(settings.sources),
             "warehouse": WarehouseResource.from_settings(settings),
+            "monitoring": MonitoringResource(
+                activity_alphabet_limit=settings.activity_alphabet_limit,
+                overview_window_hours=settings.overview_window_hours,
+            ),
             "signavio": SignavioResource.from_settings(settings.signavio, settings.outbox_dir),
         },
     )

@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from telemetry_pipeline.quality import CheckOutcome, check_upload
+from telemetry_pipeline.session_summary import SessionSummary, summarize
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources.base import RawSession
@@ -22,6 +24,9 @@ from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import Warehouse, assume_live
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ALPHABET_LIMIT = 200  # distinct activities per upload before the alphabet check warns
+
 
 @dataclass
 class BatchOutcome:
@@ -34,6 +39,8 @@ class BatchOutcome:
     in_flight: dict[str, str] = field(default_factory=dict)  # key -> run exporting it now (left alone)
     loads: list[LoadResult] = field(default_factory=list)
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (runs rows, events rows)
+    summaries: dict[str, SessionSummary] = field(default_factory=dict)  # key -> at a glance
+    quality: list[CheckOutcome] = field(default_factory=list)  # data-quality checks of this upload
     bytes_fetched: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -48,6 +55,7 @@ def export_batch(
     fallback_agent: str,
     run_id: str | None = None,
     is_live: Callable[[str], bool] = assume_live,
+    alphabet_limit: int = DEFAULT_ALPHABET_LIMIT,
 ) -> BatchOutcome:
     """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
     claimed in the warehouse before anything is fetched, the claims are renewed while the batch runs and
@@ -59,7 +67,8 @@ def export_batch(
     _log_in_flight(out.in_flight)
     try:
         with warehouse.leased(claimed, run_id):
-            return _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent)
+            return _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,
+                               alphabet_limit)
     finally:
         try:
             warehouse.release(claimed, run_id)
@@ -82,6 +91,7 @@ def _export(
     destination: Destination,
     dataset: str,
     fallback_agent: str,
+    alphabet_limit: int,
 ) -> BatchOutcome:
     with _timed(out.timings, "fetch"):
         fetched = sources.fetch_many(keys)
@@ -105,8 +115,12 @@ def _export(
         if out.normalized:
             with _timed(out.timings, "render"):
                 rendered = render(con, out.normalized, dataset)
+            with _timed(out.timings, "summarise"):
+                out.summaries = summarize(con, out.normalized)
     if not out.normalized:
         return out
+    with _timed(out.timings, "quality"):
+        out.quality = check_upload(rendered.runs, rendered.events, alphabet_limit)
     out.rendered = list(out.normalized)
     out.rows = rendered.rows_by_session
 

@@ -14,6 +14,7 @@ SIGNAVIO_EXPORT = "signavio_export"
 PROCESS_OVERVIEW = "process_overview"
 DISCOVERED_SESSIONS_KEY = dg.AssetKey(DISCOVERED_SESSIONS)
 SIGNAVIO_EXPORT_KEY = dg.AssetKey(SIGNAVIO_EXPORT)
+PROCESS_OVERVIEW_KEY = dg.AssetKey(PROCESS_OVERVIEW)
 
 # The one step that produces the export assets (a multi-asset), and the jobs, sensor and schedules.
 SESSION_EXPORT_STEP = "session_export"

@@ -1,4 +1,5 @@
-"""`hourly_export_schedule`: every known partition not exported yet (new or failed before), batched;
+"""`hourly_export_schedule`: every known partition not exported yet (new or failed before), batched, and a
+refresh of `process_overview`;
 `retention_schedule` (off by default) and its job."""
 
 import datetime as dt
@@ -10,11 +11,12 @@ from telemetry_pipeline.history import pending_keys
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     DISCOVERED_SESSIONS_KEY,
-    EXPORT_JOB,
     HOURLY_EXPORT_SCHEDULE,
+    PROCESS_OVERVIEW_KEY,
     RETENTION_JOB,
     RETENTION_OP,
     RETENTION_SCHEDULE,
+    SIGNAVIO_EXPORT_KEY,
 )
 from telemetry_pipeline.partitions import batched_ranges
 from telemetry_pipeline.resources import SourcesResource
@@ -22,17 +24,19 @@ from telemetry_pipeline.retention import apply_retention
 
 
 def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
+    # A schedule launches one job: targeting both assets gives it one whose runs each select one of
+    # them (an export range, or the overview), so an export run never pays for the overview.
     @dg.schedule(
         name=HOURLY_EXPORT_SCHEDULE,
-        job_name=EXPORT_JOB,
+        target=dg.AssetSelection.assets(SIGNAVIO_EXPORT_KEY, PROCESS_OVERVIEW_KEY),
         cron_schedule="0 * * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Hourly: discovers new sessions, then exports every known session not exported yet "
-        "(new ones and ones that failed before), in batches.",
+        description="Hourly: discovers new sessions, exports every known session not exported yet "
+        "(new ones and ones that failed before) in batches, and refreshes `process_overview`.",
     )
     def hourly_export_schedule(
         context: dg.ScheduleEvaluationContext, sources: SourcesResource
-    ) -> list[dg.RunRequest] | dg.SkipReason:
+    ) -> list[dg.RunRequest]:
         # Discovery here too, so the schedule alone keeps the export complete when the sensor is off;
         # the pass is recorded like a `discovered_sessions` materialisation, continuing its watermarks.
         with sources.open() as source_set:
@@ -45,13 +49,15 @@ def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
         )
         all_keys = context.instance.get_dynamic_partitions(AGENT_SESSIONS)
         pending = pending_keys(context.instance, all_keys)
-        if not pending:
-            return dg.SkipReason("every known session is exported")
         tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        refresh = dg.RunRequest(run_key=f"overview:{tick}", asset_selection=[PROCESS_OVERVIEW_KEY])
+        if not pending:
+            return [refresh]
         return [
-            dg.RunRequest(run_key=f"hourly:{tick}:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags)
+            dg.RunRequest(run_key=f"hourly:{tick}:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags,
+                          asset_selection=[SIGNAVIO_EXPORT_KEY])
             for r in batched_ranges(all_keys, pending, batch_size)
-        ]
+        ] + [refresh]
 
     return hourly_export_schedule
 

@@ -54,6 +54,8 @@ RETENTION_DAYS = "RETENTION_DAYS"
 WAREHOUSE_URL = "WAREHOUSE_URL"
 CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
 RUN_BOOKKEEPING = "RUN_BOOKKEEPING"
+ACTIVITY_ALPHABET_LIMIT = "ACTIVITY_ALPHABET_LIMIT"
+PROCESS_OVERVIEW_WINDOW_HOURS = "PROCESS_OVERVIEW_WINDOW_HOURS"
 
 
 class ConfigurationError(ValueError):
@@ -146,6 +148,8 @@ class Settings:
     sensor_interval_seconds: int = 30
     retention_days: float = 30.0
     run_bookkeeping: str = "lean"  # what Dagster records per run: lean | full (instance/__init__.py)
+    activity_alphabet_limit: int = 200  # distinct activities per upload before the data-quality check warns
+    overview_window_hours: float = 168.0  # sessions normalised this recently feed process_overview
 
     @property
     def warehouse_path(self) -> Path:
@@ -245,6 +249,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, "30", int)),
         retention_days=number(RETENTION_DAYS, "30", float),
         run_bookkeeping=bookkeeping,
+        activity_alphabet_limit=int(number(ACTIVITY_ALPHABET_LIMIT, "200", int)),
+        overview_window_hours=number(PROCESS_OVERVIEW_WINDOW_HOURS, "168", float),
     )
 
 
@@ -284,5 +290,7 @@ def to_environment(settings: Settings) -> dict[str, str]:
         WAREHOUSE_URL: settings.warehouse.url.value if settings.warehouse.url else None,
         CLAIM_LEASE_SECONDS: settings.warehouse.lease_seconds,
         RUN_BOOKKEEPING: settings.run_bookkeeping,
+        ACTIVITY_ALPHABET_LIMIT: settings.activity_alphabet_limit,
+        PROCESS_OVERVIEW_WINDOW_HOURS: settings.overview_window_hours,
     }
     return {name: str(value) for name, value in values.items() if value is not None}

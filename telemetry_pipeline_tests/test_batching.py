@@ -70,6 +70,10 @@ def test_hourly_schedule_exports_pending_and_previously_failed(
     tick = dt.datetime(2026, 1, 1, 5)
     with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, resources=defs.resources) as ctx:
         requests = schedule.evaluate_tick(ctx).run_requests
+    overview = [r for r in requests if r.asset_selection == [dg.AssetKey("process_overview")]]
+    assert len(overview) == 1, "every tick refreshes process_overview"
+    requests = [r for r in requests if r not in overview]
+    assert all(r.asset_selection == [EXPORT] for r in requests), "export runs leave the overview alone"
     assert unseen in instance.get_dynamic_partitions("agent_sessions"), "the schedule discovers on its own"
     assert len(requests) == 1, "broken, later and unseen are adjacent partitions: one batched run"
     tags = requests[0].tags
@@ -78,8 +82,12 @@ def test_hourly_schedule_exports_pending_and_previously_failed(
     job = defs.resolve_job_def("export_sessions")
     assert job.execute_in_process(instance=instance, tags=tags).success
     assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later, unseen}
-    with dg.build_schedule_context(instance=instance, resources=defs.resources) as ctx:
-        assert not schedule.evaluate_tick(ctx).run_requests, "nothing left to export"
+    later_tick = tick + dt.timedelta(hours=1)
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=later_tick, resources=defs.resources
+    ) as ctx:
+        left = schedule.evaluate_tick(ctx).run_requests
+    assert [r.asset_selection for r in left] == [[dg.AssetKey("process_overview")]], "nothing left to export"
     _code, out = pipeline.cli("discover")
     assert out["new_count"] == 0, "the schedule's pass moved the same watermarks the asset uses"
 

@@ -89,6 +89,8 @@ ORDER BY e.session_key, e.event_time, e.seq
 class RenderedBatch:
     uploads: tuple[TableUpload, TableUpload]  # runs, events
     rows_by_session: dict[str, tuple[int, int]]  # key -> (runs rows, events rows)
+    runs: pd.DataFrame  # the frames the CSV was written from, for the data-quality checks
+    events: pd.DataFrame
 
 
 def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str) -> RenderedBatch:
@@ -106,6 +108,8 @@ def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str) ->
     return RenderedBatch(
         uploads=(_upload(RUNS, runs, dataset), _upload(EVENTS, events, dataset)),
         rows_by_session={k: (1, counts.get(k, 0)) for k in keys},
+        runs=runs,
+        events=events,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,6 +71,11 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def workspace(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A DuckDB connection, in UTC, holding the tables `sessions` and `events`, for one batch's compute."""
+
+    @abc.abstractmethod
+    def recent(self, since: dt.datetime) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection, in UTC, whose `sessions` and `events` hold (at least) every session normalised
+        at or after `since` (for reading: `process_overview`)."""
 
     @abc.abstractmethod
     def save_canonical(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> None:

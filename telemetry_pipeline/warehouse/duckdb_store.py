@@ -8,6 +8,7 @@ normalisers write the canonical rows straight into it.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -117,6 +118,9 @@ class DuckDBWarehouse(Warehouse):
 
     def workspace(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         return self.connect()
+
+    def recent(self, since: dt.datetime) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self.connect()  # the file holds every session; readers filter by `normalized_at`
 
     def save_canonical(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> None:
         """Nothing to do: the normalisers replaced the rows in the file, in their own transaction."""

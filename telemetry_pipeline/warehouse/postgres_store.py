@@ -13,6 +13,7 @@ restarted between two stages is simply reconnected to; one that is down fails th
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -187,6 +188,25 @@ class PostgresWarehouse(Warehouse):
         with duckdb.connect() as con:
             con.execute("SET TimeZone = 'UTC'")
             create_canonical(con)
+            yield con
+
+    @contextlib.contextmanager
+    def recent(self, since: dt.datetime) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB database holding the sessions normalised since `since` and their events,
+        copied out with one `COPY ... TO STDOUT` per table (CSV, typed again by DuckDB's insert)."""
+        window = "session_key IN (SELECT session_key FROM sessions WHERE normalized_at >= %s)"
+        with self.workspace() as con, tempfile.TemporaryDirectory(prefix="recent-") as tmp:
+            with self.transaction("reading recent sessions") as cur:
+                for table in schema.CANONICAL:
+                    path = f"{tmp}/{table.name}.csv"
+                    query = cur.mogrify(f"SELECT {table.column_list()} FROM {table.name} WHERE {window}", [since])
+                    with open(path, "wb") as out:
+                        cur.copy_expert(f"COPY ({query.decode()}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
+                    con.execute(
+                        f"INSERT INTO {table.name} ({table.column_list()}) "
+                        "SELECT * FROM read_csv($path, header = true, all_varchar = true)",
+                        {"path": path},
+                    )
             yield con
 
     def save_canonical(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> None:

@@ -1,0 +1,204 @@
+"""What the UI shows: the Dagster events and metadata of an export batch and of the process overview
+(wiring; the figures come from `export.BatchOutcome` and `overview.ProcessOverview`).
+
+Per export batch:
+- one record per stage (`raw_telemetry`, `telemetry_events`, `signavio_csv`) for the run;
+- one `signavio_export` materialisation per confirmed session, carrying the contract's fields
+  (INTERFACE.md) and the session at a glance (`session_summary`), with its first steps as a table;
+- one observation per failed session naming why, on that session's partition;
+- one result per data-quality check of the upload (severity WARN: a failed check never blocks it).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from telemetry_pipeline.export import BatchOutcome
+from telemetry_pipeline.names import RAW_TELEMETRY as RAW
+from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
+from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
+from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
+from telemetry_pipeline.overview import ProcessOverview
+from telemetry_pipeline.quality import CheckOutcome
+from telemetry_pipeline.session_summary import SessionSummary, Step
+from telemetry_pipeline.signavio.models import COMPLETED
+from telemetry_pipeline.signavio.schema import EVENTS, RUNS
+
+MAX_LISTED_IN_METADATA = 20
+MAX_ACTIVITIES_LISTED = 50
+
+# The UI renders markdown under 1,000 characters inline (longer opens behind a dialog), and a markdown
+# table serialises to a fifth of the bytes of a `TableMetadataValue` with the same rows.
+MAX_INLINE_MARKDOWN = 999
+TIMELINE_ACTIVITY_CHARS = 40
+
+
+def stage_records(out: BatchOutcome, dataset: str) -> Iterator[dg.AssetMaterialization]:
+    failed_at = {
+        stage: sum(1 for e in out.failures.values() if e.startswith(stage)) for stage in ("fetch", "normalise")
+    }
+    runs_rows = sum(r for r, _ in out.rows.values())
+    events_rows = sum(e for _, e in out.rows.values())
+    if out.stored:
+        yield dg.AssetMaterialization(asset_key=RAW, metadata={
+            "sessions": len(out.stored), "bytes": out.bytes_fetched, "fetch_failures": failed_at["fetch"],
+            "first_keys": dg.MetadataValue.json(out.stored[:MAX_LISTED_IN_METADATA]),
+        })
+    if out.normalized:
+        yield dg.AssetMaterialization(asset_key=EVENTS_ASSET, metadata={
+            "sessions": len(out.normalized), "events_rows": events_rows,
+            "normalise_failures": failed_at["normalise"],
+        })
+    if out.rendered:
+        yield dg.AssetMaterialization(asset_key=CSV_ASSET, metadata={
+            "sessions": len(out.rendered), "dataset": dataset,
+            "runs_table": RUNS.name(dataset), "events_table": EVENTS.name(dataset),
+            "runs_rows": runs_rows, "events_rows": events_rows,
+        })
+
+
+def export_materializations(out: BatchOutcome, dataset: str, destination: str) -> Iterator[dg.AssetMaterialization]:
+    if not out.exported:
+        return
+    runs_table, events_table = RUNS.name(dataset), EVENTS.name(dataset)
+    execution_ids = {load.table: ",".join(load.execution_ids) for load in out.loads}
+    statuses = {load.status for load in out.loads}
+    shared: dict[str, Any] = {
+        "execution_id": execution_ids.get(events_table, ""),
+        "execution_ids": dg.MetadataValue.json(execution_ids),
+        "ingestion_status": COMPLETED if statuses == {COMPLETED} else next(iter(statuses)),
+        "runs_table": runs_table,
+        "events_table": events_table,
+        "destination": destination,
+        "dataset": dataset,
+    }
+    for key in out.exported:
+        session_runs, session_events = out.rows.get(key, (0, 0))
+        summary = out.summaries.get(key)
+        yield dg.AssetMaterialization(
+            asset_key=EXPORT, partition=key,
+            metadata={**(summary_metadata(summary) if summary else {}), **shared,
+                      "runs_rows": session_runs, "events_rows": session_events},
+        )
+
+
+def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
+    """The session at a glance, in the order the UI lists it; only what is known."""
+    meta: dict[str, dg.RawMetadataValue] = {
+        "agent": s.agent or "",
+        "workflow": s.workflow or "",
+        "run_status": s.status,
+    }
+    if s.start is not None:
+        meta["start"] = dg.MetadataValue.timestamp(s.start)
+    if s.end is not None:
+        meta["end"] = dg.MetadataValue.timestamp(s.end)
+    if s.duration_s is not None:
+        meta["duration_s"] = s.duration_s
+    meta |= {
+        "events": s.events,
+        "tool_calls": f"{s.tool_calls} ({s.tool_calls_succeeded} succeeded, {s.tool_calls_failed} failed)",
+        "models": ", ".join(s.models),
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+    }
+    if s.first_error:
+        meta["first_error"] = s.first_error
+    if s.timeline:
+        meta["timeline"] = dg.MetadataValue.md(timeline_markdown(s.timeline))
+    return meta
+
+
+def timeline_markdown(steps: tuple[Step, ...]) -> str:
+    """The first steps as a markdown table short enough to render inline."""
+    lines = ["| s | activity | status | ms |", "|--:|---|---|--:|"]
+    for step in steps:
+        at = f"{step.offset_ms / 1000:.1f}" if step.offset_ms is not None else ""
+        ms = str(step.latency_ms) if step.latency_ms is not None else ""
+        row = f"| {at} | {_cell(step.activity, TIMELINE_ACTIVITY_CHARS)} | {_cell(step.status or '', 12)} | {ms} |"
+        if sum(len(line) + 1 for line in lines) + len(row) > MAX_INLINE_MARKDOWN:
+            break
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _cell(text: str, width: int) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def failure_observations(out: BatchOutcome) -> Iterator[dg.AssetObservation]:
+    """The reason on the failed session's own partition page (the run's failure lists them all)."""
+    for key, error in sorted(out.failures.items()):
+        yield dg.AssetObservation(asset_key=EXPORT, partition=key, metadata={"export_failed": error})
+
+
+def check_results(outcomes: list[CheckOutcome]) -> Iterator[dg.AssetCheckResult]:
+    for outcome in outcomes:
+        yield dg.AssetCheckResult(
+            asset_key=EXPORT, check_name=outcome.name, passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in outcome.metadata.items()},
+        )
+
+
+def batch_failure(out: BatchOutcome) -> dg.Failure:
+    listed = sorted(out.failures.items())
+    lines = "\n".join(f"- {error}" for _, error in listed[:MAX_LISTED_IN_METADATA])
+    more = f"\n(and {len(listed) - MAX_LISTED_IN_METADATA} more)" if len(listed) > MAX_LISTED_IN_METADATA else ""
+    return dg.Failure(
+        description=f"{len(out.failures)} of {len(out.keys)} sessions failed "
+        f"({len(out.exported)} exported):\n{lines}{more}",
+        metadata={"failed_sessions": dg.MetadataValue.json(dict(listed))},
+        allow_retries=False,
+    )
+
+
+def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> dict[str, dg.RawMetadataValue]:
+    """The process map as an image (markdown with a data: URL; the UI opens it with "Show Markdown")
+    and the figures behind it as tables."""
+    image = base64.b64encode(png).decode("ascii")
+    top_activities = ov.activities[:MAX_ACTIVITIES_LISTED]
+    return {
+        "process_map": dg.MetadataValue.md(
+            f"![Directly-follows process map, {ov.cases} cases](data:image/png;base64,{image})"
+        ),
+        "window_hours": window_hours,
+        "since": dg.MetadataValue.timestamp(ov.since),
+        "cases": ov.cases,
+        "events": ov.events,
+        "activities_count": len(ov.activities),
+        "variants": dg.MetadataValue.table(
+            records=[dg.TableRecord({"cases": v.cases, "steps": len(v.trace), "variant": _trace(v.trace)})
+                     for v in ov.variants],
+            schema=dg.TableSchema(columns=[dg.TableColumn("cases", "int"), dg.TableColumn("steps", "int"),
+                                           dg.TableColumn("variant", "string")]),
+        ),
+        "activities": dg.MetadataValue.table(
+            records=[dg.TableRecord({"activity": a.activity, "count": a.count, "cases": a.cases,
+                                     "failure_rate": round(a.failure_rate, 4),
+                                     "median_ms": round(a.median_ms) if a.median_ms is not None else None})
+                     for a in top_activities],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("activity", "string"), dg.TableColumn("count", "int"), dg.TableColumn("cases", "int"),
+                dg.TableColumn("failure_rate", "float"), dg.TableColumn("median_ms", "int"),
+            ]),
+        ),
+        "tokens_by_model": dg.MetadataValue.table(
+            records=[dg.TableRecord({"model": m.model, "calls": m.calls, "input_tokens": m.input_tokens,
+                                     "output_tokens": m.output_tokens}) for m in ov.models],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("model", "string"), dg.TableColumn("calls", "int"),
+                dg.TableColumn("input_tokens", "int"), dg.TableColumn("output_tokens", "int"),
+            ]),
+        ),
+    }
+
+
+def _trace(trace: tuple[str, ...], shown: int = 8) -> str:
+    head = " → ".join(trace[:shown])
+    return head if len(trace) <= shown else f"{head} → … ({len(trace) - shown} more)"

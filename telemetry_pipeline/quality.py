@@ -1,0 +1,105 @@
+"""Data-quality checks on one upload (the two tables a batch sends), computed in DuckDB over the
+rendered frames, so they cost a few scans of data already in memory. No Dagster here: the asset turns
+each `CheckOutcome` into an asset check result that warns and never blocks the upload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+#: An activity label that holds something id-like makes the process map explode into one activity
+#: per case: a UUID, a long hex or digit run, or the case's own id.
+_ID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}|[0-9a-fA-F]{16,}|[0-9]{6,}"
+SAMPLE = 5  # offending values named in a check's metadata
+
+EVENT_ID_UNIQUE = "event_id_unique"
+EVENTS_HAVE_CASE = "events_have_case"
+EVENT_TIMES_VALID = "event_times_valid"
+ACTIVITY_ALPHABET = "activity_alphabet"
+
+DESCRIPTIONS = {
+    EVENT_ID_UNIQUE: "`event_id` is unique within each upload of the events table.",
+    EVENTS_HAVE_CASE: "Every event's `case_id` has a row in the case table of the same upload.",
+    EVENT_TIMES_VALID: "Every event has an `event_time`, and `event_time` <= `end_time` where an end is given.",
+    ACTIVITY_ALPHABET: "Distinct activities per upload stay under the limit, and no activity label holds an id.",
+}
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def check_upload(runs: pd.DataFrame, events: pd.DataFrame, alphabet_limit: int) -> list[CheckOutcome]:
+    """The four checks over one batch's `<dataset>_runs` and `<dataset>_events` frames."""
+    con = duckdb.connect()
+    try:
+        con.register("up_runs", runs)
+        con.register("up_events", events)
+        return [
+            _unique_ids(con),
+            _events_have_case(con),
+            _times_valid(con),
+            _alphabet(con, alphabet_limit),
+        ]
+    finally:
+        con.close()
+
+
+def _unique_ids(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    rows, duplicated = _row(con, "SELECT count(*), count(*) - count(DISTINCT event_id) FROM up_events")
+    sample = _column(con, f"SELECT event_id FROM up_events GROUP BY ALL HAVING count(*) > 1 LIMIT {SAMPLE}")
+    return CheckOutcome(EVENT_ID_UNIQUE, duplicated == 0, {"events": rows, "duplicates": duplicated, "sample": sample})
+
+
+def _events_have_case(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    orphans = _column(
+        con,
+        "SELECT DISTINCT e.case_id FROM up_events e ANTI JOIN up_runs r ON e.case_id = r.agent_run_id",
+    )
+    return CheckOutcome(EVENTS_HAVE_CASE, not orphans, {"cases_without_row": len(orphans), "sample": orphans[:SAMPLE]})
+
+
+def _times_valid(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    missing, reversed_ = _row(
+        con,
+        "SELECT count(*) FILTER (WHERE event_time IS NULL), count(*) FILTER (WHERE end_time < event_time) "
+        "FROM up_events",
+    )
+    sample = _column(
+        con, f"SELECT event_id FROM up_events WHERE event_time IS NULL OR end_time < event_time LIMIT {SAMPLE}"
+    )
+    return CheckOutcome(
+        EVENT_TIMES_VALID, missing == 0 and reversed_ == 0,
+        {"without_time": missing, "end_before_start": reversed_, "sample": sample},
+    )
+
+
+def _alphabet(con: duckdb.DuckDBPyConnection, limit: int) -> CheckOutcome:
+    (distinct,) = _row(con, "SELECT count(DISTINCT activity) FROM up_events")
+    id_like = _column(
+        con,
+        "SELECT DISTINCT activity FROM up_events WHERE regexp_matches(activity, $pattern) "
+        "OR (length(case_id) >= 4 AND contains(activity, case_id)) ORDER BY activity LIMIT $n",
+        {"pattern": _ID_PATTERN, "n": SAMPLE},
+    )
+    return CheckOutcome(
+        ACTIVITY_ALPHABET, distinct <= limit and not id_like,
+        {"distinct_activities": distinct, "limit": limit, "id_like_sample": id_like},
+    )
+
+
+def _row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    row = con.execute(sql).fetchone()
+    assert row is not None, "an aggregate without GROUP BY returns one row"
+    return row
+
+
+def _column(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+    return [row[0] for row in con.execute(sql, params or {}).fetchall()]

@@ -1,0 +1,115 @@
+"""Each exported session at a glance: the figures a person looks for on its partition page (agent,
+workflow, status, times, tool calls, models, tokens, first error) and its first steps as a short
+timeline. One set-based DuckDB query per batch over the canonical model; no Dagster here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+
+#: Steps shown in a session's timeline; the full event log is in Signavio. Kept short so each
+#: materialisation stays small (README, Benchmark: bytes of metadata per session).
+TIMELINE_STEPS = 8
+MAX_TEXT = 160  # characters of an activity or error shown; the rest is in the event log
+
+_SUMMARY_SQL = """
+WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
+ev AS (SELECT * FROM events WHERE session_key IN (SELECT session_key FROM batch)),
+agg AS (
+    SELECT session_key,
+           count(*) FILTER (WHERE tool_name IS NOT NULL) AS tool_calls,
+           count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'success') AS tool_calls_succeeded,
+           count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'failed') AS tool_calls_failed,
+           list_sort(list(DISTINCT model) FILTER (WHERE model IS NOT NULL)) AS models,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           arg_min(error, (event_time, seq)) FILTER (WHERE error IS NOT NULL) AS first_error
+    FROM ev GROUP BY session_key
+)
+SELECT s.session_key, s.agent_name, s.workflow_name, s.status, s.start_time, s.end_time, s.event_count,
+       coalesce(a.tool_calls, 0), coalesce(a.tool_calls_succeeded, 0), coalesce(a.tool_calls_failed, 0),
+       coalesce(a.models, []), coalesce(a.input_tokens, 0), coalesce(a.output_tokens, 0), a.first_error
+FROM sessions s LEFT JOIN agg a USING (session_key)
+WHERE s.session_key IN (SELECT session_key FROM batch)
+"""
+
+# Offsets from the session's start (not absolute times) keep each row short and readable.
+_TIMELINE_SQL = """
+WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
+ranked AS (
+    SELECT e.session_key, e.activity, e.status, e.latency_ms,
+           date_diff('millisecond', coalesce(s.start_time, e.event_time), e.event_time) AS offset_ms,
+           row_number() OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS step
+    FROM events e JOIN sessions s USING (session_key)
+    WHERE e.session_key IN (SELECT session_key FROM batch)
+)
+SELECT session_key, step, offset_ms, activity, status, latency_ms FROM ranked WHERE step <= $steps
+ORDER BY session_key, step
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    step: int
+    offset_ms: int | None
+    activity: str
+    status: str | None
+    latency_ms: int | None
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    agent: str | None
+    workflow: str | None
+    status: str
+    start: dt.datetime | None
+    end: dt.datetime | None
+    events: int
+    tool_calls: int
+    tool_calls_succeeded: int
+    tool_calls_failed: int
+    models: tuple[str, ...]
+    input_tokens: int
+    output_tokens: int
+    first_error: str | None
+    timeline: tuple[Step, ...] = field(default=())
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return round((self.end - self.start).total_seconds(), 3)
+
+
+def summarize(
+    con: duckdb.DuckDBPyConnection, keys: Sequence[str], steps: int = TIMELINE_STEPS
+) -> dict[str, SessionSummary]:
+    """{key: summary} for the normalised sessions among `keys`."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    timelines: dict[str, list[Step]] = {}
+    for key, step, offset, activity, status, latency in con.execute(
+        _TIMELINE_SQL, {"keys": keys, "steps": steps}
+    ).fetchall():
+        timelines.setdefault(key, []).append(Step(step, offset, _clip(activity) or "", status, latency))
+    summaries = {}
+    for row in con.execute(_SUMMARY_SQL, {"keys": keys}).fetchall():
+        key, agent, workflow, status, start, end, events, calls, ok, failed, models, tin, tout, error = row
+        summaries[key] = SessionSummary(
+            agent=agent, workflow=workflow, status=status, start=start, end=end, events=events,
+            tool_calls=calls, tool_calls_succeeded=ok, tool_calls_failed=failed, models=tuple(models),
+            input_tokens=tin, output_tokens=tout, first_error=_clip(error),
+            timeline=tuple(timelines.get(key, ())),
+        )
+    return summaries
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    return text[: MAX_TEXT - 1] + "…"
