@@ -47,7 +47,9 @@ from telemetry_pipeline_tests.test_faults import (
     wait_for,
 )
 
-LEASE = 1.0
+# Short enough to wait out after a kill, long enough that a live run's renewals (every third of it) never
+# miss it while several exporter processes share 2 cores.
+LEASE = 4.0
 
 
 @dataclass
