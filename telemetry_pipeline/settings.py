@@ -147,7 +147,7 @@ class Settings:
     batch_size: int = 500
     sensor_interval_seconds: int = 30
     retention_days: float = 30.0
-    run_bookkeeping: str = "lean"  # what Dagster records per run: lean | full (instance/__init__.py)
+    run_bookkeeping: str = "full"  # what Dagster records per run: full | lean (instance/__init__.py)
     activity_alphabet_limit: int = 200  # distinct activities per upload before the data-quality check warns
     overview_window_hours: float = 168.0  # sessions normalised this recently feed process_overview
 
@@ -234,7 +234,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         settle_seconds=number(SESSION_SETTLE_SECONDS, "0", float),
         agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or "agent",
     )
-    bookkeeping = get(RUN_BOOKKEEPING, "lean") or "lean"
+    bookkeeping = get(RUN_BOOKKEEPING, "full") or "full"
     if bookkeeping not in ("lean", "full"):
         raise ConfigurationError(f"{RUN_BOOKKEEPING} must be lean or full, not {bookkeeping!r}")
     return Settings(

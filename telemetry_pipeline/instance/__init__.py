@@ -33,7 +33,8 @@ run_monitoring:
 #   lean  one "planned" event per run for signavio_export instead of one per session (the export runs write
 #         one event per session instead of two: the floor 1.3-1.5x faster on PostgreSQL, README). The UI cost: the
 #         sessions of a failed run show as missing, not red "failed" (the run is red and names them).
-#   full  Dagster's defaults.
+#   full  Dagster's defaults, and ours: a session that failed to export is under the UI's "Failed" filter,
+#         which an operator looks for first (issue 13); `lean` is for installations that would rather save the event.
 # DAGSTER_EVENT_BATCH_SIZE is left alone: it batches only events Dagster derives itself (planned events,
 # the partitions of one Output), while our per-session AssetMaterializations are written one by one.
 BOOKKEEPING_MODES = ("lean", "full")
