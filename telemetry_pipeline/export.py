@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from telemetry_pipeline.quality import CheckOutcome, check_upload
 from telemetry_pipeline.session_summary import SessionSummary, summarize
+from telemetry_pipeline.settings import Settings
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources.base import RawSession
@@ -25,7 +26,6 @@ from telemetry_pipeline.warehouse import Warehouse, assume_live
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALPHABET_LIMIT = 200  # distinct activities per upload before the alphabet check warns
 
 
 @dataclass
@@ -55,7 +55,7 @@ def export_batch(
     fallback_agent: str,
     run_id: str | None = None,
     is_live: Callable[[str], bool] = assume_live,
-    alphabet_limit: int = DEFAULT_ALPHABET_LIMIT,
+    alphabet_limit: int = Settings.activity_alphabet_limit,
 ) -> BatchOutcome:
     """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
     claimed in the warehouse before anything is fetched, the claims are renewed while the batch runs and

@@ -163,9 +163,5 @@ class SignavioResource(dg.ConfigurableResource):
 class MonitoringResource(dg.ConfigurableResource):
     """What the UI shows beyond the export: the data-quality limit and the process overview's window."""
 
-    activity_alphabet_limit: int = Field(
-        default=200, description="distinct activities per upload before the check warns"
-    )
-    overview_window_hours: float = Field(
-        default=168.0, description="sessions normalised this recently feed process_overview"
-    )
+    activity_alphabet_limit: int = Field(description="distinct activities per upload before the check warns")
+    overview_window_hours: float = Field(description="sessions normalised this recently feed process_overview")

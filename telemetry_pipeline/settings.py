@@ -174,23 +174,27 @@ def for_home(home: Path, **changes: object) -> Settings:
 
 
 def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
-    """The settings from the environment: unset or empty variables take their defaults."""
+    """The settings from the environment: unset or empty variables take their defaults, which are the
+    dataclasses' own (each default is written once, on its field)."""
     env = os.environ if environ is None else environ
 
     def get(name: str, default: str | None = None) -> str | None:
         value = env.get(name, "").strip()
         return value or default
 
-    def number(name: str, default: str, kind: type[int] | type[float]) -> float:
-        raw = get(name, default) or default
+    def number(name: str, default: float, kind: type[int] | type[float]) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
         try:
             return kind(raw)
         except ValueError:
             raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
 
-    def seconds(name: str, default: str) -> float:
+    def seconds(name: str, default: float) -> float:
+        raw = get(name)
         try:
-            return parse_duration(get(name, default) or default)
+            return default if raw is None else parse_duration(raw)
         except ValueError as exc:
             raise ConfigurationError(f"{name}: {exc}") from None
 
@@ -198,23 +202,23 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         value = get(name)
         return Secret(value, env_var=name) if value else None
 
-    home = Path(get(HOME, DEFAULT_HOME) or DEFAULT_HOME).resolve()
+    home = Path(get(HOME) or DEFAULT_HOME).resolve()
     inbox = get(OTLP_INBOX_DIR)
-    retry_wait = number(HTTP_RETRY_WAIT_INITIAL, "0.5", float)
+    retry_wait = number(HTTP_RETRY_WAIT_INITIAL, HttpSettings.retry_wait_initial, float)
     signavio = SignavioSettings(
         api_url=get(SIGNAVIO_API_URL),
         api_key=secret(SIGNAVIO_API_KEY),
         status_url=get(SIGNAVIO_STATUS_URL),
-        dataset=get(SIGNAVIO_DATASET, DEFAULT_DATASET) or DEFAULT_DATASET,
+        dataset=get(SIGNAVIO_DATASET) or SignavioSettings.dataset,
         http=HttpSettings(
-            timeout=seconds(SIGNAVIO_TIMEOUT, "30s"),
-            max_retries=int(number(SIGNAVIO_MAX_RETRIES, "3", int)),
+            timeout=seconds(SIGNAVIO_TIMEOUT, HttpSettings.timeout),
+            max_retries=int(number(SIGNAVIO_MAX_RETRIES, HttpSettings.max_retries, int)),
             retry_wait_initial=retry_wait,
         ),
         tenant_id=get(SIGNAVIO_TENANT_ID),
-        poll_interval=seconds(SIGNAVIO_POLL_INTERVAL, "1s"),
-        poll_deadline=seconds(SIGNAVIO_POLL_DEADLINE, "10m"),
-        max_body_bytes=int(number(SIGNAVIO_MAX_BODY_MB, "50", float) * MB),
+        poll_interval=seconds(SIGNAVIO_POLL_INTERVAL, SignavioSettings.poll_interval),
+        poll_deadline=seconds(SIGNAVIO_POLL_DEADLINE, SignavioSettings.poll_deadline),
+        max_body_bytes=int(number(SIGNAVIO_MAX_BODY_MB, SignavioSettings.max_body_bytes / MB, float) * MB),
     )
     sources = SourcesSettings(
         extract_url=get(EXTRACT_SERVICE_URL),
@@ -226,15 +230,15 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         agora_token=secret(AGORA_API_TOKEN),
         otlp_dir=Path(inbox) if inbox else (home / "inbox" if (home / "inbox").is_dir() else None),
         http=HttpSettings(
-            timeout=seconds(SOURCE_TIMEOUT, "30s"),
-            max_retries=int(number(SOURCE_MAX_RETRIES, "3", int)),
+            timeout=seconds(SOURCE_TIMEOUT, HttpSettings.timeout),
+            max_retries=int(number(SOURCE_MAX_RETRIES, HttpSettings.max_retries, int)),
             retry_wait_initial=retry_wait,
         ),
-        fetch_concurrency=int(number(FETCH_CONCURRENCY, "16", int)),
-        settle_seconds=number(SESSION_SETTLE_SECONDS, "0", float),
-        agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or "agent",
+        fetch_concurrency=int(number(FETCH_CONCURRENCY, SourcesSettings.fetch_concurrency, int)),
+        settle_seconds=number(SESSION_SETTLE_SECONDS, SourcesSettings.settle_seconds, float),
+        agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or SourcesSettings.agent_name,
     )
-    bookkeeping = get(RUN_BOOKKEEPING, "full") or "full"
+    bookkeeping = get(RUN_BOOKKEEPING) or Settings.run_bookkeeping
     if bookkeeping not in ("lean", "full"):
         raise ConfigurationError(f"{RUN_BOOKKEEPING} must be lean or full, not {bookkeeping!r}")
     return Settings(
@@ -243,14 +247,15 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         sources=sources,
         signavio=signavio,
         warehouse=WarehouseSettings(
-            url=secret(WAREHOUSE_URL), lease_seconds=number(CLAIM_LEASE_SECONDS, "60", float)
+            url=secret(WAREHOUSE_URL),
+            lease_seconds=number(CLAIM_LEASE_SECONDS, WarehouseSettings.lease_seconds, float),
         ),
-        batch_size=int(number(EXPORT_BATCH_SIZE, "500", int)),
-        sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, "30", int)),
-        retention_days=number(RETENTION_DAYS, "30", float),
+        batch_size=int(number(EXPORT_BATCH_SIZE, Settings.batch_size, int)),
+        sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, Settings.sensor_interval_seconds, int)),
+        retention_days=number(RETENTION_DAYS, Settings.retention_days, float),
         run_bookkeeping=bookkeeping,
-        activity_alphabet_limit=int(number(ACTIVITY_ALPHABET_LIMIT, "200", int)),
-        overview_window_hours=number(PROCESS_OVERVIEW_WINDOW_HOURS, "168", float),
+        activity_alphabet_limit=int(number(ACTIVITY_ALPHABET_LIMIT, Settings.activity_alphabet_limit, int)),
+        overview_window_hours=number(PROCESS_OVERVIEW_WINDOW_HOURS, Settings.overview_window_hours, float),
     )
 
 
