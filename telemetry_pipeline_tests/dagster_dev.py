@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from telemetry_pipeline.instance import prepare_dagster_home
+from telemetry_pipeline.instance import dagster_environment, prepare_dagster_home
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +61,9 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
             "TELEMETRY_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
             "EXTRACT_SERVICE_URL": simulator.url, "AGENT_METRICS_BASE_URL": simulator.url,
             "EXTRACT_SESSIONS_PATH": "", "AGENT_METRICS_SESSIONS_PATH": "",
-            # One planned event per session, so a failed run marks its failed sessions *Failed* in the UI
-            # (with one planned event per run, Dagster's cheaper internal mode, they show as missing).
-            "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "false",
         }
+        # What `make run` starts dagster dev with (RUN_BOOKKEEPING=full): a failed session shows as *Failed*.
+        env |= dagster_environment("full")
         port = free_port()
         log = (home / "dagster_dev.log").open("wb")
         process = subprocess.Popen(

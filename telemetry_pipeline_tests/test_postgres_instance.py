@@ -25,6 +25,7 @@ from telemetry_pipeline_tests.postgres import SERVER
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "dagster.yaml"
 EMIT = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+BATCH = "DAGSTER_EVENT_BATCH_SIZE"
 
 
 def production_home(tmp_path: Path, postgres_url: str) -> dict[str, str]:
@@ -95,31 +96,42 @@ def test_a_1000_session_export_opens_at_most_pool_size_connections(tmp_path: Pat
     assert opened <= pool_size + 3, f"{opened} connections for 1,000 sessions"
 
 
-@pytest.mark.parametrize(("bookkeeping", "planned_per_run"), [("lean", 1), ("full", 12)])
+@pytest.mark.parametrize(("bookkeeping", "planned_per_run", "failed_shows_as"), [
+    ("lean", 1, None),
+    ("full", 13, dg.AssetPartitionStatus.FAILED),
+])
 def test_run_bookkeeping_sets_what_a_run_records(
     tmp_path: Path, postgres_url: str, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
-    bookkeeping: str, planned_per_run: int,
+    bookkeeping: str, planned_per_run: int, failed_shows_as: dg.AssetPartitionStatus | None,
 ) -> None:
     env = production_home(tmp_path, postgres_url)
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", postgres_url)
+    missing = "extract:no-such-session"
     with Simulator(SimulationConfig(sessions=12, events_per_session=2, seed=4)) as sim:
         pipeline.configure(dagster_home=Path(env["DAGSTER_HOME"]), run_bookkeeping=bookkeeping,
                            sources={"extract_url": sim.url, "agent_telemetry_url": sim.url})
         assert pipeline.cli("discover")[0] == 0
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            instance.add_dynamic_partitions("agent_sessions", [missing])  # listed once, gone when fetched
         code, exported = pipeline.cli("export", "--pending")
-        assert code == 0 and exported["exported_count"] == 12
-    assert EMIT not in os.environ, "the CLI's Dagster settings end with its command"
+        assert code == 1 and (exported["exported_count"], exported["failed_count"]) == (12, 1), exported
+    assert EMIT not in os.environ and BATCH not in os.environ, "the CLI's Dagster settings end with its command"
+    key = dg.AssetKey("signavio_export")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        planned = instance.get_event_records(dg.EventRecordsFilter(
-            dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, asset_key=dg.AssetKey("signavio_export")
-        ))
-        assert len(planned) == planned_per_run
-        assert len(instance.get_materialized_partitions(dg.AssetKey("signavio_export"))) == 12
+        planned = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                                                                   asset_key=key))
+        assert len(planned) == planned_per_run  # full: one per session, written by the storage as one batch
+        keys = instance.get_dynamic_partitions("agent_sessions")
+        status = instance.get_status_by_partition(key, keys, dg.DynamicPartitionsDefinition(name="agent_sessions"))
+        assert status is not None
+        assert status.get(missing) == failed_shows_as, "full: under the UI's Failed filter; lean: missing"
+        done = [k for k, s in status.items() if s == dg.AssetPartitionStatus.MATERIALIZED]
+        assert len(done) == 12 and missing not in done
 
 
 def test_run_bookkeeping_values() -> None:
-    assert dagster_environment("lean", "1.13.27") == {EMIT: "true"}
-    assert dagster_environment("full", "1.13.27") == {EMIT: "false"}
+    assert dagster_environment("lean", "1.13.27") == {EMIT: "true", BATCH: "1000"}
+    assert dagster_environment("full", "1.13.27") == {EMIT: "false", BATCH: "1000"}
     assert dagster_environment("lean", "1.14.0") == {}, "knobs measured on 1.13 only"
     with pytest.raises(ValueError, match="RUN_BOOKKEEPING"):
         dagster_environment("fast")

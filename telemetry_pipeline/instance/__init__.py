@@ -30,15 +30,18 @@ run_monitoring:
 # from the environment of the process that writes the events: the one that creates a run (CLI, daemon,
 # webserver) writes its planned events. So they are set where our processes start: the CLI's commands, and
 # `python -m telemetry_pipeline.instance COMMAND` for `make run` / `make deploy`.
-#   lean  one "planned" event per run for signavio_export instead of one per session (the export runs write
-#         one event per session instead of two: the floor 1.3-1.5x faster on PostgreSQL, README). The UI cost: the
+#   full  a session that failed to export is under the UI's "Failed" filter, which an operator looks for first
+#         (issue 13): Dagster writes one "planned" event per session of a run. It hands them to the storage as
+#         one batch when DAGSTER_EVENT_BATCH_SIZE is set, and the pooled PostgreSQL storage writes that batch as
+#         one INSERT (pooled_postgres.py); the embedded SQLite storage still writes them one by one.
+#   lean  one planned event per run for signavio_export (DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS): the
 #         sessions of a failed run show as missing, not red "failed" (the run is red and names them).
-#   full  Dagster's defaults, and ours: a session that failed to export is under the UI's "Failed" filter,
-#         which an operator looks for first (issue 13); `lean` is for installations that would rather save the event.
-# DAGSTER_EVENT_BATCH_SIZE is left alone: it batches only events Dagster derives itself (planned events,
-# the partitions of one Output), while our per-session AssetMaterializations are written one by one.
+# DAGSTER_EVENT_BATCH_SIZE batches only events Dagster derives itself (the planned events of a run, the
+# partitions of one Output); our per-session AssetMaterializations carry their own metadata and are written
+# one by one (Dagster's per-partition metadata API re-reads every partition key per call).
 BOOKKEEPING_MODES = ("lean", "full")
 MEASURED_ON = ((1, 13), (1, 14))  # Dagster versions the knobs were measured on: >=1.13, <1.14
+EVENT_BATCH_SIZE = 1000  # at least a run's planned events (EXPORT_BATCH_SIZE sessions + 4 checks) in one batch
 
 
 def dagster_environment(bookkeeping: str, version: str = DAGSTER_VERSION) -> dict[str, str]:
@@ -48,7 +51,10 @@ def dagster_environment(bookkeeping: str, version: str = DAGSTER_VERSION) -> dic
     major_minor = tuple(int(part) for part in version.split(".")[:2])
     if not MEASURED_ON[0] <= major_minor < MEASURED_ON[1]:
         return {}
-    return {"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true" if bookkeeping == "lean" else "false"}
+    return {
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true" if bookkeeping == "lean" else "false",
+        "DAGSTER_EVENT_BATCH_SIZE": str(EVENT_BATCH_SIZE),
+    }
 
 
 @contextmanager

@@ -22,7 +22,7 @@ through which they reach the database; the tests build it from `deploy/dagster.y
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,9 @@ import sqlalchemy as sa
 import yaml
 from dagster import Field, IntSource, StringSource
 from dagster._config.config_schema import UserConfigSchema
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, DagsterEventType
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
@@ -122,7 +125,46 @@ class PooledRunStorage(_Pooled, PostgresRunStorage):
 
 
 class PooledEventLogStorage(_Pooled, PostgresEventLogStorage):
-    pass
+    """dagster-postgres' event log with fewer round trips per event (measured: the floor of an export run of
+    2,000 sessions 17.6 s -> see README, Benchmark):
+    - an event and its asset index rows are written in ONE transaction on one pooled connection (dagster-postgres
+      checks out two and also sends a NOTIFY that nothing listens to since it polls for new events);
+    - a batch of "planned" events (one per partition of a run, which `create_run` hands over as one batch
+      when DAGSTER_EVENT_BATCH_SIZE is set) is one multi-row INSERT, as dagster-postgres already does for a
+      batch of materialisations, instead of one write per partition."""
+
+    def store_event(self, event: EventLogEntry) -> None:
+        insert = self.prepare_insert_event(event).returning(SqlEventLogStorageTable.c.id)
+        with self.index_transaction() as conn:
+            event_id = int(conn.execute(insert).scalar_one())
+            if _is_asset_event(event):
+                self._store_asset_event_tags(conn, [event], [event_id])
+                self._store_asset_event(conn, event, event_id)
+        if event.is_dagster_event and event.dagster_event_type in ASSET_CHECK_EVENTS:
+            self.store_asset_check_event(event, event_id)
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        planned = [e for e in events if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
+        if planned and all(_is_asset_event(e) for e in planned):
+            self._store_asset_events_at_once(planned)
+            events = [e for e in events if e.dagster_event_type != DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
+        if events:
+            super().store_event_batch(events)
+
+    def _store_asset_events_at_once(self, events: Sequence[EventLogEntry]) -> None:
+        insert = self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
+        with self.index_transaction() as conn:
+            ids = [int(row[0]) for row in conn.execute(insert)]
+            self._store_asset_event_tags(conn, events, ids)
+            last = {e.get_dagster_event().asset_key: (e, i) for e, i in zip(events, ids, strict=True)}
+            for event, event_id in last.values():  # the asset table keeps the latest event per asset
+                self._store_asset_event(conn, event, event_id)
+
+
+def _is_asset_event(event: EventLogEntry) -> bool:
+    dagster_event = event.dagster_event
+    return (dagster_event is not None and dagster_event.event_type in ASSET_EVENTS
+            and dagster_event.asset_key is not None)
 
 
 class PooledScheduleStorage(_Pooled, PostgresScheduleStorage):
