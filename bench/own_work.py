@@ -11,13 +11,12 @@ from telemetry_pipeline.export import export_batch
 from telemetry_pipeline.settings import from_environment
 from telemetry_pipeline.signavio.outbox import Outbox
 from telemetry_pipeline.sources.source_set import SourceSet
-from telemetry_pipeline.warehouse import open_warehouse
+from telemetry_pipeline.warehouse import configured_warehouse
 
 
 def main() -> None:
     settings = from_environment()
-    url = settings.warehouse.url.value if settings.warehouse.url else None
-    warehouse = open_warehouse(url, settings.warehouse_path, lease_seconds=settings.warehouse.lease_seconds)
+    warehouse = configured_warehouse(settings)
     outbox = Outbox(settings.outbox_dir)
     exported = failed = batches = 0
     with SourceSet(settings.sources) as sources:

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", action="store_true", help="only sessions not exported yet")
     p.set_defaults(run=cmd_sessions)
 
-    p = sub.add_parser("prune", help="remove partitions exported more than N days ago (history is kept)")
+    p = sub.add_parser("prune", help="remove partitions exported more than N days ago, and the export runs "
+                       "left with none (their records archived in the warehouse, where `status` reads them)")
     p.add_argument("--older-than-days", type=float, required=True)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(run=cmd_prune)
@@ -123,6 +124,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from telemetry_pipeline.history import exported_keys
     from telemetry_pipeline.partitions import batched_ranges
     from telemetry_pipeline.sources.registry import key_problem, parse_key
+    from telemetry_pipeline.warehouse import configured_warehouse
 
     if bool(args.keys) == bool(args.pending):
         raise ValueError("give session keys or --pending (not both)")
@@ -142,9 +144,12 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         valid = [k for k in keys if k not in results]
         known_set = set(known)
         missing = [k for k in valid if k not in known_set]
-        if missing:  # sessions can be exported by hand: register them first
-            instance.add_dynamic_partitions(AGENT_SESSIONS, missing)
-        done = exported_keys(instance)
+        # A key retention pruned was exported: its record is in the archive once its run was deleted.
+        archived = set(configured_warehouse(args.settings).archived_exports(missing)) if missing else set()
+        register = [k for k in missing if args.force or k not in archived]
+        if register:  # sessions can be exported by hand: register them first
+            instance.add_dynamic_partitions(AGENT_SESSIONS, register)
+        done = exported_keys(instance) | archived
         for key in valid:
             if key in done and not args.force:
                 results[key] = {"session_id": key, "status": "skipped"}
@@ -231,9 +236,13 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str:
 
 def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     from telemetry_pipeline.history import latest_exports
+    from telemetry_pipeline.warehouse import configured_warehouse
 
     with open_instance(args.settings) as instance:
         records = latest_exports(instance, list(args.keys))
+    unknown = [k for k in args.keys if k not in records]
+    if unknown:  # retention archived the records of the runs it deleted
+        records |= configured_warehouse(args.settings).archived_exports(unknown)
     return [
         {
             "session_id": key,
@@ -251,7 +260,7 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
 
     with open_instance(args.settings) as instance:
         keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
-        records = latest_exports(instance)
+        records = latest_exports(instance, keys)
     rows = []
     for key in keys:
         source = key.partition(":")[0]
@@ -269,10 +278,13 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
 
 def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from telemetry_pipeline.retention import apply_retention
+    from telemetry_pipeline.warehouse import configured_warehouse
 
     with open_instance(args.settings) as instance:
-        keys = apply_retention(instance, args.older_than_days, dry_run=args.dry_run)
-    return {"pruned_count": len(keys), "dry_run": args.dry_run, "pruned_keys": keys}, True
+        out = apply_retention(instance, configured_warehouse(args.settings), args.older_than_days,
+                              dry_run=args.dry_run)
+    return {"pruned_count": len(out.pruned_keys), "dry_run": args.dry_run, "pruned_keys": out.pruned_keys,
+            "deleted_runs": len(out.deleted_runs), "archived_records": out.archived}, True
 
 
 def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:

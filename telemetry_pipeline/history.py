@@ -1,26 +1,18 @@
-"""Export status read from Dagster's materialisation history of `signavio_export` (the only record
-of it: nothing else says a session was exported)."""
+"""Export status read from Dagster's materialisation history of `signavio_export`: the record of a session's
+export while the run that wrote it exists (retention archives the records of the runs it deletes in the
+warehouse, `export_archive`, which `status` reads for the keys Dagster no longer has)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import dagster as dg
 
 from telemetry_pipeline.names import SIGNAVIO_EXPORT_KEY as EXPORT_KEY
+from telemetry_pipeline.warehouse.schema import ExportRecord
 
 _PAGE = 1000
-
-
-@dataclass(frozen=True)
-class ExportRecord:
-    key: str
-    exported_at: dt.datetime
-    execution_id: str | None
-    ingestion_status: str | None
-    run_id: str
 
 
 def exported_keys(instance: dg.DagsterInstance) -> set[str]:
@@ -44,22 +36,32 @@ def latest_exports(instance: dg.DagsterInstance, keys: Sequence[str] | None = No
         while True:
             page = instance.fetch_materializations(records_filter, limit=_PAGE, cursor=cursor, ascending=False)
             for record in page.records:
-                entry = record.event_log_entry
-                mat = entry.asset_materialization
-                if mat is None or mat.partition is None or mat.partition in latest:
-                    continue
-                meta = mat.metadata
-                latest[mat.partition] = ExportRecord(
-                    key=mat.partition,
-                    exported_at=dt.datetime.fromtimestamp(entry.timestamp, dt.UTC),
-                    execution_id=_text(meta.get("execution_id")),
-                    ingestion_status=_text(meta.get("ingestion_status")),
-                    run_id=entry.run_id,
-                )
+                export = _record(record.event_log_entry)
+                if export is not None and export.session_key not in latest:
+                    latest[export.session_key] = export
             if not page.has_more:
                 break
             cursor = page.cursor
     return latest
+
+
+def run_exports(instance: dg.DagsterInstance, run_id: str) -> list[ExportRecord]:
+    """The sessions one run exported (its materialisations of `signavio_export`)."""
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return [r for r in map(_record, entries) if r is not None]
+
+
+def _record(entry: dg.EventLogEntry) -> ExportRecord | None:
+    mat = entry.asset_materialization
+    if mat is None or mat.partition is None or mat.asset_key != EXPORT_KEY:
+        return None
+    return ExportRecord(
+        session_key=mat.partition,
+        exported_at=dt.datetime.fromtimestamp(entry.timestamp, dt.UTC),
+        execution_id=_text(mat.metadata.get("execution_id")),
+        ingestion_status=_text(mat.metadata.get("ingestion_status")),
+        run_id=entry.run_id,
+    )
 
 
 def _text(value: dg.MetadataValue | None) -> str | None:

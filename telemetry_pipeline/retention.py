@@ -1,30 +1,76 @@
-"""Keep `agent_sessions` in the UI's comfort zone: drop partitions exported more than N days ago.
+"""Retention: keep what Dagster reads in proportion to the recent sessions, not to all that were ever exported.
 
-Deleting a dynamic partition keeps its materialisation history, so `status` still answers for a
-pruned session; only sessions whose latest export is older than the cut-off are removed, never a
-pending one.
+Two things grow with the export history, and both are pruned once a session's latest export is older than
+`RETENTION_DAYS`:
+- its partition of `agent_sessions` (the UI lists every key, the sensor and the schedule read them all);
+- the export runs none of whose sessions is known any more (pruned, or deleted by hand): deleted with their
+  events, once their export records are kept in the warehouse (`export_archive`), where `status` finds them
+  (a run that exported nothing is deleted once it is older than the cut-off). Dagster rebuilds the Partitions tab's
+  status from every materialisation of the asset each time keys are added, and OSS Dagster cannot wipe single
+  partitions' history: deleting old runs is the supported way to bound it (README, Growth).
+A pending session is never pruned, and a run that exported a session still known is kept.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
 import dagster as dg
 
-from telemetry_pipeline.history import latest_exports
-from telemetry_pipeline.names import AGENT_SESSIONS
+from telemetry_pipeline.history import run_exports
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.warehouse import Warehouse
+
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+
+
+@dataclass
+class RetentionOutcome:
+    pruned_keys: list[str] = field(default_factory=list)  # partitions removed
+    deleted_runs: list[str] = field(default_factory=list)  # export runs deleted, their records archived
+    archived: int = 0  # export records moved to the warehouse
 
 
 def prunable_keys(instance: dg.DagsterInstance, older_than_days: float, now: dt.datetime | None = None) -> list[str]:
+    """Known keys whose latest export is older than the cut-off: materialised before the first export after it,
+    and not since. Two reads of keys by storage id (no event is decoded), whatever the history's size."""
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=older_than_days)
-    known = instance.get_dynamic_partitions(AGENT_SESSIONS)
-    exports = latest_exports(instance)
-    return [k for k in known if k in exports and exports[k].exported_at < cutoff]
+    first_after = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=SIGNAVIO_EXPORT_KEY, after_timestamp=cutoff.timestamp()), limit=1,
+        ascending=True,
+    ).records
+    if first_after:
+        boundary = first_after[0].storage_id
+        before = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY, before_cursor=boundary)
+        before -= instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY, after_cursor=boundary - 1)
+    else:
+        before = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY)
+    return [k for k in instance.get_dynamic_partitions(AGENT_SESSIONS) if k in before]
 
 
-def apply_retention(instance: dg.DagsterInstance, older_than_days: float, dry_run: bool = False) -> list[str]:
-    keys = prunable_keys(instance, older_than_days)
-    if not dry_run:
-        for key in keys:
-            instance.delete_dynamic_partition(AGENT_SESSIONS, key)
-    return keys
+def apply_retention(
+    instance: dg.DagsterInstance, warehouse: Warehouse, older_than_days: float, dry_run: bool = False,
+    now: dt.datetime | None = None,
+) -> RetentionOutcome:
+    now = now or dt.datetime.now(dt.UTC)
+    outcome = RetentionOutcome(pruned_keys=prunable_keys(instance, older_than_days, now))
+    if dry_run:
+        return outcome
+    for key in outcome.pruned_keys:
+        instance.delete_dynamic_partition(AGENT_SESSIONS, key)
+    known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
+    cutoff = now - dt.timedelta(days=older_than_days)
+    finished = instance.get_run_records(dg.RunsFilter(job_name=EXPORT_JOB, statuses=FINISHED))
+    for run in finished:
+        run_id = run.dagster_run.run_id
+        records = run_exports(instance, run_id)
+        if any(r.session_key in known for r in records):
+            continue  # it still holds the record of a session the UI shows
+        if not records and (run.end_time is None or run.end_time >= cutoff.timestamp()):
+            continue  # exported nothing (failed): kept for RETENTION_DAYS like the sessions, then deleted
+        warehouse.archive_exports(records)  # first: a crash in between leaves a record twice, never none
+        instance.delete_run(run_id)
+        outcome.deleted_runs.append(run_id)
+        outcome.archived += len(records)
+    return outcome

@@ -19,7 +19,7 @@ from telemetry_pipeline.names import (
     SIGNAVIO_EXPORT_KEY,
 )
 from telemetry_pipeline.partitions import batched_ranges
-from telemetry_pipeline.resources import SourcesResource
+from telemetry_pipeline.resources import SourcesResource, WarehouseResource
 from telemetry_pipeline.retention import apply_retention
 
 
@@ -66,11 +66,12 @@ class RetentionConfig(dg.Config):
     older_than_days: float = 30.0
 
 
-@dg.op(name=RETENTION_OP, description="Removes partitions of `agent_sessions` exported more than N days ago; "
-       "history is kept.")
-def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
-    keys = apply_retention(context.instance, config.older_than_days)
-    context.log.info("pruned %d exported partitions older than %s days", len(keys), config.older_than_days)
+@dg.op(name=RETENTION_OP, description="Removes partitions of `agent_sessions` exported more than N days ago, "
+       "and the export runs left with none (their export records are archived in the warehouse first).")
+def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig, warehouse: WarehouseResource) -> None:
+    out = apply_retention(context.instance, warehouse.warehouse(), config.older_than_days)
+    context.log.info("pruned %d exported partitions older than %s days; deleted %d export runs, archived %d records",
+                     len(out.pruned_keys), config.older_than_days, len(out.deleted_runs), out.archived)
 
 
 @dg.job(name=RETENTION_JOB, description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import dagster as dg
 
 from telemetry_pipeline.partitions import batched_ranges
-from telemetry_pipeline.retention import prunable_keys
+from telemetry_pipeline.retention import apply_retention, prunable_keys
+from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.source_double import SourceDouble
 
@@ -105,9 +107,40 @@ def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline
 
     code, out = pipeline.cli("prune", "--older-than-days", "0")
     assert code == 0 and out["pruned_keys"] == [old]
+    assert (out["deleted_runs"], out["archived_records"]) == (1, 1), "its run exported nothing still known"
     assert instance.get_dynamic_partitions("agent_sessions") == [pending], "pending sessions are never pruned"
+    assert not instance.get_run_records(dg.RunsFilter(job_name="export_sessions")), "the export run is deleted"
+    assert instance.get_materialized_partitions(EXPORT) == set(), "and with it the history the UI rebuilds from"
     code, status = pipeline.cli("status", old)
-    assert status[0]["exported"] is True and status[0]["ingestion_status"] == "OUTBOX", "history outlives the partition"
+    assert status[0]["exported"] is True and status[0]["ingestion_status"] == "OUTBOX", "the archive answers"
+    code, again = pipeline.cli("export", old)
+    assert again["results"] == [{"session_id": old, "status": "skipped"}], "an archived export counts as done"
+    assert instance.get_dynamic_partitions("agent_sessions") == [pending], "and is not registered again"
+
+
+def test_retention_keeps_a_run_while_it_exported_a_session_still_known(pipeline: Pipeline,
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    first, second = source_double.add_good("extract", "a"), source_double.add_good("extract", "b")
+    assert pipeline.cli("export", first, second)[0] == 0  # one run: both sessions
+    between = dt.datetime.now(dt.UTC)
+    time.sleep(0.05)
+    assert pipeline.cli("export", "--force", second)[0] == 0  # a later run exports `second` again
+    warehouse = configured_warehouse(pipeline.settings)
+    runs = [r.dagster_run.run_id for r in instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))]
+    newer, older = runs  # newest first
+
+    out = apply_retention(instance, warehouse, 0, now=between)
+    assert out.pruned_keys == [first], "`second` was exported again after the cut-off"
+    assert out.deleted_runs == [], "the first run also exported `second`, which is still known"
+    assert pipeline.cli("status", first)[1][0]["exported"] is True, "its record is still Dagster's"
+
+    out = apply_retention(instance, warehouse, 0, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    assert out.pruned_keys == [second] and sorted(out.deleted_runs) == sorted([newer, older])
+    archived = warehouse.archived_exports([first, second])
+    assert (archived[first].run_id, archived[second].run_id) == (older, newer), "each session's newest export"
+    _code, status = pipeline.cli("status", first, second, "extract:never")
+    assert [s["exported"] for s in status] == [True, True, False]
 
 
 def test_retention_schedule_is_off_by_default(pipeline: Pipeline, home: Path):

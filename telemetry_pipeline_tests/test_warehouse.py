@@ -20,7 +20,7 @@ import pytest
 
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import DuckDBWarehouse, PostgresWarehouse, Warehouse, open_warehouse
-from telemetry_pipeline.warehouse.schema import LATEST_VERSION
+from telemetry_pipeline.warehouse.schema import LATEST_VERSION, ExportRecord
 
 MakeStore = Callable[..., Warehouse]
 
@@ -36,6 +36,21 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
     url = request.getfixturevalue("postgres_url")
     monkeypatch.setenv("WAREHOUSE_URL", url)
     return lambda lease=60.0: PostgresWarehouse(url, lease_seconds=lease)
+
+
+def test_the_export_archive_keeps_each_sessions_newest_record(make_store: MakeStore):
+    store = make_store()
+    day = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+    def record(key: str, days: int, run: str) -> ExportRecord:
+        return ExportRecord(key, day + dt.timedelta(days=days), f"exec-{run}", "COMPLETED", run)
+
+    store.archive_exports([record("extract:a", 1, "r1"), record("extract:a", 3, "r3"), record("extract:b", 1, "r1")])
+    store.archive_exports([record("extract:a", 2, "r2"), record("extract:b", 4, "r4")])  # an older and a newer one
+    assert store.archived_exports(["extract:a", "extract:b", "extract:c"]) == {
+        "extract:a": record("extract:a", 3, "r3"), "extract:b": record("extract:b", 4, "r4"),
+    }
+    assert store.archived_exports([]) == {}
 
 
 def claim_rows(store: Warehouse) -> dict[str, str]:

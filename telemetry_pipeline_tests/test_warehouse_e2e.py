@@ -10,6 +10,7 @@ nothing marked exported that Signavio did not confirm.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 import os
@@ -31,6 +32,8 @@ import pytest
 
 from telemetry_pipeline import cli
 from telemetry_pipeline.settings import Secret
+from telemetry_pipeline.warehouse import configured_warehouse
+from telemetry_pipeline.warehouse.schema import LATEST_VERSION, ExportRecord
 from telemetry_pipeline_tests.conftest import TOKEN, Pipeline, outbox_uploads, uploads_by_table
 from telemetry_pipeline_tests.postgres import create_database, drop_database
 from telemetry_pipeline_tests.private_postgres import PrivateCluster
@@ -264,7 +267,7 @@ def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_e
     with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster_home")) as instance:
         assert_each_once(api, instance, keys)
     check, warehouse = host.check()
-    assert check["healthy"] and warehouse["detail"] == f"{where}, schema version 2"
+    assert check["healthy"] and warehouse["detail"] == f"{where}, schema version {LATEST_VERSION}"
 
 
 # -- the embedded default: SIGKILL in the middle of a DuckDB write ---------------------------------------------------
@@ -323,15 +326,21 @@ def test_copy_a_duckdb_home_into_postgres_idempotently_then_run_there(
 ):
     old = add_good(source_double, 3, "d")
     assert pipeline.cli("export", *old)[0] == 0
+    gone = "extract:pruned-long-ago"  # retention deleted its run and kept its record (test_batching.py)
+    configured_warehouse(pipeline.settings).archive_exports(
+        [ExportRecord(gone, dt.datetime(2026, 1, 5, tzinfo=dt.UTC), "execution-1", "COMPLETED", "run-1")]
+    )
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         duck_events = con.execute("SELECT event_id, session_key, event_time, attributes::VARCHAR FROM events "
                                   "ORDER BY 1").fetchall()
         duck_raw = con.execute("SELECT session_key, sha256 FROM raw_telemetry ORDER BY 1").fetchall()
 
     code, out = pipeline.cli("warehouse", "copy", "--to", postgres_url)
-    assert code == 0 and out["copied"] == {"raw_telemetry": 3, "sessions": 3, "events": len(duck_events)}, out
+    assert code == 0 and out["copied"] == {"raw_telemetry": 3, "sessions": 3, "events": len(duck_events),
+                                           "export_archive": 1}, out
     code, again = pipeline.cli("warehouse", "copy", "--to", postgres_url)
-    assert code == 0 and again["copied"] == {"raw_telemetry": 0, "sessions": 0, "events": 0}, "idempotent"
+    assert code == 0 and again["copied"] == {"raw_telemetry": 0, "sessions": 0, "events": 0,
+                                             "export_archive": 0}, "idempotent"
     assert again["already_there"] == {"raw_telemetry": 3, "sessions": 3}
     pg_events = warehouse_rows(postgres_url, "SELECT event_id, session_key, event_time, attributes::text FROM events "
                                              "ORDER BY 1")
@@ -343,6 +352,8 @@ def test_copy_a_duckdb_home_into_postgres_idempotently_then_run_there(
     code, out = pipeline.cli("check")
     [warehouse] = [c for c in out["checks"] if c["name"] == "warehouse"]
     assert warehouse["ok"] and warehouse["detail"].startswith("PostgreSQL postgres@127.0.0.1:5432/")
+    [record] = pipeline.cli("status", gone)[1]
+    assert (record["exported"], record["execution_id"]) == (True, "execution-1"), "the archive moved too"
     new = add_good(source_double, 2, "n")
     assert pipeline.cli("discover")[1]["new_count"] == 2
     code, out = pipeline.cli("export", "--pending")

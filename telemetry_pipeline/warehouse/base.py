@@ -19,10 +19,14 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from telemetry_pipeline.sources.base import RawSession
+
+if TYPE_CHECKING:
+    from telemetry_pipeline.warehouse.schema import ExportRecord
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,15 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def release(self, keys: Sequence[str], run_id: str) -> None:
         """Drop `run_id`'s claims on `keys` (claims another run took over are left alone)."""
+
+    @abc.abstractmethod
+    def archive_exports(self, records: Sequence[ExportRecord]) -> None:
+        """Keep export records whose Dagster run retention is deleting; a key keeps its newest record
+        (one transaction)."""
+
+    @abc.abstractmethod
+    def archived_exports(self, keys: Sequence[str]) -> dict[str, ExportRecord]:
+        """The archived records of those of `keys` that have one."""
 
     @contextlib.contextmanager
     def leased(self, keys: Sequence[str], run_id: str) -> Iterator[None]:

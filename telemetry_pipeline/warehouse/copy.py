@@ -3,7 +3,8 @@
 Idempotent and safe to interrupt: what PostgreSQL already holds is never overwritten (it is the newer truth
 once runs write there), and the rest is copied in chunks of sessions, each chunk one transaction: a session's
 raw payload in one, its canonical row together with all of its events in another. Run it again and it copies
-only what is still missing. Claims are not copied: they are leases of runs that are over.
+only what is still missing. The export archive is copied whole (a session keeps its newest record). Claims are
+not copied: they are leases of runs that are over.
 """
 
 from __future__ import annotations
@@ -43,7 +44,22 @@ def copy_duckdb_to_postgres(path: Path, target: PostgresWarehouse, chunk: int = 
             for start in range(0, len(missing), chunk):
                 for name, rows in _copy_chunk(duck, target, parts, missing[start : start + chunk]).items():
                     report.copied[name] += rows
+        report.copied[schema.EXPORT_ARCHIVE.name] = _copy_archive(duck, target)
     return report
+
+
+def _copy_archive(duck: duckdb.DuckDBPyConnection, target: PostgresWarehouse) -> int:
+    """The export records retention archived (a file from before the archive has none); newest record wins."""
+    table = schema.EXPORT_ARCHIVE
+    exists = duck.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table.name])
+    if not (exists.fetchone() or (0,))[0]:
+        return 0
+    found = duck.execute(f"SELECT {table.column_list()} FROM {table.name}").fetchall()
+    rows = [schema.ExportRecord(*row) for row in found]
+    there = target.archived_exports([r.session_key for r in rows])
+    newer = [r for r in rows if r.session_key not in there or r.exported_at > there[r.session_key].exported_at]
+    target.archive_exports(newer)
+    return len(newer)
 
 
 def _present(target: PostgresWarehouse, table: Table, keys: list[str]) -> set[str]:

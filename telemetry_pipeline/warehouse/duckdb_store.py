@@ -179,5 +179,31 @@ class DuckDBWarehouse(Warehouse):
                 {"keys": list(keys), "run": run_id},
             )
 
+    def archive_exports(self, records: Sequence[schema.ExportRecord]) -> None:
+        rows = schema.newest_records(records)
+        if not rows:
+            return
+        table = schema.EXPORT_ARCHIVE
+        updates = ", ".join(f"{c} = excluded.{c}" for c in table.names if c != table.primary_key)
+        with self.connect() as con:
+            con.register("incoming_archive", table.to_arrow(rows))
+            con.execute(
+                f"INSERT INTO {table.name} ({table.column_list()}) SELECT {table.column_list()} FROM incoming_archive "
+                f"ON CONFLICT ({table.primary_key}) DO UPDATE SET {updates} "
+                f"WHERE excluded.exported_at > {table.name}.exported_at"
+            )
+
+    def archived_exports(self, keys: Sequence[str]) -> dict[str, schema.ExportRecord]:
+        if not keys:
+            return {}
+        table = schema.EXPORT_ARCHIVE
+        with self.connect() as con:
+            rows = con.execute(
+                f"SELECT {table.column_list()} FROM {table.name} "
+                "WHERE session_key IN (SELECT unnest($keys::VARCHAR[]))",
+                {"keys": list(keys)},
+            ).fetchall()
+        return {row[0]: schema.ExportRecord(*row) for row in rows}
+
     def _lease_us(self) -> int:
         return round(self.lease_seconds * 1_000_000)

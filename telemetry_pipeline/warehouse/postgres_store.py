@@ -23,6 +23,7 @@ import duckdb
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+import psycopg2.extras
 import pyarrow.csv as pacsv
 
 from telemetry_pipeline.canonical.model import Table
@@ -286,6 +287,31 @@ class PostgresWarehouse(Warehouse):
             return
         with self.transaction("releasing claims") as cur:
             cur.execute("DELETE FROM export_claims WHERE run_id = %s AND session_key = ANY(%s)", [run_id, list(keys)])
+
+    def archive_exports(self, records: Sequence[schema.ExportRecord]) -> None:
+        rows = schema.newest_records(records)
+        if not rows:
+            return
+        table = schema.EXPORT_ARCHIVE
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.names if c != table.primary_key)
+        with self.transaction("archiving export records") as cur:
+            psycopg2.extras.execute_values(
+                cur,
+                f"INSERT INTO {table.name} ({table.column_list()}) VALUES %s "
+                f"ON CONFLICT ({table.primary_key}) DO UPDATE SET {updates} "
+                f"WHERE EXCLUDED.exported_at > {table.name}.exported_at",
+                [tuple(getattr(r, c) for c in table.names) for r in rows],
+                page_size=1000,
+            )
+
+    def archived_exports(self, keys: Sequence[str]) -> dict[str, schema.ExportRecord]:
+        if not keys:
+            return {}
+        table = schema.EXPORT_ARCHIVE
+        with self.transaction("reading archived export records") as cur:
+            cur.execute(f"SELECT {table.column_list()} FROM {table.name} WHERE session_key = ANY(%s)", [list(keys)])
+            rows = cur.fetchall()
+        return {row[0]: schema.ExportRecord(*row) for row in rows}
 
 
 def _first_line(exc: BaseException) -> str:

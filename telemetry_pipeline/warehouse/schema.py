@@ -1,10 +1,10 @@
 """The warehouse's tables and the ordered migrations that build them in either store.
 
 The canonical tables (`sessions`, `events`) are declared once in `canonical.model`; the warehouse's own tables
-(`raw_telemetry`, `export_claims`) are declared here the same way, as row types that give their DDL for DuckDB
-(the embedded file and the in-run workspace) and PostgreSQL (`WAREHOUSE_URL`). A store records the migrations
-it has applied in `schema_version` and applies the missing ones in order, under a lock (the DuckDB file lock,
-a PostgreSQL advisory lock), so several processes or hosts opening it at once migrate it exactly once.
+(`raw_telemetry`, `export_claims`, `export_archive`) are declared here the same way, as row types that give their
+DDL for DuckDB (the embedded file and the in-run workspace) and PostgreSQL (`WAREHOUSE_URL`). A store records the
+migrations it has applied in `schema_version` and applies the missing ones in order, under a lock (the DuckDB file
+lock, a PostgreSQL advisory lock), so several processes or hosts opening it at once migrate it exactly once.
 """
 
 from __future__ import annotations
@@ -50,9 +50,32 @@ class ClaimRow:
     lease_until: dt.datetime
 
 
+@dataclass(frozen=True)
+class ExportRecord:
+    """A session's latest confirmed export, as `status` reports it. Dagster's materialisation of
+    `signavio_export` is the record while the run that wrote it exists; retention deletes old export runs
+    (their events are what the UI's status rebuild reads) and keeps their records here, in `export_archive`."""
+
+    session_key: str = field(metadata=_KEY)
+    exported_at: dt.datetime
+    execution_id: str | None
+    ingestion_status: str | None
+    run_id: str = field(metadata={"doc": "the Dagster run that exported it (deleted once archived here)"})
+
+
 RAW_TELEMETRY = Table.of("raw_telemetry", RawRow)
 EXPORT_CLAIMS = Table.of("export_claims", ClaimRow)
+EXPORT_ARCHIVE = Table.of("export_archive", ExportRecord)
 CANONICAL = (SESSIONS, EVENTS)
+
+
+def newest_records(records: Sequence[ExportRecord]) -> list[ExportRecord]:
+    """One record per session, its newest, in key order (an upsert takes each key once)."""
+    newest: dict[str, ExportRecord] = {}
+    for r in records:
+        if r.session_key not in newest or r.exported_at > newest[r.session_key].exported_at:
+            newest[r.session_key] = r
+    return [newest[k] for k in sorted(newest)]
 
 
 def raw_table(raw: Sequence[RawSession]) -> pa.Table:
@@ -77,6 +100,7 @@ def _create(*tables: Table) -> dict[Dialect, tuple[str, ...]]:
 
 _V1 = _create(RAW_TELEMETRY, SESSIONS, EVENTS)
 _V2 = _create(EXPORT_CLAIMS)
+_V3 = _create(EXPORT_ARCHIVE)
 
 MIGRATIONS: tuple[Migration, ...] = (
     # IF NOT EXISTS: a DuckDB file from before versioning already holds these tables and keeps them.
@@ -91,6 +115,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "duckdb": ("DROP TABLE IF EXISTS export_claims", *_V2["duckdb"]),
         "postgres": ("DROP TABLE IF EXISTS export_claims", *_V2["postgres"]),
     }),
+    Migration(3, "the export archive: records of the export runs retention deleted", _V3),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
