@@ -8,8 +8,9 @@
                        (bench/floor.py's asset): Dagster's part of the cost per exported session
   pending_s            the pending-key computation the CLI and the schedule do (`get_materialized_partitions`)
 
-History is written in bulk: materialisations of signavio_export (the same metadata our runs write), each chunk of
-5,000 under a run record of its own, through the event-log storage's batch insert (PostgreSQL's `store_event_batch`;
+History is written in bulk: materialisations of signavio_export (the same metadata our runs write), with a planned
+event before each under `--bookkeeping full` (the default, as our runs write them), each chunk of 5,000 under a run
+record of its own, through the event-log storage's batch insert (PostgreSQL's `store_event_batch`;
 on SQLite the same insert statements, one transaction per chunk). The newest `--known` keys are partitions; the older
 ones are registered no more (what retention's partition pruning leaves). Then our retention (`apply_retention`) runs as
 the daily schedule would: it deletes the runs none of whose sessions is known and keeps their records in the
@@ -37,7 +38,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events import (
+    AssetMaterializationPlannedData,
+    DagsterEvent,
+    DagsterEventType,
+    StepMaterializationData,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.event_log import DynamicPartitionsTable, SqlEventLogStorageTable
@@ -85,7 +91,7 @@ def main() -> None:
         t0 = time.time() - sum(sizes) - len(sizes) * args.new  # history timestamps: one second apart, all past
         for size in sizes:
             start = time.perf_counter()
-            _write_history(instance, written, size, args.known, t0)
+            _write_history(instance, written, size, args.known, t0, planned=args.bookkeeping == "full")
             _log(f"history {size}: wrote {size - written} in {time.perf_counter() - start:.0f}s")
             written = size
             row: dict = {"history": size}
@@ -142,24 +148,35 @@ def _history_event(key: str, timestamp: float, run_id: str) -> EventLogEntry:
                          dagster_event=event)
 
 
-def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: int, t0: float) -> None:
-    """Keys `first`..`last`-1 exported (key i at t0 + i seconds), a run per chunk; the newest `known` are partitions."""
+def _planned_event(key: str, timestamp: float, run_id: str) -> EventLogEntry:
+    event = DagsterEvent(event_type_value=DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value, job_name=EXPORT_JOB,
+                         event_specific_data=AssetMaterializationPlannedData(SIGNAVIO_EXPORT_KEY, partition=key))
+    return EventLogEntry(error_info=None, level=logging.DEBUG, user_message="", run_id=run_id, timestamp=timestamp,
+                         dagster_event=event)
+
+
+def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: int, t0: float, planned: bool) -> None:
+    """Keys `first`..`last`-1 exported (key i at t0 + i seconds), a run per chunk; the newest `known` are partitions.
+    `planned`: each run also wrote a planned event per session before its materialisations (RUN_BOOKKEEPING=full)."""
     storage = instance.event_log_storage
     for begin in range(first, last, CHUNK):
         run = instance.add_run(DagsterRun(job_name=EXPORT_JOB, run_id=str(uuid.uuid4()),
                                           status=dg.DagsterRunStatus.SUCCESS))
         keys = [f"extract:hist-{i:08d}" for i in range(begin, min(begin + CHUNK, last))]
-        events = [_history_event(k, t0 + i, run.run_id) for i, k in enumerate(keys, begin)]
-        if isinstance(storage, PostgresEventLogStorage):
-            storage.store_event_batch(events)
-        else:  # SQLite has no batch insert: the same statements (the run's own file, then the index)
-            insert = storage.prepare_insert_event_batch(events)
-            with storage.run_connection(run.run_id) as conn:
-                conn.execute(insert)
-            with storage.index_transaction() as conn:
-                ids = [row[0] for row in conn.execute(insert.returning(SqlEventLogStorageTable.c.id))]
-                storage._store_asset_event_tags(conn, events, ids)
-                storage._store_asset_event(conn, events[-1], ids[-1])
+        batches = [[_history_event(k, t0 + i, run.run_id) for i, k in enumerate(keys, begin)]]
+        if planned:
+            batches.insert(0, [_planned_event(k, t0 + i - 0.5, run.run_id) for i, k in enumerate(keys, begin)])
+        for events in batches:
+            if isinstance(storage, PostgresEventLogStorage):
+                storage.store_event_batch(events)
+            else:  # SQLite has no batch insert: the same statements (the run's own file, then the index)
+                insert = storage.prepare_insert_event_batch(events)
+                with storage.run_connection(run.run_id) as conn:
+                    conn.execute(insert)
+                with storage.index_transaction() as conn:
+                    ids = [row[0] for row in conn.execute(insert.returning(SqlEventLogStorageTable.c.id))]
+                    storage._store_asset_event_tags(conn, events, ids)
+                    storage._store_asset_event(conn, events[-1], ids[-1])
         kept = [k for i, k in enumerate(keys, begin) if i >= last - known]
         instance.add_dynamic_partitions(AGENT_SESSIONS, kept)
     partitions = instance.get_dynamic_partitions(AGENT_SESSIONS)

@@ -4,16 +4,21 @@ storage bounds the connections a process opens, and `RUN_BOOKKEEPING` changes wh
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
 import psycopg2
 import pytest
 import yaml
+from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from dagster_postgres.event_log import PostgresEventLogStorage
 
 from telemetry_pipeline.instance import dagster_environment
 from telemetry_pipeline.instance.pooled_postgres import PooledPostgresStorage, driver_url
@@ -72,6 +77,78 @@ def test_the_shipped_config_reads_one_variable_and_keeps_it_out_of_the_instance_
     assert "DAGSTER_POSTGRES_URL" in ref.storage_data.config_yaml and SERVER not in ref.storage_data.config_yaml
     with dg.DagsterInstance.from_ref(ref) as worker:  # how run and step processes build it
         assert worker.get_dynamic_partitions("agent_sessions") == ["extract:a"]
+
+
+def test_partition_membership_for_a_whole_history(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status rebuild asks which of every key ever materialised are still partitions."""
+    for name, value in production_home(tmp_path, postgres_url).items():
+        monkeypatch.setenv(name, value)
+    known = [f"extract:k{i:05d}" for i in range(1500)]
+    gone = [f"extract:g{i:05d}" for i in range(1500)]
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("agent_sessions", known)
+        storage = instance.event_log_storage
+        assert storage.get_existing_dynamic_partitions("agent_sessions", known + gone) == set(known)  # one read
+        assert storage.get_existing_dynamic_partitions("agent_sessions", known[:10] + gone[:10]) == set(known[:10])
+        assert storage.get_existing_dynamic_partitions("other", known) == set()
+
+
+def test_a_process_rereads_partitions_whenever_another_changed_them(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in production_home(tmp_path, postgres_url).items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.get() as reader, dg.DagsterInstance.get() as writer:  # two processes' storages
+        writer.add_dynamic_partitions("agent_sessions", ["extract:a", "extract:b"])
+        assert reader.get_dynamic_partitions("agent_sessions") == ["extract:a", "extract:b"]
+        writer.delete_dynamic_partition("agent_sessions", "extract:a")
+        writer.add_dynamic_partitions("agent_sessions", ["extract:c"])  # the same count as before
+        assert reader.get_dynamic_partitions("agent_sessions") == ["extract:b", "extract:c"]
+        writer.delete_dynamic_partition("agent_sessions", "extract:c")  # the newest: max id drops, count too
+        assert reader.get_dynamic_partitions("agent_sessions") == ["extract:b"]
+        assert reader.get_dynamic_partitions("other") == []
+
+
+def _event(kind: dg.DagsterEventType, key: str, run_id: str) -> EventLogEntry:
+    asset = dg.AssetKey("signavio_export")
+    is_planned = kind == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    data = (AssetMaterializationPlannedData(asset, partition=key) if is_planned
+            else StepMaterializationData(dg.AssetMaterialization(asset, partition=key)))
+    return EventLogEntry(error_info=None, level=logging.INFO, user_message="", run_id=run_id, timestamp=time.time(),
+                         dagster_event=DagsterEvent(kind.value, job_name="export_sessions", event_specific_data=data))
+
+
+def test_unfinished_partitions_match_dagster_postgres(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our one-query answer to "which partitions were planned and not materialised since" is dagster-postgres'."""
+    for name, value in production_home(tmp_path, postgres_url).items():
+        monkeypatch.setenv(name, value)
+    planned, done = dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_MATERIALIZATION
+    history = [(planned, "only-planned", "a"), (planned, "done", "a"), (done, "done", "a"), (done, "again", "b"),
+               (planned, "again", "c"), (done, "only-done", "b"), (planned, "redo", "a"), (done, "redo", "a"),
+               (planned, "redo", "d")]
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        for kind, key, run in history:
+            storage.store_event(_event(kind, f"extract:{key}", run))
+        asset = dg.AssetKey("signavio_export")
+        ours = storage.get_latest_asset_partition_materialization_attempts_without_materializations(asset)
+        theirs = PostgresEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations(
+            storage, asset
+        )
+        assert ours == theirs
+        assert {k: run for k, (run, _) in ours.items()} == {
+            "extract:only-planned": "a", "extract:again": "c", "extract:redo": "d"
+        }
+        middle = sorted(event_id for _, event_id in ours.values())[1]
+        assert storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+            asset, after_storage_id=middle
+        ) == PostgresEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations(
+            storage, asset, after_storage_id=middle
+        )
 
 
 def test_driver_url() -> None:
