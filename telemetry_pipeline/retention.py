@@ -3,9 +3,9 @@
 Two things grow with the export history, and both are pruned once a session's latest export is older than
 `RETENTION_DAYS`:
 - its partition of `agent_sessions` (the UI lists every key, the sensor and the schedule read them all);
-- the export runs none of whose sessions is known any more (pruned, or deleted by hand): deleted with their
-  events, once their export records are kept in the warehouse (`export_archive`), where `status` finds them
-  (a run that exported nothing is deleted once it is older than the cut-off). Dagster rebuilds the Partitions tab's
+- the export runs that ended before the cut-off and none of whose sessions is known any more (pruned, or
+  deleted by hand): deleted with their events, once their export records are kept in the warehouse
+  (`export_archive`), where `status` finds them. Dagster rebuilds the Partitions tab's
   status from every materialisation of the asset each time keys are added, and OSS Dagster cannot wipe single
   partitions' history: deleting old runs is the supported way to bound it (README, Growth).
 A pending session is never pruned, and a run that exported a session still known is kept.
@@ -60,15 +60,14 @@ def apply_retention(
     for key in outcome.pruned_keys:
         instance.delete_dynamic_partition(AGENT_SESSIONS, key)
     known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
-    cutoff = now - dt.timedelta(days=older_than_days)
-    finished = instance.get_run_records(dg.RunsFilter(job_name=EXPORT_JOB, statuses=FINISHED))
-    for run in finished:
+    cutoff = (now - dt.timedelta(days=older_than_days)).timestamp()
+    for run in instance.get_run_records(dg.RunsFilter(job_name=EXPORT_JOB, statuses=FINISHED)):
+        if run.end_time is not None and run.end_time >= cutoff:
+            continue  # what it exported is too recent to be pruned; so is a failed run
         run_id = run.dagster_run.run_id
         records = run_exports(instance, run_id)
         if any(r.session_key in known for r in records):
-            continue  # it still holds the record of a session the UI shows
-        if not records and (run.end_time is None or run.end_time >= cutoff.timestamp()):
-            continue  # exported nothing (failed): kept for RETENTION_DAYS like the sessions, then deleted
+            continue  # it holds the record of a session the UI still shows
         warehouse.archive_exports(records)  # first: a crash in between leaves a record twice, never none
         instance.delete_run(run_id)
         outcome.deleted_runs.append(run_id)
