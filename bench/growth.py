@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=500, help="sessions exported per measurement (one run)")
     parser.add_argument("--bookkeeping", default="full", choices=("lean", "full"))
     parser.add_argument("--no-retention", action="store_true", help="keep every run (the history stays in Dagster)")
+    parser.add_argument("--no-vacuum", action="store_true",
+                        help="measure right after retention's deletes, before PostgreSQL vacuums the dead rows")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432",
                         help="server for --instance postgres")
     args = parser.parse_args()
@@ -100,6 +102,8 @@ def main() -> None:
                 kept = apply_retention(instance, warehouse, older_than_days=(time.time() - t0) / 86_400 + 1)
                 row["retention"] = {"seconds": round(time.perf_counter() - start, 1),
                                     "deleted_runs": len(kept.deleted_runs), "archived": kept.archived}
+                if args.instance == "postgres" and kept.deleted_runs and not args.no_vacuum:
+                    row["retention"]["vacuum_s"] = _vacuum()
             row["dagster_history"] = len(instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY))
             row |= _status_lookup(instance, warehouse)
             results.append({**row, **_measure(instance, args.new, tag=str(size))})
@@ -187,6 +191,19 @@ def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: i
                 (DynamicPartitionsTable.c.partitions_def_name == AGENT_SESSIONS)
                 & DynamicPartitionsTable.c.partition.in_(pruned[begin:begin + CHUNK])
             ))
+
+
+def _vacuum() -> float:
+    """What autovacuum does soon after retention deleted most of the event log (it triggers at 20% dead rows)."""
+    import psycopg2
+
+    start = time.perf_counter()
+    con = psycopg2.connect(os.environ["DAGSTER_POSTGRES_URL"])
+    con.autocommit = True
+    with con.cursor() as cur:
+        cur.execute("VACUUM ANALYZE event_logs, asset_keys, asset_event_tags, runs, run_tags")
+    con.close()
+    return round(time.perf_counter() - start, 1)
 
 
 def _status_lookup(instance: dg.DagsterInstance, warehouse: Warehouse) -> dict[str, float]:
