@@ -184,13 +184,11 @@ class DuckDBWarehouse(Warehouse):
         if not rows:
             return
         table = schema.EXPORT_ARCHIVE
-        updates = ", ".join(f"{c} = excluded.{c}" for c in table.names if c != table.primary_key)
         with self.connect() as con:
             con.register("incoming_archive", table.to_arrow(rows))
             con.execute(
                 f"INSERT INTO {table.name} ({table.column_list()}) SELECT {table.column_list()} FROM incoming_archive "
-                f"ON CONFLICT ({table.primary_key}) DO UPDATE SET {updates} "
-                f"WHERE excluded.exported_at > {table.name}.exported_at"
+                + schema.ARCHIVE_KEEP_NEWEST
             )
 
     def archived_exports(self, keys: Sequence[str]) -> dict[str, schema.ExportRecord]:

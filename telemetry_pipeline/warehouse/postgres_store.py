@@ -293,13 +293,10 @@ class PostgresWarehouse(Warehouse):
         if not rows:
             return
         table = schema.EXPORT_ARCHIVE
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.names if c != table.primary_key)
         with self.transaction("archiving export records") as cur:
             psycopg2.extras.execute_values(
                 cur,
-                f"INSERT INTO {table.name} ({table.column_list()}) VALUES %s "
-                f"ON CONFLICT ({table.primary_key}) DO UPDATE SET {updates} "
-                f"WHERE EXCLUDED.exported_at > {table.name}.exported_at",
+                f"INSERT INTO {table.name} ({table.column_list()}) VALUES %s " + schema.ARCHIVE_KEEP_NEWEST,
                 [tuple(getattr(r, c) for c in table.names) for r in rows],
                 page_size=1000,
             )

@@ -69,6 +69,14 @@ EXPORT_ARCHIVE = Table.of("export_archive", ExportRecord)
 CANONICAL = (SESSIONS, EVENTS)
 
 
+# The upsert both stores use: a session keeps its newest record, whichever order records arrive in.
+ARCHIVE_KEEP_NEWEST = (
+    f"ON CONFLICT ({EXPORT_ARCHIVE.primary_key}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in EXPORT_ARCHIVE.names if c != EXPORT_ARCHIVE.primary_key)
+    + f" WHERE excluded.exported_at > {EXPORT_ARCHIVE.name}.exported_at"
+)
+
+
 def newest_records(records: Sequence[ExportRecord]) -> list[ExportRecord]:
     """One record per session, its newest, in key order (an upsert takes each key once)."""
     newest: dict[str, ExportRecord] = {}
