@@ -24,14 +24,11 @@ def pending_keys(instance: dg.DagsterInstance, all_keys: Iterable[str]) -> list[
     return [k for k in all_keys if k not in done]
 
 
-def latest_exports(instance: dg.DagsterInstance, keys: Sequence[str] | None = None) -> dict[str, ExportRecord]:
-    """The newest materialisation of each key (all keys when None), paging through history."""
+def latest_exports(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, ExportRecord]:
+    """The newest materialisation of each of `keys` that has one, paging through their history."""
     latest: dict[str, ExportRecord] = {}
-    chunks: list[Sequence[str] | None] = (
-        [None] if keys is None else [keys[i : i + _PAGE] for i in range(0, len(keys), _PAGE)]
-    )
-    for chunk in chunks:
-        records_filter = dg.AssetRecordsFilter(asset_key=EXPORT_KEY, asset_partitions=list(chunk) if chunk else None)
+    for begin in range(0, len(keys), _PAGE):
+        records_filter = dg.AssetRecordsFilter(asset_key=EXPORT_KEY, asset_partitions=list(keys[begin:begin + _PAGE]))
         cursor = None
         while True:
             page = instance.fetch_materializations(records_filter, limit=_PAGE, cursor=cursor, ascending=False)
