@@ -52,7 +52,7 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import export_nothing
 
-from telemetry_pipeline.history import latest_exports
+from telemetry_pipeline.history import export_records
 from telemetry_pipeline.instance import dagster_settings
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.partitions import batched_ranges
@@ -210,7 +210,7 @@ def _status_lookup(instance: dg.DagsterInstance, warehouse: Warehouse) -> dict[s
     """What `status KEY` does for the oldest session: Dagster's history first, then the archive."""
     start = time.perf_counter()
     key = "extract:hist-00000000"
-    found = latest_exports(instance, [key]) or warehouse.archived_exports([key])
+    found = export_records(instance, warehouse, [key])
     assert key in found, "the oldest session's export is answerable"
     return {"status_oldest_s": round(time.perf_counter() - start, 3)}
 

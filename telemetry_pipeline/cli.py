@@ -235,14 +235,11 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
-    from telemetry_pipeline.history import latest_exports
+    from telemetry_pipeline.history import export_records
     from telemetry_pipeline.warehouse import configured_warehouse
 
     with open_instance(args.settings) as instance:
-        records = latest_exports(instance, list(args.keys))
-    unknown = [k for k in args.keys if k not in records]
-    if unknown:  # retention archived the records of the runs it deleted
-        records |= configured_warehouse(args.settings).archived_exports(unknown)
+        records = export_records(instance, configured_warehouse(args.settings), list(args.keys))
     return [
         {
             "session_id": key,

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 
 from telemetry_pipeline.names import SIGNAVIO_EXPORT_KEY as EXPORT_KEY
+from telemetry_pipeline.warehouse import Warehouse
 from telemetry_pipeline.warehouse.schema import ExportRecord
 
 _PAGE = 1000
@@ -40,6 +41,14 @@ def latest_exports(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[st
                 break
             cursor = page.cursor
     return latest
+
+
+def export_records(instance: dg.DagsterInstance, warehouse: Warehouse, keys: Sequence[str]) -> dict[str, ExportRecord]:
+    """What `status` reports: each key's latest export from Dagster's history, or, for a key whose export run
+    retention deleted, from the warehouse's archive (asked only about the keys Dagster does not know)."""
+    records = latest_exports(instance, keys)
+    unknown = [k for k in keys if k not in records]
+    return records | warehouse.archived_exports(unknown) if unknown else records
 
 
 def run_exports(instance: dg.DagsterInstance, run_id: str) -> list[ExportRecord]:
