@@ -23,6 +23,7 @@ import dagster as dg
 from telemetry_pipeline import quality
 from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.export import export_batch
+from telemetry_pipeline.liveness import ProcessIdentity, RunLiveness
 from telemetry_pipeline.metadata import (
     batch_failure,
     check_results,
@@ -95,13 +96,15 @@ def session_export(
     monitoring: MonitoringResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckResult]:
     keys = context.partition_keys
+    # Before claiming anything: which process holds this run's claims, so that a claimer on this host can
+    # tell at once when it is gone (`liveness`).
+    context.instance.add_run_tags(context.run.run_id, ProcessIdentity.current().tags())
     dataset = config.dataset or signavio.dataset
     context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
     with sources.open() as source_set, signavio.destination() as destination:
         outcome = export_batch(
             keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
-            fallback_agent=sources.agent_name, run_id=context.run_id,
-            is_live=lambda rid: (run := context.instance.get_run_by_id(rid)) is not None and not run.is_finished,
+            fallback_agent=sources.agent_name, run_id=context.run.run_id, holder_check=RunLiveness(context.instance),
             alphabet_limit=monitoring.activity_alphabet_limit,
         )
         where = destination.describe()

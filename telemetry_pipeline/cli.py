@@ -1,5 +1,6 @@
 """`telemetry-pipeline`: the command line (docs/INTERFACE.md). JSON on stdout, progress on stderr;
-exit 0 on success, 1 when any item failed, 2 on bad usage.
+exit 0 on success, 1 when any item failed, 2 on bad usage, 3 when sessions asked for were left to other
+runs that hold them (none failed).
 
 Every export goes through the Dagster instance under `<home>/dagster_home` (or `$DAGSTER_HOME`),
 so the CLI and the UI read and write the same history. Settings are read from the environment once,
@@ -9,11 +10,13 @@ in `main` (tests pass `Settings` built directly).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dagster as dg
 from tqdm import tqdm
@@ -22,7 +25,14 @@ from telemetry_pipeline.instance import dagster_settings
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.settings import Settings, from_environment
 
+if TYPE_CHECKING:
+    from telemetry_pipeline.liveness import RunLiveness
+    from telemetry_pipeline.warehouse import Warehouse
+
 log = logging.getLogger("telemetry_pipeline.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
+_WAIT_POLL_S = 0.5
 
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -33,12 +43,16 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     try:
         args.settings = settings or from_environment()
         with dagster_settings(args.settings.run_bookkeeping):  # this process creates runs and writes their events
-            payload, ok = args.run(args)
+            payload, code = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
         print(json.dumps({"error": str(exc)}), file=sys.stdout)
-        return 2
+        return EXIT_USAGE
     print(json.dumps(payload, indent=2, default=str))
-    return 0 if ok else 1
+    return code
+
+
+def _code(ok: bool) -> int:
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="with --pending: only this source")
     p.add_argument("--dataset", help="table-name prefix for this export (default SIGNAVIO_DATASET)")
     p.add_argument("--force", action="store_true", help="export again even if already exported")
+    p.add_argument("--wait", action="store_true", help="sessions another run holds: wait until it releases "
+                   "them or its claim lapses, then export them (those it exported meanwhile are skipped)")
+    p.add_argument("--wait-timeout", type=float, default=float("inf"), metavar="SECONDS",
+                   help="with --wait: give up waiting after this long (default: no limit)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("status", help="export status of sessions, from materialisation history")
@@ -98,7 +116,7 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     return open_at(settings.dagster_home)
 
 
-def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.assets import discovered_sessions
     from telemetry_pipeline.definitions import build_definitions
 
@@ -106,7 +124,7 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     with open_instance(args.settings) as instance:
         result = dg.materialize([discovered_sessions], instance=instance, resources=resources, raise_on_error=False)
         if not result.success:
-            return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, False
+            return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, EXIT_FAILED
         meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
         errors = meta["source_errors"].value
         unreadable: list[dict[str, str]] = meta["unreadable_files"].value  # type: ignore[assignment]
@@ -116,13 +134,13 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                    "unreadable_files": unreadable}
         if errors:
             payload["source_errors"] = errors
-        return payload, not errors
+        return payload, _code(not errors)
 
 
-def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.history import exported_keys
-    from telemetry_pipeline.partitions import batched_ranges
+    from telemetry_pipeline.liveness import RunLiveness
     from telemetry_pipeline.sources.registry import key_problem, parse_key
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -130,6 +148,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         raise ValueError("give session keys or --pending (not both)")
     # Configuration errors (e.g. an endpoint without a token) refuse the command before anything changes.
     job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)
+    warehouse = configured_warehouse(args.settings)
     results: dict[str, dict[str, Any]] = {}
     with open_instance(args.settings) as instance:
         known = instance.get_dynamic_partitions(AGENT_SESSIONS)
@@ -145,7 +164,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         known_set = set(known)
         missing = [k for k in valid if k not in known_set]
         # A key retention pruned was exported: its record is in the archive once its run was deleted.
-        archived = set(configured_warehouse(args.settings).archived_exports(missing)) if missing else set()
+        archived = set(warehouse.archived_exports(missing)) if missing else set()
         register = [k for k in missing if args.force or k not in archived]
         if register:  # sessions can be exported by hand: register them first
             instance.add_dynamic_partitions(AGENT_SESSIONS, register)
@@ -153,43 +172,113 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         for key in valid:
             if key in done and not args.force:
                 results[key] = {"session_id": key, "status": "skipped"}
-        todo = [k for k in valid if k not in results]
         run_config = {"ops": {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}} if args.dataset else None
-        ranges = batched_ranges(instance.get_dynamic_partitions(AGENT_SESSIONS), todo, args.settings.batch_size)
-        # Progress on stderr (sessions done, rate, ETA), a step per batched run; stdout keeps the JSON.
-        progress = tqdm(total=len(todo), unit="session", file=sys.stderr, disable=not todo, dynamic_ncols=True)
-        for number, key_range in enumerate(ranges, 1):
-            log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
-            result = job.execute_in_process(
-                instance=instance, tags=key_range.tags, run_config=run_config, raise_on_error=False
-            )
-            progress.update(len(key_range.keys))
-            failed, whole_run_error = _failed_sessions(result)
-            confirmed, in_flight = _run_outcome(result)
-            for key in key_range.keys:
-                error = whole_run_error or failed.get(key)
-                if error:
-                    results[key] = {"session_id": key, "status": "failed", "error": error}
-                elif key in confirmed:
-                    results[key] = {"session_id": key, "status": "exported"}
-                elif key in in_flight:  # another run is exporting it right now: left to that run
-                    results[key] = {"session_id": key, "status": "skipped",
-                                    "reason": f"being exported by run {in_flight[key]}"}
-                else:
-                    results[key] = {"session_id": key, "status": "failed",
-                                    "error": f"{key}: the run ended without a confirmed load of this session"}
-        progress.close()
+        exporter = _Exporter(job, instance, run_config, args.settings.batch_size)
+        results.update(exporter.export([k for k in valid if k not in results]))
+        liveness = RunLiveness(instance)
+        deadline = time.monotonic() + args.wait_timeout
+        while args.wait and (held := [k for k in keys if "held_by" in results[k]]):
+            free = _wait_for_release(warehouse, liveness, held, deadline)
+            if not free:
+                break
+            exported_meanwhile = exported_keys(instance)  # by the run that held them, most likely
+            for key in free:
+                if key in exported_meanwhile and not args.force:
+                    results[key] = {"session_id": key, "status": "skipped"}
+            results.update(exporter.export([k for k in free if "held_by" in results[k]]))
+        _describe_holders(warehouse, liveness, [k for k in keys if "held_by" in results[k]], results)
     ordered = [results[k] for k in keys]
     counts = {s: sum(1 for r in ordered if r["status"] == s) for s in ("exported", "skipped", "failed")}
-    status = "failed" if counts["failed"] and not counts["exported"] else "partial" if counts["failed"] else "ok"
+    held_count = sum(1 for r in ordered if "held_by" in r)
+    status = (
+        "failed" if counts["failed"] and not counts["exported"]
+        else "partial" if counts["failed"] or (held_count and counts["exported"])
+        else "held" if held_count else "ok"
+    )
+    code = EXIT_FAILED if counts["failed"] else EXIT_HELD if held_count else EXIT_OK
     return {
         "status": status,
         "total_count": len(ordered),
         "exported_count": counts["exported"],
         "skipped_count": counts["skipped"],
         "failed_count": counts["failed"],
+        "held_count": held_count,
         "results": ordered,
-    }, not counts["failed"]
+    }, code
+
+
+class _Exporter:
+    """Runs `export_sessions` over keys in batched runs, in this process, and reads each key's outcome."""
+
+    def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any] | None,
+                 batch_size: int) -> None:
+        self.job, self.instance, self.run_config, self.batch_size = job, instance, run_config, batch_size
+
+    def export(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        from telemetry_pipeline.partitions import batched_ranges
+
+        results: dict[str, dict[str, Any]] = {}
+        ranges = batched_ranges(self.instance.get_dynamic_partitions(AGENT_SESSIONS), keys, self.batch_size)
+        # Progress on stderr (sessions done, rate, ETA), a step per batched run; stdout keeps the JSON.
+        with tqdm(total=len(keys), unit="session", file=sys.stderr, disable=not keys, dynamic_ncols=True) as bar:
+            for number, key_range in enumerate(ranges, 1):
+                log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
+                result = self.job.execute_in_process(
+                    instance=self.instance, tags=key_range.tags, run_config=self.run_config, raise_on_error=False
+                )
+                bar.update(len(key_range.keys))
+                failed, whole_run_error = _failed_sessions(result)
+                confirmed, in_flight = _run_outcome(result)
+                for key in key_range.keys:
+                    error = whole_run_error or failed.get(key)
+                    if error:
+                        results[key] = {"session_id": key, "status": "failed", "error": error}
+                    elif key in confirmed:
+                        results[key] = {"session_id": key, "status": "exported"}
+                    elif key in in_flight:  # another run is exporting it right now: left to that run
+                        results[key] = {"session_id": key, "status": "skipped",
+                                        "reason": f"being exported by run {in_flight[key]}",
+                                        "held_by": {"run_id": in_flight[key]}}
+                    else:
+                        results[key] = {"session_id": key, "status": "failed",
+                                        "error": f"{key}: the run ended without a confirmed load of this session"}
+        return results
+
+
+def _wait_for_release(warehouse: Warehouse, liveness: RunLiveness, keys: list[str], deadline: float) -> list[str]:
+    """Wait until some of `keys` are free (unclaimed, or their holder is dead or its lease has lapsed) or the
+    deadline passes; returns the free ones (all free keys at that moment, possibly none)."""
+    from telemetry_pipeline.warehouse import Holder
+
+    while True:
+        claims = warehouse.holders(keys)
+        now = dt.datetime.now(dt.UTC)
+        states = {claim.run_id: liveness(claim.run_id) for claim in claims.values()}
+        free = [
+            k for k in keys if k not in claims
+            or states[claims[k].run_id] is Holder.DEAD
+            or (states[claims[k].run_id] is Holder.UNKNOWN and claims[k].lease_until <= now)
+        ]
+        if free or time.monotonic() >= deadline:
+            return free
+        log.info("waiting for %d sessions held by %s", len(keys), sorted(states))
+        time.sleep(min(_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def _describe_holders(warehouse: Warehouse, liveness: RunLiveness, keys: list[str],
+                      results: dict[str, dict[str, Any]]) -> None:
+    """Say, of each session left to another run, which run holds it, whether it looks alive, and until when
+    its lease runs."""
+    claims = warehouse.holders(keys)
+    states = {claim.run_id: liveness.describe(claim.run_id) for claim in claims.values()}
+    for key in keys:
+        claim = claims.get(key)
+        if claim is None:  # released since: the next export takes it
+            results[key]["held_by"]["alive"] = "released"
+            continue
+        results[key]["reason"] = f"being exported by run {claim.run_id}"
+        results[key]["held_by"] = {"run_id": claim.run_id, "alive": states[claim.run_id],
+                                   "lease_until": claim.lease_until.isoformat()}
 
 
 def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
@@ -234,7 +323,7 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str:
     return "run failed"
 
 
-def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
     from telemetry_pipeline.history import export_records
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -249,10 +338,10 @@ def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
             "ingestion_status": records[key].ingestion_status if key in records else None,
         }
         for key in args.keys
-    ], True
+    ], EXIT_OK
 
 
-def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
     from telemetry_pipeline.history import latest_exports
 
     with open_instance(args.settings) as instance:
@@ -270,10 +359,10 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
             "exported": rec is not None,
             "exported_at": rec.exported_at.isoformat() if rec else None,
         })
-    return rows, True
+    return rows, EXIT_OK
 
 
-def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.retention import apply_retention
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -281,20 +370,20 @@ def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         out = apply_retention(instance, configured_warehouse(args.settings), args.older_than_days,
                               dry_run=args.dry_run)
     return {"pruned_count": len(out.pruned_keys), "dry_run": args.dry_run, "pruned_keys": out.pruned_keys,
-            "deleted_runs": len(out.deleted_runs), "archived_records": out.archived}, True
+            "deleted_runs": len(out.deleted_runs), "archived_records": out.archived}, EXIT_OK
 
 
-def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.health import run_checks
 
     with dg.build_resources(build_definitions(args.settings).resources or {}) as resources:
         checks = run_checks(resources.sources, resources.signavio, resources.warehouse)
     healthy = all(c["ok"] for c in checks)
-    return {"healthy": healthy, "checks": checks}, healthy
+    return {"healthy": healthy, "checks": checks}, _code(healthy)
 
 
-def cmd_warehouse_copy(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+def cmd_warehouse_copy(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from pathlib import Path
 
     from telemetry_pipeline.warehouse import PostgresWarehouse, WarehouseError
@@ -313,11 +402,11 @@ def cmd_warehouse_copy(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     try:
         report = copy_duckdb_to_postgres(path, target)
     except WarehouseError as exc:
-        return {**payload, "error": str(exc)}, False
-    return {**payload, "copied": report.copied, "already_there": report.already_there}, True
+        return {**payload, "error": str(exc)}, EXIT_FAILED
+    return {**payload, "copied": report.copied, "already_there": report.already_there}, EXIT_OK
 
 
-def cmd_simulate(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+def cmd_simulate(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.simulate import SimulationConfig, Simulator
 
     config = SimulationConfig(
@@ -329,7 +418,7 @@ def cmd_simulate(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             simulator.serve_forever()
         except KeyboardInterrupt:
             pass
-    return {"stopped": True, "url": simulator.url}, True
+    return {"stopped": True, "url": simulator.url}, EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from telemetry_pipeline.quality import CheckOutcome, check_upload
@@ -22,7 +22,7 @@ from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.sources.registry import SOURCES, Normalizer
 from telemetry_pipeline.sources.source_set import SourceSet
-from telemetry_pipeline.warehouse import Warehouse, assume_live
+from telemetry_pipeline.warehouse import HolderCheck, Warehouse, lease_decides
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,16 @@ def export_batch(
     dataset: str,
     fallback_agent: str,
     run_id: str | None = None,
-    is_live: Callable[[str], bool] = assume_live,
+    holder_check: HolderCheck = lease_decides,
     alphabet_limit: int = Settings.activity_alphabet_limit,
 ) -> BatchOutcome:
     """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
     claimed in the warehouse before anything is fetched, the claims are renewed while the batch runs and
     released at the end, so two overlapping runs (on any hosts) never upload the same session twice.
-    `is_live(run_id)` says whether a claiming run is still going."""
+    `holder_check(run_id)` says whether a run holding a claim is still going (`warehouse.Holder`)."""
     run_id = run_id or f"adhoc-{uuid.uuid4().hex}"
     out = BatchOutcome(keys=list(keys))
-    claimed, out.in_flight = warehouse.claim(out.keys, run_id, is_live)
+    claimed, out.in_flight = warehouse.claim(out.keys, run_id, holder_check)
     _log_in_flight(out.in_flight)
     try:
         with warehouse.leased(claimed, run_id):

@@ -26,3 +26,8 @@ HOURLY_EXPORT_SCHEDULE = "hourly_export_schedule"
 RETENTION_JOB = "retention"
 RETENTION_OP = "apply_retention"
 RETENTION_SCHEDULE = "retention_schedule"
+
+# Tags an export run puts on itself: the process that holds its claims (`liveness`).
+HOST_TAG = "telemetry_pipeline/host"
+PID_TAG = "telemetry_pipeline/pid"
+PROCESS_STARTED_TAG = "telemetry_pipeline/process_started"

@@ -126,7 +126,9 @@ class WarehouseSettings:
     a password: a secret), else the DuckDB file under the home."""
 
     url: Secret | None = None
-    lease_seconds: float = 60.0  # a run's claim on a session lasts this long unless the run renews it
+    # A run's claim on a session lasts this long unless the run renews it (every third of it: README, "Claims and
+    # crashes", for what a renewal costs). It only matters across hosts: on one host a dead run is seen at once.
+    lease_seconds: float = 30.0
 
     def check(self) -> None:
         from telemetry_pipeline.warehouse.postgres_store import is_postgres_url

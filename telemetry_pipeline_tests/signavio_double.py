@@ -114,6 +114,8 @@ class SignavioDouble:
         self.executions: dict[str, _Execution] = {}
         #: table name (None = every table) -> (failure state, message) for loads of that table
         self.load_failures: dict[str | None, tuple[str, str]] = {}
+        #: tables whose loads stay where they are while named here (a slow table)
+        self.stalled: set[str] = set()
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._upload_faults: deque[tuple[int, str | None]] = deque()
@@ -228,7 +230,7 @@ class SignavioDouble:
             if execution is None:
                 raise _Rejected(404, f"execution {execution_id} not found", "execution.notFound")
             was_completed = execution.state == "COMPLETED"
-            execution.advance(self.steps_per_poll)
+            execution.advance(0 if execution.table in self.stalled else self.steps_per_poll)
             if execution.state == "COMPLETED" and not was_completed:
                 self.tables.setdefault(execution.table, {}).update(execution.rows)
                 execution.message = f"{len(execution.rows)} rows loaded into {execution.table}"

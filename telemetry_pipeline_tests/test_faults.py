@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import io
 import json
 import os
@@ -31,7 +32,7 @@ import duckdb
 import httpx
 import pytest
 
-from telemetry_pipeline.settings import HttpSettings
+from telemetry_pipeline.settings import HttpSettings, Secret
 from telemetry_pipeline.warehouse import DuckDBWarehouse
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
@@ -94,11 +95,18 @@ def short_lease(pipeline: Pipeline) -> None:
 
 
 def sigkill(export: Export) -> None:
-    """Kill it, then wait out its lease: its run record still says STARTED, so only the lease, which it no
-    longer renews, lets its claims go."""
+    """Kill it (and reap it). Its run record still says STARTED and its claims are left behind; the next
+    export on this host must see at once that the process is gone, without waiting out the lease."""
     os.kill(export.proc.pid, signal.SIGKILL)
     assert export.proc.wait(timeout=10) == -signal.SIGKILL
-    time.sleep(LEASE_SECONDS * 1.2)
+
+
+def assert_marked_failed(instance: dg.DagsterInstance, run_id: str, pid: int) -> None:
+    """The dead run was marked failed, saying why, by the export that took its sessions over."""
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+    [failure] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert f"pid {pid} on " in (failure.message or "") and "is gone" in (failure.message or ""), failure.message
 
 
 def claims(home: Path) -> dict[str, str]:
@@ -172,6 +180,7 @@ def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
     a = start_export(pipeline, tmp_path, *first)
     wait_for(lambda: all(source_double.hits[k] for k in first), a, "run A fetching its sessions")
     code_b, out_b = pipeline.cli("export", *second)  # B, in this process: what A does not hold, while A fetches
+    b_done = dt.datetime.now(dt.UTC)
     for key in first:
         source_double.slow("extract", key.partition(":")[2], 0)
     out_a = a.result()
@@ -179,13 +188,19 @@ def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
     [run_a] = [r for r in instance.get_runs() if r.tags.get("dagster/asset_partition_range_start") == first[0]]
     assert out_a["exported_count"] == 6 and out_a["status"] == "ok"
     by_key = {r["session_id"]: r for r in out_b["results"]}
-    assert code_b == 0 and out_b["exported_count"] == 2 and out_b["skipped_count"] == 4
+    assert code_b == 3, "not everything asked for was exported: some sessions are left to another run"
+    assert out_b["status"] == "partial" and out_b["exported_count"] == 2 and out_b["skipped_count"] == 4
+    assert out_b["held_count"] == 4
     for key in keys[2:6]:
+        held_by = by_key[key].pop("held_by")
         assert by_key[key] == {
             "session_id": key,
             "status": "skipped",
             "reason": f"being exported by run {run_a.run_id}",
         }
+        assert held_by["run_id"] == run_a.run_id and held_by["alive"] == "alive", held_by
+        lease_left = dt.datetime.fromisoformat(held_by["lease_until"]) - b_done
+        assert dt.timedelta(0) < lease_left <= dt.timedelta(seconds=LEASE_SECONDS)
         assert source_double.hits[key] == 1, "B never even fetched a session A was exporting"
     uploaded = Counter(r["agent_run_id"] for rows in posted_rows(signavio, RUNS) for r in rows)
     assert uploaded == {k.partition(":")[2]: 1 for k in keys}, "each session in exactly one upload"
@@ -194,6 +209,33 @@ def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
         assert len(page.records) == 1, key
     assert_delivered_exactly_once(signavio, instance, keys)
     assert claims(home) == {}, "both runs released their claims"
+
+
+def test_export_wait_waits_for_the_run_holding_its_sessions(pipeline: Pipeline,
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path,
+):
+    keys = add_good(source_double, 4, "w")
+    for key in keys[:2]:
+        source_double.slow("extract", key.partition(":")[2], 60)
+    a = start_export(pipeline, tmp_path, *keys[:2])
+    wait_for(lambda: all(source_double.hits[k] for k in keys[:2]), a, "run A fetching its sessions")
+
+    b = start_export(pipeline, tmp_path, "--wait", *keys)  # B exports the other two, then waits for A's
+    wait_for(lambda: instance.get_materialized_partitions(EXPORT) == set(keys[2:]), b, "B exporting its own")
+    assert b.proc.poll() is None, "B is still waiting for A"
+    for key in keys[:2]:
+        source_double.slow("extract", key.partition(":")[2], 0)
+    out_a, out_b = a.result(), b.result()
+
+    assert a.proc.returncode == 0 and out_a["exported_count"] == 2, out_a
+    assert b.proc.returncode == 0 and out_b["status"] == "ok" and out_b["held_count"] == 0, out_b
+    by_key = {r["session_id"]: r["status"] for r in out_b["results"]}
+    assert by_key == {keys[0]: "skipped", keys[1]: "skipped", keys[2]: "exported", keys[3]: "exported"}, (
+        "what A exported meanwhile is already exported: B does not send it again"
+    )
+    assert_delivered_exactly_once(signavio, instance, keys)
+    assert claims(home) == {}
 
 
 # -- SIGKILL at each stage; the next export finishes the job ----------------------------------------------------
@@ -216,11 +258,12 @@ def test_killed_while_fetching(pipeline: Pipeline,
     assert claims(home) == dict.fromkeys(keys, dead.run_id), "its claims were left behind"
     source_double.slow("extract", "a-003", 0)
 
-    code, out = pipeline.cli("export", "--pending")
+    code, out = pipeline.cli("export", "--pending")  # at once: no lease to wait out
 
     assert code == 0 and out["exported_count"] == 4, out
     assert_delivered_exactly_once(signavio, instance, keys)
     assert claims(home) == {}
+    assert_marked_failed(instance, dead.run_id, proc.proc.pid)
 
 
 def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: Pipeline,
@@ -247,6 +290,33 @@ def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: 
     complete_orphans(signavio, orphans)  # the dead run's uploads are finished by Signavio after all
     assert_delivered_exactly_once(signavio, instance, keys)
     assert len(posted_rows(signavio, RUNS)) == 2, "sent twice (at least once), loaded once per key"
+
+
+@pytest.mark.parametrize("store", ["duckdb", "postgres"])
+def test_killed_with_the_case_table_loaded_and_the_event_log_not_the_next_run_sends_both_at_once(
+    pipeline: Pipeline, signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance,
+    source_double: SourceDouble, tmp_path: Path, request: pytest.FixtureRequest, store: str,
+):
+    if store == "postgres":
+        pipeline.configure(warehouse={"url": Secret(request.getfixturevalue("postgres_url"))})
+    keys = add_good(source_double, 5, "h")
+    signavio.stalled.add(EVENTS)  # the event log's load stays in progress
+
+    proc = start_export(pipeline, tmp_path, *keys)
+    wait_for(lambda: len(signavio.rows(RUNS)) == 5, proc, "the case table loaded, the event log still loading")
+    sigkill(proc)
+    [dead] = instance.get_runs()
+
+    assert not signavio.rows(EVENTS), "half delivered: cases without their events"
+    assert instance.get_materialized_partitions(EXPORT) == set(), "not confirmed, so not exported"
+    signavio.stalled.clear()
+
+    code, out = pipeline.cli("export", *keys)  # at once: no lease to wait out
+
+    assert code == 0 and out["exported_count"] == 5 and out["status"] == "ok", out
+    assert_delivered_exactly_once(signavio, instance, keys)
+    assert len(posted_rows(signavio, EVENTS)) == 2, "the event log was sent again by the next run"
+    assert_marked_failed(instance, dead.run_id, proc.proc.pid)
 
 
 def test_killed_while_recording_materialisations(pipeline: Pipeline,

@@ -1,6 +1,6 @@
 """The warehouse as plain code, on both stores (the DuckDB file and a real PostgreSQL database): the claim rule
-(leases, never process ids), versioned migrations that several processes may run at once, and the bulk writes
-keeping every value (bytes verbatim, text with quotes and line breaks, extreme timestamps, JSON escapes)."""
+(holders known alive or dead, else leases), versioned migrations that several processes may run at once, and the
+bulk writes keeping every value (bytes verbatim, text with quotes and line breaks, extreme timestamps, JSON escapes)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse import DuckDBWarehouse, PostgresWarehouse, Warehouse, open_warehouse
+from telemetry_pipeline.warehouse import DuckDBWarehouse, Holder, PostgresWarehouse, Warehouse, open_warehouse
 from telemetry_pipeline.warehouse.schema import LATEST_VERSION, ExportRecord
 
 MakeStore = Callable[..., Warehouse]
@@ -68,26 +68,31 @@ def claim_rows(store: Warehouse) -> dict[str, str]:
 
 def test_claims_keep_overlapping_runs_apart_until_their_run_is_over_or_their_lease_runs_out(make_store: MakeStore):
     wh = make_store()
-    live = {"run-a", "run-b"}
-    is_live = live.__contains__
+    state = {"run-a": Holder.UNKNOWN, "run-b": Holder.UNKNOWN}
+    check = lambda run_id: state.get(run_id, Holder.DEAD)  # noqa: E731
 
-    assert wh.claim(["k1", "k2", "k3"], "run-a", is_live) == (["k1", "k2", "k3"], {})
-    claimed, held = wh.claim(["k2", "k3", "k4"], "run-b", is_live)
+    assert wh.claim(["k1", "k2", "k3"], "run-a", check) == (["k1", "k2", "k3"], {})
+    claimed, held = wh.claim(["k2", "k3", "k4"], "run-b", check)
     assert claimed == ["k4"] and held == {"k2": "run-a", "k3": "run-a"}, "a live run's claims are respected"
-    assert wh.claim(["k1"], "run-a", is_live) == (["k1"], {}), "a run may claim its own keys again"
+    assert wh.claim(["k1"], "run-a", check) == (["k1"], {}), "a run may claim its own keys again"
 
     wh.release(["k1", "k2", "k3", "k4"], "run-a")  # only run-a's own claims go
-    assert wh.claim(["k1", "k4"], "run-c", is_live) == (["k1"], {"k4": "run-b"})
+    assert wh.claim(["k1", "k4"], "run-c", check) == (["k1"], {"k4": "run-b"})
 
-    live.discard("run-b")  # run-b is over (finished, failed, or its record is gone)
-    assert wh.claim(["k4"], "run-c", is_live) == (["k4"], {}), "the claim of a run that is over is stale"
+    state["run-b"] = Holder.DEAD  # run-b is over (finished, failed, its record is gone, or its process is)
+    assert wh.claim(["k4"], "run-c", check) == (["k4"], {}), "the claim of a run that is over is stale at once"
 
     short = make_store(lease=0.5)
-    assert short.claim(["k9"], "run-a", is_live) == (["k9"], {})
-    assert wh.claim(["k9"], "run-d", is_live) == ([], {"k9": "run-a"}), "within its lease, a live run keeps it"
+    assert short.claim(["k9"], "run-a", check) == (["k9"], {})
+    assert wh.claim(["k9"], "run-d", check) == ([], {"k9": "run-a"}), "within its lease, a run elsewhere keeps it"
     time.sleep(0.7)
-    assert wh.claim(["k9"], "run-d", is_live) == (["k9"], {}), "a lease that ran out is stale, live run or not"
+    state["run-a"] = Holder.ALIVE  # its process is known to run (on this host): the lease does not matter
+    assert wh.claim(["k9"], "run-d", check) == ([], {"k9": "run-a"}), "a run known alive keeps it past its lease"
+    state["run-a"] = Holder.UNKNOWN
+    assert wh.claim(["k9"], "run-d", check) == (["k9"], {}), "a lease that ran out is stale unless known alive"
     assert short.renew(["k9"], "run-a") == [], "run-a learns that it lost k9"
+    assert wh.holders(["k9", "k1", "nobody"]).keys() == {"k9", "k1"}
+    assert wh.holders(["k9"])["k9"].run_id == "run-d"
 
 
 def test_a_live_run_renews_its_lease_and_keeps_its_claims(make_store: MakeStore):
@@ -103,8 +108,8 @@ def test_a_live_run_renews_its_lease_and_keeps_its_claims(make_store: MakeStore)
 
 
 def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_store: MakeStore, tmp_path: Path):
-    """No process ids: a claim left by a process that is gone (on this host or any other) is judged by its
-    lease and its run alone."""
+    """Without a check that knows the holder (plain code, or a run on another host), a claim left by a process
+    that is gone is judged by its lease alone."""
     wh = make_store(lease=1.5)
     script = (
         "import os, sys; from pathlib import Path; from telemetry_pipeline.warehouse import open_warehouse; "
@@ -115,9 +120,9 @@ def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_stor
                           capture_output=True, text=True, check=True)
     assert "(['k1', 'k2'], {})" in done.stdout  # that process claimed both, then ended without releasing them
 
-    assert wh.claim(["k1", "k2"], "next-run", lambda run_id: True) == ([], {"k1": "dead-run", "k2": "dead-run"})
+    assert wh.claim(["k1", "k2"], "next-run") == ([], {"k1": "dead-run", "k2": "dead-run"})
     time.sleep(1.7)
-    assert wh.claim(["k1", "k2"], "next-run", lambda run_id: True) == (["k1", "k2"], {})
+    assert wh.claim(["k1", "k2"], "next-run") == (["k1", "k2"], {})
 
 
 def test_claims_race_between_connections(make_store: MakeStore):

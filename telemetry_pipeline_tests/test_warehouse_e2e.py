@@ -51,8 +51,9 @@ from telemetry_pipeline_tests.test_faults import (
 )
 
 # Short enough to wait out after a kill, long enough that a live run's renewals (every third of it) never
-# miss it while several exporter processes share 2 cores.
-LEASE = 4.0
+# miss it while several exporter processes share 2 cores, and that an export process started on another
+# host right after the kill (~5 s to start on a loaded machine) claims within the dead run's lease.
+LEASE = 10.0
 
 
 @dataclass
@@ -61,13 +62,16 @@ class Host:
 
     workdir: Path
     env: dict[str, str]
+    hostname: str | None = None  # a host name of its own, in a UTS namespace: another host for `liveness`
 
     def start(self, *argv: str) -> Export:
         n = len(list(self.workdir.glob("cmd-*.out")))
         out, err = self.workdir / f"cmd-{n}.out", self.workdir / f"cmd-{n}.err"
+        command = [sys.executable, "-m", "telemetry_pipeline", *argv]
+        if self.hostname:
+            command = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *command]
         with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "telemetry_pipeline", *argv], cwd=self.workdir,
-                                    env=self.env, stdout=stdout, stderr=stderr)
+            proc = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=stdout, stderr=stderr)
         return Export(proc, out)
 
     def run(self, *argv: str, timeout: float = 120) -> dict[str, Any]:
@@ -133,7 +137,7 @@ def hosts(tmp_path: Path, source: SourceDouble, api: SignavioDouble, postgres_ur
         (workdir / "dagster_home" / "dagster.yaml").write_text(instance_yaml)
         env = base_env(source, api, postgres_url)
         env.update({"TELEMETRY_PIPELINE_HOME": str(workdir / "home"), "DAGSTER_HOME": str(workdir / "dagster_home")})
-        made.append(Host(workdir, env))
+        made.append(Host(workdir, env, hostname=None if name == "host-a" else name))
     with shared_instance(made[0]):  # create the instance's tables once, before two processes race to
         pass
     return made[0], made[1]
@@ -181,7 +185,8 @@ def test_two_hosts_export_overlapping_sessions_at_once(
         source.slow("extract", key.partition(":")[2], 0)
     out_a, out_b = run_a.result(), run_b.result()
 
-    assert run_a.proc.returncode == 0 and run_b.proc.returncode == 0, (out_a, out_b)
+    for run, out in ((run_a, out_a), (run_b, out_b)):  # 3: some sessions asked for were left to another run
+        assert run.proc.returncode == (3 if out["held_count"] else 0), out
     assert out_a["exported_count"] + out_b["exported_count"] == 8, "every session exported by one of them"
     assert out_a["skipped_count"] + out_b["skipped_count"] == 4, "the overlap was left to whoever claimed it"
     for out in (out_a, out_b):
@@ -222,9 +227,21 @@ def test_a_host_killed_mid_batch_loses_its_sessions_to_the_other_once_its_lease_
     assert held == dict.fromkeys(first, dead.run_id)
     assert {r["agent_run_id"] for rows in posted_rows(api, RUNS) for r in rows} == {"k-006", "k-007"}
 
-    time.sleep(LEASE * 1.2)
-    out = b.run("export", "--pending")
+    early = b.start("export", "--pending")  # on host B a pid of host A means nothing: not before the lease
+    out_early = early.result()
+    assert early.proc.returncode == 3 and out_early["status"] == "held", out_early
+    assert out_early["exported_count"] == 0 and out_early["held_count"] == 6
+    held_early = [r for r in out_early["results"] if "held_by" in r]
+    assert [r["session_id"] for r in held_early] == first, "A's six; B had exported its own two before"
+    for result in held_early:
+        assert result["held_by"]["run_id"] == dead.run_id
+        assert result["held_by"]["alive"].startswith("unknown (on another host")
 
+    lease_until = dt.datetime.fromisoformat(held_early[0]["held_by"]["lease_until"])
+    # Waits for the dead run's lease to lapse, then exports.
+    out = b.run("export", "--pending", "--wait", "--wait-timeout", "60")
+
+    assert dt.datetime.now(dt.UTC) >= lease_until, "not before the lease ran out"
     assert out["exported_count"] == 6 and out["status"] == "ok", out
     with shared_instance(b) as instance:
         assert_each_once(api, instance, keys)

@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING
 
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
+    Claim,
+    Holder,
+    HolderCheck,
     Warehouse,
     WarehouseBusy,
     WarehouseError,
     WarehouseUnavailable,
-    assume_live,
+    lease_decides,
 )
 from telemetry_pipeline.warehouse.duckdb_store import DuckDBWarehouse
 from telemetry_pipeline.warehouse.postgres_store import PostgresWarehouse, is_postgres_url
@@ -22,14 +25,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "Claim",
     "DuckDBWarehouse",
+    "Holder",
+    "HolderCheck",
     "PostgresWarehouse",
     "Warehouse",
     "WarehouseBusy",
     "WarehouseError",
     "WarehouseUnavailable",
-    "assume_live",
     "configured_warehouse",
+    "lease_decides",
     "open_warehouse",
 ]
 

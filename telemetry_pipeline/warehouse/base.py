@@ -7,8 +7,10 @@ SQL there, and `save_canonical` makes the batch's rows durable in the store (a n
 the workspace).
 
 Claims keep overlapping runs (on any host) from exporting the same session twice. A claim is a lease: the run
-renews it while it is alive (`leased`), and it is stale once the lease has run out or its Dagster run is
-finished or gone (`is_live`). Process ids are never used: they mean nothing on another host.
+renews it while it is alive (`leased`). Whether another run's claim still stands is the claimer's `HolderCheck`
+(`liveness.RunLiveness` for Dagster runs): a holder known to be alive keeps it, one known to be dead (its run
+finished, or its process gone from this host) loses it at once, and for any other (a run on another host) the
+lease decides.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime as dt
+import enum
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import duckdb
 
+from telemetry_pipeline.settings import WarehouseSettings
 from telemetry_pipeline.sources.base import RawSession
 
 if TYPE_CHECKING:
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_LEASE_SECONDS = WarehouseSettings.lease_seconds
 
 class WarehouseError(Exception):
     """The warehouse could not do what was asked; the message names the store (never a password)."""
@@ -44,15 +49,40 @@ class WarehouseUnavailable(WarehouseError):
     """The store cannot be reached (PostgreSQL down, restarting, or refusing us)."""
 
 
-def assume_live(run_id: str) -> bool:
-    return True
+class Holder(enum.Enum):
+    """What a claimer knows of the run holding a claim."""
+
+    ALIVE = "alive"  # its process runs on this host: the claim stands, whatever its lease says
+    DEAD = "dead"  # its run is finished or gone, or its process is gone from this host: stale at once
+    UNKNOWN = "unknown"  # elsewhere, as far as we can tell: its lease decides
 
 
-def live_holders(rows: Iterable[tuple[str, str]], is_live: Callable[[str], bool]) -> dict[str, str]:
-    """{key: holder} for the claims (key, holder run id) whose run is still going; each run asked once."""
+HolderCheck = Callable[[str], Holder]
+
+
+def lease_decides(run_id: str) -> Holder:
+    """The check of a claimer that knows nothing of runs (plain code, tests): leases alone."""
+    return Holder.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    lease_until: dt.datetime
+
+
+def standing(rows: Iterable[tuple[str, str, bool]], check: HolderCheck) -> tuple[dict[str, str], list[str], list[str]]:
+    """Of the conflicting claims (key, holder run id, lease still running): ({key: holder} of those that
+    stand, the holders known alive, the holders known dead). Each holder is checked once."""
     rows = list(rows)
-    alive = {holder: is_live(holder) for holder in {h for _, h in rows}}
-    return {key: holder for key, holder in rows if alive[holder]}
+    state = {holder: check(holder) for holder in {h for _, h, _ in rows}}
+    kept = {
+        key: holder for key, holder, leased in rows
+        if state[holder] is Holder.ALIVE or (state[holder] is Holder.UNKNOWN and leased)
+    }
+    alive = sorted(h for h, s in state.items() if s is Holder.ALIVE)
+    dead = sorted(h for h, s in state.items() if s is Holder.DEAD)
+    return kept, alive, dead
 
 
 class Warehouse(abc.ABC):
@@ -88,13 +118,17 @@ class Warehouse(abc.ABC):
 
     @abc.abstractmethod
     def claim(
-        self, keys: Sequence[str], run_id: str, is_live: Callable[[str], bool] = assume_live
+        self, keys: Sequence[str], run_id: str, check: HolderCheck = lease_decides
     ) -> tuple[list[str], dict[str, str]]:
         """Claim `keys` for `run_id` -> (claimed keys, {key: run id holding it}).
 
-        A key is taken when nobody claims it, when `run_id` itself does, or when the claim is stale: its
-        lease has run out, or `is_live(holder)` says the holder's run is finished or gone. The lease runs
-        `lease_seconds` from now."""
+        A key is taken when nobody claims it, when `run_id` itself does, or when the claim is stale:
+        `check(holder)` says DEAD, or says UNKNOWN and the lease has run out. The lease runs `lease_seconds`
+        from now."""
+
+    @abc.abstractmethod
+    def holders(self, keys: Sequence[str]) -> dict[str, Claim]:
+        """The current claims on those of `keys` that have one (stale or not)."""
 
     @abc.abstractmethod
     def renew(self, keys: Sequence[str], run_id: str) -> list[str]:

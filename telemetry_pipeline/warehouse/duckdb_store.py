@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -20,11 +20,13 @@ from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import schema
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
+    Claim,
+    HolderCheck,
     Warehouse,
     WarehouseBusy,
     WarehouseError,
-    assume_live,
-    live_holders,
+    lease_decides,
+    standing,
 )
 from telemetry_pipeline.warehouse.schema import RAW_TELEMETRY, raw_table
 
@@ -126,7 +128,7 @@ class DuckDBWarehouse(Warehouse):
         """Nothing to do: the normalisers replaced the rows in the file, in their own transaction."""
 
     def claim(
-        self, keys: Sequence[str], run_id: str, is_live: Callable[[str], bool] = assume_live
+        self, keys: Sequence[str], run_id: str, check: HolderCheck = lease_decides
     ) -> tuple[list[str], dict[str, str]]:
         """One transaction; claims never interleave: DuckDB's file lock lets one process in at a time, and
         within a process `_CLAIMS_LOCK` does the same for its connections."""
@@ -136,13 +138,13 @@ class DuckDBWarehouse(Warehouse):
         with _CLAIMS_LOCK, self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                held = live_holders(
+                held, _, _ = standing(
                     con.execute(
-                        "SELECT session_key, run_id FROM export_claims WHERE session_key IN "
-                        "(SELECT unnest($keys::VARCHAR[])) AND run_id <> $run AND lease_until > now()",
+                        "SELECT session_key, run_id, lease_until > now() FROM export_claims WHERE session_key IN "
+                        "(SELECT unnest($keys::VARCHAR[])) AND run_id <> $run",
                         {"keys": keys, "run": run_id},
                     ).fetchall(),
-                    is_live,
+                    check,
                 )
                 claimed = [k for k in keys if k not in held]
                 con.execute(
@@ -156,6 +158,17 @@ class DuckDBWarehouse(Warehouse):
                     con.execute("ROLLBACK")
                 raise
         return claimed, held
+
+    def holders(self, keys: Sequence[str]) -> dict[str, Claim]:
+        if not keys:
+            return {}
+        with _CLAIMS_LOCK, self.connect() as con:
+            rows = con.execute(
+                "SELECT session_key, run_id, lease_until FROM export_claims "
+                "WHERE session_key IN (SELECT unnest($keys::VARCHAR[]))",
+                {"keys": list(keys)},
+            ).fetchall()
+        return {key: Claim(run, until) for key, run, until in rows}
 
     def renew(self, keys: Sequence[str], run_id: str) -> list[str]:
         if not keys:

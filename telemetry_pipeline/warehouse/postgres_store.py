@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -31,11 +31,13 @@ from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import schema
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
+    Claim,
+    HolderCheck,
     Warehouse,
     WarehouseError,
     WarehouseUnavailable,
-    assume_live,
-    live_holders,
+    lease_decides,
+    standing,
 )
 from telemetry_pipeline.warehouse.duckdb_store import create_canonical
 from telemetry_pipeline.warehouse.schema import raw_table
@@ -222,14 +224,14 @@ class PostgresWarehouse(Warehouse):
                 copy_rows(cur, table, con, export_select(table, table.name, where), {"keys": keys})
 
     def claim(
-        self, keys: Sequence[str], run_id: str, is_live: Callable[[str], bool] = assume_live
+        self, keys: Sequence[str], run_id: str, check: HolderCheck = lease_decides
     ) -> tuple[list[str], dict[str, str]]:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return [], {}
         for attempt in range(3):
             try:
-                return self._claim(keys, run_id, is_live)
+                return self._claim(keys, run_id, check)
             except psycopg2.errors.DeadlockDetected:
                 # Two runs claiming overlapping keys lock them in the same (sorted) order, so a deadlock
                 # is not expected; if PostgreSQL reports one anyway, the claim is simply taken again.
@@ -237,19 +239,17 @@ class PostgresWarehouse(Warehouse):
                     raise
         raise AssertionError("unreachable")
 
-    def _claim(
-        self, keys: list[str], run_id: str, is_live: Callable[[str], bool]
-    ) -> tuple[list[str], dict[str, str]]:
+    def _claim(self, keys: list[str], run_id: str, check: HolderCheck) -> tuple[list[str], dict[str, str]]:
         with self.transaction("claiming sessions") as cur:
             cur.execute(
-                "SELECT session_key, run_id FROM export_claims "
-                "WHERE session_key = ANY(%s) AND run_id <> %s AND lease_until > now()",
+                "SELECT session_key, run_id, lease_until > now() FROM export_claims "
+                "WHERE session_key = ANY(%s) AND run_id <> %s",
                 [keys, run_id],
             )
-            rows = cur.fetchall()
-            dead = sorted({holder for _, holder in rows} - set(live_holders(rows, is_live).values()))
-            # A conflicting claim is overwritten only when it is ours or stale; either way the row is locked
-            # until we commit, so the holders read below are the ones that kept their claim.
+            _, alive, dead = standing(cur.fetchall(), check)
+            # A conflicting claim is overwritten only when it is ours or stale (judged again here, on the
+            # locked row: a claim made since the read above is judged by its lease); either way the row is
+            # locked until we commit, so the holders read below are the ones that kept their claim.
             cur.execute(
                 "INSERT INTO export_claims (session_key, run_id, claimed_at, lease_until) "
                 "SELECT k, %(run)s, now(), now() + make_interval(secs => %(lease)s) "
@@ -257,10 +257,10 @@ class PostgresWarehouse(Warehouse):
                 "ON CONFLICT (session_key) DO UPDATE SET run_id = EXCLUDED.run_id, "
                 "claimed_at = CASE WHEN export_claims.run_id = EXCLUDED.run_id THEN export_claims.claimed_at "
                 "ELSE EXCLUDED.claimed_at END, lease_until = EXCLUDED.lease_until "
-                "WHERE export_claims.run_id = EXCLUDED.run_id OR export_claims.lease_until <= now() "
-                "OR export_claims.run_id = ANY(%(dead)s) "
+                "WHERE export_claims.run_id = EXCLUDED.run_id OR export_claims.run_id = ANY(%(dead)s) "
+                "OR (export_claims.lease_until <= now() AND NOT export_claims.run_id = ANY(%(alive)s)) "
                 "RETURNING session_key",
-                {"keys": keys, "run": run_id, "lease": self.lease_seconds, "dead": dead},
+                {"keys": keys, "run": run_id, "lease": self.lease_seconds, "dead": dead, "alive": alive},
             )
             got = {k for (k,) in cur.fetchall()}
             cur.execute(
@@ -269,6 +269,15 @@ class PostgresWarehouse(Warehouse):
             )
             held = dict(cur.fetchall())
         return [k for k in keys if k in got], {k: held[k] for k in keys if k in held}
+
+    def holders(self, keys: Sequence[str]) -> dict[str, Claim]:
+        if not keys:
+            return {}
+        with self.transaction("reading claims") as cur:
+            cur.execute(
+                "SELECT session_key, run_id, lease_until FROM export_claims WHERE session_key = ANY(%s)", [list(keys)]
+            )
+            return {key: Claim(run, until) for key, run, until in cur.fetchall()}
 
     def renew(self, keys: Sequence[str], run_id: str) -> list[str]:
         if not keys:
