@@ -31,3 +31,4 @@ RETENTION_SCHEDULE = "retention_schedule"
 HOST_TAG = "telemetry_pipeline/host"
 PID_TAG = "telemetry_pipeline/pid"
 PROCESS_STARTED_TAG = "telemetry_pipeline/process_started"
+RECOVERS_TAG = "telemetry_pipeline/recovers"  # on a run that exports again the sessions of a cut-off run

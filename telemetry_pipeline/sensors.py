@@ -1,4 +1,5 @@
-"""`new_sessions_sensor`: discover, add only really new keys, request their export in batches."""
+"""`new_sessions_sensor`: discover, add only really new keys, request their export in batches; and export again
+the sessions of export runs that were cut off (`recovery`)."""
 
 import datetime as dt
 import json
@@ -7,8 +8,9 @@ import dagster as dg
 
 from telemetry_pipeline.discovery import discover
 from telemetry_pipeline.history import latest_exports
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR, RECOVERS_TAG
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.recovery import cut_off_runs, mark_dead_runs, recoveries
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
 
@@ -24,7 +26,10 @@ def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefini
     def new_sessions_sensor(context: dg.SensorEvaluationContext, sources: SourcesResource) -> dg.SensorResult:
         # The cursor holds each source's watermark; it only moves in the same result that adds the
         # partitions, so a crash between the two cannot skip a session.
-        watermarks = json.loads(context.cursor) if context.cursor else {}
+        cursor_in = json.loads(context.cursor) if context.cursor else {}
+        if "watermarks" not in cursor_in:  # the cursor of older versions: the watermarks alone
+            cursor_in = {"watermarks": cursor_in}
+        watermarks = cursor_in["watermarks"]
         known = set(context.instance.get_dynamic_partitions(AGENT_SESSIONS))
         with sources.open() as source_set:
             found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
@@ -32,8 +37,14 @@ def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefini
             context.log.warning("source %s could not be listed: %s", source, error)
         new_keys = found.new_keys
         updated = _updated_since_export(context.instance, found.relisted)
-        cursor = json.dumps(found.watermarks, sort_keys=True)
-        if not new_keys and not updated:
+        dead = mark_dead_runs(context.instance)
+        for run_id in dead:
+            context.log.warning("export run %s: its process is gone; marked failed, its sessions go again", run_id)
+        cut_off, failed_after = cut_off_runs(context.instance, cursor_in.get("failed_runs_after", 0.0))
+        again = recoveries(context.instance, cut_off, context.instance.get_dynamic_partitions(AGENT_SESSIONS),
+                           batch_size)
+        cursor = json.dumps({"watermarks": found.watermarks, "failed_runs_after": failed_after}, sort_keys=True)
+        if not new_keys and not updated and not again:
             return dg.SensorResult(cursor=cursor, skip_reason="no new sessions")
         # New keys are appended in this order, so they form contiguous ranges at the end of the list.
         runs = [
@@ -48,7 +59,12 @@ def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefini
                     context.instance.get_dynamic_partitions(AGENT_SESSIONS), updated, batch_size
                 )
             ]
-        context.log.info("%d new and %d updated sessions -> %d runs", len(new_keys), len(updated), len(runs))
+        runs += [  # one run key per cut-off run: it is exported again once, whatever happens to this tick
+            dg.RunRequest(run_key=f"recover:{r.run_id}:{n}", tags={**key_range.tags, RECOVERS_TAG: r.run_id})
+            for r in again for n, key_range in enumerate(r.ranges)
+        ]
+        context.log.info("%d new and %d updated sessions, %d cut-off runs to export again -> %d runs",
+                         len(new_keys), len(updated), len(again), len(runs))
         return dg.SensorResult(
             run_requests=runs,
             dynamic_partitions_requests=[agent_sessions.build_add_request(new_keys)] if new_keys else None,

@@ -354,6 +354,72 @@ def sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | 
         return defs.resolve_sensor_def("new_sessions_sensor")(context)
 
 
+def test_the_sensor_exports_again_the_sessions_of_a_run_that_was_killed_without_waiting_a_lease(pipeline: Pipeline,
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path,
+):
+    """A run killed with its host's process (SIGKILL: OOM, `kill -9`, a container restarted): nothing records its
+    end. The sensor's next tick sees its process gone, marks it failed, and requests its unexported sessions;
+    a run interrupted Dagster's way (`UNEXPECTED_TERMINATION`, a Ctrl-C of `make run`) is recovered the same way,
+    a run whose sessions failed (`STEP_FAILURE`) is left to the hourly schedule."""
+    first = sensor_tick(pipeline, instance, None)  # nothing listed yet
+    keys = add_good(source_double, 6, "r")
+    source_double.slow("extract", "r-005", 60)
+    proc = start_export(pipeline, tmp_path, *keys)
+    wait_for(lambda: source_double.hits[keys[5]] >= 1, proc, "the run fetching")
+    sigkill(proc)
+    source_double.slow("extract", "r-005", 0)
+    [dead] = instance.get_runs()
+    assert dead.status == dg.DagsterRunStatus.STARTED
+
+    tick = sensor_tick(pipeline, instance, first.cursor)
+
+    assert_marked_failed(instance, dead.run_id, proc.proc.pid)
+    recover = [r for r in tick.run_requests if r.run_key and r.run_key.startswith("recover:")]
+    assert [r.tags["telemetry_pipeline/recovers"] for r in recover] == [dead.run_id]
+    assert (recover[0].tags["dagster/asset_partition_range_start"],
+            recover[0].tags["dagster/asset_partition_range_end"]) == (keys[0], keys[-1])
+    job = pipeline.defs().resolve_job_def("export_sessions")
+    assert job.execute_in_process(instance=instance, tags=recover[0].tags).success
+    assert_delivered_exactly_once(signavio, instance, keys)
+
+    again = sensor_tick(pipeline, instance, tick.cursor)
+    assert not [r for r in again.run_requests if r.run_key and r.run_key.startswith("recover:")], (
+        "a cut-off run is recovered once"
+    )
+
+
+def test_the_sensor_exports_again_the_sessions_of_an_interrupted_run_not_those_of_a_failed_one(pipeline: Pipeline,
+    signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+    tmp_path: Path,
+):
+    first = sensor_tick(pipeline, instance, None)
+    code, out = pipeline.cli("export", "extract:i-missing")  # its session fails: the run fails, Dagster's way
+    assert code == 1 and out["failed_count"] == 1
+    [failed] = instance.get_runs()
+    assert failed.tags["dagster/failure_reason"] == "STEP_FAILURE"
+    keys = add_good(source_double, 3, "i")
+    signavio.steps_per_poll = 0  # the uploads stay in progress
+    proc = start_export(pipeline, tmp_path, *keys)
+    wait_for(lambda: any(r.method == "GET" for r in signavio.requests), proc, "the run waiting for Signavio")
+    os.kill(proc.proc.pid, signal.SIGINT)  # Ctrl-C
+    assert proc.proc.wait(timeout=60) != 0
+    signavio.steps_per_poll = 2
+    interrupted = instance.get_run_by_id(next(r.run_id for r in instance.get_runs() if r.run_id != failed.run_id))
+    assert interrupted is not None and interrupted.status == dg.DagsterRunStatus.FAILURE
+    assert interrupted.tags["dagster/failure_reason"] != "STEP_FAILURE", interrupted.tags
+
+    tick = sensor_tick(pipeline, instance, first.cursor)
+
+    recover = [r for r in tick.run_requests if r.run_key and r.run_key.startswith("recover:")]
+    assert [r.tags["telemetry_pipeline/recovers"] for r in recover] == [interrupted.run_id], (
+        "the interrupted run's sessions go again at once; the failed session is the hourly schedule's"
+    )
+    assert pipeline.defs().resolve_job_def("export_sessions").execute_in_process(
+        instance=instance, tags=recover[0].tags).success
+    assert_delivered_exactly_once(signavio, instance, keys)
+
+
 def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
@@ -371,8 +437,8 @@ def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: 
     source_double.list_fault = Fault(503, remaining=3)
     failed = sensor_tick(pipeline, instance, cursor)
     assert list(failed.dynamic_partitions_requests[0].partition_keys) == [newer_at]
-    marks = json.loads(failed.cursor)
-    assert marks["extract"] == json.loads(cursor)["extract"], "the failed source's watermark stayed put"
+    marks = json.loads(failed.cursor)["watermarks"]
+    assert marks["extract"] == json.loads(cursor)["watermarks"]["extract"], "the failed source's watermark stayed put"
     assert marks["agent_telemetry"] == "2025-01-16T00:00:00Z"
 
     # 2. The process dies after listing, before the result is applied: neither the partitions nor the
