@@ -100,7 +100,7 @@ def session_export(
     with sources.open() as source_set, signavio.destination() as destination:
         outcome = export_batch(
             keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
-            fallback_agent=sources.agent_name, run_id=context.run_id,
+            fallback_agent=sources.agent_name, run_id=context.run.run_id,
             is_live=lambda rid: (run := context.instance.get_run_by_id(rid)) is not None and not run.is_finished,
             alphabet_limit=monitoring.activity_alphabet_limit,
         )

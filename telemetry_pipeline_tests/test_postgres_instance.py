@@ -195,8 +195,9 @@ def test_run_bookkeeping_sets_what_a_run_records(
     assert EMIT not in os.environ and BATCH not in os.environ, "the CLI's Dagster settings end with its command"
     key = dg.AssetKey("signavio_export")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        planned = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
-                                                                   asset_key=key))
+        runs = instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))
+        planned = [entry for run in runs for entry in instance.all_logs(
+            run.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)]
         assert len(planned) == planned_per_run  # full: one per session, written by the storage as one batch
         keys = instance.get_dynamic_partitions("agent_sessions")
         status = instance.get_status_by_partition(key, keys, dg.DynamicPartitionsDefinition(name="agent_sessions"))
