@@ -6,7 +6,7 @@
                        by the hash of all keys, so it is rebuilt from the whole history), then once more (cached)
   floor_ms_per_session one export run over `--new` new partitions with a body that does nothing but report
                        (bench/floor.py's asset): Dagster's part of the cost per exported session
-  pending_s            the pending-key computation the CLI and the schedule do (`get_materialized_partitions`)
+  pending_s            the pending-key computation the CLI and the schedule do (`history.pending_keys`)
 
 History is written in bulk: materialisations of signavio_export (the same metadata our runs write), with a planned
 event before each under `--bookkeeping full` (the default, as our runs write them), each chunk of 5,000 under a run
@@ -52,7 +52,7 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import export_nothing
 
-from telemetry_pipeline.history import export_records
+from telemetry_pipeline.history import export_records, pending_keys
 from telemetry_pipeline.instance import dagster_settings
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.partitions import batched_ranges
@@ -159,6 +159,12 @@ def _planned_event(key: str, timestamp: float, run_id: str) -> EventLogEntry:
                          dagster_event=event)
 
 
+def _run_event(kind: DagsterEventType, timestamp: float, run_id: str) -> EventLogEntry:
+    """A run's start or end: retention finds a run's records between the two."""
+    return EventLogEntry(error_info=None, level=logging.DEBUG, user_message="", run_id=run_id, timestamp=timestamp,
+                         dagster_event=DagsterEvent(event_type_value=kind.value, job_name=EXPORT_JOB))
+
+
 def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: int, t0: float, planned: bool) -> None:
     """Keys `first`..`last`-1 exported (key i at t0 + i seconds), a run per chunk; the newest `known` are partitions.
     `planned`: each run also wrote a planned event per session before its materialisations (RUN_BOOKKEEPING=full)."""
@@ -170,6 +176,7 @@ def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: i
         batches = [[_history_event(k, t0 + i, run.run_id) for i, k in enumerate(keys, begin)]]
         if planned:
             batches.insert(0, [_planned_event(k, t0 + i - 0.5, run.run_id) for i, k in enumerate(keys, begin)])
+        storage.store_event(_run_event(DagsterEventType.RUN_START, t0 + begin - 1, run.run_id))
         for events in batches:
             if isinstance(storage, PostgresEventLogStorage):
                 storage.store_event_batch(events)
@@ -181,6 +188,7 @@ def _write_history(instance: dg.DagsterInstance, first: int, last: int, known: i
                     ids = [row[0] for row in conn.execute(insert.returning(SqlEventLogStorageTable.c.id))]
                     storage._store_asset_event_tags(conn, events, ids)
                     storage._store_asset_event(conn, events[-1], ids[-1])
+        storage.store_event(_run_event(DagsterEventType.RUN_SUCCESS, t0 + begin + len(keys), run.run_id))
         kept = [k for i, k in enumerate(keys, begin) if i >= last - known]
         instance.add_dynamic_partitions(AGENT_SESSIONS, kept)
     partitions = instance.get_dynamic_partitions(AGENT_SESSIONS)
@@ -230,11 +238,10 @@ def _measure(instance: dg.DagsterInstance, new: int, tag: str) -> dict[str, floa
             result = execute_dagster_graphql(context, STATUS_QUERY, query)
             figures[label] = round(time.perf_counter() - start, 2)
             assert not result.errors, result.errors
-    start = time.perf_counter()
-    done = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY)
-    figures["pending_s"] = round(time.perf_counter() - start, 2)
     keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
-    pending = [k for k in keys if k not in done]
+    start = time.perf_counter()
+    pending = pending_keys(instance, keys)
+    figures["pending_s"] = round(time.perf_counter() - start, 2)
     job = dg.Definitions(assets=[export_nothing], jobs=[dg.define_asset_job(EXPORT_JOB, selection=[export_nothing])])
     resolved = job.resolve_job_def(EXPORT_JOB)
     start = time.perf_counter()

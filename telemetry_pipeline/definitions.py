@@ -7,7 +7,6 @@ import dagster as dg
 
 from telemetry_pipeline import names
 from telemetry_pipeline.assets import STAGE_SPECS, discovered_sessions, process_overview, session_export
-from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 from telemetry_pipeline.schedules import build_hourly_export_schedule, build_retention_schedule, retention_job
 from telemetry_pipeline.sensors import build_new_sessions_sensor
@@ -21,8 +20,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     export_assets = session_export.with_attributes(backfill_policy=backfill)
     export_sessions = dg.define_asset_job(
         names.EXPORT_JOB,
-        selection=dg.AssetSelection.assets(export_assets),
-        partitions_def=agent_sessions,
+        selection=dg.AssetSelection.assets(export_assets),  # partitioned by agent_sessions, as the job is
         description="raw_telemetry -> signavio_export for a set of sessions (a contiguous range per run).",
     )
     return dg.Definitions(

@@ -1,27 +1,53 @@
 """Export status read from Dagster's materialisation history of `signavio_export`: the record of a session's
 export while the run that wrote it exists (retention archives the records of the runs it deletes in the
-warehouse, `export_archive`, which `status` reads for the keys Dagster no longer has)."""
+warehouse, `export_archive`, which `status` reads for the keys Dagster no longer has).
+
+Only public instance reads (partition status, `fetch_materializations`, `fetch_run_status_changes`): they are
+what Dagster keeps working across releases."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import dagster as dg
 
+from telemetry_pipeline.names import AGENT_SESSIONS
 from telemetry_pipeline.names import SIGNAVIO_EXPORT_KEY as EXPORT_KEY
+from telemetry_pipeline.partitions import agent_sessions
 from telemetry_pipeline.warehouse import Warehouse
 from telemetry_pipeline.warehouse.schema import ExportRecord
 
 _PAGE = 1000
 
 
-def exported_keys(instance: dg.DagsterInstance) -> set[str]:
-    return set(instance.get_materialized_partitions(EXPORT_KEY))
+_RunEvent = Literal[
+    dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
+    dg.DagsterEventType.RUN_CANCELED,
+]
+_RUN_ENDS: tuple[_RunEvent, ...] = (
+    dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED
+)
+# A later attempt that failed or is running hides an earlier export in Dagster's partition status.
+_HIDING = (dg.AssetPartitionStatus.FAILED, dg.AssetPartitionStatus.IN_PROGRESS)
 
 
-def pending_keys(instance: dg.DagsterInstance, all_keys: Iterable[str]) -> list[str]:
-    done = exported_keys(instance)
+def exported_keys(instance: dg.DagsterInstance, keys: Sequence[str] | None = None) -> set[str]:
+    """Which of `keys` (default: every known session) were exported at least once. Dagster's partition status
+    says MATERIALIZED only while the latest attempt succeeded: a session re-exported by a run that failed, or
+    that is running, had its rows confirmed all the same, so those few are looked up in the history."""
+    keys = instance.get_dynamic_partitions(AGENT_SESSIONS) if keys is None else keys
+    status = instance.get_status_by_partition(EXPORT_KEY, keys, agent_sessions)
+    if status is None:  # Dagster has no status for the asset: nothing was ever recorded for it
+        return set(latest_exports(instance, keys))
+    done = {k for k, s in status.items() if s == dg.AssetPartitionStatus.MATERIALIZED}
+    return done | set(latest_exports(instance, [k for k, s in status.items() if s in _HIDING]))
+
+
+def pending_keys(instance: dg.DagsterInstance, all_keys: Sequence[str]) -> list[str]:
+    done = exported_keys(instance, all_keys)
     return [k for k in all_keys if k not in done]
 
 
@@ -51,10 +77,56 @@ def export_records(instance: dg.DagsterInstance, warehouse: Warehouse, keys: Seq
     return records | warehouse.archived_exports(unknown) if unknown else records
 
 
-def run_exports(instance: dg.DagsterInstance, run_id: str) -> list[ExportRecord]:
-    """The sessions one run exported (its materialisations of `signavio_export`)."""
-    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return [r for r in map(_record, entries) if r is not None]
+@dataclass(frozen=True)
+class RunSpan:
+    """Where a run's events are in the event log: after its start event, before its end event (None: not
+    ended, or the end event is missing)."""
+
+    run_id: str
+    start_id: int
+    end_id: int | None
+
+
+def run_spans(instance: dg.DagsterInstance, run_ids: Collection[str]) -> dict[str, RunSpan]:
+    """The span of each of `run_ids` that started, from the run status events (one indexed read a page; a few
+    events a run)."""
+    starts = _run_event_ids(instance, dg.DagsterEventType.RUN_START, run_ids)
+    ends: dict[str, int] = {}
+    for event_type in _RUN_ENDS:
+        ends.update(_run_event_ids(instance, event_type, run_ids))
+    return {run_id: RunSpan(run_id, start, ends.get(run_id)) for run_id, start in starts.items()}
+
+
+def run_exports(instance: dg.DagsterInstance, span: RunSpan) -> list[ExportRecord]:
+    """The sessions one run exported: the materialisations of `signavio_export` within its span that it
+    wrote (a run that overlapped it wrote the others)."""
+    exports: list[ExportRecord] = []
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=EXPORT_KEY, after_storage_id=span.start_id, before_storage_id=span.end_id
+    )
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(records_filter, limit=_PAGE, cursor=cursor, ascending=True)
+        exports += [r for r in map(_record, (x.event_log_entry for x in page.records if x.run_id == span.run_id))
+                    if r is not None]
+        if not page.has_more:
+            return exports
+        cursor = page.cursor
+
+
+def _run_event_ids(instance: dg.DagsterInstance, event_type: _RunEvent, run_ids: Collection[str]) -> dict[str, int]:
+    """Run id -> storage id of its `event_type` event, for those of `run_ids` that have one. (No job filter:
+    the OSS storages refuse or ignore `job_names`.)"""
+    found: dict[str, int] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_run_status_changes(event_type, limit=_PAGE, cursor=cursor, ascending=True)
+        for record in page.records:
+            if record.run_id in run_ids:
+                found.setdefault(record.run_id, record.storage_id)
+        if not page.has_more:
+            return found
+        cursor = page.cursor
 
 
 def _record(entry: dg.EventLogEntry) -> ExportRecord | None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from telemetry_pipeline.history import run_exports
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.history import latest_exports, run_exports, run_spans
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB
 from telemetry_pipeline.warehouse import Warehouse
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -33,20 +33,12 @@ class RetentionOutcome:
 
 
 def prunable_keys(instance: dg.DagsterInstance, older_than_days: float, now: dt.datetime | None = None) -> list[str]:
-    """Known keys whose latest export is older than the cut-off: materialised before the first export after it,
-    and not since. Two reads of keys by storage id (no event is decoded), whatever the history's size."""
+    """Known keys whose latest export is older than the cut-off (a pending key has none: it is never pruned).
+    Reads the export history of the known keys only, not of the sessions pruned before."""
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=older_than_days)
-    first_after = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=SIGNAVIO_EXPORT_KEY, after_timestamp=cutoff.timestamp()), limit=1,
-        ascending=True,
-    ).records
-    if first_after:
-        boundary = first_after[0].storage_id
-        before = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY, before_cursor=boundary)
-        before -= instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY, after_cursor=boundary - 1)
-    else:
-        before = instance.get_materialized_partitions(SIGNAVIO_EXPORT_KEY)
-    return [k for k in instance.get_dynamic_partitions(AGENT_SESSIONS) if k in before]
+    known = instance.get_dynamic_partitions(AGENT_SESSIONS)
+    latest = latest_exports(instance, known)
+    return [k for k in known if k in latest and latest[k].exported_at < cutoff]
 
 
 def apply_retention(
@@ -61,11 +53,15 @@ def apply_retention(
         instance.delete_dynamic_partition(AGENT_SESSIONS, key)
     known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
     cutoff = (now - dt.timedelta(days=older_than_days)).timestamp()
-    for run in instance.get_run_records(dg.RunsFilter(job_name=EXPORT_JOB, statuses=FINISHED)):
-        if run.end_time is not None and run.end_time >= cutoff:
-            continue  # what it exported is too recent to be pruned; so is a failed run
+    runs = [run for run in instance.get_run_records(dg.RunsFilter(job_name=EXPORT_JOB, statuses=FINISHED))
+            # what a run that ended since exported is too recent to be pruned; so is a failed run
+            if run.end_time is None or run.end_time < cutoff]
+    spans = run_spans(instance, {run.dagster_run.run_id for run in runs})
+    for run in runs:
         run_id = run.dagster_run.run_id
-        records = run_exports(instance, run_id)
+        if run_id not in spans:
+            continue  # no start event: where its records are is unknown, so it is kept, never deleted unread
+        records = run_exports(instance, spans[run_id])
         if any(r.session_key in known for r in records):
             continue  # it holds the record of a session the UI still shows
         warehouse.archive_exports(records)  # first: a crash in between leaves a record twice, never none

@@ -28,7 +28,6 @@ from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
 from telemetry_pipeline_tests.shared import shared_path
 
 TOKEN = "agora-s3cret-token-value"
-FIXTURE = shared_path("fixtures", "otlp-trace-example.json")
 EXPORT = dg.AssetKey("signavio_export")
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
@@ -643,7 +642,7 @@ def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path,
 def test_otlp_reference_example_exports_from_default_inbox(pipeline: Pipeline, only_new_sources: Path):
     home = only_new_sources
     (home / "inbox").mkdir(parents=True)
-    shutil.copy(FIXTURE, home / "inbox" / "example.json")
+    shutil.copy(shared_path("fixtures", "otlp-trace-example.json"), home / "inbox" / "example.json")
     environment = pipeline.environment()
     assert "OTLP_INBOX_DIR" not in environment
     pipeline.settings = from_environment(environment)  # no OTLP_INBOX_DIR: <home>/inbox is used

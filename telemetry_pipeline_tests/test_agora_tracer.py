@@ -8,13 +8,11 @@ import json
 from telemetry_pipeline.canonical.agora_tracer import TracerSpan, fold
 from telemetry_pipeline_tests.shared import shared_path
 
-EXPORTS = shared_path("real-telemetry", "agora", "exports")
-
 
 def export_trace(file: str, trace_id: str) -> list[TracerSpan]:
     """The spans of one trace in Agora's local export, as written (no ids; the time is the write time)."""
     spans = []
-    for line in (EXPORTS / file).read_text().splitlines():
+    for line in shared_path("real-telemetry", "agora", "exports", file).read_text().splitlines():
         record = json.loads(line)
         if record["trace_id"] == trace_id:
             at = dt.datetime.fromisoformat(record["timestamp"]).replace(tzinfo=dt.UTC)

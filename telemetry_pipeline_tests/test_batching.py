@@ -8,7 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from telemetry_pipeline.partitions import batched_ranges
+from telemetry_pipeline.history import pending_keys
+from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.retention import apply_retention, prunable_keys
 from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
@@ -92,6 +93,22 @@ def test_hourly_schedule_exports_pending_and_previously_failed(
     assert [r.asset_selection for r in left] == [[dg.AssetKey("process_overview")]], "nothing left to export"
     _code, out = pipeline.cli("discover")
     assert out["new_count"] == 0, "the schedule's pass moved the same watermarks the asset uses"
+
+
+def test_a_failed_re_export_leaves_the_session_exported(
+    pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    """Dagster's partition status shows the latest attempt: FAILED after a failed re-export, though Signavio
+    still holds the rows it confirmed the first time. The session stays exported, not pending."""
+    key = source_double.add_good("extract", "twice")
+    assert pipeline.cli("export", key)[0] == 0
+    source_double.fail("extract", "twice", 503)
+    code, out = pipeline.cli("export", "--force", key)
+    assert code == 1 and out["failed_count"] == 1, out
+    assert instance.get_status_by_partition(EXPORT, [key], agent_sessions) == {key: dg.AssetPartitionStatus.FAILED}
+    assert pending_keys(instance, [key]) == []
+    assert pipeline.cli("export", key)[1]["results"] == [{"session_id": key, "status": "skipped"}]
+    assert pipeline.cli("sessions", "--pending")[1] == []
 
 
 def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline: Pipeline,

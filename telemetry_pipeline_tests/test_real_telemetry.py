@@ -34,7 +34,7 @@ from telemetry_pipeline.settings import HttpSettings, Settings, SourcesSettings,
 from telemetry_pipeline_tests.conftest import uploads_by_table
 from telemetry_pipeline_tests.shared import shared_path
 
-CORPUS = shared_path("real-telemetry")
+CORPUS = shared_path("real-telemetry")  # every test here reads it: missing, the module is skipped
 EXTRACT_SAMPLE = CORPUS / "amodels" / "extract_agent_metrics_response_from_generate_test_extract_go.json"
 EXTRACT_SESSION = "test-session-1762775872"
 NO_PAYLOADS = "test-session-no-payloads"

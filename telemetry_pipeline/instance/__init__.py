@@ -44,13 +44,24 @@ MEASURED_ON = ((1, 13), (1, 14))  # Dagster versions the knobs were measured on:
 EVENT_BATCH_SIZE = 1000  # at least a run's planned events (EXPORT_BATCH_SIZE sessions + 4 checks) in one batch
 
 
+class UnmeasuredDagsterVersion(RuntimeError):
+    """The knobs are internal: another Dagster release may read them differently or not at all, and dropping
+    them quietly would change what a run records (and what it costs) without anyone noticing."""
+
+
 def dagster_environment(bookkeeping: str, version: str = DAGSTER_VERSION) -> dict[str, str]:
-    """The Dagster environment variables `RUN_BOOKKEEPING` stands for (none outside the measured versions)."""
+    """The Dagster environment variables `RUN_BOOKKEEPING` stands for; refused outside the measured versions."""
     if bookkeeping not in BOOKKEEPING_MODES:
         raise ValueError(f"RUN_BOOKKEEPING must be one of {', '.join(BOOKKEEPING_MODES)}, not {bookkeeping!r}")
     major_minor = tuple(int(part) for part in version.split(".")[:2])
     if not MEASURED_ON[0] <= major_minor < MEASURED_ON[1]:
-        return {}
+        measured = ".".join(map(str, MEASURED_ON[0]))
+        raise UnmeasuredDagsterVersion(
+            f"Dagster {version} is installed, but RUN_BOOKKEEPING sets Dagster's internal settings "
+            f"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS and DAGSTER_EVENT_BATCH_SIZE, measured on Dagster "
+            f"{measured} only: check that this release still reads them the same way (test_postgres_instance.py) "
+            f"and widen MEASURED_ON in {__name__}, or install Dagster {measured}"
+        )
     return {
         "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true" if bookkeeping == "lean" else "false",
         "DAGSTER_EVENT_BATCH_SIZE": str(EVENT_BATCH_SIZE),
