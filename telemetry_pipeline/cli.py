@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="with --pending: only this source")
     p.add_argument("--dataset", help="table-name prefix for this export (default SIGNAVIO_DATASET)")
     p.add_argument("--force", action="store_true", help="export again even if already exported")
+    p.add_argument("--register", action="store_true", help="keep keys registered in agent_sessions even when their "
+                   "source has no such session (by default such a key, a typo most likely, is removed again)")
     p.add_argument("--wait", action="store_true", help="sessions another run holds: wait until it releases "
                    "them or its claim lapses, then export them (those it exported meanwhile are skipped)")
     p.add_argument("--wait-timeout", type=float, default=float("inf"), metavar="SECONDS",
@@ -175,6 +177,8 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         run_config = {"ops": {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}} if args.dataset else None
         exporter = _Exporter(job, instance, run_config, args.settings.batch_size)
         results.update(exporter.export([k for k in valid if k not in results]))
+        if register and not args.register:  # a typo must not leave a partition behind, red for ever
+            _unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)
         liveness = RunLiveness(instance)
         deadline = time.monotonic() + args.wait_timeout
         while args.wait and (held := [k for k in keys if "held_by" in results[k]]):
@@ -207,12 +211,21 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     }, code
 
 
+def _unregister_unknown(instance: dg.DagsterInstance, keys: list[str], results: dict[str, dict[str, Any]]) -> None:
+    """Remove the keys this command registered whose source answered that it has no such session."""
+    for key in keys:
+        instance.delete_dynamic_partition(AGENT_SESSIONS, key)
+        results[key]["error"] = (f"not registered: {results[key]['error']} "
+                                 "(`export --register` keeps a key its source does not know)")
+
+
 class _Exporter:
     """Runs `export_sessions` over keys in batched runs, in this process, and reads each key's outcome."""
 
     def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any] | None,
                  batch_size: int) -> None:
         self.job, self.instance, self.run_config, self.batch_size = job, instance, run_config, batch_size
+        self.not_found: set[str] = set()  # keys whose source has no such session
 
     def export(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         from telemetry_pipeline.partitions import batched_ranges
@@ -227,7 +240,8 @@ class _Exporter:
                     instance=self.instance, tags=key_range.tags, run_config=self.run_config, raise_on_error=False
                 )
                 bar.update(len(key_range.keys))
-                failed, whole_run_error = _failed_sessions(result)
+                failed, whole_run_error, not_found = _failed_sessions(result)
+                self.not_found.update(not_found)
                 confirmed, in_flight = _run_outcome(result)
                 for key in key_range.keys:
                     error = whole_run_error or failed.get(key)
@@ -294,17 +308,19 @@ def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str,
     return confirmed, in_flight
 
 
-def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None]:
-    """(per-session errors, None), or ({}, the run's error) when the step died before any per-session
-    outcome existed, in which case every session of the run failed with it."""
+def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
+    """(per-session errors, None, the keys their source does not have), or ({}, the run's error, []) when the
+    step died before any per-session outcome existed, in which case every session of the run failed with it."""
     if result.success:
-        return {}, None
+        return {}, None, []
     for event in result.all_events:
         data = event.step_failure_data if event.is_step_failure else None
         user = data.user_failure_data if data else None
         if user and "failed_sessions" in user.metadata:
-            return cast(dict[str, str], user.metadata["failed_sessions"].value), None
-    return {}, _run_error(result)
+            not_found = user.metadata.get("sessions_not_found")
+            return (cast(dict[str, str], user.metadata["failed_sessions"].value), None,
+                    cast(list[str], not_found.value) if not_found else [])
+    return {}, _run_error(result), []
 
 
 def _run_error(result: dg.ExecuteInProcessResult) -> str:
@@ -329,16 +345,18 @@ def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 
     with open_instance(args.settings) as instance:
         records = export_records(instance, configured_warehouse(args.settings), list(args.keys))
+        known = set(instance.get_dynamic_partitions(AGENT_SESSIONS)) | set(records)
     return [
         {
             "session_id": key,
+            "known": key in known,  # not known: never registered (a typo?), exit 1
             "exported": key in records,
             "exported_at": records[key].exported_at.isoformat() if key in records else None,
             "execution_id": records[key].execution_id if key in records else None,
             "ingestion_status": records[key].ingestion_status if key in records else None,
         }
         for key in args.keys
-    ], EXIT_OK
+    ], _code(known.issuperset(args.keys))
 
 
 def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:

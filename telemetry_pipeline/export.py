@@ -36,6 +36,7 @@ class BatchOutcome:
     rendered: list[str] = field(default_factory=list)  # in this batch's CSV uploads
     exported: list[str] = field(default_factory=list)  # destination confirmed both tables
     failures: dict[str, str] = field(default_factory=dict)  # key -> what failed, where
+    not_found: list[str] = field(default_factory=list)  # failed: their source has no such session
     in_flight: dict[str, str] = field(default_factory=dict)  # key -> run exporting it now (left alone)
     loads: list[LoadResult] = field(default_factory=list)
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (runs rows, events rows)
@@ -96,6 +97,7 @@ def _export(
     with _timed(out.timings, "fetch"):
         fetched = sources.fetch_many(keys)
     out.failures.update({k: f"fetch: {e}" for k, e in fetched.errors.items()})
+    out.not_found = fetched.not_found
     with _timed(out.timings, "store_raw"):
         warehouse.store_raw(fetched.raw)
     out.stored = [r.key for r in fetched.raw]

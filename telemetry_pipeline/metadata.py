@@ -153,7 +153,8 @@ def batch_failure(out: BatchOutcome) -> dg.Failure:
     return dg.Failure(
         description=f"{len(out.failures)} of {len(out.keys)} sessions failed "
         f"({len(out.exported)} exported):\n{lines}{more}",
-        metadata={"failed_sessions": dg.MetadataValue.json(dict(listed))},
+        metadata={"failed_sessions": dg.MetadataValue.json(dict(listed)),
+                  "sessions_not_found": dg.MetadataValue.json(sorted(out.not_found))},
         allow_retries=False,
     )
 

@@ -156,8 +156,10 @@ def test_retention_keeps_a_run_while_it_exported_a_session_still_known(pipeline:
     assert out.pruned_keys == [second] and sorted(out.deleted_runs) == sorted([newer, older])
     archived = warehouse.archived_exports([first, second])
     assert (archived[first].run_id, archived[second].run_id) == (older, newer), "each session's newest export"
-    _code, status = pipeline.cli("status", first, second, "extract:never")
+    code, status = pipeline.cli("status", first, second, "extract:never")
     assert [s["exported"] for s in status] == [True, True, False]
+    assert [s["known"] for s in status] == [True, True, False], "pruned keys are known through the archive"
+    assert code == 1
 
 
 def test_retention_schedule_is_off_by_default(pipeline: Pipeline, home: Path):

@@ -128,8 +128,10 @@ def test_bad_payloads_fail_alone_and_keep_raw(
     assert "not valid JSON" in by_key[not_json]["error"] and not_json in by_key[not_json]["error"]
     assert 'no "events" list' in by_key[no_events]["error"]
     assert "timestamp" in by_key[bad_time]["error"] and "yesterday-ish" in by_key[bad_time]["error"]
-    assert "no such session" in by_key[missing]["error"]
+    assert by_key[missing]["error"].startswith("not registered: ") and "no such session" in by_key[missing]["error"]
     assert out["exported_count"] == 2 and out["failed_count"] == 4
+    known = instance.get_dynamic_partitions("agent_sessions")
+    assert missing not in known and not_json in known, "a key its source does not know (a typo): removed again"
 
     assert instance.get_materialized_partitions(EXPORT) == {good, unknown}
     raw = instance.get_latest_materialization_event(dg.AssetKey("raw_telemetry")).asset_materialization
@@ -183,13 +185,17 @@ def test_status_and_sessions_survive_a_restart(
 
     # a new process reading the same home
     env = pipeline.environment()
-    proc = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "status", done, pending],
-                          capture_output=True, text=True, env=env, check=True, timeout=120)
+    typo = "extract:d0ne"
+    proc = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "status", done, pending, typo],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, "a key nobody registered (a typo?) is not a plain 'not exported'"
     status = {s["session_id"]: s for s in json.loads(proc.stdout)}
     assert status[done]["exported"] is True and status[done]["ingestion_status"] == "OUTBOX"
     assert status[done]["execution_id"] in {p.name for p in outbox_uploads(home)}
-    assert status[pending] == {"session_id": pending, "exported": False, "exported_at": None,
+    assert status[pending] == {"session_id": pending, "known": True, "exported": False, "exported_at": None,
                                "execution_id": None, "ingestion_status": None}
+    assert status[typo]["known"] is False and status[typo]["exported"] is False
+    assert status[done]["known"] is True
 
     code, rows = pipeline.cli("sessions", "--pending")
     assert [r["session_id"] for r in rows] == [pending]

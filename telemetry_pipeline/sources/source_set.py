@@ -11,7 +11,7 @@ from types import TracebackType
 
 from telemetry_pipeline.http import make_client
 from telemetry_pipeline.settings import SourcesSettings
-from telemetry_pipeline.sources.base import RawSession, SessionRef, SharedHttp, Source, SourceError
+from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, Source, SourceError
 from telemetry_pipeline.sources.otlp.source import OtlpSource
 from telemetry_pipeline.sources.registry import REGISTRY, SOURCES, parse_key
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 class FetchResult:
     raw: list[RawSession]
     errors: dict[str, str]  # key -> what went wrong, for the keys that could not be fetched
+    not_found: list[str]  # of those, the ones their source answered it does not have
 
 
 class SourceSet:
@@ -54,25 +55,28 @@ class SourceSet:
     def fetch_many(self, keys: Iterable[str]) -> FetchResult:
         """Fetch every key, at most `fetch_concurrency` at once. One failure never stops the others."""
 
-        def fetch_one(key: str) -> RawSession | str:
+        def fetch_one(key: str) -> RawSession | Exception:
             try:
                 source_name, session_id = parse_key(key)
                 return self.get(source_name).fetch(session_id)
             except (SourceError, ValueError) as exc:
-                return str(exc)
+                return exc
 
         keys = list(keys)
         raw: list[RawSession] = []
         errors: dict[str, str] = {}
+        not_found: list[str] = []
         with ThreadPoolExecutor(
             max_workers=max(1, self.settings.fetch_concurrency), thread_name_prefix="fetch"
         ) as pool:
             for key, outcome in zip(keys, pool.map(fetch_one, keys), strict=True):
-                if isinstance(outcome, str):
-                    errors[key] = outcome
+                if isinstance(outcome, Exception):
+                    errors[key] = str(outcome)
+                    if isinstance(outcome, SessionNotFound):
+                        not_found.append(key)
                 else:
                     raw.append(outcome)
-        return FetchResult(raw, errors)
+        return FetchResult(raw, errors, not_found)
 
     def unreadable_files(self) -> dict[str, str]:
         """The inbox's files with nothing readable in them (path -> why): reported, never silently ignored."""
