@@ -14,6 +14,8 @@ from telemetry_pipeline.canonical import activity, model
 from telemetry_pipeline.canonical.pairing import ToolEvent, pair_tool_calls
 from telemetry_pipeline.canonical.time import epoch_sql_macro, to_utc
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 
 @pytest.fixture
 def con() -> duckdb.DuckDBPyConnection:

@@ -18,6 +18,8 @@ from telemetry_pipeline.settings import (
     to_environment,
 )
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 
 def test_the_environment_is_read_once_into_typed_settings(tmp_path: Path):
     settings = from_environment({
