@@ -25,10 +25,16 @@ TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
 USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
-# Ids as they turn up in span names: UUIDs, long hex (trace/span ids, hashes), long digit runs.
+# Ids as they turn up in labels: UUIDs, long hex holding a digit (trace/span ids, hashes), runs of 6+ digits, inside
+# a word too (`order1234567`). One rule: span names have them replaced, the `activity_alphabet` check looks for them.
 _ID_LIKE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-                      r"|\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{16,}\b|\b\d{6,}\b")
+                      r"|(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{16,}|[0-9]{6,}")
 _BLANKS = " \t\n\r\v\f"
+
+
+def looks_like_id(label: str) -> bool:
+    """Whether `label` holds an id (an activity that does splits the process map into one activity per case)."""
+    return _ID_LIKE.search(label) is not None
 
 
 def humanize(label: Any) -> str:
