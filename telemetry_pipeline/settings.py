@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telemetry_pipeline.http import RetryPolicy, parse_duration
+from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+from telemetry_pipeline.warehouse.base import DEFAULT_LEASE_SECONDS
 
 DEFAULT_HOME = "./.telemetry_pipeline"
-DEFAULT_DATASET = "agent_telemetry"
 MB = 1024 * 1024
 
 # Every variable, named once (README "Configuration" documents each).
@@ -75,8 +76,8 @@ class HttpSettings:
     """How one kind of outbound call behaves: per-request timeout and bounded retries."""
 
     timeout: float = 30.0  # seconds
-    max_retries: int = 3
-    retry_wait_initial: float = 0.5  # seconds; doubles per attempt, with jitter
+    max_retries: int = RetryPolicy.max_retries
+    retry_wait_initial: float = RetryPolicy.wait_initial  # seconds; doubles per attempt, with jitter
 
     @property
     def retry(self) -> RetryPolicy:
@@ -126,7 +127,7 @@ class WarehouseSettings:
     a password: a secret), else the DuckDB file under the home."""
 
     url: Secret | None = None
-    lease_seconds: float = 60.0  # a run's claim on a session lasts this long unless the run renews it
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a run's claim on a session lasts this long unless renewed
 
     def check(self) -> None:
         from telemetry_pipeline.warehouse.postgres_store import is_postgres_url
