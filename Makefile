@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOME_DIR := $(abspath $(or $(TELEMETRY_PIPELINE_HOME),.telemetry_pipeline))
 SIM_PORT ?= 8765
 
-.PHONY: run deploy test lint install dev bench clean
+.PHONY: run deploy test test-fast lint install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The quick subset (`fast` marker: the model, the clients, batching, one export end to end); under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -q -m fast
 
 bench: install
 	$(BIN)/python bench/run.py

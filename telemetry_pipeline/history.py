@@ -22,7 +22,6 @@ from telemetry_pipeline.warehouse.schema import ExportRecord
 
 _PAGE = 1000
 
-
 _RunEvent = Literal[
     dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
     dg.DagsterEventType.RUN_CANCELED,
@@ -107,8 +106,10 @@ def run_exports(instance: dg.DagsterInstance, span: RunSpan) -> list[ExportRecor
     cursor = None
     while True:
         page = instance.fetch_materializations(records_filter, limit=_PAGE, cursor=cursor, ascending=True)
-        exports += [r for r in map(_record, (x.event_log_entry for x in page.records if x.run_id == span.run_id))
-                    if r is not None]
+        for record in page.records:
+            export = _record(record.event_log_entry) if record.run_id == span.run_id else None
+            if export is not None:
+                exports.append(export)
         if not page.has_more:
             return exports
         cursor = page.cursor

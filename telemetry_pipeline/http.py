@@ -31,7 +31,7 @@ class RetryPolicy:
     """Bounded retries: `max_retries` extra attempts after the first, waits capped by `wait_max`."""
 
     max_retries: int = 3
-    wait_initial: float = 0.2
+    wait_initial: float = 0.5  # seconds: HTTP_RETRY_WAIT_INITIAL's default
     wait_max: float = 10.0
     wait_jitter: float | None = None  # random extra wait per attempt; default: as large as wait_initial
     retry_after_cap: float = 60.0

@@ -11,9 +11,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-#: An activity label that holds something id-like makes the process map explode into one activity
-#: per case: a UUID, a long hex or digit run, or the case's own id.
-_ID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}|[0-9a-fA-F]{16,}|[0-9]{6,}"
+from telemetry_pipeline.canonical.activity import looks_like_id
+
 SAMPLE = 5  # offending values named in a check's metadata
 
 EVENT_ID_UNIQUE = "event_id_unique"
@@ -83,12 +82,13 @@ def _times_valid(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
 
 def _alphabet(con: duckdb.DuckDBPyConnection, limit: int) -> CheckOutcome:
     (distinct,) = _row(con, "SELECT count(DISTINCT activity) FROM up_events")
-    id_like = _column(
-        con,
-        "SELECT DISTINCT activity FROM up_events WHERE regexp_matches(activity, $pattern) "
-        "OR (length(case_id) >= 4 AND contains(activity, case_id)) ORDER BY activity LIMIT $n",
-        {"pattern": _ID_PATTERN, "n": SAMPLE},
-    )
+    # An activity that holds an id (the rule activity names are made by) or its case's own id makes the process
+    # map explode into one activity per case.
+    labels = _column(con, "SELECT DISTINCT activity FROM up_events WHERE activity IS NOT NULL")
+    holding_case = set(_column(
+        con, "SELECT DISTINCT activity FROM up_events WHERE length(case_id) >= 4 AND contains(activity, case_id)"
+    ))
+    id_like = sorted(a for a in labels if a in holding_case or looks_like_id(a))[:SAMPLE]
     return CheckOutcome(
         ACTIVITY_ALPHABET, distinct <= limit and not id_like,
         {"distinct_activities": distinct, "limit": limit, "id_like_sample": id_like},

@@ -41,12 +41,13 @@ class SourcesResource(dg.ConfigurableResource):
     agora_url: str | None = None
     agora_token: str | None = Field(default=None, description="secret: bound with EnvVar")
     otlp_dir: str | None = None
-    timeout_seconds: float = 30.0
-    max_retries: int = 3
-    retry_wait_initial: float = 0.5
-    fetch_concurrency: int = 16
-    settle_seconds: float = 0.0
-    agent_name: str = "agent"
+    # Defaults: the settings' own (the resource is built from them; these matter only in hand-written config).
+    timeout_seconds: float = HttpSettings.timeout
+    max_retries: int = HttpSettings.max_retries
+    retry_wait_initial: float = HttpSettings.retry_wait_initial
+    fetch_concurrency: int = SourcesSettings.fetch_concurrency
+    settle_seconds: float = SourcesSettings.settle_seconds
+    agent_name: str = SourcesSettings.agent_name
 
     @classmethod
     def from_settings(cls, s: SourcesSettings) -> SourcesResource:
@@ -113,12 +114,12 @@ class SignavioResource(dg.ConfigurableResource):
     api_key: str | None = Field(default=None, description="secret: bound with EnvVar")
     status_url: str | None = Field(default=None, description="status URL template, with {execution_id}")
     dataset: str = Field(description="the table-name prefix")
-    timeout_seconds: float = 30.0
-    max_retries: int = 3
-    retry_wait_initial: float = 0.5
+    timeout_seconds: float = HttpSettings.timeout
+    max_retries: int = HttpSettings.max_retries
+    retry_wait_initial: float = HttpSettings.retry_wait_initial
     tenant_id: str | None = None
-    poll_interval_seconds: float = 1.0
-    poll_deadline_seconds: float = 600.0
+    poll_interval_seconds: float = SignavioSettings.poll_interval
+    poll_deadline_seconds: float = SignavioSettings.poll_deadline
     max_body_bytes: int = Field(description="a table above this is split into several requests")
     outbox_dir: str = Field(description="<home>/outbox")
 

@@ -21,6 +21,7 @@ from telemetry_pipeline.names import (
 from telemetry_pipeline.partitions import batched_ranges
 from telemetry_pipeline.resources import SourcesResource, WarehouseResource
 from telemetry_pipeline.retention import apply_retention
+from telemetry_pipeline.settings import Settings
 
 
 def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
@@ -63,7 +64,7 @@ def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
 
 
 class RetentionConfig(dg.Config):
-    older_than_days: float = 30.0
+    older_than_days: float = Settings.retention_days  # the schedule passes RETENTION_DAYS
 
 
 @dg.op(name=RETENTION_OP, description="Removes partitions of `agent_sessions` exported more than N days ago, "

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telemetry_pipeline.http import RetryPolicy, parse_duration
+from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
 
 DEFAULT_HOME = "./.telemetry_pipeline"
-DEFAULT_DATASET = "agent_telemetry"
 MB = 1024 * 1024
 
 # Every variable, named once (README "Configuration" documents each).
@@ -75,8 +75,8 @@ class HttpSettings:
     """How one kind of outbound call behaves: per-request timeout and bounded retries."""
 
     timeout: float = 30.0  # seconds
-    max_retries: int = 3
-    retry_wait_initial: float = 0.5  # seconds; doubles per attempt, with jitter
+    max_retries: int = RetryPolicy.max_retries
+    retry_wait_initial: float = RetryPolicy.wait_initial  # seconds; doubles per attempt, with jitter
 
     @property
     def retry(self) -> RetryPolicy:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from telemetry_pipeline.canonical.agora_tracer import TracerSpan, fold
 from telemetry_pipeline_tests.shared import shared_path
+
+pytestmark = pytest.mark.fast  # `make test-fast`
 
 
 def export_trace(file: str, trace_id: str) -> list[TracerSpan]:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from telemetry_pipeline.history import pending_keys
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
@@ -18,6 +19,7 @@ from telemetry_pipeline_tests.source_double import SourceDouble
 EXPORT = dg.AssetKey("signavio_export")
 
 
+@pytest.mark.fast
 def test_batched_ranges_are_contiguous_and_bounded():
     keys = [f"extract:{i}" for i in range(10)]
     wanted = {keys[i] for i in (0, 1, 2, 3, 5, 6, 9)}
@@ -31,6 +33,7 @@ def test_batched_ranges_are_contiguous_and_bounded():
     }
 
 
+@pytest.mark.fast
 def test_sensor_requests_one_run_per_batch(pipeline: Pipeline, home: Path, source_double: SourceDouble):
     pipeline.configure(batch_size=4)
     for i in range(10):
@@ -50,6 +53,7 @@ def test_sensor_requests_one_run_per_batch(pipeline: Pipeline, home: Path, sourc
     assert len({r.run_key for r in result.run_requests}) == 3
 
 
+@pytest.mark.fast
 def test_backfill_policy_batches_ui_backfills(pipeline: Pipeline, home: Path):
     pipeline.configure(batch_size=250)
     asset = pipeline.defs().resolve_assets_def(EXPORT)
@@ -162,6 +166,7 @@ def test_retention_keeps_a_run_while_it_exported_a_session_still_known(pipeline:
     assert code == 1
 
 
+@pytest.mark.fast
 def test_retention_schedule_is_off_by_default(pipeline: Pipeline, home: Path):
     schedule = pipeline.defs().resolve_schedule_def("retention_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED

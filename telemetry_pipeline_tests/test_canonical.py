@@ -14,6 +14,8 @@ from telemetry_pipeline.canonical import activity, model
 from telemetry_pipeline.canonical.pairing import ToolEvent, pair_tool_calls
 from telemetry_pipeline.canonical.time import epoch_sql_macro, to_utc
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 
 @pytest.fixture
 def con() -> duckdb.DuckDBPyConnection:
@@ -103,6 +105,16 @@ def test_event_resource_is_one_rule(con: duckdb.DuckDBPyConnection, event_type: 
     assert sql.fetchone()[0] == activity.event_resource(event_type, tool, model_name)
     assert con.execute("SELECT tool_call_activity($t)", {"t": tool}).fetchone()[0] == activity.tool_call_activity(tool)
 
+
+
+@pytest.mark.parametrize(("ended_on_failure", "any_failure", "outcome"), [
+    (True, True, "failed"), (True, False, "failed"), (False, True, "partial"), (False, False, "completed"),
+    (None, None, "completed"),  # SQL: a session with no activities at all
+])
+def test_session_outcome_is_one_rule(con: duckdb.DuckDBPyConnection, ended_on_failure: bool | None,
+                                     any_failure: bool | None, outcome: str) -> None:
+    sql = con.execute("SELECT session_outcome($e, $a)", {"e": ended_on_failure, "a": any_failure}).fetchone()[0]
+    assert sql == activity.session_outcome(bool(ended_on_failure), bool(any_failure)) == outcome
 
 def test_tool_calls_pair_nth_start_with_nth_completion_of_the_same_key() -> None:
     t = [dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s) for s in range(6)]

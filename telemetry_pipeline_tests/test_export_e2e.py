@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from telemetry_pipeline_tests.conftest import Pipeline, outbox_uploads, read_upload, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
@@ -31,6 +32,7 @@ def run_sensor_tick(
     return result, runs
 
 
+@pytest.mark.fast  # one export end to end in the quick subset
 def test_sensor_discovers_and_exports_to_outbox(
     pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
 ):

@@ -10,6 +10,8 @@ import pytest
 from telemetry_pipeline.canonical.activity import span_activity
 from telemetry_pipeline.canonical.genai import GenAI, agent_name, first_int, first_text, operation, span_kind, tool_name
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 LLM_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
     "OpenTelemetry GenAI": ("chat gpt-4o", {
         "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",

@@ -16,6 +16,8 @@ from telemetry_pipeline.loopback import (
     text_reply,
 )
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 
 def app() -> Router:
     router = Router(not_found="nothing here")

@@ -14,6 +14,7 @@ import pytest
 
 from telemetry_pipeline import cli, quality
 from telemetry_pipeline.assets import process_overview
+from telemetry_pipeline.canonical.activity import span_activity
 from telemetry_pipeline.overview import END, START
 from telemetry_pipeline.process_map import draw_process_map
 from telemetry_pipeline.settings import Secret
@@ -72,6 +73,25 @@ def test_cli_export_shows_progress_on_stderr_and_json_on_stdout(
     assert json.loads(captured.out)["exported_count"] == 3, "stdout holds the JSON alone"
     assert re.search(r"3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(session/s|s/session)\]", captured.err), captured.err[-500:]
 
+
+
+@pytest.mark.parametrize("name", [
+    "GET /orders/order1234567", "GET /orders/4f1c9e27b3d84a6e0a1b", "job 123e4567-e89b-12d3-a456-426614174000 done",
+    "span_0123456789abcdef01", "step 20251130", "Sleep 120s", "chat gpt-4o-2024-08-06", "deadbeefcafefacade",
+])
+def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
+    """What the naming leaves in a span's activity passes the check; the check flags exactly what it replaces."""
+
+    def flagged(label: str) -> bool:
+        events = pd.DataFrame({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
+                               "end_time": [None]})
+        (alphabet,) = [o for o in quality.check_upload(pd.DataFrame({"agent_run_id": ["case-1"]}), events, 10)
+                       if o.name == "activity_alphabet"]
+        return bool(alphabet.metadata["id_like_sample"])
+
+    named = span_activity(None, None, None, None, None, None, name)
+    assert not flagged(named), named
+    assert flagged(name) == (named != name), named
 
 def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     runs = pd.DataFrame({"agent_run_id": ["a", "b"]})

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from telemetry_pipeline.http import RetryPolicy
+from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.schedules import RetentionConfig
 from telemetry_pipeline.settings import (
     MB,
     ConfigurationError,
@@ -17,6 +20,9 @@ from telemetry_pipeline.settings import (
     from_environment,
     to_environment,
 )
+from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+
+pytestmark = pytest.mark.fast  # `make test-fast`
 
 
 def test_the_environment_is_read_once_into_typed_settings(tmp_path: Path):
@@ -73,3 +79,19 @@ def test_an_endpoint_without_a_token_is_refused_where_the_destination_is_built()
     settings = from_environment({"SIGNAVIO_API_URL": "https://signavio/ingest"})  # reading alone is fine
     with pytest.raises(ConfigurationError, match="SIGNAVIO_API_KEY"):
         settings.signavio.check()
+
+
+def test_each_default_is_declared_once_so_every_way_in_agrees(tmp_path: Path):
+    """A client built without settings, a resource written by hand in run config, the retention job launched
+    from the UI and the environment's defaults all behave the same (README, Configuration)."""
+    assert HttpSettings().retry == RetryPolicy(), "HTTP_RETRY_WAIT_INITIAL 0.5, 3 retries"
+    assert SourcesResource.from_settings(SourcesSettings()).model_dump() == SourcesResource().model_dump()
+    built = SignavioResource.from_settings(SignavioSettings(), tmp_path)
+    by_hand = SignavioResource(dataset=DEFAULT_DATASET, max_body_bytes=built.max_body_bytes,
+                               outbox_dir=built.outbox_dir)
+    assert built.model_dump() == by_hand.model_dump()
+    settings = from_environment({})
+    assert (settings.warehouse.lease_seconds, settings.retention_days) == (30.0, 30.0)
+    assert WarehouseResource(path="w").lease_seconds == settings.warehouse.lease_seconds
+    assert RetentionConfig().older_than_days == settings.retention_days
+    assert settings.signavio.dataset == DEFAULT_DATASET == "agent_telemetry"

@@ -19,6 +19,8 @@ from telemetry_pipeline.signavio.client import SignavioClient, split_csv
 from telemetry_pipeline.signavio.models import COMPLETED, REJECTED, TIMED_OUT, UNREACHABLE, LoadResult, TableUpload
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 TOKEN = "tok-3f9a1c77e2b54d0c-SECRET"
 FAST = RetryPolicy(max_retries=3, wait_initial=0.01, wait_max=0.05)
 

@@ -71,6 +71,7 @@ def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 # -- 1. the happy path ------------------------------------------------------------------------------------
 
 
+@pytest.mark.fast  # one export end to end in the quick subset
 def test_export_loads_both_tables_and_history_records_the_confirmed_load(pipeline: Pipeline,
     signavio: SignavioDouble, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):

@@ -15,6 +15,8 @@ import pytest
 
 from telemetry_pipeline.simulate import SimulationConfig, Simulator, generate_events
 
+pytestmark = pytest.mark.fast  # `make test-fast`
+
 CONFIG = SimulationConfig(sessions=40, events_per_session=30, seed=7)
 KNOWN_TYPES = {
     "user_prompt", "agent_response", "tool_call_started", "tool_call_completed", "model_change",

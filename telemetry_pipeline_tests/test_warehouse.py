@@ -18,9 +18,12 @@ import duckdb
 import psycopg2
 import pytest
 
+from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Dialect
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import DuckDBWarehouse, Holder, PostgresWarehouse, Warehouse, open_warehouse
-from telemetry_pipeline.warehouse.schema import LATEST_VERSION, ExportRecord
+from telemetry_pipeline.warehouse.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
+from telemetry_pipeline.warehouse.schema import EXPORT_ARCHIVE, EXPORT_CLAIMS, RAW_TELEMETRY, ExportRecord
+from telemetry_pipeline_tests.postgres import create_database, drop_database
 
 MakeStore = Callable[..., Warehouse]
 
@@ -185,6 +188,88 @@ def test_a_duckdb_file_from_before_versioning_is_migrated_in_place(tmp_path: Pat
                                              "'export_claims'").fetchall()]
     assert columns == ["session_key", "run_id", "claimed_at", "lease_until"], "claims are leases now"
     assert wh.claim(["extract:a"], "new-run") == (["extract:a"], {})
+
+
+# A database as an older release left it, migrated forward by this code, must hold the tables this code's row types
+# describe (`schema.py`, `canonical.model`): a row type changed without a migration fails here, on either store.
+CURRENT_TABLES = (RAW_TELEMETRY, SESSIONS, EVENTS, EXPORT_CLAIMS, EXPORT_ARCHIVE)
+Shape = dict[str, tuple[list[tuple[str, str, bool]], list[str]]]  # table -> ([(column, type, nullable)], primary key)
+
+
+def duckdb_shape(path: Path) -> Shape:
+    with duckdb.connect(str(path)) as con:
+        columns = con.execute(
+            "SELECT table_name, column_name, data_type, is_nullable FROM duckdb_columns() WHERE NOT internal "
+            "AND database_name = current_database() AND table_name <> 'schema_version' "
+            "ORDER BY table_name, column_index"
+        ).fetchall()
+        keys = dict(con.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                                "WHERE constraint_type = 'PRIMARY KEY' AND database_name = current_database()"
+                                ).fetchall())
+    return _shape(columns, keys)
+
+
+def postgres_shape(url: str) -> Shape:
+    with psycopg2.connect(url) as con, con.cursor() as cur:
+        cur.execute(
+            "SELECT table_name, column_name, data_type, is_nullable = 'YES' FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name <> 'schema_version' ORDER BY table_name, ordinal_position"
+        )
+        columns = cur.fetchall()
+        cur.execute(
+            "SELECT c.table_name, array_agg(k.column_name::text ORDER BY k.ordinal_position) "
+            "FROM information_schema.table_constraints c JOIN information_schema.key_column_usage k "
+            "USING (constraint_schema, constraint_name) "
+            "WHERE c.constraint_type = 'PRIMARY KEY' AND c.table_schema = 'public' GROUP BY c.table_name"
+        )
+        keys = dict(cur.fetchall())
+    con.close()
+    return _shape(columns, keys)
+
+
+def _shape(columns: list[tuple[str, str, str, bool]], keys: dict[str, list[str]]) -> Shape:
+    shape: Shape = {}
+    for table, column, type_, nullable in columns:
+        shape.setdefault(table, ([], list(keys.get(table, []))))[0].append((column, type_, nullable))
+    return shape
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres"])
+def test_a_warehouse_from_migration_1_migrated_forward_matches_a_fresh_one_and_the_row_types(
+    dialect: Dialect, tmp_path: Path, request: pytest.FixtureRequest
+):
+    version_1 = MIGRATIONS[0]
+    record = "INSERT INTO schema_version VALUES (1, 'raw payloads and the canonical model', now())"
+    if dialect == "duckdb":
+        old, fresh, described = (tmp_path / f"{name}.duckdb" for name in ("old", "fresh", "described"))
+        with duckdb.connect(str(old)) as con:  # what the release with version 1 created, and recorded
+            for statement in (SCHEMA_VERSION_DDL, *version_1.statements["duckdb"], record):
+                con.execute(statement)
+        with duckdb.connect(str(described)) as con:
+            for table in CURRENT_TABLES:
+                con.execute(table.ddl("duckdb"))
+        for path in (old, fresh):
+            assert DuckDBWarehouse(path).probe() == (True, f"DuckDB file {path}, schema version {LATEST_VERSION}")
+        shapes = [duckdb_shape(path) for path in (old, fresh, described)]
+    else:
+        old = request.getfixturevalue("postgres_url")
+        fresh, described = create_database(), create_database()
+        request.addfinalizer(lambda: (drop_database(fresh), drop_database(described)))
+        with psycopg2.connect(old) as con, con.cursor() as cur:
+            for statement in (SCHEMA_VERSION_DDL, *version_1.statements["postgres"], record):
+                cur.execute(statement)
+        con.close()
+        with psycopg2.connect(described) as con, con.cursor() as cur:
+            for table in CURRENT_TABLES:
+                cur.execute(table.ddl("postgres"))
+        con.close()
+        for url in (old, fresh):
+            ok, detail = PostgresWarehouse(url).probe()
+            assert ok and detail.endswith(f"schema version {LATEST_VERSION}"), detail
+        shapes = [postgres_shape(url) for url in (old, fresh, described)]
+    migrated, new, expected = shapes
+    assert sorted(expected) == sorted(t.name for t in CURRENT_TABLES)
+    assert migrated == new == expected
 
 
 def test_a_warehouse_migrated_by_newer_code_is_refused(make_store: MakeStore):

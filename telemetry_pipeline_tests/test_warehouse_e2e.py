@@ -33,7 +33,8 @@ import pytest
 from telemetry_pipeline import cli
 from telemetry_pipeline.settings import Secret
 from telemetry_pipeline.warehouse import configured_warehouse
-from telemetry_pipeline.warehouse.schema import LATEST_VERSION, ExportRecord
+from telemetry_pipeline.warehouse.migrations import LATEST_VERSION
+from telemetry_pipeline.warehouse.schema import ExportRecord
 from telemetry_pipeline_tests.conftest import TOKEN, Pipeline, outbox_uploads, uploads_by_table
 from telemetry_pipeline_tests.postgres import create_database, drop_database
 from telemetry_pipeline_tests.private_postgres import PrivateCluster

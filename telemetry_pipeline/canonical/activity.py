@@ -1,4 +1,4 @@
-"""Activity names, resources and statuses, one rule for every normaliser.
+"""Activity names, resources, event statuses and session outcomes, one rule for every normaliser.
 
 Agent events' activities are human-readable and low-cardinality (no ids, no free text): a tool call is
 `Call tool <name>`, a prompt `User prompt` (or `Agent response` when it only carries the answer), a model
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from telemetry_pipeline.canonical.model import Outcome
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, TOOL_CALL_STARTED
 
 USER_PROMPT = "user_prompt"
@@ -24,10 +25,16 @@ TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
 USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
-# Ids as they turn up in span names: UUIDs, long hex (trace/span ids, hashes), long digit runs.
+# Ids as they turn up in labels: UUIDs, long hex holding a digit (trace/span ids, hashes), runs of 6+ digits, inside
+# a word too (`order1234567`). One rule: span names have them replaced, the `activity_alphabet` check looks for them.
 _ID_LIKE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-                      r"|\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{16,}\b|\b\d{6,}\b")
+                      r"|(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{16,}|[0-9]{6,}")
 _BLANKS = " \t\n\r\v\f"
+
+
+def looks_like_id(label: str) -> bool:
+    """Whether `label` holds an id (an activity that does splits the process map into one activity per case)."""
+    return _ID_LIKE.search(label) is not None
 
 
 def humanize(label: Any) -> str:
@@ -64,6 +71,14 @@ def event_resource(event_type: str, tool_name: str | None, model: str | None) ->
 
 def event_status(success: Any, error: Any) -> str:
     return "failed" if success is False or error else "success"
+
+
+def session_outcome(ended_on_failure: bool, any_failure: bool) -> Outcome:
+    """Failed when the session ended on a failure; partial when it recovered from failures; completed otherwise,
+    also with no tool calls and no errors at all (the older exporter called that failed)."""
+    if ended_on_failure:
+        return Outcome.FAILED
+    return Outcome.PARTIAL if any_failure else Outcome.COMPLETED
 
 
 def span_activity(
@@ -119,4 +134,7 @@ CREATE OR REPLACE TEMP MACRO event_resource(event_type, tool_name, model) AS CAS
     ELSE coalesce(tool_name, model, {_sql(AGENT_RESOURCE)}) END;
 CREATE OR REPLACE TEMP MACRO event_status(success, error) AS
     CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END;
+CREATE OR REPLACE TEMP MACRO session_outcome(ended_on_failure, any_failure) AS CASE
+    WHEN ended_on_failure THEN {_sql(Outcome.FAILED)} WHEN any_failure THEN {_sql(Outcome.PARTIAL)}
+    ELSE {_sql(Outcome.COMPLETED)} END;
 """

@@ -13,6 +13,7 @@ import datetime as dt
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any, Literal, NewType
 
 import pyarrow as pa
@@ -33,6 +34,15 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+class Outcome(StrEnum):
+    """A session's outcome: the `status` of `sessions` and of the runs table. Every normaliser decides it by
+    `canonical.activity.session_outcome` (or its SQL macro)."""
+
+    COMPLETED = "completed"
+    PARTIAL = "partial"  # it recovered from failures
+    FAILED = "failed"  # it ended on a failure
+
+
 def _doc(text: str, *, key: bool = False) -> dict[str, Any]:
     """Field metadata: what the column means (a comment in the DDL), and whether it is the primary key."""
     return {"doc": text, "primary_key": key}
@@ -49,7 +59,7 @@ class SessionRow:
     task_description: str | None
     start_time: dt.datetime | None
     end_time: dt.datetime | None
-    status: str = field(metadata=_doc("completed | partial | failed"))
+    status: str = field(metadata=_doc(" | ".join(Outcome)))  # an Outcome
     service_name: str | None = None
     workflow_name: str | None = None
     workflow_version: str | None = None

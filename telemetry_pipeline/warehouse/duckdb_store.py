@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse import schema
+from telemetry_pipeline.warehouse import migrations, schema
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
     Claim,
@@ -40,9 +40,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
     with _MIGRATE_LOCK:
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(schema.SCHEMA_VERSION_DDL)
+            con.execute(migrations.SCHEMA_VERSION_DDL)
             applied = {v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()}
-            for migration in schema.pending(applied):
+            for migration in migrations.pending(applied):
                 for statement in migration.statements["duckdb"]:
                     con.execute(statement)
                 con.execute(

@@ -28,7 +28,7 @@ import pyarrow.csv as pacsv
 
 from telemetry_pipeline.canonical.model import Table
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse import schema
+from telemetry_pipeline.warehouse import migrations, schema
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
     Claim,
@@ -166,9 +166,9 @@ class PostgresWarehouse(Warehouse):
         wait for each other, and the second finds nothing left to do."""
         with con, con.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
-            cur.execute(schema.SCHEMA_VERSION_DDL)
+            cur.execute(migrations.SCHEMA_VERSION_DDL)
             cur.execute("SELECT version FROM schema_version")
-            for migration in schema.pending({v for (v,) in cur.fetchall()}):
+            for migration in migrations.pending({v for (v,) in cur.fetchall()}):
                 for statement in migration.statements["postgres"]:
                     cur.execute(statement)
                 cur.execute(

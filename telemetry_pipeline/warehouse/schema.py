@@ -1,10 +1,10 @@
-"""The warehouse's tables and the ordered migrations that build them in either store.
+"""The warehouse's tables, as they are today.
 
 The canonical tables (`sessions`, `events`) are declared once in `canonical.model`; the warehouse's own tables
 (`raw_telemetry`, `export_claims`, `export_archive`) are declared here the same way, as row types that give their
-DDL for DuckDB (the embedded file and the in-run workspace) and PostgreSQL (`WAREHOUSE_URL`). A store records the
-migrations it has applied in `schema_version` and applies the missing ones in order, under a lock (the DuckDB file
-lock, a PostgreSQL advisory lock), so several processes or hosts opening it at once migrate it exactly once.
+DDL for DuckDB (the embedded file and the in-run workspace), their Arrow schemas and inserts. A store's tables are
+built by the fixed migrations in `migrations.py`, never from these types: a change here needs a new migration
+(test_warehouse.py compares the two on both stores).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Dialect, Table
+from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Table
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse.base import WarehouseError
 
 _KEY = {"primary_key": True}
 
@@ -93,54 +92,3 @@ def raw_table(raw: Sequence[RawSession]) -> pa.Table:
                r.location, r.fetched_at)
         for r in raw
     ])
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    description: str
-    statements: dict[Dialect, tuple[str, ...]]
-
-
-def _create(*tables: Table) -> dict[Dialect, tuple[str, ...]]:
-    return {"duckdb": tuple(t.ddl("duckdb") for t in tables), "postgres": tuple(t.ddl("postgres") for t in tables)}
-
-
-_V1 = _create(RAW_TELEMETRY, SESSIONS, EVENTS)
-_V2 = _create(EXPORT_CLAIMS)
-_V3 = _create(EXPORT_ARCHIVE)
-
-MIGRATIONS: tuple[Migration, ...] = (
-    # IF NOT EXISTS: a DuckDB file from before versioning already holds these tables and keeps them.
-    Migration(1, "raw payloads and the canonical model", {
-        "duckdb": _V1["duckdb"],
-        # Each batch replaces its sessions' events: find them without scanning every event.
-        "postgres": (*_V1["postgres"], "CREATE INDEX IF NOT EXISTS events_session_key ON events (session_key)"),
-    }),
-    # Claims were judged by host and process id before; now they are leases. Claims are transient (a run
-    # holds them for minutes), so the old table is replaced rather than converted.
-    Migration(2, "export claims as leases", {
-        "duckdb": ("DROP TABLE IF EXISTS export_claims", *_V2["duckdb"]),
-        "postgres": ("DROP TABLE IF EXISTS export_claims", *_V2["postgres"]),
-    }),
-    Migration(3, "the export archive: records of the export runs retention deleted", _V3),
-)
-
-LATEST_VERSION = MIGRATIONS[-1].version
-
-SCHEMA_VERSION_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_version "
-    "(version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
-)
-
-
-def pending(applied: set[int]) -> list[Migration]:
-    """The migrations still to apply, in order. A store migrated by newer code is refused: this code
-    would not know what its tables mean."""
-    newer = {v for v in applied if v > LATEST_VERSION}
-    if newer:
-        raise WarehouseError(
-            f"the warehouse has schema version {max(newer)}, newer than this code knows ({LATEST_VERSION}): "
-            "upgrade telemetry_pipeline"
-        )
-    return [m for m in MIGRATIONS if m.version not in applied]

@@ -42,11 +42,12 @@ from telemetry_pipeline.canonical.activity import (
     event_resource,
     event_status,
     humanize,
+    session_outcome,
     tool_call_activity,
 )
 from telemetry_pipeline.canonical.agora_tracer import TracerSpan
 from telemetry_pipeline.canonical.genai import GenAI, first_int, first_text, tool_name
-from telemetry_pipeline.canonical.model import EventRow, SessionRow
+from telemetry_pipeline.canonical.model import EventRow, Outcome, SessionRow
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, ToolEvent, call_key, pair_tool_calls
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, to_utc
@@ -56,8 +57,9 @@ from telemetry_pipeline.sources.base import RawSession
 
 _NODE_STATUS = {"success": "success", "completed": "success", "error": "failed", "failed": "failed",
                 "timeout": "failed", "skipped": "skipped", "running": "incomplete"}
-_EXECUTION_STATUS = {"success": "completed", "completed": "completed", "error": "failed", "timeout": "failed",
-                     "failed": "failed", "cancelled": "failed", "canceled": "failed"}
+_EXECUTION_STATUS = {"success": Outcome.COMPLETED, "completed": Outcome.COMPLETED, "error": Outcome.FAILED,
+                     "timeout": Outcome.FAILED, "failed": Outcome.FAILED, "cancelled": Outcome.FAILED,
+                     "canceled": Outcome.FAILED}
 _ENTRY_MAPPED = {"node_name", "status", "started_at", "completed_at", "error_message"}
 _SPAN_ATTRIBUTE_PREFIXES = ("gen_ai.", "llm.", "traceloop.")
 
@@ -95,7 +97,8 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
     start = to_utc(execution.get("started_at")) or min((e.event_time for e in rows), default=None)
     end = to_utc(execution.get("completed_at")) or max((e.end_time or e.event_time for e in rows), default=None)
     any_failed = any(e.status == "failed" for e in nodes)
-    session_status = _EXECUTION_STATUS.get(status) or ("partial" if any_failed else "completed")
+    # The execution's own status when Agora gives one; else its nodes say whether it recovered from failures.
+    session_status = _EXECUTION_STATUS.get(status) or session_outcome(ended_on_failure=False, any_failure=any_failed)
     prompt, response = _io_text(execution.get("input_data")), _io_text(execution.get("output_data"))
     prompt_metrics = None
     if prompt is not None:

@@ -45,7 +45,7 @@ from typing import Any
 
 import duckdb
 
-from telemetry_pipeline.canonical.activity import humanize, span_activity
+from telemetry_pipeline.canonical.activity import humanize, session_outcome, span_activity
 from telemetry_pipeline.canonical.agora_tracer import FoldedTrace, NodeRun, TracerSpan, fold, is_tracer_span
 from telemetry_pipeline.canonical.genai import (
     LLM_OPERATIONS,
@@ -161,7 +161,7 @@ def _session(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[Eve
     roots = sorted((s for s in spans if not s.parent_id or s.parent_id not in ids), key=lambda s: (s.start, s.seq))
     by_start = sorted(spans, key=lambda s: (s.start, s.seq))
     root_failed = any(s.failed for s in roots)
-    status = "failed" if root_failed else "partial" if any(s.failed for s in spans) else "completed"
+    status = session_outcome(root_failed, any(s.failed for s in spans))
 
     def first(read: Callable[[_Span], str | None]) -> str | None:
         return next((value for s in by_start if (value := read(s))), None)

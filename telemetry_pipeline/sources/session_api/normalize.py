@@ -218,11 +218,10 @@ SELECT nj.session_key, nj.source, nj.session_id,
        left(coalesce(src.first_prompt, {_S["last_user_prompt"]}, 'Agent session ' || nj.session_id), 500)
            AS task_description,
        acts.start_time, acts.end_time,
-       -- A run failed when it ended on a failure; one that recovered from failures is partial;
-       -- no tool calls and no errors is simply completed (the older exporter called that failed).
-       CASE WHEN acts.last_status = 'failed'
-                 OR lower(coalesce({_S["agent_state"]}, src.agent_state, '')) IN ('failed', 'error') THEN 'failed'
-            WHEN coalesce(acts.failed, 0) > 0 THEN 'partial' ELSE 'completed' END AS status,
+       -- ended on a failure: its last activity failed, or the source says the agent did
+       session_outcome(acts.last_status = 'failed'
+                       OR lower(coalesce({_S["agent_state"]}, src.agent_state, '')) IN ('failed', 'error'),
+                       coalesce(acts.failed, 0) > 0) AS status,
        coalesce({_S["service_name"]}, src.service_name) AS service_name,
        coalesce({_S["workflow_name"]}, src.workflow_name) AS workflow_name,
        coalesce({_S["workflow_version"]}, src.workflow_version) AS workflow_version,
