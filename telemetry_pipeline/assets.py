@@ -78,7 +78,9 @@ EXPORT_SPEC = dg.AssetSpec(
     EXPORT, deps=[CSV_ASSET], skippable=True, group_name="telemetry", partitions_def=agent_sessions,
     description="One partition per session, materialised when Signavio confirmed both tables: its history is "
     "the export status. Each materialisation shows the session at a glance (agent, status, times, tool calls, "
-    "models, tokens, first error, first steps).",
+    "models, tokens, every error with its message, its first and last steps; `event_counts` explains `events` "
+    "(in the source) against `events_rows` (in the event log, a start and its end paired into one row)), "
+    "then the upload's ids and tables.",
 )
 CHECK_SPECS = [dg.AssetCheckSpec(name, asset=EXPORT, description=text) for name, text in quality.DESCRIPTIONS.items()]
 

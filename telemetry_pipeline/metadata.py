@@ -4,7 +4,8 @@
 Per export batch:
 - one record per stage (`raw_telemetry`, `telemetry_events`, `signavio_csv`) for the run;
 - one `signavio_export` materialisation per confirmed session, carrying the contract's fields
-  (INTERFACE.md) and the session at a glance (`session_summary`), with its first steps as a table;
+  (INTERFACE.md) after the session at a glance (`session_summary`): counts explained, every error, its
+  first and last steps;
 - one observation per failed session naming why, on that session's partition;
 - one result per data-quality check of the upload (severity WARN: a failed check never blocks it).
 """
@@ -12,6 +13,7 @@ Per export batch:
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +26,7 @@ from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
 from telemetry_pipeline.overview import ProcessOverview
 from telemetry_pipeline.quality import CheckOutcome
-from telemetry_pipeline.session_summary import SessionSummary, Step
+from telemetry_pipeline.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.signavio.models import COMPLETED
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 
@@ -35,6 +37,8 @@ MAX_ACTIVITIES_LISTED = 50
 # table serialises to a fifth of the bytes of a `TableMetadataValue` with the same rows.
 MAX_INLINE_MARKDOWN = 999
 TIMELINE_ACTIVITY_CHARS = 40
+ERROR_ACTIVITY_CHARS = 30
+ERROR_CHARS = 110
 
 
 def stage_records(out: BatchOutcome, dataset: str) -> Iterator[dg.AssetMaterialization]:
@@ -79,10 +83,13 @@ def export_materializations(out: BatchOutcome, dataset: str, destination: str) -
     for key in out.exported:
         session_runs, session_events = out.rows.get(key, (0, 0))
         summary = out.summaries.get(key)
+        # What the session did first, then the plumbing (ids, tables, where it went): the UI lists
+        # entries in this order.
+        meaning = summary_metadata(summary) if summary else {}
+        counts = {"events": summary.source_events} if summary else {}
         yield dg.AssetMaterialization(
             asset_key=EXPORT, partition=key,
-            metadata={**(summary_metadata(summary) if summary else {}), **shared,
-                      "runs_rows": session_runs, "events_rows": session_events},
+            metadata={**meaning, **shared, **counts, "runs_rows": session_runs, "events_rows": session_events},
         )
 
 
@@ -100,7 +107,7 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     if s.duration_s is not None:
         meta["duration_s"] = s.duration_s
     meta |= {
-        "events": s.events,
+        "event_counts": event_counts_text(s.source_events, s.event_log_rows),
         "tool_calls": f"{s.tool_calls} ({s.tool_calls_succeeded} succeeded, {s.tool_calls_failed} failed)",
         "models": ", ".join(s.models),
         "input_tokens": s.input_tokens,
@@ -108,22 +115,77 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     }
     if s.first_error:
         meta["first_error"] = s.first_error
+    if s.errors:
+        meta["errors"] = dg.MetadataValue.md(errors_markdown(s.errors, s.error_count))
     if s.timeline:
-        meta["timeline"] = dg.MetadataValue.md(timeline_markdown(s.timeline))
+        meta["timeline"] = dg.MetadataValue.md(timeline_markdown(s.timeline, s.steps))
     return meta
 
 
-def timeline_markdown(steps: tuple[Step, ...]) -> str:
-    """The first steps as a markdown table short enough to render inline."""
-    lines = ["| s | activity | status | ms |", "|--:|---|---|--:|"]
+def event_counts_text(source_events: int, event_log_rows: int) -> str:
+    """Why the source's count and the event log's differ (`events` and `events_rows` in the metadata)."""
+    if source_events == event_log_rows:
+        return f"{source_events} source events = {event_log_rows} event-log rows"
+    return (f"{source_events} source events → {event_log_rows} event-log rows "
+            "(a start and its end, e.g. of a tool call, are paired into one row)")
+
+
+def timeline_markdown(steps: tuple[Step, ...], total: int) -> str:
+    """The first and last of `total` steps as a markdown table short enough to render inline, with a
+    "… N more steps" row where steps are left out (the last head step goes first when it is too long)."""
+    shown = list(steps)
+    while True:
+        text = _timeline_table(shown, total)
+        if len(text) <= MAX_INLINE_MARKDOWN or len(shown) <= 1:
+            return text
+        gap = next((i for i, (a, b) in enumerate(itertools.pairwise(shown)) if b.step > a.step + 1), len(shown) // 2)
+        del shown[gap]
+
+
+def _timeline_table(steps: list[Step], total: int) -> str:
+    lines = ["| # | s | activity | status | ms |", "|--:|--:|---|---|--:|"]
+    previous = 0
     for step in steps:
+        if step.step > previous + 1:
+            lines.append(_more_steps(step.step - previous - 1))
         at = f"{step.offset_ms / 1000:.1f}" if step.offset_ms is not None else ""
         ms = str(step.latency_ms) if step.latency_ms is not None else ""
-        row = f"| {at} | {_cell(step.activity, TIMELINE_ACTIVITY_CHARS)} | {_cell(step.status or '', 12)} | {ms} |"
-        if sum(len(line) + 1 for line in lines) + len(row) > MAX_INLINE_MARKDOWN:
-            break
-        lines.append(row)
+        lines.append(f"| {step.step} | {at} | {_cell(step.activity, TIMELINE_ACTIVITY_CHARS)} "
+                     f"| {_cell(step.status or '', 12)} | {ms} |")
+        previous = step.step
+    if total > previous:
+        lines.append(_more_steps(total - previous))
     return "\n".join(lines)
+
+
+def _more_steps(n: int) -> str:
+    return f"| | | … {n} more step{'s' if n != 1 else ''} | | |"
+
+
+def errors_markdown(errors: tuple[Failure, ...], total: int) -> str:
+    """Every error with its message, the same one at the same activity on one row with its steps, as a
+    markdown table short enough to render inline; "… N more errors" names what did not fit."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for failure in errors:
+        groups.setdefault((failure.activity, failure.error or "(failed, no message)"), []).append(failure.step)
+    rows = [
+        f"| {_steps(numbers)} | {_cell(activity, ERROR_ACTIVITY_CHARS)} | {_cell(error, ERROR_CHARS)} |"
+        for (activity, error), numbers in groups.items()
+    ]
+    counts = [len(numbers) for numbers in groups.values()]
+    header = ["| step | activity | error |", "|--:|---|---|"]
+    while True:
+        hidden = total - sum(counts[: len(rows)])
+        more = [f"| | … {hidden} more error{'s' if hidden != 1 else ''} | |"] if hidden else []
+        text = "\n".join(header + rows + more)
+        if len(text) <= MAX_INLINE_MARKDOWN or not rows:
+            return text
+        rows.pop()
+
+
+def _steps(numbers: list[int], shown: int = 4) -> str:
+    head = ", ".join(str(n) for n in numbers[:shown])
+    return head if len(numbers) <= shown else f"{head} +{len(numbers) - shown}"
 
 
 def _cell(text: str, width: int) -> str:

@@ -14,11 +14,13 @@ import pytest
 
 from telemetry_pipeline import cli, quality
 from telemetry_pipeline.assets import process_overview
+from telemetry_pipeline.metadata import MAX_INLINE_MARKDOWN, errors_markdown, timeline_markdown
 from telemetry_pipeline.overview import END, START
 from telemetry_pipeline.process_map import draw_process_map
+from telemetry_pipeline.session_summary import Failure, Step
 from telemetry_pipeline.settings import Secret
 from telemetry_pipeline_tests.conftest import Pipeline
-from telemetry_pipeline_tests.source_double import SourceDouble
+from telemetry_pipeline_tests.source_double import SourceDouble, agent_event
 
 EXPORT = dg.AssetKey("signavio_export")
 
@@ -47,9 +49,11 @@ def test_exported_session_shows_its_summary_and_timeline(
     assert values["models"] == "gpt-4o"
     assert (values["input_tokens"], values["output_tokens"]) == (140, 20)  # prompt 40 + model call 100
     assert values["first_error"] == "permission denied"
+    assert values["errors"].splitlines()[2:] == ["| 5 | Call tool tool_2 | permission denied |"]
+    assert values["event_counts"].startswith("8 source events → 5 event-log rows"), "tool calls are paired"
     timeline = values["timeline"]
     rows = timeline.splitlines()[2:]
-    assert len(rows) == 5, timeline  # prompt, model change, three paired tool calls
+    assert len(rows) == 5, timeline  # prompt, model change, three paired tool calls: all shown, nothing "more"
     assert "User prompt" in rows[0] and "Call tool tool_2" in rows[4] and "failed" in rows[4]
     assert len(timeline) < 1000, "short enough for the UI to render the table inline"
     # The contract's fields stay (INTERFACE.md).
@@ -57,6 +61,70 @@ def test_exported_session_shows_its_summary_and_timeline(
                  "events_rows", "destination"):
         assert name in meta
     assert "first_error" not in latest_metadata(instance, other), "only what is known is shown"
+    assert "errors" not in latest_metadata(instance, other)
+
+
+def test_a_long_session_shows_how_it_started_how_it_ended_and_every_error(
+    pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    at = lambda s: f"2025-01-15T10:30:{s:02d}Z"  # noqa: E731
+    events = [agent_event(at(0), "user_prompt", prompt="Find the cheapest flight", tokens=12)]
+    failing = {3: ("search_web", "TimeoutError", "search_web timed out after 30 s"),
+               7: ("search_web", "TimeoutError", "search_web timed out after 30 s"),
+               10: ("read_file", "PermissionError", "no access to /etc/shadow")}
+    for i in range(12):
+        tool, kind, message = failing.get(i, (f"tool_{i}", None, None))
+        events.append(agent_event(at(1 + 4 * i), "tool_call_started", tool_name=tool, call_id=f"c{i}"))
+        done = {"tool_name": tool, "call_id": f"c{i}", "success": kind is None, "latency_ms": 100 + i}
+        if kind:
+            done |= {"error": kind, "error_details": message}
+        events.append(agent_event(at(2 + 4 * i), "tool_call_completed", **done))
+    events.append(agent_event(at(59), "user_prompt", response="Flight LH 123 for 89 EUR"))
+    key = source_double.add("agent_telemetry", "long", {"session_id": "long", "events": events})
+    assert pipeline.cli("export", key)[0] == 0
+
+    meta = latest_metadata(instance, key)
+    values = {name: value.value for name, value in meta.items()}
+    # 1 prompt + 12 calls (each a start and an end event) + the answer = 26 source events, 14 rows.
+    assert (values["events"], values["events_rows"]) == (26, 14), "the contract's counts stay"
+    assert values["event_counts"] == ("26 source events → 14 event-log rows "
+                                      "(a start and its end, e.g. of a tool call, are paired into one row)")
+    assert values["first_error"] == "TimeoutError: search_web timed out after 30 s", "the kind and its message"
+
+    timeline = values["timeline"].splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in timeline] == ["1", "2", "3", "4", "5", "", "12", "13", "14"]
+    assert "… 6 more steps" in timeline[5]
+    assert "Agent response" in timeline[-1], "the final answer is on the page"
+    assert "PermissionError" not in values["timeline"] and "failed" in timeline[6]
+
+    errors = values["errors"].splitlines()[2:]
+    assert errors == [
+        "| 5, 9 | Call tool search_web | TimeoutError: search_web timed out after 30 s |",
+        "| 12 | Call tool read_file | PermissionError: no access to /etc/shadow |",
+    ], values["errors"]
+    for name in ("timeline", "errors"):
+        assert len(values[name]) <= MAX_INLINE_MARKDOWN, f"{name} renders inline"
+    names = list(meta)
+    assert names.index("timeline") < names.index("execution_id") < names.index("destination"), \
+        "the meaning first, then the plumbing"
+
+
+def test_errors_and_timeline_fit_inline_and_say_what_was_left_out():
+    many = tuple(Failure(step, None, f"Call tool t{step}", f"ValueError: {'x' * 200} {step}") for step in range(1, 51))
+    text = errors_markdown(many, total=70)
+    rows = text.splitlines()[2:]
+    assert len(text) <= MAX_INLINE_MARKDOWN and 3 <= len(rows) < 50, text
+    assert rows[-1] == f"| | … {70 - (len(rows) - 1)} more errors | |", "every error counted, shown or not"
+    assert all(len(row.split("|")[3].strip()) <= 110 for row in rows[:-1]), "messages are truncated"
+
+    steps = tuple(Step(n, n * 1000, "Call tool " + "w" * 60, "success", 5) for n in (*range(1, 6), 98, 99, 100))
+    text = timeline_markdown(steps, total=100)
+    rows = text.splitlines()[2:]
+    assert len(text) <= MAX_INLINE_MARKDOWN, text
+    assert [r.split("|")[1].strip() for r in rows][-3:] == ["98", "99", "100"], "the end is never cut"
+    shown = [int(n) for r in rows if (n := r.split("|")[1].strip())]
+    hidden = int(re.search(r"… (\d+) more steps", text).group(1))
+    assert shown[0] == 1 and len(shown) + hidden == 100
 
 
 def test_cli_export_shows_progress_on_stderr_and_json_on_stdout(

@@ -4,7 +4,8 @@ Agent events' activities are human-readable and low-cardinality (no ids, no free
 `Call tool <name>`, a prompt `User prompt` (or `Agent response` when it only carries the answer), a model
 change `Change model`, any other event its step name or its type made readable. The Python functions
 serve the normalisers written in Python; `SQL_MACROS` are the same rules for the SQL normaliser,
-generated from the same declarations. Trace spans are named by `span_activity`.
+generated from the same declarations. Trace spans are named by `span_activity`. An error reads
+`<kind>: <message>` when the source gives both (`error` + `error_details`): the kind alone says too little.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
 USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
+MAX_ERROR = 2000  # characters of an error kept in the event log
 # Ids as they turn up in span names: UUIDs, long hex (trace/span ids, hashes), long digit runs.
 _ID_LIKE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
                       r"|\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{16,}\b|\b\d{6,}\b")
@@ -64,6 +66,20 @@ def event_resource(event_type: str, tool_name: str | None, model: str | None) ->
 
 def event_status(success: Any, error: Any) -> str:
     return "failed" if success is False or error else "success"
+
+
+def error_message(kind: Any, message: Any, limit: int = MAX_ERROR) -> str | None:
+    """`kind: message` when both are given and the message does not already start with the kind."""
+    kind, message = _nonblank(kind), _nonblank(message)
+    if kind and message and not message.startswith(kind):
+        return f"{kind}: {message}"[:limit]
+    return (message or kind or "")[:limit] or None
+
+
+def _nonblank(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value).strip() or None
 
 
 def span_activity(
@@ -119,4 +135,8 @@ CREATE OR REPLACE TEMP MACRO event_resource(event_type, tool_name, model) AS CAS
     ELSE coalesce(tool_name, model, {_sql(AGENT_RESOURCE)}) END;
 CREATE OR REPLACE TEMP MACRO event_status(success, error) AS
     CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END;
+CREATE OR REPLACE TEMP MACRO error_message(kind, message) AS left(CASE
+    WHEN nullif(trim(kind), '') IS NOT NULL AND nullif(trim(message), '') IS NOT NULL
+         AND NOT starts_with(trim(message), trim(kind)) THEN trim(kind) || ': ' || trim(message)
+    ELSE coalesce(nullif(trim(message), ''), nullif(trim(kind), '')) END, {MAX_ERROR});
 """
