@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
-from telemetry_pipeline.overview import ProcessOverview
+from telemetry_pipeline.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef
 from telemetry_pipeline.quality import CheckOutcome
 from telemetry_pipeline.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.signavio.models import COMPLETED
@@ -39,6 +40,7 @@ MAX_INLINE_MARKDOWN = 999
 TIMELINE_ACTIVITY_CHARS = 40
 ERROR_ACTIVITY_CHARS = 30
 ERROR_CHARS = 110
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def stage_records(out: BatchOutcome, dataset: str) -> Iterator[dg.AssetMaterialization]:
@@ -90,7 +92,15 @@ def export_materializations(out: BatchOutcome, dataset: str, destination: str) -
         yield dg.AssetMaterialization(
             asset_key=EXPORT, partition=key,
             metadata={**meaning, **shared, **counts, "runs_rows": session_runs, "events_rows": session_events},
+            tags=session_tags(summary) if summary else None,
         )
+
+
+def session_tags(s: SessionSummary) -> dict[str, str]:
+    """`agent`, `workflow` and `outcome` as tags of the session's materialisation. Dagster takes tag values
+    of at most 63 characters of `[A-Za-z0-9_.-]`: anything else becomes `_`."""
+    values = {"agent": s.agent, "workflow": s.workflow, "outcome": s.status}
+    return {name: _TAG_UNSAFE.sub("_", value)[:63] for name, value in values.items() if value}
 
 
 def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
@@ -221,11 +231,27 @@ def batch_failure(out: BatchOutcome) -> dg.Failure:
 
 
 def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> dict[str, dg.RawMetadataValue]:
-    """The process map as an image (markdown with a data: URL; the UI opens it with "Show Markdown")
-    and the figures behind it as tables."""
+    """What the agents did first (outcomes, failing activities, the sessions to open, by key), then the
+    process map as an image (markdown with a data: URL) and the figures behind it as tables."""
     image = base64.b64encode(png).decode("ascii")
     top_activities = ov.activities[:MAX_ACTIVITIES_LISTED]
+    overall = ov.overall
     return {
+        "outcomes": outcome_text(overall),
+        "success_rate_pct": _pct(overall.success_rate),
+        "outcomes_by_agent": _outcome_table(ov.outcomes_by("agent"), "agent"),
+        "outcomes_by_workflow": _outcome_table(ov.outcomes_by("workflow"), "workflow"),
+        "failing_activities": dg.MetadataValue.table(
+            records=[dg.TableRecord({"activity": f.activity, "failures": f.failures,
+                                     "failure_pct": _pct(f.failures / f.count if f.count else 0.0),
+                                     "most_common_errors": _top_errors(f.top_errors)}) for f in ov.failing],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("activity", "string"), dg.TableColumn("failures", "int"),
+                dg.TableColumn("failure_pct", "float"), dg.TableColumn("most_common_errors", "string"),
+            ]),
+        ),
+        "slowest_sessions": _sessions_table(ov.slowest, "duration_s"),
+        "failed_sessions": _sessions_table(ov.failed_sessions, "last_error"),
         "process_map": dg.MetadataValue.md(
             f"![Directly-follows process map, {ov.cases} cases](data:image/png;base64,{image})"
         ),
@@ -259,6 +285,56 @@ def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> d
             ]),
         ),
     }
+
+
+def outcome_text(o: Outcome) -> str:
+    """`210 sessions: 69 completed (32.9%), 109 partial (51.9%), 32 failed (15.2%)`."""
+    if not o.cases:
+        return "no sessions in the window"
+    parts = ", ".join(f"{n} {name} ({_pct(n / o.cases)}%)" for name, n in _counts(o))
+    return f"{o.cases} sessions: {parts}; success rate {_pct(o.success_rate)}% (completed or partial)"
+
+
+def _counts(o: Outcome) -> list[tuple[str, int]]:
+    return [("completed", o.completed), ("partial", o.partial), ("failed", o.failed)]
+
+
+def _outcome_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({by: o.name, "sessions": o.cases,
+                                 **{f"{name}_pct": _pct(n / o.cases) for name, n in _counts(o)},
+                                 "success_pct": _pct(o.success_rate)}) for o in outcomes],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn(by, "string"), dg.TableColumn("sessions", "int"),
+            *(dg.TableColumn(f"{name}_pct", "float") for name in OUTCOMES), dg.TableColumn("success_pct", "float"),
+        ]),
+    )
+
+
+def _sessions_table(sessions: tuple[SessionRef, ...], detail: str) -> dg.TableMetadataValue:
+    """Sessions by key (the partition to open: *signavio_export → Partitions*), with `detail`."""
+    def value(s: SessionRef) -> str | float | None:
+        if detail == "duration_s":
+            return round(s.duration_ms / 1000, 1) if s.duration_ms is not None else None
+        return _cell(s.error or "", ERROR_CHARS)
+
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"session_key": s.session_key, "agent": s.agent or "", "workflow": s.workflow or "",
+                                 "outcome": s.status or "", detail: value(s)}) for s in sessions],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("session_key", "string"), dg.TableColumn("agent", "string"),
+            dg.TableColumn("workflow", "string"), dg.TableColumn("outcome", "string"),
+            dg.TableColumn(detail, "float" if detail == "duration_s" else "string"),
+        ]),
+    )
+
+
+def _top_errors(errors: tuple[tuple[str, int], ...]) -> str:
+    return "; ".join(f"{n}× {_cell(message or '(no message)', ERROR_CHARS)}" for message, n in errors)
+
+
+def _pct(share: float) -> float:
+    return round(100 * share, 1)
 
 
 def _trace(trace: tuple[str, ...], shown: int = 8) -> str:

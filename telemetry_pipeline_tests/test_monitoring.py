@@ -221,6 +221,64 @@ def test_process_overview_figures_and_picture(
     assert empty.asset_materializations_for_node("process_overview")[0].metadata["cases"].value == 0
 
 
+def agent_session(agent: str, workflow: str, calls: list[tuple[str, str | None]], seconds: int = 10) -> dict:
+    """A session of `agent` in `workflow`: a prompt, then one tool call per (tool, error or None), spread over
+    `seconds`; an error is `TimeoutError` with that message."""
+    at = lambda s: (dt.datetime(2025, 1, 15, 10, 30, tzinfo=dt.UTC) + dt.timedelta(seconds=s)).isoformat()  # noqa: E731
+    events = [agent_event(at(0), "user_prompt", prompt="Plan the trip", tokens=5)]
+    for i, (tool, error) in enumerate(calls):
+        start, end = seconds * (i + 1) / (len(calls) + 1), seconds * (i + 1.5) / (len(calls) + 1)
+        events.append(agent_event(at(start), "tool_call_started", tool_name=tool, call_id=f"c{i}"))
+        done = {"tool_name": tool, "call_id": f"c{i}", "success": error is None}
+        events.append(agent_event(at(end), "tool_call_completed", **done,
+                                  **({"error": "TimeoutError", "error_details": error} if error else {})))
+    return {"agent_name": agent, "workflow_name": workflow, "events": events}
+
+
+def test_process_overview_says_how_the_agents_did_and_which_sessions_to_open(
+    pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    slow = "search timed out after 30 s"
+    sessions = {
+        "p-ok1": agent_session("planner", "trips", [("search", None)]),
+        "p-ok2": agent_session("planner", "trips", [("search", None), ("book", None)]),
+        "p-fail": agent_session("planner", "trips", [("search", slow), ("search", slow)]),  # ended on a failure
+        "c-partial": agent_session("coder bot", "fixes", [("search", slow), ("edit", None)], seconds=50),
+        "c-long": agent_session("coder bot", "fixes", [("edit", None)], seconds=300),
+    }
+    keys = {sid: source_double.add("agent_telemetry", sid, body) for sid, body in sessions.items()}
+    assert pipeline.cli("export", *keys.values())[0] == 0
+    meta = dg.materialize([process_overview], instance=instance, resources=pipeline.defs().resources) \
+        .asset_materializations_for_node("process_overview")[0].metadata
+
+    assert meta["outcomes"].value == ("5 sessions: 3 completed (60.0%), 1 partial (20.0%), 1 failed (20.0%); "
+                                      "success rate 80.0% (completed or partial)")
+    assert meta["success_rate_pct"].value == 80.0
+    by_agent = {r.data["agent"]: r.data for r in meta["outcomes_by_agent"].value.records}
+    assert by_agent["planner"] == {"agent": "planner", "sessions": 3, "completed_pct": 66.7, "partial_pct": 0.0,
+                                   "failed_pct": 33.3, "success_pct": 66.7}
+    assert by_agent["coder bot"]["partial_pct"] == 50.0 and by_agent["coder bot"]["success_pct"] == 100.0
+    by_workflow = {r.data["workflow"]: r.data["sessions"] for r in meta["outcomes_by_workflow"].value.records}
+    assert by_workflow == {"trips": 3, "fixes": 2}
+
+    [failing] = [r.data for r in meta["failing_activities"].value.records]
+    assert failing == {"activity": "Call tool search", "failures": 3, "failure_pct": 60.0,
+                       "most_common_errors": f"3× TimeoutError: {slow}"}
+    slowest = [r.data for r in meta["slowest_sessions"].value.records]
+    assert [r["session_key"] for r in slowest[:2]] == [keys["c-long"], keys["c-partial"]]
+    assert slowest[0]["duration_s"] == pytest.approx(300 * 1.5 / 2, abs=0.1) and slowest[0]["outcome"] == "completed"
+    [failed] = [r.data for r in meta["failed_sessions"].value.records]
+    assert failed["session_key"] == keys["p-fail"] and failed["last_error"] == f"TimeoutError: {slow}"
+    names = list(meta)
+    assert names.index("outcomes") < names.index("process_map"), "what the agents did comes first"
+
+    # Each session's materialisation carries its agent, workflow and outcome as tags (values Dagster accepts).
+    records = instance.fetch_materializations(EXPORT, limit=10).records
+    tags = {r.partition_key: r.event_log_entry.asset_materialization.tags for r in records}
+    assert tags[keys["p-fail"]] == {"agent": "planner", "workflow": "trips", "outcome": "failed"}
+    assert tags[keys["c-partial"]] == {"agent": "coder_bot", "workflow": "fixes", "outcome": "partial"}
+
+
 def test_process_map_draws_loops_and_pseudo_activities_without_error():
     from telemetry_pipeline.overview import ActivityFigures, Edge
 
