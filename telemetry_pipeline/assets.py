@@ -17,6 +17,7 @@ differing backfill policies. External upstreams never make a downstream stale.
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -38,7 +39,7 @@ from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
 from telemetry_pipeline.overview import compute_overview
 from telemetry_pipeline.partitions import agent_sessions
-from telemetry_pipeline.process_map import draw_process_map
+from telemetry_pipeline.process_map import draw_process_map, save_process_map
 from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 
 
@@ -124,9 +125,12 @@ class OverviewConfig(dg.Config):
 
 @dg.asset(
     name=PROCESS_OVERVIEW, group_name="telemetry", deps=[EVENTS_ASSET],
-    description="The process as Signavio will mine it, over a recent window: a directly-follows process map "
-    "(open `process_map`), top variants, per-activity counts, failure rates and durations, tokens per model. "
-    "Refreshed by `hourly_export_schedule`.",
+    description="What the agents did over a recent window: outcomes and success rate overall, per agent and per "
+    "workflow, failing activities with their commonest errors, the slowest and the failed sessions (by key); "
+    "then the process as Signavio will mine it: a directly-follows process map (`process_map`, also written to "
+    "`<home>/overview/process_map.svg`), variants by activity set, per-activity counts, failure rates and "
+    "durations, tokens per model. First materialised by `new_sessions_sensor`, refreshed by "
+    "`hourly_export_schedule`.",
 )
 def process_overview(
     context: dg.AssetExecutionContext, config: OverviewConfig, warehouse: WarehouseResource,
@@ -137,5 +141,6 @@ def process_overview(
     with warehouse.warehouse().recent(since) as con:
         overview = compute_overview(con, since)
     context.log.info("process overview: %d cases, %d events since %s", overview.cases, overview.events, since)
-    png = draw_process_map(overview.edges, overview.activities)
-    return dg.MaterializeResult(metadata=overview_metadata(overview, hours, png))
+    process_map = draw_process_map(overview.edges, overview.activities)
+    map_file = save_process_map(process_map.svg, Path(monitoring.overview_dir))
+    return dg.MaterializeResult(metadata=overview_metadata(overview, hours, process_map, map_file))

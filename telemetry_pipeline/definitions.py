@@ -45,6 +45,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "monitoring": MonitoringResource(
                 activity_alphabet_limit=settings.activity_alphabet_limit,
                 overview_window_hours=settings.overview_window_hours,
+                overview_dir=str(settings.home / "overview"),
             ),
             "signavio": SignavioResource.from_settings(settings.signavio, settings.outbox_dir),
         },

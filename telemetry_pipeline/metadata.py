@@ -16,6 +16,7 @@ import base64
 import itertools
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,7 +26,8 @@ from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
-from telemetry_pipeline.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef
+from telemetry_pipeline.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
+from telemetry_pipeline.process_map import ProcessMap
 from telemetry_pipeline.quality import CheckOutcome
 from telemetry_pipeline.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.signavio.models import COMPLETED
@@ -230,10 +232,14 @@ def batch_failure(out: BatchOutcome) -> dg.Failure:
     )
 
 
-def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> dict[str, dg.RawMetadataValue]:
+def overview_metadata(
+    ov: ProcessOverview, window_hours: float, process_map: ProcessMap, map_file: Path
+) -> dict[str, dg.RawMetadataValue]:
     """What the agents did first (outcomes, failing activities, the sessions to open, by key), then the
-    process map as an image (markdown with a data: URL) and the figures behind it as tables."""
-    image = base64.b64encode(png).decode("ascii")
+    process map as an image (markdown with a data: URL; the same SVG is `map_file`) and the figures behind
+    it as tables."""
+    image = base64.b64encode(process_map.svg.encode()).decode("ascii")
+    shown = f"{process_map.layout.activities_shown} of {process_map.layout.activities_total}"
     top_activities = ov.activities[:MAX_ACTIVITIES_LISTED]
     overall = ov.overall
     return {
@@ -253,19 +259,19 @@ def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> d
         "slowest_sessions": _sessions_table(ov.slowest, "duration_s"),
         "failed_sessions": _sessions_table(ov.failed_sessions, "last_error"),
         "process_map": dg.MetadataValue.md(
-            f"![Directly-follows process map, {ov.cases} cases](data:image/png;base64,{image})"
+            f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
+            f"The same picture, to open at full size: `{map_file}`\n\n"
+            f"![Directly-follows process map, {ov.cases} cases](data:image/svg+xml;base64,{image})"
         ),
+        "process_map_file": dg.MetadataValue.path(str(map_file)),
+        "activities_shown": shown,
         "window_hours": window_hours,
         "since": dg.MetadataValue.timestamp(ov.since),
         "cases": ov.cases,
         "events": ov.events,
         "activities_count": len(ov.activities),
-        "variants": dg.MetadataValue.table(
-            records=[dg.TableRecord({"cases": v.cases, "steps": len(v.trace), "variant": _trace(v.trace)})
-                     for v in ov.variants],
-            schema=dg.TableSchema(columns=[dg.TableColumn("cases", "int"), dg.TableColumn("steps", "int"),
-                                           dg.TableColumn("variant", "string")]),
-        ),
+        "distinct_paths": ov.distinct_paths,
+        "variants": _variants_table(ov.variants),
         "activities": dg.MetadataValue.table(
             records=[dg.TableRecord({"activity": a.activity, "count": a.count, "cases": a.cases,
                                      "failure_rate": round(a.failure_rate, 4),
@@ -337,6 +343,22 @@ def _pct(share: float) -> float:
     return round(100 * share, 1)
 
 
-def _trace(trace: tuple[str, ...], shown: int = 8) -> str:
-    head = " → ".join(trace[:shown])
-    return head if len(trace) <= shown else f"{head} → … ({len(trace) - shown} more)"
+def _variants_table(variants: tuple[Variant, ...]) -> dg.TableMetadataValue:
+    """Each variant's activities, and how it differs from the most common one (+ more, − missing)."""
+    top = set(variants[0].activities) if variants else set()
+
+    def differs(v: Variant) -> str:
+        more = [a for a in v.activities if a not in top]
+        missing = sorted(top - set(v.activities))
+        return "; ".join([*(f"+ {a}" for a in more), *(f"− {a}" for a in missing)])
+
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"cases": v.cases, "activities": len(v.activities),
+                                 "variant": " → ".join(v.activities),
+                                 "differs_from_first": differs(v) if i else "(the most common)",
+                                 "example_session": v.example}) for i, v in enumerate(variants)],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("cases", "int"), dg.TableColumn("activities", "int"), dg.TableColumn("variant", "string"),
+            dg.TableColumn("differs_from_first", "string"), dg.TableColumn("example_session", "string"),
+        ]),
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import json
 import re
-import struct
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -15,8 +16,8 @@ import pytest
 from telemetry_pipeline import cli, quality
 from telemetry_pipeline.assets import process_overview
 from telemetry_pipeline.metadata import MAX_INLINE_MARKDOWN, errors_markdown, timeline_markdown
-from telemetry_pipeline.overview import END, START
-from telemetry_pipeline.process_map import draw_process_map
+from telemetry_pipeline.overview import END, START, ActivityFigures, Edge
+from telemetry_pipeline.process_map import Box, MapLayout, draw_process_map, layout_process_map
 from telemetry_pipeline.session_summary import Failure, Step
 from telemetry_pipeline.settings import Secret
 from telemetry_pipeline_tests.conftest import Pipeline
@@ -188,7 +189,7 @@ def test_checks_run_with_every_export_and_only_warn(
 @pytest.mark.parametrize("store", ["duckdb", "postgres"])
 def test_process_overview_figures_and_picture(
     pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble, store: str,
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, home: Path,
 ):
     if store == "postgres":  # read through the warehouse interface, whichever store holds the sessions
         pipeline.configure(warehouse={"url": Secret(request.getfixturevalue("postgres_url"))})
@@ -203,16 +204,22 @@ def test_process_overview_figures_and_picture(
     assert activities["Call tool tool_1"]["failure_rate"] == pytest.approx(1 / 3, abs=1e-4)
     assert activities["Call tool tool_1"]["median_ms"] == 900
     variants = meta["variants"].value.records
-    assert [v.data["cases"] for v in variants] == [3] and variants[0].data["steps"] == 4
+    assert [v.data["cases"] for v in variants] == [3] and variants[0].data["activities"] == 4
+    assert variants[0].data["variant"].startswith("User prompt → Change model")
+    assert variants[0].data["example_session"] in keys
     models = meta["tokens_by_model"].value.records
     assert [(m.data["model"], m.data["input_tokens"]) for m in models] == [("gpt-4o", 300)]
 
-    image = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", meta["process_map"].value)
-    assert image, "markdown holding one PNG as a data: URL"
-    png = base64.b64decode(image.group(1))
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert width > 300 and height > 200
+    # The map: an SVG at least 1600 px wide, in the markdown and as a file under the home.
+    assert meta["activities_shown"].value == "4 of 4"
+    image = re.search(r"!\[[^\]]*\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", meta["process_map"].value)
+    assert image, "markdown holding one SVG as a data: URL"
+    assert "4 of 4 activities shown" in meta["process_map"].value
+    svg = base64.b64decode(image.group(1)).decode()
+    assert float(re.search(r'<svg[^>]* width="([\d.]+)"', svg).group(1)) >= 1600
+    map_file = home / "overview" / "process_map.svg"
+    assert meta["process_map_file"].value == str(map_file) and map_file.read_text() == svg
+    assert str(map_file) in meta["process_map"].value, "the path is shown beside the picture"
 
     empty = dg.materialize(
         [process_overview], instance=instance, resources=pipeline.defs().resources,
@@ -279,11 +286,52 @@ def test_process_overview_says_how_the_agents_did_and_which_sessions_to_open(
     assert tags[keys["c-partial"]] == {"agent": "coder_bot", "workflow": "fixes", "outcome": "partial"}
 
 
-def test_process_map_draws_loops_and_pseudo_activities_without_error():
-    from telemetry_pipeline.overview import ActivityFigures, Edge
+def assert_readable(layout: MapLayout) -> None:
+    """No two pieces of text overlap, and no arc runs through text: a level run crosses no text box, and a
+    curve between two points stays in their rectangle (its control points do), which holds no text."""
+    labels = layout.labels
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            assert not a.overlaps(b), f"labels overlap: {a.text} and {b.text}"
+    for route in layout.routes:
+        for (x1, y1), (x2, y2) in itertools.pairwise(route.points):
+            e = 0.01  # px: where an arc meets a box's side (float noise, not a crossing)
+            if abs(y1 - y2) < 0.5:
+                area = Box(min(x1, x2) + e, y1 - 0.5, abs(x2 - x1) - 2 * e, 1.0)
+            else:
+                area = Box(min(x1, x2) + e, min(y1, y2), abs(x2 - x1) - 2 * e, abs(y2 - y1))
+            crossed = [b.text for b in labels if area.overlaps(b)]
+            assert not crossed, f"arc {route.source} -> {route.target} runs through {crossed}"
 
+
+def test_process_map_draws_loops_and_pseudo_activities_readably():
     edges = [Edge(START, "A", 5, None), Edge("A", "A", 2, 10.0), Edge("A", "B", 5, 1500.0),
              Edge("B", "A", 1, 70_000.0), Edge("B", END, 5, 0.0)]
     activities = [ActivityFigures("A", 7, 5, 0.0, 12.0), ActivityFigures("B", 5, 5, 0.2, None)]
-    assert draw_process_map(edges, activities)[:4] == b"\x89PNG"
-    assert draw_process_map([], [])[:4] == b"\x89PNG", "an empty window still draws (an empty map)"
+    drawn = draw_process_map(edges, activities)
+    layout = drawn.layout
+    assert set(layout.nodes) == {START, "A", "B", END}
+    assert layout.nodes["A"].text == ("A", "7× · median 12 ms · ↻ 2"), "a self-loop is a count in the box"
+    assert [(r.source, r.target, r.back) for r in layout.routes if r.back] == [("B", "A", True)]
+    assert any("↻ n" in line for line in layout.legend.text), "the legend explains ↻"
+    assert layout.title.text == ("2 of 2 activities shown (the busiest), 4 of their transitions",)
+    assert_readable(layout)
+    assert drawn.svg.startswith("<svg") and drawn.svg.count("<rect") == 5  # background + 4 boxes
+    assert layout_process_map([], []).width >= 1600, "an empty window still draws (an empty map)"
+
+
+def test_a_busy_process_map_shows_the_busiest_activities_and_stays_readable():
+    names = [f"Call tool {tool}_{i}" for i, tool in enumerate(["search_web", "read_file", "query_erp"] * 10)][:28]
+    activities = [ActivityFigures(n, 1000 - 30 * i, 100, 0.1, 100.0 * i) for i, n in enumerate(names)]
+    edges = [Edge(START, names[0], 100, None), Edge(START, names[5], 20, None)]
+    for i, source in enumerate(names):  # forward arcs, skips, back arcs and self-loops everywhere
+        edges += [Edge(source, names[(i + 1) % 28], 300 - 10 * i, 500.0), Edge(source, names[(i + 3) % 28], 40, 9e4),
+                  Edge(source, names[(i * 7) % 28], 15, 3e6), Edge(source, source, 50 - i, 20.0)]
+        edges.append(Edge(source, END, 5 + i, 0.0))
+    layout = draw_process_map(edges, activities).layout
+
+    assert layout.activities_shown == 12 and layout.activities_total == 28
+    assert layout.title.text[0].startswith("12 of 28 activities shown")
+    assert layout.width >= 1600
+    assert any(r.back for r in layout.routes) and len(layout.routes) > 20
+    assert_readable(layout)
