@@ -36,7 +36,10 @@ GAP = 16  # px between slots of a column
 CHANNEL = 40  # px between columns, where only arcs run
 MARGIN = 32
 MAX_NAME = 34  # characters of an activity name in its box
-_BOLD_EM, _EM = 0.66, 0.6  # average glyph width per font size (sans-serif), on the generous side
+# Glyph widths per font size, on the generous side of DejaVu Sans (what Debian's browsers use for sans-serif):
+# (regular, bold) for wide, capital, narrow and other characters.
+_WIDE, _CAPS, _NARROW = set("mwMW@%"), set("ABCDEFGHIJKLNOPQRSTUVXYZ&"), set("iljfrt.,:;'|!()[] ")
+_EM = {"wide": (0.95, 1.05), "caps": (0.74, 0.8), "narrow": (0.36, 0.42), "other": (0.62, 0.7)}
 _FILL, _PSEUDO, _STROKE, _EDGE, _BACK, _TEXT, _MUTED = (
     "#dbe9f6", "#eeeeee", "#4a6f94", "#4a6f94", "#b0653a", "#1b2b3a", "#55606b")
 
@@ -147,8 +150,8 @@ def _graph(edges: Sequence[Edge], activities: Sequence[ActivityFigures]) -> tupl
     for name in names:
         if name in (START, END) and name not in used:
             continue
-        if name in (START, END):
-            cases = sum(a.count for a in arcs if (a.source if name == START else a.target) == name)
+        if name in (START, END):  # every case, also those whose arcs here were not drawn
+            cases = sum(e.count for e in edges if (e.source if name == START else e.target) == name)
             nodes[name] = _Node(name, (name, f"{cases:,} cases"))
             continue
         f = figures[name]
@@ -340,18 +343,26 @@ def _port(box: Box, side: str, index: int, arcs: list[_Arc], node: str, boxes: d
 
 # -- text ----------------------------------------------------------------------------------------------------
 
+def text_width(text: str, size: float, *, bold: bool = False) -> float:
+    """Width in px of `text` at font `size`, estimated per character (no font file is read)."""
+    def em(c: str) -> float:
+        kind = "wide" if c in _WIDE else "caps" if c in _CAPS else "narrow" if c in _NARROW else "other"
+        return _EM[kind][bold]
+    return size * sum(em(c) for c in text)
+
+
 def _text_size(lines: tuple[str, ...]) -> tuple[float, float]:
-    widths = [len(lines[0]) * FONT * _BOLD_EM, *(len(t) * (FONT - 1) * _EM for t in lines[1:])]
+    widths = [text_width(lines[0], FONT, bold=True), *(text_width(t, FONT - 1) for t in lines[1:])]
     return max(widths) + 2 * PAD, LINE * len(lines) + 2 * PAD - 4
 
 
 def _label_size(text: str) -> tuple[float, float]:
-    return len(text) * (FONT - 1) * _EM + 8, LINE + 6
+    return text_width(text, FONT - 1) + 8, LINE + 6
 
 
 def _title(shown: int, total: int, arcs: int) -> Box:
     lines = (f"{shown} of {total} activities shown (the busiest), {arcs} of their transitions",)
-    return Box(0, 0, len(lines[0]) * (FONT + 3) * _BOLD_EM, LINE + 8, lines)
+    return Box(0, 0, text_width(lines[0], FONT + 3, bold=True), LINE + 12, lines)
 
 
 LEGEND = (
@@ -363,7 +374,7 @@ LEGEND = (
 
 
 def _legend() -> Box:
-    width = max(len(t) for t in LEGEND) * (FONT - 1) * _EM
+    width = max(text_width(t, FONT - 1) for t in LEGEND)
     return Box(0, 0, width, LINE * len(LEGEND) + 4, LEGEND)
 
 
@@ -399,7 +410,7 @@ def render_svg(layout: MapLayout) -> str:
           for name, color in (("arrow", _EDGE), ("back", _BACK))),
         "</defs>",
         '<rect width="100%" height="100%" fill="white"/>',
-        _text(layout.title, FONT + 3, bold=True),
+        _text(layout.title, FONT + 3, bold=True, inset=5),
     ]
     for route in layout.routes:
         color, marker = (_BACK, "back") if route.back else (_EDGE, "arrow")
@@ -444,4 +455,6 @@ def _text(box: Box, size: int, *, bold: bool = False, color: str = _TEXT, centre
         fill = color if i == 0 else _MUTED
         spans.append(f'<tspan x="{x:.1f}" y="{y:.1f}" font-size="{font}"{weight} fill="{fill}">'
                      f"{escape(line)}</tspan>")
-    return f'<text text-anchor="{anchor}">{"".join(spans)}</text>'
+    # data-box: the layout's box for this text, for a browser to compare with what it drew.
+    where = f"{box.x:.1f} {box.y:.1f} {box.width:.1f} {box.height:.1f}"
+    return f'<text text-anchor="{anchor}" data-box="{where}">{"".join(spans)}</text>'

@@ -331,6 +331,7 @@ def test_a_busy_process_map_shows_the_busiest_activities_and_stays_readable():
     layout = draw_process_map(edges, activities).layout
 
     assert layout.activities_shown == 12 and layout.activities_total == 28
+    assert layout.nodes[START].text[1] == "120 cases", "every case, though not every arc from the start is drawn"
     assert layout.title.text[0].startswith("12 of 28 activities shown")
     assert layout.width >= 1600
     assert any(r.back for r in layout.routes) and len(layout.routes) > 20
