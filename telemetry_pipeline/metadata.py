@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,8 +256,13 @@ def overview_metadata(
                 dg.TableColumn("failure_pct", "float"), dg.TableColumn("most_common_errors", "string"),
             ]),
         ),
-        "slowest_sessions": _sessions_table(ov.slowest, "duration_s"),
-        "failed_sessions": _sessions_table(ov.failed_sessions, "last_error"),
+        "slowest_sessions": _sessions_table(
+            ov.slowest, "duration_s", "float",
+            lambda s: round(s.duration_ms / 1000, 1) if s.duration_ms is not None else None,
+        ),
+        "failed_sessions": _sessions_table(
+            ov.failed_sessions, "last_error", "string", lambda s: _cell(s.error or "", ERROR_CHARS)
+        ),
         "process_map": dg.MetadataValue.md(
             f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
             f"The same picture, to open at full size: `{map_file}`\n\n"
@@ -317,20 +322,16 @@ def _outcome_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataVa
     )
 
 
-def _sessions_table(sessions: tuple[SessionRef, ...], detail: str) -> dg.TableMetadataValue:
-    """Sessions by key (the partition to open: *signavio_export → Partitions*), with `detail`."""
-    def value(s: SessionRef) -> str | float | None:
-        if detail == "duration_s":
-            return round(s.duration_ms / 1000, 1) if s.duration_ms is not None else None
-        return _cell(s.error or "", ERROR_CHARS)
-
+def _sessions_table(
+    sessions: tuple[SessionRef, ...], detail: str, kind: str, value: Callable[[SessionRef], str | float | None]
+) -> dg.TableMetadataValue:
+    """Sessions by key (the partition to open: *signavio_export → Partitions*), with a `detail` column."""
     return dg.MetadataValue.table(
         records=[dg.TableRecord({"session_key": s.session_key, "agent": s.agent or "", "workflow": s.workflow or "",
                                  "outcome": s.status or "", detail: value(s)}) for s in sessions],
         schema=dg.TableSchema(columns=[
             dg.TableColumn("session_key", "string"), dg.TableColumn("agent", "string"),
-            dg.TableColumn("workflow", "string"), dg.TableColumn("outcome", "string"),
-            dg.TableColumn(detail, "float" if detail == "duration_s" else "string"),
+            dg.TableColumn("workflow", "string"), dg.TableColumn("outcome", "string"), dg.TableColumn(detail, kind),
         ]),
     )
 
