@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, TOOL_CALL_STARTED
+from telemetry_pipeline.canonical.values import text
 
 USER_PROMPT = "user_prompt"
 MODEL_CHANGE = "model_change"
@@ -25,7 +26,7 @@ TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
 USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
-MAX_ERROR = 2000  # characters of an error kept in the event log
+MAX_ERROR = 2000  # characters of an error the Python normalisers keep (as they did before)
 # Ids as they turn up in span names: UUIDs, long hex (trace/span ids, hashes), long digit runs.
 _ID_LIKE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
                       r"|\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{16,}\b|\b\d{6,}\b")
@@ -68,18 +69,14 @@ def event_status(success: Any, error: Any) -> str:
     return "failed" if success is False or error else "success"
 
 
-def error_message(kind: Any, message: Any, limit: int = MAX_ERROR) -> str | None:
-    """`kind: message` when both are given and the message does not already start with the kind."""
-    kind, message = _nonblank(kind), _nonblank(message)
+def error_message(kind: Any, message: Any) -> str | None:
+    """`kind: message` when both are given and the message does not already start with the kind, else the one
+    given; each read as `text()` reads the Python normalisers' other texts (the SQL macro keeps them verbatim,
+    as the SQL normaliser keeps every text)."""
+    kind, message = text(kind, MAX_ERROR), text(message, MAX_ERROR)
     if kind and message and not message.startswith(kind):
-        return f"{kind}: {message}"[:limit]
-    return (message or kind or "")[:limit] or None
-
-
-def _nonblank(value: Any) -> str | None:
-    if value is None or isinstance(value, dict | list):
-        return None
-    return str(value).strip() or None
+        return f"{kind}: {message}"[:MAX_ERROR]
+    return message or kind
 
 
 def span_activity(
@@ -135,8 +132,8 @@ CREATE OR REPLACE TEMP MACRO event_resource(event_type, tool_name, model) AS CAS
     ELSE coalesce(tool_name, model, {_sql(AGENT_RESOURCE)}) END;
 CREATE OR REPLACE TEMP MACRO event_status(success, error) AS
     CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END;
-CREATE OR REPLACE TEMP MACRO error_message(kind, message) AS left(CASE
-    WHEN nullif(trim(kind), '') IS NOT NULL AND nullif(trim(message), '') IS NOT NULL
-         AND NOT starts_with(trim(message), trim(kind)) THEN trim(kind) || ': ' || trim(message)
-    ELSE coalesce(nullif(trim(message), ''), nullif(trim(kind), '')) END, {MAX_ERROR});
+CREATE OR REPLACE TEMP MACRO error_message(kind, message) AS CASE
+    WHEN nullif(kind, '') IS NOT NULL AND nullif(message, '') IS NOT NULL AND NOT starts_with(message, kind)
+        THEN kind || ': ' || message
+    ELSE coalesce(nullif(message, ''), nullif(kind, '')) END;
 """
