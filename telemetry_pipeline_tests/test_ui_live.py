@@ -211,6 +211,10 @@ OVERVIEW_TABLES = """
 { assetNodes(assetKeys: [{path: ["process_overview"]}]) {
   assetMaterializations(limit: 1) { metadataEntries { label ... on TableMetadataEntry { table { records } } } } } }"""
 
+SESSION_TAGS = """
+query($key: String!) { assetNodes(assetKeys: [{path: ["signavio_export"]}]) {
+  assetMaterializations(partitions: [$key], limit: 1) { tags { key value } } } }"""
+
 # Every text of the SVG: the layout's box (data-box) and the box Chromium drew the glyphs in.
 DRAWN_TEXT = """() => [...document.querySelectorAll('text[data-box]')].map(t => {
   const b = t.getBBox();
@@ -245,6 +249,9 @@ def test_the_console_answers_what_the_agents_are_doing(dagster_dev: DagsterDev, 
     assert failed, f"the simulator's sessions include failed ones: {tables.get('outcomes_by_agent')}"
     session = failed[0]
     map_file = dagster_dev.home / "overview" / "process_map.svg"
+    tags = dagster_dev.graphql(SESSION_TAGS, {"key": session["session_key"]})["assetNodes"][0]
+    tagged = {t["key"]: t["value"] for t in tags["assetMaterializations"][0]["tags"]}
+    assert tagged.get("outcome") == "failed" and "agent" in tagged, f"the session's tags: {tagged}"
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
