@@ -17,6 +17,7 @@ differing backfill policies. External upstreams never make a downstream stale.
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -39,7 +40,7 @@ from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
 from telemetry_pipeline.overview import compute_overview
 from telemetry_pipeline.partitions import agent_sessions
-from telemetry_pipeline.process_map import draw_process_map
+from telemetry_pipeline.process_map import draw_process_map, save_process_map
 from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 
 
@@ -79,7 +80,9 @@ EXPORT_SPEC = dg.AssetSpec(
     EXPORT, deps=[CSV_ASSET], skippable=True, group_name="telemetry", partitions_def=agent_sessions,
     description="One partition per session, materialised when Signavio confirmed both tables: its history is "
     "the export status. Each materialisation shows the session at a glance (agent, status, times, tool calls, "
-    "models, tokens, first error, first steps).",
+    "models, tokens, every error with its message, its first and last steps; `event_counts` explains `events` "
+    "(in the source) against `events_rows` (in the event log, a start and its end paired into one row)), "
+    "then the upload's ids and tables.",
 )
 CHECK_SPECS = [dg.AssetCheckSpec(name, asset=EXPORT, description=text) for name, text in quality.DESCRIPTIONS.items()]
 
@@ -125,9 +128,12 @@ class OverviewConfig(dg.Config):
 
 @dg.asset(
     name=PROCESS_OVERVIEW, group_name="telemetry", deps=[EVENTS_ASSET],
-    description="The process as Signavio will mine it, over a recent window: a directly-follows process map "
-    "(open `process_map`), top variants, per-activity counts, failure rates and durations, tokens per model. "
-    "Refreshed by `hourly_export_schedule`.",
+    description="What the agents did over a recent window: outcomes and success rate overall, per agent and per "
+    "workflow, failing activities with their commonest errors, the slowest and the failed sessions (by key); "
+    "then the process as Signavio will mine it: a directly-follows process map (`process_map`, also written to "
+    "`<home>/overview/process_map.svg`), variants by activity set, per-activity counts, failure rates and "
+    "durations, tokens per model. First materialised by `new_sessions_sensor`, refreshed by "
+    "`hourly_export_schedule`.",
 )
 def process_overview(
     context: dg.AssetExecutionContext, config: OverviewConfig, warehouse: WarehouseResource,
@@ -138,5 +144,6 @@ def process_overview(
     with warehouse.warehouse().recent(since) as con:
         overview = compute_overview(con, since)
     context.log.info("process overview: %d cases, %d events since %s", overview.cases, overview.events, since)
-    png = draw_process_map(overview.edges, overview.activities)
-    return dg.MaterializeResult(metadata=overview_metadata(overview, hours, png))
+    process_map = draw_process_map(overview.edges, overview.activities)
+    map_file = save_process_map(process_map.svg, Path(monitoring.overview_dir))
+    return dg.MaterializeResult(metadata=overview_metadata(overview, hours, process_map, map_file))

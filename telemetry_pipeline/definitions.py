@@ -23,10 +23,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(export_assets),  # partitioned by agent_sessions, as the job is
         description="raw_telemetry -> signavio_export for a set of sessions (a contiguous range per run).",
     )
+    refresh_overview = dg.define_asset_job(
+        names.OVERVIEW_JOB, selection=dg.AssetSelection.assets(process_overview),
+        description="process_overview alone (the sensor's first one; the hourly schedule refreshes it).",
+    )
     return dg.Definitions(
         assets=[discovered_sessions, *STAGE_SPECS, export_assets, process_overview],
-        jobs=[export_sessions, retention_job],
-        sensors=[build_new_sessions_sensor(settings.batch_size, settings.sensor_interval_seconds)],
+        jobs=[export_sessions, refresh_overview, retention_job],
+        sensors=[build_new_sessions_sensor(
+            settings.batch_size, settings.sensor_interval_seconds, [export_sessions, refresh_overview]
+        )],
         schedules=[
             build_hourly_export_schedule(settings.batch_size),
             build_retention_schedule(settings.retention_days),
@@ -37,6 +43,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "monitoring": MonitoringResource(
                 activity_alphabet_limit=settings.activity_alphabet_limit,
                 overview_window_hours=settings.overview_window_hours,
+                overview_dir=str(settings.home / "overview"),
             ),
             "signavio": SignavioResource.from_settings(settings.signavio, settings.outbox_dir),
         },

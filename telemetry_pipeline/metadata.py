@@ -4,7 +4,8 @@
 Per export batch:
 - one record per stage (`raw_telemetry`, `telemetry_events`, `signavio_csv`) for the run;
 - one `signavio_export` materialisation per confirmed session, carrying the contract's fields
-  (INTERFACE.md) and the session at a glance (`session_summary`), with its first steps as a table;
+  (INTERFACE.md) after the session at a glance (`session_summary`): counts explained, every error, its
+  first and last steps;
 - one observation per failed session naming why, on that session's partition;
 - one result per data-quality check of the upload (severity WARN: a failed check never blocks it).
 """
@@ -12,7 +13,10 @@ Per export batch:
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -22,9 +26,10 @@ from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
-from telemetry_pipeline.overview import ProcessOverview
+from telemetry_pipeline.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
+from telemetry_pipeline.process_map import ProcessMap
 from telemetry_pipeline.quality import CheckOutcome
-from telemetry_pipeline.session_summary import SessionSummary, Step
+from telemetry_pipeline.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.signavio.models import COMPLETED
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 
@@ -35,6 +40,9 @@ MAX_ACTIVITIES_LISTED = 50
 # table serialises to a fifth of the bytes of a `TableMetadataValue` with the same rows.
 MAX_INLINE_MARKDOWN = 999
 TIMELINE_ACTIVITY_CHARS = 40
+ERROR_ACTIVITY_CHARS = 30
+ERROR_CHARS = 110
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def stage_records(out: BatchOutcome, dataset: str) -> Iterator[dg.AssetMaterialization]:
@@ -79,11 +87,22 @@ def export_materializations(out: BatchOutcome, dataset: str, destination: str) -
     for key in out.exported:
         session_runs, session_events = out.rows.get(key, (0, 0))
         summary = out.summaries.get(key)
+        # What the session did first, then the plumbing (ids, tables, where it went): the UI lists
+        # entries in this order.
+        meaning = summary_metadata(summary) if summary else {}
+        counts = {"events": summary.source_events} if summary else {}
         yield dg.AssetMaterialization(
             asset_key=EXPORT, partition=key,
-            metadata={**(summary_metadata(summary) if summary else {}), **shared,
-                      "runs_rows": session_runs, "events_rows": session_events},
+            metadata={**meaning, **shared, **counts, "runs_rows": session_runs, "events_rows": session_events},
+            tags=session_tags(summary) if summary else None,
         )
+
+
+def session_tags(s: SessionSummary) -> dict[str, str]:
+    """`agent`, `workflow` and `outcome` as tags of the session's materialisation. Dagster takes tag values
+    of at most 63 characters of `[A-Za-z0-9_.-]`: anything else becomes `_`."""
+    values = {"agent": s.agent, "workflow": s.workflow, "outcome": s.status}
+    return {name: _TAG_UNSAFE.sub("_", value)[:63] for name, value in values.items() if value}
 
 
 def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
@@ -100,7 +119,7 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     if s.duration_s is not None:
         meta["duration_s"] = s.duration_s
     meta |= {
-        "events": s.events,
+        "event_counts": event_counts_text(s.source_events, s.event_log_rows),
         "tool_calls": f"{s.tool_calls} ({s.tool_calls_succeeded} succeeded, {s.tool_calls_failed} failed)",
         "models": ", ".join(s.models),
         "input_tokens": s.input_tokens,
@@ -108,22 +127,77 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     }
     if s.first_error:
         meta["first_error"] = s.first_error
+    if s.errors:
+        meta["errors"] = dg.MetadataValue.md(errors_markdown(s.errors, s.error_count))
     if s.timeline:
-        meta["timeline"] = dg.MetadataValue.md(timeline_markdown(s.timeline))
+        meta["timeline"] = dg.MetadataValue.md(timeline_markdown(s.timeline, s.steps))
     return meta
 
 
-def timeline_markdown(steps: tuple[Step, ...]) -> str:
-    """The first steps as a markdown table short enough to render inline."""
-    lines = ["| s | activity | status | ms |", "|--:|---|---|--:|"]
+def event_counts_text(source_events: int, event_log_rows: int) -> str:
+    """Why the source's count and the event log's differ (`events` and `events_rows` in the metadata)."""
+    if source_events == event_log_rows:
+        return f"{source_events} source events = {event_log_rows} event-log rows"
+    return (f"{source_events} source events → {event_log_rows} event-log rows "
+            "(a start and its end, e.g. of a tool call, are paired into one row)")
+
+
+def timeline_markdown(steps: tuple[Step, ...], total: int) -> str:
+    """The first and last of `total` steps as a markdown table short enough to render inline, with a
+    "… N more steps" row where steps are left out (the last head step goes first when it is too long)."""
+    shown = list(steps)
+    while True:
+        text = _timeline_table(shown, total)
+        if len(text) <= MAX_INLINE_MARKDOWN or len(shown) <= 1:
+            return text
+        gap = next((i for i, (a, b) in enumerate(itertools.pairwise(shown)) if b.step > a.step + 1), len(shown) // 2)
+        del shown[gap]
+
+
+def _timeline_table(steps: list[Step], total: int) -> str:
+    lines = ["| # | s | activity | status | ms |", "|--:|--:|---|---|--:|"]
+    previous = 0
     for step in steps:
+        if step.step > previous + 1:
+            lines.append(_more_steps(step.step - previous - 1))
         at = f"{step.offset_ms / 1000:.1f}" if step.offset_ms is not None else ""
         ms = str(step.latency_ms) if step.latency_ms is not None else ""
-        row = f"| {at} | {_cell(step.activity, TIMELINE_ACTIVITY_CHARS)} | {_cell(step.status or '', 12)} | {ms} |"
-        if sum(len(line) + 1 for line in lines) + len(row) > MAX_INLINE_MARKDOWN:
-            break
-        lines.append(row)
+        lines.append(f"| {step.step} | {at} | {_cell(step.activity, TIMELINE_ACTIVITY_CHARS)} "
+                     f"| {_cell(step.status or '', 12)} | {ms} |")
+        previous = step.step
+    if total > previous:
+        lines.append(_more_steps(total - previous))
     return "\n".join(lines)
+
+
+def _more_steps(n: int) -> str:
+    return f"| | | … {n} more step{'s' if n != 1 else ''} | | |"
+
+
+def errors_markdown(errors: tuple[Failure, ...], total: int) -> str:
+    """Every error with its message, the same one at the same activity on one row with its steps, as a
+    markdown table short enough to render inline; "… N more errors" names what did not fit."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for failure in errors:
+        groups.setdefault((failure.activity, failure.error or "(failed, no message)"), []).append(failure.step)
+    rows = [
+        f"| {_steps(numbers)} | {_cell(activity, ERROR_ACTIVITY_CHARS)} | {_cell(error, ERROR_CHARS)} |"
+        for (activity, error), numbers in groups.items()
+    ]
+    counts = [len(numbers) for numbers in groups.values()]
+    header = ["| step | activity | error |", "|--:|---|---|"]
+    while True:
+        hidden = total - sum(counts[: len(rows)])
+        more = [f"| | … {hidden} more error{'s' if hidden != 1 else ''} | |"] if hidden else []
+        text = "\n".join(header + rows + more)
+        if len(text) <= MAX_INLINE_MARKDOWN or not rows:
+            return text
+        rows.pop()
+
+
+def _steps(numbers: list[int], shown: int = 4) -> str:
+    head = ", ".join(str(n) for n in numbers[:shown])
+    return head if len(numbers) <= shown else f"{head} +{len(numbers) - shown}"
 
 
 def _cell(text: str, width: int) -> str:
@@ -159,26 +233,51 @@ def batch_failure(out: BatchOutcome) -> dg.Failure:
     )
 
 
-def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> dict[str, dg.RawMetadataValue]:
-    """The process map as an image (markdown with a data: URL; the UI opens it with "Show Markdown")
-    and the figures behind it as tables."""
-    image = base64.b64encode(png).decode("ascii")
+def overview_metadata(
+    ov: ProcessOverview, window_hours: float, process_map: ProcessMap, map_file: Path
+) -> dict[str, dg.RawMetadataValue]:
+    """What the agents did first (outcomes, failing activities, the sessions to open, by key), then the
+    process map as an image (markdown with a data: URL; the same SVG is `map_file`) and the figures behind
+    it as tables."""
+    image = base64.b64encode(process_map.svg.encode()).decode("ascii")
+    shown = f"{process_map.layout.activities_shown} of {process_map.layout.activities_total}"
     top_activities = ov.activities[:MAX_ACTIVITIES_LISTED]
+    overall = ov.overall
     return {
-        "process_map": dg.MetadataValue.md(
-            f"![Directly-follows process map, {ov.cases} cases](data:image/png;base64,{image})"
+        "outcomes": outcome_text(overall),
+        "success_rate_pct": _pct(overall.success_rate),
+        "outcomes_by_agent": _outcome_table(ov.outcomes_by("agent"), "agent"),
+        "outcomes_by_workflow": _outcome_table(ov.outcomes_by("workflow"), "workflow"),
+        "failing_activities": dg.MetadataValue.table(
+            records=[dg.TableRecord({"activity": f.activity, "failures": f.failures,
+                                     "failure_pct": _pct(f.failures / f.count if f.count else 0.0),
+                                     "most_common_errors": _top_errors(f.top_errors)}) for f in ov.failing],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("activity", "string"), dg.TableColumn("failures", "int"),
+                dg.TableColumn("failure_pct", "float"), dg.TableColumn("most_common_errors", "string"),
+            ]),
         ),
+        "slowest_sessions": _sessions_table(
+            ov.slowest, "duration_s", "float",
+            lambda s: round(s.duration_ms / 1000, 1) if s.duration_ms is not None else None,
+        ),
+        "failed_sessions": _sessions_table(
+            ov.failed_sessions, "last_error", "string", lambda s: _cell(s.error or "", ERROR_CHARS)
+        ),
+        "process_map": dg.MetadataValue.md(
+            f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
+            f"The same picture, to open at full size: `{map_file}`\n\n"
+            f"![Directly-follows process map, {ov.cases} cases](data:image/svg+xml;base64,{image})"
+        ),
+        "process_map_file": dg.MetadataValue.path(str(map_file)),
+        "activities_shown": shown,
         "window_hours": window_hours,
         "since": dg.MetadataValue.timestamp(ov.since),
         "cases": ov.cases,
         "events": ov.events,
         "activities_count": len(ov.activities),
-        "variants": dg.MetadataValue.table(
-            records=[dg.TableRecord({"cases": v.cases, "steps": len(v.trace), "variant": _trace(v.trace)})
-                     for v in ov.variants],
-            schema=dg.TableSchema(columns=[dg.TableColumn("cases", "int"), dg.TableColumn("steps", "int"),
-                                           dg.TableColumn("variant", "string")]),
-        ),
+        "distinct_paths": ov.distinct_paths,
+        "variants": _variants_table(ov.variants),
         "activities": dg.MetadataValue.table(
             records=[dg.TableRecord({"activity": a.activity, "count": a.count, "cases": a.cases,
                                      "failure_rate": round(a.failure_rate, 4),
@@ -200,6 +299,68 @@ def overview_metadata(ov: ProcessOverview, window_hours: float, png: bytes) -> d
     }
 
 
-def _trace(trace: tuple[str, ...], shown: int = 8) -> str:
-    head = " → ".join(trace[:shown])
-    return head if len(trace) <= shown else f"{head} → … ({len(trace) - shown} more)"
+def outcome_text(o: Outcome) -> str:
+    """`210 sessions: 69 completed (32.9%), 109 partial (51.9%), 32 failed (15.2%)`."""
+    if not o.cases:
+        return "no sessions in the window"
+    parts = ", ".join(f"{n} {name} ({_pct(n / o.cases)}%)" for name, n in _counts(o))
+    return f"{o.cases} sessions: {parts}; success rate {_pct(o.success_rate)}% (completed or partial)"
+
+
+def _counts(o: Outcome) -> list[tuple[str, int]]:
+    return [("completed", o.completed), ("partial", o.partial), ("failed", o.failed)]
+
+
+def _outcome_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({by: o.name, "sessions": o.cases,
+                                 **{f"{name}_pct": _pct(n / o.cases) for name, n in _counts(o)},
+                                 "success_pct": _pct(o.success_rate)}) for o in outcomes],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn(by, "string"), dg.TableColumn("sessions", "int"),
+            *(dg.TableColumn(f"{name}_pct", "float") for name in OUTCOMES), dg.TableColumn("success_pct", "float"),
+        ]),
+    )
+
+
+def _sessions_table(
+    sessions: tuple[SessionRef, ...], detail: str, kind: str, value: Callable[[SessionRef], str | float | None]
+) -> dg.TableMetadataValue:
+    """Sessions by key (the partition to open: *signavio_export → Partitions*), with a `detail` column."""
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"session_key": s.session_key, "agent": s.agent or "", "workflow": s.workflow or "",
+                                 "outcome": s.status or "", detail: value(s)}) for s in sessions],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("session_key", "string"), dg.TableColumn("agent", "string"),
+            dg.TableColumn("workflow", "string"), dg.TableColumn("outcome", "string"), dg.TableColumn(detail, kind),
+        ]),
+    )
+
+
+def _top_errors(errors: tuple[tuple[str, int], ...]) -> str:
+    return "; ".join(f"{n}× {_cell(message or '(no message)', ERROR_CHARS)}" for message, n in errors)
+
+
+def _pct(share: float) -> float:
+    return round(100 * share, 1)
+
+
+def _variants_table(variants: tuple[Variant, ...]) -> dg.TableMetadataValue:
+    """Each variant's activities, and how it differs from the most common one (+ more, − missing)."""
+    top = set(variants[0].activities) if variants else set()
+
+    def differs(v: Variant) -> str:
+        more = [a for a in v.activities if a not in top]
+        missing = sorted(top - set(v.activities))
+        return "; ".join([*(f"+ {a}" for a in more), *(f"− {a}" for a in missing)])
+
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"cases": v.cases, "activities": len(v.activities),
+                                 "variant": " → ".join(v.activities),
+                                 "differs_from_first": differs(v) if i else "(the most common)",
+                                 "example_session": v.example}) for i, v in enumerate(variants)],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("cases", "int"), dg.TableColumn("activities", "int"), dg.TableColumn("variant", "string"),
+            dg.TableColumn("differs_from_first", "string"), dg.TableColumn("example_session", "string"),
+        ]),
+    )

@@ -19,6 +19,7 @@ PROCESS_OVERVIEW_KEY = dg.AssetKey(PROCESS_OVERVIEW)
 # The one step that produces the export assets (a multi-asset), and the jobs, sensor and schedules.
 SESSION_EXPORT_STEP = "session_export"
 EXPORT_JOB = "export_sessions"
+OVERVIEW_JOB = "refresh_process_overview"
 NEW_SESSIONS_SENSOR = "new_sessions_sensor"
 HOURLY_EXPORT_SCHEDULE = "hourly_export_schedule"
 

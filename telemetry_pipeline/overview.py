@@ -1,16 +1,22 @@
-"""The process as Signavio will mine it, from the canonical model over a recent window: directly-follows
-relations (with the start and end of each case), per-activity figures, top variants and per-model
-token sums. Set-based DuckDB SQL over `sessions` and `events`; no Dagster here.
+"""What the agents did and the process as Signavio will mine it, from the canonical model over a recent
+window: outcomes (completed / partial / failed) overall, per agent and per workflow; the activities that
+fail, with their most common errors; the slowest and the latest failed sessions, by key; directly-follows
+relations (with the start and end of each case), per-activity figures, variants and per-model token sums.
+Set-based DuckDB SQL over `sessions` and `events`; no Dagster here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
 
 START, END = "▶ start", "■ end"  # pseudo-activities: where cases begin and end on the map
+OUTCOMES = ("completed", "partial", "failed")  # a session's `status`: `partial` recovered from failures
+NO_NAME = "(none)"  # a session without an agent or workflow name
+TOP_ERRORS = 3  # most common error messages shown per failing activity
 
 # The window: sessions that reached the warehouse (were normalised) at or after $since, i.e. what was
 # exported recently, whatever the age of the events themselves (a backfill of old sessions counts).
@@ -20,7 +26,7 @@ cases AS (
 ),
 ev AS (
     SELECT e.session_key, e.activity, e.event_time, e.end_time, e.status, e.latency_ms, e.model,
-           e.input_tokens, e.output_tokens,
+           e.input_tokens, e.output_tokens, e.error,
            row_number() OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS pos
     FROM events e WHERE e.session_key IN (SELECT session_key FROM cases)
 )
@@ -56,10 +62,74 @@ SELECT activity, count(*) AS n, count(DISTINCT session_key) AS cases,
 FROM ev GROUP BY activity ORDER BY n DESC, activity
 """
 
+# Variants by the set of activities a case went through: agents rarely take the same exact path twice (in the
+# simulator's 100 sessions, 100 distinct paths, 94 even with repeats collapsed, 14 activity sets). Each is shown
+# in its typical order (the median position where the activity first occurs), with an example case.
 _VARIANTS_SQL = f"""
 WITH {_WINDOW},
-per_case AS (SELECT session_key, list(activity ORDER BY pos) AS trace FROM ev GROUP BY session_key)
-SELECT trace, count(*) AS cases FROM per_case GROUP BY trace ORDER BY cases DESC, len(trace), trace::VARCHAR LIMIT $top
+firsts AS (SELECT session_key, activity, min(pos) AS first_pos FROM ev GROUP BY session_key, activity),
+per_case AS (SELECT session_key, list_sort(list(activity)) AS activity_set FROM firsts GROUP BY session_key),
+grouped AS (
+    SELECT activity_set, count(*) AS cases, min(session_key) AS example FROM per_case GROUP BY activity_set
+    ORDER BY cases DESC, len(activity_set), activity_set::VARCHAR LIMIT $top
+),
+typical AS (
+    SELECT p.activity_set, f.activity, median(f.first_pos) AS at
+    FROM per_case p JOIN firsts f USING (session_key)
+    WHERE p.activity_set IN (SELECT activity_set FROM grouped) GROUP BY p.activity_set, f.activity
+)
+SELECT list(t.activity ORDER BY t.at, t.activity) AS activities, any_value(g.cases) AS cases,
+       any_value(g.example) AS example
+FROM typical t JOIN grouped g USING (activity_set)
+GROUP BY t.activity_set ORDER BY cases DESC, len(t.activity_set), t.activity_set::VARCHAR
+"""
+
+_PATHS_SQL = f"""
+WITH {_WINDOW}
+SELECT count(DISTINCT trace) FROM (SELECT list(activity ORDER BY pos) AS trace FROM ev GROUP BY session_key)
+"""
+
+# One row overall ("all"), one per agent, one per workflow: GROUPING SETS reads the window once.
+_OUTCOMES_SQL = f"""
+SELECT CASE WHEN grouping(agent) = 0 THEN 'agent' WHEN grouping(workflow) = 0 THEN 'workflow' ELSE 'all' END
+           AS dimension,
+       coalesce(agent, workflow, '') AS name, count(*) AS cases,
+       {", ".join(f"count(*) FILTER (WHERE status = '{o}')" for o in OUTCOMES)}
+FROM (SELECT coalesce(agent_name, '{NO_NAME}') AS agent, coalesce(workflow_name, '{NO_NAME}') AS workflow, status
+      FROM sessions WHERE normalized_at >= $since)
+GROUP BY GROUPING SETS ((), (agent), (workflow))
+ORDER BY dimension, cases DESC, name
+"""
+
+# A failure is a failed step (status) or one that names an error; its message, else none given.
+_FAILING_SQL = f"""
+WITH {_WINDOW},
+failed AS (SELECT activity, error FROM ev WHERE status = 'failed' OR error IS NOT NULL),
+counted AS (SELECT activity, coalesce(error, '') AS error, count(*) AS n FROM failed GROUP BY 1, 2),
+per_error AS (SELECT *, row_number() OVER (PARTITION BY activity ORDER BY n DESC, error) AS rank FROM counted),
+totals AS (SELECT activity, count(*) AS n FROM ev GROUP BY activity)
+SELECT p.activity, sum(p.n)::BIGINT AS failures, any_value(t.n) AS count,
+       list({{'error': p.error, 'n': p.n}} ORDER BY p.n DESC, p.error) FILTER (WHERE p.rank <= {TOP_ERRORS}) AS top
+FROM per_error p JOIN totals t USING (activity)
+GROUP BY p.activity ORDER BY failures DESC, p.activity LIMIT $top
+"""
+
+_SLOWEST_SQL = """
+SELECT session_key, agent_name, workflow_name, status, date_diff('millisecond', start_time, end_time) AS ms
+FROM sessions WHERE normalized_at >= $since AND start_time IS NOT NULL AND end_time IS NOT NULL
+ORDER BY ms DESC, session_key LIMIT $top
+"""
+
+_FAILED_SESSIONS_SQL = """
+WITH failed AS (
+    SELECT session_key, agent_name, workflow_name, end_time FROM sessions
+    WHERE normalized_at >= $since AND status = 'failed'
+    ORDER BY end_time DESC NULLS LAST, session_key LIMIT $top
+)
+SELECT f.session_key, f.agent_name, f.workflow_name, f.end_time,
+       (SELECT arg_max(e.error, (e.event_time, e.seq)) FROM events e
+        WHERE e.session_key = f.session_key AND e.error IS NOT NULL) AS last_error
+FROM failed f ORDER BY f.end_time DESC NULLS LAST, f.session_key
 """
 
 _MODELS_SQL = f"""
@@ -90,8 +160,11 @@ class ActivityFigures:
 
 @dataclass(frozen=True)
 class Variant:
-    trace: tuple[str, ...]
+    """The cases that went through the same set of activities (in any order, any number of times)."""
+
+    activities: tuple[str, ...]  # in their typical order of first occurrence
     cases: int
+    example: str  # one of its cases' session key
 
 
 @dataclass(frozen=True)
@@ -103,6 +176,45 @@ class ModelTokens:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How the sessions of one group ended: `by` is "all", "agent" or "workflow", `name` the agent's or
+    workflow's."""
+
+    by: str
+    name: str
+    cases: int
+    completed: int
+    partial: int
+    failed: int
+
+    @property
+    def success_rate(self) -> float:
+        """The share that did not end on a failure (completed, or recovered from failures: partial)."""
+        return (self.completed + self.partial) / self.cases if self.cases else 0.0
+
+
+@dataclass(frozen=True)
+class FailingActivity:
+    activity: str
+    failures: int
+    count: int  # every occurrence, failed or not
+    top_errors: tuple[tuple[str, int], ...]  # (message, occurrences), most common first; "" = none given
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """A session to open (its key is its partition) and what it is about."""
+
+    session_key: str
+    agent: str | None
+    workflow: str | None
+    status: str | None = None
+    duration_ms: int | None = None
+    end: dt.datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ProcessOverview:
     since: dt.datetime
     cases: int
@@ -111,10 +223,25 @@ class ProcessOverview:
     activities: tuple[ActivityFigures, ...]
     variants: tuple[Variant, ...]
     models: tuple[ModelTokens, ...]
+    distinct_paths: int = 0  # exact sequences of activities
+    outcomes: tuple[Outcome, ...] = ()
+    failing: tuple[FailingActivity, ...] = ()
+    slowest: tuple[SessionRef, ...] = ()
+    failed_sessions: tuple[SessionRef, ...] = ()
+
+    @property
+    def overall(self) -> Outcome:
+        return next((o for o in self.outcomes if o.by == "all"), Outcome("all", "", 0, 0, 0, 0))
+
+    def outcomes_by(self, by: str) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.by == by)
 
 
-def compute_overview(con: duckdb.DuckDBPyConnection, since: dt.datetime, top_variants: int = 10) -> ProcessOverview:
-    """Every figure of the overview for the cases in the window starting at `since`."""
+def compute_overview(
+    con: duckdb.DuckDBPyConnection, since: dt.datetime, top_variants: int = 10, top: int = 10
+) -> ProcessOverview:
+    """Every figure of the overview for the cases in the window starting at `since`; `top` rows of the
+    failing activities, slowest and failed sessions."""
     window = {"since": since}
     totals = con.execute(_TOTALS_SQL, window).fetchone()
     assert totals is not None, "an aggregate without GROUP BY returns one row"
@@ -126,8 +253,30 @@ def compute_overview(con: duckdb.DuckDBPyConnection, since: dt.datetime, top_var
         edges=tuple(Edge(*row) for row in con.execute(_EDGES_SQL, window).fetchall()),
         activities=tuple(ActivityFigures(*row) for row in con.execute(_ACTIVITIES_SQL, window).fetchall()),
         variants=tuple(
-            Variant(tuple(trace), n)
-            for trace, n in con.execute(_VARIANTS_SQL, {**window, "top": top_variants}).fetchall()
+            Variant(tuple(activities), n, example)
+            for activities, n, example in con.execute(_VARIANTS_SQL, {**window, "top": top_variants}).fetchall()
         ),
+        distinct_paths=_one(con, _PATHS_SQL, window),
         models=tuple(ModelTokens(*row) for row in con.execute(_MODELS_SQL, window).fetchall()),
+        outcomes=tuple(Outcome(*row) for row in con.execute(_OUTCOMES_SQL, window).fetchall()),
+        failing=tuple(
+            FailingActivity(activity, failures, count, tuple((e["error"], e["n"]) for e in top_errors))
+            for activity, failures, count, top_errors in con.execute(_FAILING_SQL, {**window, "top": top}).fetchall()
+        ),
+        slowest=tuple(
+            SessionRef(key, agent, workflow, status=status, duration_ms=ms)
+            for key, agent, workflow, status, ms in con.execute(_SLOWEST_SQL, {**window, "top": top}).fetchall()
+        ),
+        failed_sessions=tuple(
+            SessionRef(key, agent, workflow, status="failed", end=end, error=error)
+            for key, agent, workflow, end, error in con.execute(
+                _FAILED_SESSIONS_SQL, {**window, "top": top}
+            ).fetchall()
+        ),
     )
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, object]) -> int:
+    row = con.execute(sql, params).fetchone()
+    assert row is not None, "an aggregate without GROUP BY returns one row"
+    return int(row[0])

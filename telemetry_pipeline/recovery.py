@@ -18,7 +18,7 @@ import dagster as dg
 
 from telemetry_pipeline.history import latest_exports
 from telemetry_pipeline.liveness import RunLiveness
-from telemetry_pipeline.names import EXPORT_JOB
+from telemetry_pipeline.names import HOST_TAG
 from telemetry_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
 from telemetry_pipeline.warehouse import Holder
 
@@ -33,24 +33,25 @@ class Recovery:
 
 
 def mark_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed the started export runs whose process is gone from this host; their ids."""
+    """Mark failed the started export runs whose process is gone from this host; their ids. (An export run is
+    one that tagged itself with its process: `export_sessions`, or the hourly schedule's asset runs.)"""
     check = RunLiveness(instance)
-    started = instance.get_runs(dg.RunsFilter(job_name=EXPORT_JOB, statuses=[dg.DagsterRunStatus.STARTED]))
-    return [run.run_id for run in started if check(run.run_id) is Holder.DEAD]
+    started = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    return [run.run_id for run in started if HOST_TAG in run.tags and check(run.run_id) is Holder.DEAD]
 
 
 def cut_off_runs(instance: dg.DagsterInstance, after: float) -> tuple[list[dg.DagsterRun], float]:
     """Export runs that failed, not because of their sessions, with a last update after `after` (a POSIX
     timestamp), oldest first; and the newest update among all failed runs seen (the next `after`)."""
     records = instance.get_run_records(
-        dg.RunsFilter(
-            job_name=EXPORT_JOB, statuses=[dg.DagsterRunStatus.FAILURE],
-            updated_after=dt.datetime.fromtimestamp(after, dt.UTC),
-        ),
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], updated_after=dt.datetime.fromtimestamp(after, dt.UTC)),
         order_by="update_timestamp", ascending=True,
     )
     newest = max((r.update_timestamp.timestamp() for r in records), default=after)
-    runs = [r.dagster_run for r in records if r.dagster_run.tags.get(FAILURE_REASON_TAG) != _SESSIONS_FAILED]
+    runs = [  # a range of sessions: an export run (`export_sessions`, a backfill, the hourly schedule's)
+        r.dagster_run for r in records
+        if RANGE_START_TAG in r.dagster_run.tags and r.dagster_run.tags.get(FAILURE_REASON_TAG) != _SESSIONS_FAILED
+    ]
     return runs, newest
 
 

@@ -166,3 +166,4 @@ class MonitoringResource(dg.ConfigurableResource):
 
     activity_alphabet_limit: int = Field(description="distinct activities per upload before the check warns")
     overview_window_hours: float = Field(description="sessions normalised this recently feed process_overview")
+    overview_dir: str = Field(description="where process_overview writes its picture (`<home>/overview`)")

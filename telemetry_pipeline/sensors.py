@@ -1,24 +1,40 @@
-"""`new_sessions_sensor`: discover, add only really new keys, request their export in batches; and export again
-the sessions of export runs that were cut off (`recovery`)."""
+"""`new_sessions_sensor`: discover, add only really new keys, request their export in batches; export again
+the sessions of export runs that were cut off (`recovery`); and the first `process_overview` as soon as there is
+something to show (the hourly schedule refreshes it afterwards)."""
+
+from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 
 from telemetry_pipeline.discovery import discover
 from telemetry_pipeline.history import latest_exports
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR, RECOVERS_TAG
+from telemetry_pipeline.names import (
+    AGENT_SESSIONS,
+    EXPORT_JOB,
+    NEW_SESSIONS_SENSOR,
+    OVERVIEW_JOB,
+    PROCESS_OVERVIEW_KEY,
+    RECOVERS_TAG,
+    SIGNAVIO_EXPORT_KEY,
+)
 from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.recovery import cut_off_runs, mark_dead_runs, recoveries
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
 
 
-def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefinition:
+def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any]) -> dg.SensorDefinition:
+    """`jobs`: `export_sessions` and `refresh_process_overview`, the two it launches (as `define_asset_job`
+    returns them: a type Dagster does not export)."""
+
     @dg.sensor(
         name=NEW_SESSIONS_SENSOR,
-        job_name=EXPORT_JOB,
+        jobs=jobs,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Discovers new finished sessions, adds them to `agent_sessions` and requests their export.",
@@ -44,34 +60,50 @@ def build_new_sessions_sensor(batch_size: int, interval: int) -> dg.SensorDefini
         again = recoveries(context.instance, cut_off, context.instance.get_dynamic_partitions(AGENT_SESSIONS),
                            batch_size)
         cursor = json.dumps({"watermarks": found.watermarks, "failed_runs_after": failed_after}, sort_keys=True)
+        first_overview = _first_overview(context.instance)
         if not new_keys and not updated and not again:
+            if first_overview:
+                return dg.SensorResult(run_requests=first_overview, cursor=cursor)
             return dg.SensorResult(cursor=cursor, skip_reason="no new sessions")
         # New keys are appended in this order, so they form contiguous ranges at the end of the list.
         runs = [
-            dg.RunRequest(run_key=f"new:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags)
+            dg.RunRequest(run_key=f"new:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags, job_name=EXPORT_JOB)
             for r in batched_ranges(new_keys, new_keys, batch_size)
         ]
         if updated:  # exported before their last events: export again (rows are replaced, not added)
             stamp = max(updated.values())
             runs += [
-                dg.RunRequest(run_key=f"updated:{r.start}..{r.end}:{len(r.keys)}:{stamp}", tags=r.tags)
+                dg.RunRequest(run_key=f"updated:{r.start}..{r.end}:{len(r.keys)}:{stamp}", tags=r.tags,
+                              job_name=EXPORT_JOB)
                 for r in batched_ranges(
                     context.instance.get_dynamic_partitions(AGENT_SESSIONS), updated, batch_size
                 )
             ]
         runs += [  # one run key per cut-off run: it is exported again once, whatever happens to this tick
-            dg.RunRequest(run_key=f"recover:{r.run_id}:{n}", tags={**key_range.tags, RECOVERS_TAG: r.run_id})
+            dg.RunRequest(run_key=f"recover:{r.run_id}:{n}", tags={**key_range.tags, RECOVERS_TAG: r.run_id},
+                          job_name=EXPORT_JOB)
             for r in again for n, key_range in enumerate(r.ranges)
         ]
         context.log.info("%d new and %d updated sessions, %d cut-off runs to export again -> %d runs",
                          len(new_keys), len(updated), len(again), len(runs))
         return dg.SensorResult(
-            run_requests=runs,
+            run_requests=runs + first_overview,
             dynamic_partitions_requests=[agent_sessions.build_add_request(new_keys)] if new_keys else None,
             cursor=cursor,
         )
 
     return new_sessions_sensor
+
+
+def _first_overview(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    """`process_overview` once the first sessions are exported, if it was never materialised: a new user
+    sees it within a tick or two, not at the first hourly refresh. The fixed run key makes the daemon
+    launch it once (it skips a key it has launched before)."""
+    if instance.get_latest_materialization_event(PROCESS_OVERVIEW_KEY) is not None:
+        return []
+    if instance.get_latest_materialization_event(SIGNAVIO_EXPORT_KEY) is None:
+        return []  # nothing to show yet
+    return [dg.RunRequest(run_key="overview:first", job_name=OVERVIEW_JOB)]
 
 
 def _updated_since_export(instance: dg.DagsterInstance, relisted: list[SessionRef]) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Each exported session at a glance: the figures a person looks for on its partition page (agent,
-workflow, status, times, tool calls, models, tokens, first error) and its first steps as a short
-timeline. One set-based DuckDB query per batch over the canonical model; no Dagster here.
+workflow, status, times, counts, tool calls, models, tokens), every error with its message, and its
+first and last steps (the start, and how it ended). One set-based DuckDB query per batch over the
+canonical model; no Dagster here.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-#: Steps shown in a session's timeline; the full event log is in Signavio. Kept short so each
-#: materialisation stays small (README, Benchmark: bytes of metadata per session).
-TIMELINE_STEPS = 8
+#: Steps shown of a session's timeline: its first ones and its last ones (the final answer, the error
+#: it ended on); the full event log is in Signavio. Kept short so each materialisation stays small
+#: (README, Benchmark: bytes of metadata per session).
+HEAD_STEPS = 5
+TAIL_STEPS = 3
+MAX_ERRORS = 50  # errors carried per session; the page shows as many as fit, and says how many more
 MAX_TEXT = 160  # characters of an activity or error shown; the rest is in the event log
-
 _SUMMARY_SQL = """
 WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
 ev AS (SELECT * FROM events WHERE session_key IN (SELECT session_key FROM batch)),
@@ -27,27 +30,39 @@ agg AS (
            list_sort(list(DISTINCT model) FILTER (WHERE model IS NOT NULL)) AS models,
            coalesce(sum(input_tokens), 0) AS input_tokens,
            coalesce(sum(output_tokens), 0) AS output_tokens,
-           arg_min(error, (event_time, seq)) FILTER (WHERE error IS NOT NULL) AS first_error
+           arg_min(error, (event_time, seq)) FILTER (WHERE error IS NOT NULL) AS first_error,
+           count(*) AS event_log_rows,
+           count(*) FILTER (WHERE status = 'failed' OR error IS NOT NULL) AS errors
     FROM ev GROUP BY session_key
 )
 SELECT s.session_key, s.agent_name, s.workflow_name, s.status, s.start_time, s.end_time, s.event_count,
        coalesce(a.tool_calls, 0), coalesce(a.tool_calls_succeeded, 0), coalesce(a.tool_calls_failed, 0),
-       coalesce(a.models, []), coalesce(a.input_tokens, 0), coalesce(a.output_tokens, 0), a.first_error
+       coalesce(a.models, []), coalesce(a.input_tokens, 0), coalesce(a.output_tokens, 0), a.first_error,
+       coalesce(a.event_log_rows, 0), coalesce(a.errors, 0)
 FROM sessions s LEFT JOIN agg a USING (session_key)
 WHERE s.session_key IN (SELECT session_key FROM batch)
 """
 
-# Offsets from the session's start (not absolute times) keep each row short and readable.
-_TIMELINE_SQL = """
+# The steps shown (first and last ones) and the failed ones, in one pass. Offsets from the session's start
+# (not absolute times) keep each row short and readable.
+_STEPS_SQL = """
 WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
 ranked AS (
-    SELECT e.session_key, e.activity, e.status, e.latency_ms,
+    SELECT e.session_key, e.activity, e.status, e.latency_ms, e.error,
            date_diff('millisecond', coalesce(s.start_time, e.event_time), e.event_time) AS offset_ms,
-           row_number() OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS step
+           row_number() OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS step,
+           count(*) OVER (PARTITION BY e.session_key) AS steps,
+           count(*) FILTER (WHERE e.status = 'failed' OR e.error IS NOT NULL)
+               OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS nth_error
     FROM events e JOIN sessions s USING (session_key)
     WHERE e.session_key IN (SELECT session_key FROM batch)
 )
-SELECT session_key, step, offset_ms, activity, status, latency_ms FROM ranked WHERE step <= $steps
+SELECT session_key, step, offset_ms, activity, status, latency_ms, error,
+       step <= $head OR step > steps - $tail AS shown,
+       (status = 'failed' OR error IS NOT NULL) AND nth_error <= $max_errors AS failed
+FROM ranked
+WHERE step <= $head OR step > steps - $tail
+   OR ((status = 'failed' OR error IS NOT NULL) AND nth_error <= $max_errors)
 ORDER BY session_key, step
 """
 
@@ -62,13 +77,24 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """A failed step: where and what (the error's kind and message, cut at `MAX_TEXT`)."""
+
+    step: int
+    offset_ms: int | None
+    activity: str
+    error: str | None  # None: the source marked the step failed without saying why
+
+
+@dataclass(frozen=True)
 class SessionSummary:
     agent: str | None
     workflow: str | None
     status: str
     start: dt.datetime | None
     end: dt.datetime | None
-    events: int
+    source_events: int  # events in the source's payload
+    event_log_rows: int  # rows of the event log: paired starts and ends are one row (README)
     tool_calls: int
     tool_calls_succeeded: int
     tool_calls_failed: int
@@ -76,7 +102,13 @@ class SessionSummary:
     input_tokens: int
     output_tokens: int
     first_error: str | None
-    timeline: tuple[Step, ...] = field(default=())
+    error_count: int = 0
+    errors: tuple[Failure, ...] = field(default=())  # the first `MAX_ERRORS`
+    timeline: tuple[Step, ...] = field(default=())  # the first and last steps, numbered among all
+
+    @property
+    def steps(self) -> int:
+        return self.event_log_rows
 
     @property
     def duration_s(self) -> float | None:
@@ -86,25 +118,30 @@ class SessionSummary:
 
 
 def summarize(
-    con: duckdb.DuckDBPyConnection, keys: Sequence[str], steps: int = TIMELINE_STEPS
+    con: duckdb.DuckDBPyConnection, keys: Sequence[str], head: int = HEAD_STEPS, tail: int = TAIL_STEPS,
 ) -> dict[str, SessionSummary]:
     """{key: summary} for the normalised sessions among `keys`."""
     keys = list(keys)
     if not keys:
         return {}
     timelines: dict[str, list[Step]] = {}
-    for key, step, offset, activity, status, latency in con.execute(
-        _TIMELINE_SQL, {"keys": keys, "steps": steps}
+    failures: dict[str, list[Failure]] = {}
+    params = {"keys": keys, "head": head, "tail": tail, "max_errors": MAX_ERRORS}
+    for key, step, offset, activity, status, latency, error, shown, failed in con.execute(
+        _STEPS_SQL, params
     ).fetchall():
-        timelines.setdefault(key, []).append(Step(step, offset, _clip(activity) or "", status, latency))
+        if shown:
+            timelines.setdefault(key, []).append(Step(step, offset, _clip(activity) or "", status, latency))
+        if failed:
+            failures.setdefault(key, []).append(Failure(step, offset, _clip(activity) or "", _clip(error)))
     summaries = {}
     for row in con.execute(_SUMMARY_SQL, {"keys": keys}).fetchall():
-        key, agent, workflow, status, start, end, events, calls, ok, failed, models, tin, tout, error = row
+        key, agent, workflow, status, start, end, events, calls, ok, failed, models, tin, tout, error, rows, errs = row
         summaries[key] = SessionSummary(
-            agent=agent, workflow=workflow, status=status, start=start, end=end, events=events,
-            tool_calls=calls, tool_calls_succeeded=ok, tool_calls_failed=failed, models=tuple(models),
-            input_tokens=tin, output_tokens=tout, first_error=_clip(error),
-            timeline=tuple(timelines.get(key, ())),
+            agent=agent, workflow=workflow, status=status, start=start, end=end, source_events=events,
+            event_log_rows=rows, tool_calls=calls, tool_calls_succeeded=ok, tool_calls_failed=failed,
+            models=tuple(models), input_tokens=tin, output_tokens=tout, first_error=_clip(error),
+            error_count=errs, errors=tuple(failures.get(key, ())), timeline=tuple(timelines.get(key, ())),
         )
     return summaries
 

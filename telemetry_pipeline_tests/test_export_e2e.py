@@ -27,8 +27,8 @@ def run_sensor_tick(
         result = sensor(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    job = defs.resolve_job_def("export_sessions")
-    runs = [job.execute_in_process(instance=instance, tags=r.tags, raise_on_error=False) for r in result.run_requests]
+    runs = [defs.resolve_job_def(r.job_name).execute_in_process(instance=instance, tags=r.tags, raise_on_error=False)
+            for r in result.run_requests]
     return result, runs
 
 
@@ -72,9 +72,19 @@ def test_sensor_discovers_and_exports_to_outbox(
     failed = [e for e in tables["agent_telemetry_events"] if e["case_id"] == "at-0" and e["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error"] == "permission denied"
 
-    # the sensor's cursor and the known keys mean a second tick requests nothing
-    again, _ = run_sensor_tick(pipeline, instance, result.cursor)
-    assert not again.run_requests and not again.dynamic_partitions_requests
+    # Sessions are exported and process_overview was never materialised: the next tick asks for it once
+    # (a new user sees it now, not at the first hourly refresh); the first tick had nothing to show yet.
+    assert [r.job_name for r in result.run_requests] == ["export_sessions"]
+    assert instance.get_latest_materialization_event(dg.AssetKey("process_overview")) is None
+    again, runs = run_sensor_tick(pipeline, instance, result.cursor)
+    assert [(r.job_name, r.run_key) for r in again.run_requests] == [("refresh_process_overview", "overview:first")]
+    assert all(r.success for r in runs) and not again.dynamic_partitions_requests
+    overview = instance.get_latest_materialization_event(dg.AssetKey("process_overview")).asset_materialization
+    assert overview.metadata["cases"].value == 5
+
+    # the sensor's cursor, the known keys and the overview's existence mean the next tick requests nothing
+    last, _ = run_sensor_tick(pipeline, instance, again.cursor)
+    assert not last.run_requests and not last.dynamic_partitions_requests
 
 
 def test_outbox_upload_is_exactly_the_request(
@@ -267,7 +277,9 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(
     source_double.add("agent_telemetry", "ongoing", {"events": good_events(n_tools=4)},
                       last_event_at=format_time(dt.datetime.now(dt.UTC)))
     second, runs = run_sensor_tick(pipeline, instance, first.cursor)
-    assert len(second.run_requests) == 1 and all(r.success for r in runs)
+    # (with the first process_overview, now that a session is exported)
+    assert [r.job_name for r in second.run_requests] == ["export_sessions", "refresh_process_overview"]
+    assert all(r.success for r in runs)
     assert not second.dynamic_partitions_requests, "a known key is not added again"
     rows = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "ongoing"]
     assert len(rows) == exported_events + exported_events + 3, "the second upload carries the whole session"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import json
 import re
-import struct
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -15,11 +16,13 @@ import pytest
 from telemetry_pipeline import cli, quality
 from telemetry_pipeline.assets import process_overview
 from telemetry_pipeline.canonical.activity import span_activity
-from telemetry_pipeline.overview import END, START
-from telemetry_pipeline.process_map import draw_process_map
+from telemetry_pipeline.metadata import MAX_INLINE_MARKDOWN, errors_markdown, timeline_markdown
+from telemetry_pipeline.overview import END, START, ActivityFigures, Edge
+from telemetry_pipeline.process_map import Box, MapLayout, draw_process_map, layout_process_map
+from telemetry_pipeline.session_summary import Failure, Step
 from telemetry_pipeline.settings import Secret
 from telemetry_pipeline_tests.conftest import Pipeline
-from telemetry_pipeline_tests.source_double import SourceDouble
+from telemetry_pipeline_tests.source_double import SourceDouble, agent_event
 
 EXPORT = dg.AssetKey("signavio_export")
 
@@ -48,9 +51,11 @@ def test_exported_session_shows_its_summary_and_timeline(
     assert values["models"] == "gpt-4o"
     assert (values["input_tokens"], values["output_tokens"]) == (140, 20)  # prompt 40 + model call 100
     assert values["first_error"] == "permission denied"
+    assert values["errors"].splitlines()[2:] == ["| 5 | Call tool tool_2 | permission denied |"]
+    assert values["event_counts"].startswith("8 source events → 5 event-log rows"), "tool calls are paired"
     timeline = values["timeline"]
     rows = timeline.splitlines()[2:]
-    assert len(rows) == 5, timeline  # prompt, model change, three paired tool calls
+    assert len(rows) == 5, timeline  # prompt, model change, three paired tool calls: all shown, nothing "more"
     assert "User prompt" in rows[0] and "Call tool tool_2" in rows[4] and "failed" in rows[4]
     assert len(timeline) < 1000, "short enough for the UI to render the table inline"
     # The contract's fields stay (INTERFACE.md).
@@ -58,6 +63,70 @@ def test_exported_session_shows_its_summary_and_timeline(
                  "events_rows", "destination"):
         assert name in meta
     assert "first_error" not in latest_metadata(instance, other), "only what is known is shown"
+    assert "errors" not in latest_metadata(instance, other)
+
+
+def test_a_long_session_shows_how_it_started_how_it_ended_and_every_error(
+    pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    at = lambda s: f"2025-01-15T10:30:{s:02d}Z"  # noqa: E731
+    events = [agent_event(at(0), "user_prompt", prompt="Find the cheapest flight", tokens=12)]
+    failing = {3: ("search_web", "TimeoutError", "search_web timed out after 30 s"),
+               7: ("search_web", "TimeoutError", "search_web timed out after 30 s"),
+               10: ("read_file", "PermissionError", "no access to /etc/shadow")}
+    for i in range(12):
+        tool, kind, message = failing.get(i, (f"tool_{i}", None, None))
+        events.append(agent_event(at(1 + 4 * i), "tool_call_started", tool_name=tool, call_id=f"c{i}"))
+        done = {"tool_name": tool, "call_id": f"c{i}", "success": kind is None, "latency_ms": 100 + i}
+        if kind:
+            done |= {"error": kind, "error_details": message}
+        events.append(agent_event(at(2 + 4 * i), "tool_call_completed", **done))
+    events.append(agent_event(at(59), "user_prompt", response="Flight LH 123 for 89 EUR"))
+    key = source_double.add("agent_telemetry", "long", {"session_id": "long", "events": events})
+    assert pipeline.cli("export", key)[0] == 0
+
+    meta = latest_metadata(instance, key)
+    values = {name: value.value for name, value in meta.items()}
+    # 1 prompt + 12 calls (each a start and an end event) + the answer = 26 source events, 14 rows.
+    assert (values["events"], values["events_rows"]) == (26, 14), "the contract's counts stay"
+    assert values["event_counts"] == ("26 source events → 14 event-log rows "
+                                      "(a start and its end, e.g. of a tool call, are paired into one row)")
+    assert values["first_error"] == "TimeoutError: search_web timed out after 30 s", "the kind and its message"
+
+    timeline = values["timeline"].splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in timeline] == ["1", "2", "3", "4", "5", "", "12", "13", "14"]
+    assert "… 6 more steps" in timeline[5]
+    assert "Agent response" in timeline[-1], "the final answer is on the page"
+    assert "PermissionError" not in values["timeline"] and "failed" in timeline[6]
+
+    errors = values["errors"].splitlines()[2:]
+    assert errors == [
+        "| 5, 9 | Call tool search_web | TimeoutError: search_web timed out after 30 s |",
+        "| 12 | Call tool read_file | PermissionError: no access to /etc/shadow |",
+    ], values["errors"]
+    for name in ("timeline", "errors"):
+        assert len(values[name]) <= MAX_INLINE_MARKDOWN, f"{name} renders inline"
+    names = list(meta)
+    assert names.index("timeline") < names.index("execution_id") < names.index("destination"), \
+        "the meaning first, then the plumbing"
+
+
+def test_errors_and_timeline_fit_inline_and_say_what_was_left_out():
+    many = tuple(Failure(step, None, f"Call tool t{step}", f"ValueError: {'x' * 200} {step}") for step in range(1, 51))
+    text = errors_markdown(many, total=70)
+    rows = text.splitlines()[2:]
+    assert len(text) <= MAX_INLINE_MARKDOWN and 3 <= len(rows) < 50, text
+    assert rows[-1] == f"| | … {70 - (len(rows) - 1)} more errors | |", "every error counted, shown or not"
+    assert all(len(row.split("|")[3].strip()) <= 110 for row in rows[:-1]), "messages are truncated"
+
+    steps = tuple(Step(n, n * 1000, "Call tool " + "w" * 60, "success", 5) for n in (*range(1, 6), 98, 99, 100))
+    text = timeline_markdown(steps, total=100)
+    rows = text.splitlines()[2:]
+    assert len(text) <= MAX_INLINE_MARKDOWN, text
+    assert [r.split("|")[1].strip() for r in rows][-3:] == ["98", "99", "100"], "the end is never cut"
+    shown = [int(n) for r in rows if (n := r.split("|")[1].strip())]
+    hidden = int(re.search(r"… (\d+) more steps", text).group(1))
+    assert shown[0] == 1 and len(shown) + hidden == 100
 
 
 def test_cli_export_shows_progress_on_stderr_and_json_on_stdout(
@@ -140,7 +209,7 @@ def test_checks_run_with_every_export_and_only_warn(
 @pytest.mark.parametrize("store", ["duckdb", "postgres"])
 def test_process_overview_figures_and_picture(
     pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble, store: str,
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, home: Path,
 ):
     if store == "postgres":  # read through the warehouse interface, whichever store holds the sessions
         pipeline.configure(warehouse={"url": Secret(request.getfixturevalue("postgres_url"))})
@@ -155,16 +224,22 @@ def test_process_overview_figures_and_picture(
     assert activities["Call tool tool_1"]["failure_rate"] == pytest.approx(1 / 3, abs=1e-4)
     assert activities["Call tool tool_1"]["median_ms"] == 900
     variants = meta["variants"].value.records
-    assert [v.data["cases"] for v in variants] == [3] and variants[0].data["steps"] == 4
+    assert [v.data["cases"] for v in variants] == [3] and variants[0].data["activities"] == 4
+    assert variants[0].data["variant"].startswith("User prompt → Change model")
+    assert variants[0].data["example_session"] in keys
     models = meta["tokens_by_model"].value.records
     assert [(m.data["model"], m.data["input_tokens"]) for m in models] == [("gpt-4o", 300)]
 
-    image = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", meta["process_map"].value)
-    assert image, "markdown holding one PNG as a data: URL"
-    png = base64.b64decode(image.group(1))
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert width > 300 and height > 200
+    # The map: an SVG at least 1600 px wide, in the markdown and as a file under the home.
+    assert meta["activities_shown"].value == "4 of 4"
+    image = re.search(r"!\[[^\]]*\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", meta["process_map"].value)
+    assert image, "markdown holding one SVG as a data: URL"
+    assert "4 of 4 activities shown" in meta["process_map"].value
+    svg = base64.b64decode(image.group(1)).decode()
+    assert float(re.search(r'<svg[^>]* width="([\d.]+)"', svg).group(1)) >= 1600
+    map_file = home / "overview" / "process_map.svg"
+    assert meta["process_map_file"].value == str(map_file) and map_file.read_text() == svg
+    assert str(map_file) in meta["process_map"].value, "the path is shown beside the picture"
 
     empty = dg.materialize(
         [process_overview], instance=instance, resources=pipeline.defs().resources,
@@ -173,11 +248,111 @@ def test_process_overview_figures_and_picture(
     assert empty.asset_materializations_for_node("process_overview")[0].metadata["cases"].value == 0
 
 
-def test_process_map_draws_loops_and_pseudo_activities_without_error():
-    from telemetry_pipeline.overview import ActivityFigures, Edge
+def agent_session(agent: str, workflow: str, calls: list[tuple[str, str | None]], seconds: int = 10) -> dict:
+    """A session of `agent` in `workflow`: a prompt, then one tool call per (tool, error or None), spread over
+    `seconds`; an error is `TimeoutError` with that message."""
+    at = lambda s: (dt.datetime(2025, 1, 15, 10, 30, tzinfo=dt.UTC) + dt.timedelta(seconds=s)).isoformat()  # noqa: E731
+    events = [agent_event(at(0), "user_prompt", prompt="Plan the trip", tokens=5)]
+    for i, (tool, error) in enumerate(calls):
+        start, end = seconds * (i + 1) / (len(calls) + 1), seconds * (i + 1.5) / (len(calls) + 1)
+        events.append(agent_event(at(start), "tool_call_started", tool_name=tool, call_id=f"c{i}"))
+        done = {"tool_name": tool, "call_id": f"c{i}", "success": error is None}
+        events.append(agent_event(at(end), "tool_call_completed", **done,
+                                  **({"error": "TimeoutError", "error_details": error} if error else {})))
+    return {"agent_name": agent, "workflow_name": workflow, "events": events}
 
+
+def test_process_overview_says_how_the_agents_did_and_which_sessions_to_open(
+    pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    slow = "search timed out after 30 s"
+    sessions = {
+        "p-ok1": agent_session("planner", "trips", [("search", None)]),
+        "p-ok2": agent_session("planner", "trips", [("search", None), ("book", None)]),
+        "p-fail": agent_session("planner", "trips", [("search", slow), ("search", slow)]),  # ended on a failure
+        "c-partial": agent_session("coder bot", "fixes", [("search", slow), ("edit", None)], seconds=50),
+        "c-long": agent_session("coder bot", "fixes", [("edit", None)], seconds=300),
+    }
+    keys = {sid: source_double.add("agent_telemetry", sid, body) for sid, body in sessions.items()}
+    assert pipeline.cli("export", *keys.values())[0] == 0
+    meta = dg.materialize([process_overview], instance=instance, resources=pipeline.defs().resources) \
+        .asset_materializations_for_node("process_overview")[0].metadata
+
+    assert meta["outcomes"].value == ("5 sessions: 3 completed (60.0%), 1 partial (20.0%), 1 failed (20.0%); "
+                                      "success rate 80.0% (completed or partial)")
+    assert meta["success_rate_pct"].value == 80.0
+    by_agent = {r.data["agent"]: r.data for r in meta["outcomes_by_agent"].value.records}
+    assert by_agent["planner"] == {"agent": "planner", "sessions": 3, "completed_pct": 66.7, "partial_pct": 0.0,
+                                   "failed_pct": 33.3, "success_pct": 66.7}
+    assert by_agent["coder bot"]["partial_pct"] == 50.0 and by_agent["coder bot"]["success_pct"] == 100.0
+    by_workflow = {r.data["workflow"]: r.data["sessions"] for r in meta["outcomes_by_workflow"].value.records}
+    assert by_workflow == {"trips": 3, "fixes": 2}
+
+    [failing] = [r.data for r in meta["failing_activities"].value.records]
+    assert failing == {"activity": "Call tool search", "failures": 3, "failure_pct": 60.0,
+                       "most_common_errors": f"3× TimeoutError: {slow}"}
+    slowest = [r.data for r in meta["slowest_sessions"].value.records]
+    assert [r["session_key"] for r in slowest[:2]] == [keys["c-long"], keys["c-partial"]]
+    assert slowest[0]["duration_s"] == pytest.approx(300 * 1.5 / 2, abs=0.1) and slowest[0]["outcome"] == "completed"
+    [failed] = [r.data for r in meta["failed_sessions"].value.records]
+    assert failed["session_key"] == keys["p-fail"] and failed["last_error"] == f"TimeoutError: {slow}"
+    names = list(meta)
+    assert names.index("outcomes") < names.index("process_map"), "what the agents did comes first"
+
+    # Each session's materialisation carries its agent, workflow and outcome as tags (values Dagster accepts).
+    records = instance.fetch_materializations(EXPORT, limit=10).records
+    tags = {r.partition_key: r.event_log_entry.asset_materialization.tags for r in records}
+    assert tags[keys["p-fail"]] == {"agent": "planner", "workflow": "trips", "outcome": "failed"}
+    assert tags[keys["c-partial"]] == {"agent": "coder_bot", "workflow": "fixes", "outcome": "partial"}
+
+
+def assert_readable(layout: MapLayout) -> None:
+    """No two pieces of text overlap, and no arc runs through text: a level run crosses no text box, and a
+    curve between two points stays in their rectangle (its control points do), which holds no text."""
+    labels = layout.labels
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            assert not a.overlaps(b), f"labels overlap: {a.text} and {b.text}"
+    for route in layout.routes:
+        for (x1, y1), (x2, y2) in itertools.pairwise(route.points):
+            e = 0.01  # px: where an arc meets a box's side (float noise, not a crossing)
+            if abs(y1 - y2) < 0.5:
+                area = Box(min(x1, x2) + e, y1 - 0.5, abs(x2 - x1) - 2 * e, 1.0)
+            else:
+                area = Box(min(x1, x2) + e, min(y1, y2), abs(x2 - x1) - 2 * e, abs(y2 - y1))
+            crossed = [b.text for b in labels if area.overlaps(b)]
+            assert not crossed, f"arc {route.source} -> {route.target} runs through {crossed}"
+
+
+def test_process_map_draws_loops_and_pseudo_activities_readably():
     edges = [Edge(START, "A", 5, None), Edge("A", "A", 2, 10.0), Edge("A", "B", 5, 1500.0),
              Edge("B", "A", 1, 70_000.0), Edge("B", END, 5, 0.0)]
     activities = [ActivityFigures("A", 7, 5, 0.0, 12.0), ActivityFigures("B", 5, 5, 0.2, None)]
-    assert draw_process_map(edges, activities)[:4] == b"\x89PNG"
-    assert draw_process_map([], [])[:4] == b"\x89PNG", "an empty window still draws (an empty map)"
+    drawn = draw_process_map(edges, activities)
+    layout = drawn.layout
+    assert set(layout.nodes) == {START, "A", "B", END}
+    assert layout.nodes["A"].text == ("A", "7× · median 12 ms · ↻ 2"), "a self-loop is a count in the box"
+    assert [(r.source, r.target, r.back) for r in layout.routes if r.back] == [("B", "A", True)]
+    assert any("↻ n" in line for line in layout.legend.text), "the legend explains ↻"
+    assert layout.title.text == ("2 of 2 activities shown (the busiest), 4 of their transitions",)
+    assert_readable(layout)
+    assert drawn.svg.startswith("<svg") and drawn.svg.count("<rect") == 5  # background + 4 boxes
+    assert layout_process_map([], []).width >= 1600, "an empty window still draws (an empty map)"
+
+
+def test_a_busy_process_map_shows_the_busiest_activities_and_stays_readable():
+    names = [f"Call tool {tool}_{i}" for i, tool in enumerate(["search_web", "read_file", "query_erp"] * 10)][:28]
+    activities = [ActivityFigures(n, 1000 - 30 * i, 100, 0.1, 100.0 * i) for i, n in enumerate(names)]
+    edges = [Edge(START, names[0], 100, None), Edge(START, names[5], 20, None)]
+    for i, source in enumerate(names):  # forward arcs, skips, back arcs and self-loops everywhere
+        edges += [Edge(source, names[(i + 1) % 28], 300 - 10 * i, 500.0), Edge(source, names[(i + 3) % 28], 40, 9e4),
+                  Edge(source, names[(i * 7) % 28], 15, 3e6), Edge(source, source, 50 - i, 20.0)]
+        edges.append(Edge(source, END, 5 + i, 0.0))
+    layout = draw_process_map(edges, activities).layout
+
+    assert layout.activities_shown == 12 and layout.activities_total == 28
+    assert layout.nodes[START].text[1] == "120 cases", "every case, though not every arc from the start is drawn"
+    assert layout.title.text[0].startswith("12 of 28 activities shown")
+    assert layout.width >= 1600
+    assert any(r.back for r in layout.routes) and len(layout.routes) > 20
+    assert_readable(layout)

@@ -444,7 +444,9 @@ def test_extract_sample_as_the_older_exporter_recorded_it(exported: Exported) ->
     theirs = json.loads(record["llm_calls"])
     assert ours["llm"] == {c["model"]: (c["call_count"], c["input_tokens"], c["output_tokens"]) for c in theirs}
     assert set(ours["tools"]) == {t["tool_name"] for t in json.loads(record["tools_used"])}
-    assert ours["errors"] == {"Permission denied"} and ours["failed_events"] == 1
+    # The older exporter kept the error's kind alone ("Permission denied"); we add the source's details.
+    assert ours["errors"] == {"Permission denied: Cannot write to /output/reports directory"}
+    assert ours["failed_events"] == 1
     assert ours["activities"] == {"User prompt": 2, "Change model": 2, "Call tool database_query": 1,
                                   "Call tool data_transformation": 1, "Call tool file_writer": 1}
     schema = json.loads((CORPUS / "amodels" / "signavio_telemetry_schema.json").read_text())

@@ -7,13 +7,19 @@
   recorded the shared stage assets;
 - a real browser (Playwright driving Debian's Chromium) shows what a person needs: a session's summary
   and timeline on its partition page, the process map of `process_overview`, the checks' results, and
-  a manual launch of `signavio_export` that asks for nothing else. Screenshots go to `ui-screenshots/`.
+  a manual launch of `signavio_export` that asks for nothing else. Screenshots go to `ui-screenshots/`;
+- the console answers "what are my agents doing?": the outcome view of `process_overview`, a failed
+  session's page with its errors, and the process map, in the UI (screenshots under the test's tmp dir,
+  named in every assertion) and as the SVG file, whose drawn text Chromium measures against the layout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -166,9 +172,9 @@ def test_the_ui_shows_sessions_process_map_and_checks(dagster_dev: DagsterDev): 
             # process_overview: the process map behind "Show Markdown".
             page.goto(f"{dagster_dev.url}/assets/process_overview")
             page.get_by_text("[Show Markdown]").first.click()
-            picture = page.locator('img[src^="data:image/png;base64,"]').first
+            picture = page.locator('img[src^="data:image/svg+xml;base64,"]').first
             expect(picture).to_be_visible()
-            assert picture.evaluate("img => img.naturalWidth") > 300, "the PNG decoded in the browser"
+            assert picture.evaluate("img => img.naturalWidth") >= 1600, "the SVG decoded in the browser"
             page.screenshot(path=SCREENSHOTS / "process_overview_map.png", full_page=True)
             page.keyboard.press("Escape")
 
@@ -188,5 +194,123 @@ def test_the_ui_shows_sessions_process_map_and_checks(dagster_dev: DagsterDev): 
             text = page.inner_text("body")
             assert "additional asset" not in text.lower(), "a launch of one session drags in no other asset"
             assert "backfill polic" not in text.lower(), "no notice about varying backfill policies"
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def screenshot(page: Page, path: Path) -> Iterator[Path]:
+    """`path` holds what the page showed when the block ended, passed or failed (assertions name it)."""
+    try:
+        yield path
+    finally:
+        page.screenshot(path=path, full_page=True)
+
+
+OVERVIEW_TABLES = """
+{ assetNodes(assetKeys: [{path: ["process_overview"]}]) {
+  assetMaterializations(limit: 1) { metadataEntries { label ... on TableMetadataEntry { table { records } } } } } }"""
+
+SESSION_TAGS = """
+query($key: String!) { assetNodes(assetKeys: [{path: ["signavio_export"]}]) {
+  assetMaterializations(partitions: [$key], limit: 1) { tags { key value } } } }"""
+
+# Every text of the SVG: the layout's box (data-box) and the box Chromium drew the glyphs in.
+DRAWN_TEXT = """() => [...document.querySelectorAll('text[data-box]')].map(t => {
+  const b = t.getBBox();
+  return {text: t.textContent, box: t.dataset.box.split(' ').map(Number), drawn: [b.x, b.y, b.width, b.height]};
+})"""
+
+
+def overlaps(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def test_the_console_answers_what_the_agents_are_doing(dagster_dev: DagsterDev, tmp_path: Path):  # noqa: F811
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    # The other tests of the module exported a few sessions; this one adds the rest of agent_telemetry's,
+    # then refreshes the overview with the job the sensor uses for the first one.
+    ids = dagster_dev.simulator.session_ids("agent_telemetry")
+    export_range(dagster_dev, [f"agent_telemetry:{i}" for i in ids[3:]])
+    client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev.port)
+    run_id = client.submit_job_execution(
+        "refresh_process_overview", repository_location_name=LOCATION, repository_name=REPOSITORY,
+    )
+    assert wait_for_run(dagster_dev, run_id) == "SUCCESS"
+    entries = dagster_dev.graphql(OVERVIEW_TABLES)["assetNodes"][0]
+    tables = {e["label"]: e["table"]["records"] for e in entries["assetMaterializations"][0]["metadataEntries"]
+              if "table" in e}
+    failed = [json.loads(r) for r in tables["failed_sessions"]]
+    assert failed, f"the simulator's sessions include failed ones: {tables.get('outcomes_by_agent')}"
+    session = failed[0]
+    map_file = dagster_dev.home / "overview" / "process_map.svg"
+    tags = dagster_dev.graphql(SESSION_TAGS, {"key": session["session_key"]})["assetNodes"][0]
+    tagged = {t["key"]: t["value"] for t in tags["assetMaterializations"][0]["tags"]}
+    assert tagged.get("outcome") == "failed" and "agent" in tagged, f"the session's tags: {tagged}"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        expect.set_options(timeout=UI_TIMEOUT_MS)
+        try:
+            # The outcome view: how the agents did, overall, per agent and workflow, and what failed.
+            page.goto(f"{dagster_dev.url}/assets/process_overview")
+            dismiss_welcome(page)
+            with screenshot(page, tmp_path / "outcome_view.png") as shot:
+                for label in ("outcomes", "success_rate_pct", "outcomes_by_agent", "outcomes_by_workflow",
+                              "failing_activities", "slowest_sessions", "failed_sessions"):
+                    expect(page.get_by_text(label, exact=True).first, f"{label}: see {shot}").to_be_visible()
+                expect(page.get_by_text(re.compile(r"\d+ sessions: \d+ completed")).first,
+                       f"the outcome counts: see {shot}").to_be_visible()
+                expect(page.get_by_text(session["session_key"]).first,
+                       f"a failed session's key, to open: see {shot}").to_be_visible()
+
+            # That failed session's own page: its errors with their messages, how it started and ended.
+            page.goto(f"{dagster_dev.url}/assets/signavio_export?view=partitions"
+                      f"&partition={quote(session['session_key'])}")
+            with screenshot(page, tmp_path / "failed_session.png") as shot:
+                expect(page.get_by_text("run_status").first, f"see {shot}").to_be_visible()
+                for label in ("errors", "first_error", "event_counts", "timeline"):
+                    expect(page.get_by_text(label, exact=True).first, f"{label}: see {shot}").to_be_visible()
+                errors = page.locator("table").filter(has_text="activity").filter(has_text="error").first
+                expect(errors, f"the errors table: see {shot}").to_be_visible()
+                message = session["last_error"].rstrip("…")[:40]
+                expect(page.get_by_text(message).first, f"the error's message {message!r}: see {shot}") \
+                    .to_be_visible()
+
+            # The map, in the UI: behind "Show Markdown", an SVG at least 1600 px wide.
+            page.goto(f"{dagster_dev.url}/assets/process_overview")
+            with screenshot(page, tmp_path / "process_map_ui.png") as shot:
+                page.get_by_text("[Show Markdown]").first.click()
+                picture = page.locator('img[src^="data:image/svg+xml;base64,"]').first
+                expect(picture, f"see {shot}").to_be_visible()
+                width = picture.evaluate("img => img.naturalWidth")
+                assert width >= 1600, f"the map is {width} px wide: see {shot}"
+                expect(page.get_by_text(re.compile(r"\d+ of \d+ activities shown")).first,
+                       f"see {shot}").to_be_visible()
+            page.keyboard.press("Escape")
+
+            # The same picture as the file: the text Chromium drew stays inside the layout's boxes, and
+            # neither the boxes nor the drawn text overlap.
+            # (inline in a page: Chromium measures it the same, and screenshots a page, not a bare SVG document)
+            page.set_content(f'<html><body style="margin:0">{map_file.read_text()}</body></html>')
+            with screenshot(page, tmp_path / "process_map_file.png") as shot:
+                texts = page.evaluate(DRAWN_TEXT)
+                assert len(texts) > 5, f"boxes, arc labels, title and legend: see {shot}"
+                for t in texts:
+                    (x, y, w, h), (dx, dy, dw, dh) = t["box"], t["drawn"]
+                    assert x - 1 <= dx and y - 1 <= dy and dx + dw <= x + w + 1 and dy + dh <= y + h + 1, \
+                        f"{t['text']!r} drawn at {t['drawn']}, outside its box {t['box']}: see {shot}"
+                for i, a in enumerate(texts):
+                    for b in texts[i + 1:]:
+                        for key in ("box", "drawn"):
+                            assert not overlaps(a[key], b[key]), \
+                                f"{a['text']!r} and {b['text']!r} overlap ({key}): see {shot}"
         finally:
             browser.close()

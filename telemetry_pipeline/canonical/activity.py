@@ -4,7 +4,8 @@ Agent events' activities are human-readable and low-cardinality (no ids, no free
 `Call tool <name>`, a prompt `User prompt` (or `Agent response` when it only carries the answer), a model
 change `Change model`, any other event its step name or its type made readable. The Python functions
 serve the normalisers written in Python; `SQL_MACROS` are the same rules for the SQL normaliser,
-generated from the same declarations. Trace spans are named by `span_activity`.
+generated from the same declarations. Trace spans are named by `span_activity`. An error reads
+`<kind>: <message>` when the source gives both (`error` + `error_details`): the kind alone says too little.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from telemetry_pipeline.canonical.model import Outcome
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, TOOL_CALL_STARTED
+from telemetry_pipeline.canonical.values import text
 
 USER_PROMPT = "user_prompt"
 MODEL_CHANGE = "model_change"
@@ -25,6 +27,7 @@ TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
 USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
+MAX_ERROR = 2000  # characters of an error the Python normalisers keep (as they did before)
 # Ids as they turn up in labels: UUIDs, long hex holding a digit (trace/span ids, hashes), runs of 6+ digits, inside
 # a word too (`order1234567`). One rule: span names have them replaced, the `activity_alphabet` check looks for them.
 _ID_LIKE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -79,6 +82,16 @@ def session_outcome(ended_on_failure: bool, any_failure: bool) -> Outcome:
     if ended_on_failure:
         return Outcome.FAILED
     return Outcome.PARTIAL if any_failure else Outcome.COMPLETED
+
+
+def error_message(kind: Any, message: Any) -> str | None:
+    """`kind: message` when both are given and the message does not already start with the kind, else the one
+    given; each read as `text()` reads the Python normalisers' other texts (the SQL macro keeps them verbatim,
+    as the SQL normaliser keeps every text)."""
+    kind, message = text(kind, MAX_ERROR), text(message, MAX_ERROR)
+    if kind and message and not message.startswith(kind):
+        return f"{kind}: {message}"[:MAX_ERROR]
+    return message or kind
 
 
 def span_activity(
@@ -137,4 +150,8 @@ CREATE OR REPLACE TEMP MACRO event_status(success, error) AS
 CREATE OR REPLACE TEMP MACRO session_outcome(ended_on_failure, any_failure) AS CASE
     WHEN ended_on_failure THEN {_sql(Outcome.FAILED)} WHEN any_failure THEN {_sql(Outcome.PARTIAL)}
     ELSE {_sql(Outcome.COMPLETED)} END;
+CREATE OR REPLACE TEMP MACRO error_message(kind, message) AS CASE
+    WHEN nullif(kind, '') IS NOT NULL AND nullif(message, '') IS NOT NULL AND NOT starts_with(message, kind)
+        THEN kind || ': ' || message
+    ELSE coalesce(nullif(message, ''), nullif(kind, '')) END;
 """

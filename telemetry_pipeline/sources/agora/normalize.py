@@ -38,6 +38,7 @@ import duckdb
 
 from telemetry_pipeline.canonical.activity import (
     TOOL_EVENTS,
+    error_message,
     event_activity,
     event_resource,
     event_status,
@@ -192,7 +193,8 @@ def _node_rows(
         status = _NODE_STATUS.get(raw_status, raw_status or None)
         if status is None:
             status = "success" if completed else "incomplete"
-        error = text(entry.get("error_message"), 2000) or (_span_error(node_spans) if status == "failed" else None)
+        # The timeline's `error_message` may be the kind alone; the node's exception event adds the message.
+        error = error_message(entry.get("error_message"), _span_error(node_spans) if status == "failed" else None)
         anchor = text(entry.get("id")) or f"{entry.get('node_id')}|{entry.get('started_at')}"
         n = seen[anchor] = seen.get(anchor, 0) + 1
         rows.append(EventRow(
@@ -306,13 +308,13 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
                     latency = ms_between(at, end_time)
                 status = event_status(result.get("success"), result.get("error"))
             activity = tool_call_activity(tool_name)
-            error = text(result.get("error") or result.get("error_details"), 2000) if status == "failed" else None
+            error = error_message(result.get("error"), result.get("error_details")) if status == "failed" else None
             resource = event_resource(kind, tool_name, None)
         else:
             response_only = data.get("prompt") is None and data.get("response") is not None
             activity = event_activity(kind, data.get("step_name"), response_only=response_only)
             status = event_status(data.get("success"), data.get("error"))
-            error = text(data.get("error") or data.get("error_details"), 2000) if status == "failed" else None
+            error = error_message(data.get("error"), data.get("error_details")) if status == "failed" else None
             resource = event_resource(kind, tool, text(data.get("model"), 200))
             latency = as_int(data.get("latency_ms"))
         anchor = json_text(event)
