@@ -37,11 +37,15 @@ _WAIT_POLL_S = 0.5
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("dagster").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Quiet by default: our own progress and warnings; Dagster's run events, alembic's migrations and httpx's
+    # requests only with -v (a failed run is one line on stderr, naming the run whose log has the rest).
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("telemetry_pipeline").setLevel(logging.INFO)
+    for noisy in ("dagster", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        args.settings = settings or from_environment()
+        args.settings = settings or from_environment(settings_file=True)
         with dagster_settings(args.settings.run_bookkeeping):  # this process creates runs and writes their events
             payload, code = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
@@ -51,12 +55,18 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     return code
 
 
+def _run_config(verbose: bool) -> dict[str, Any]:
+    """The CLI's runs log to its console only with -v (their events are in the instance either way)."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}}
+
+
 def _code(ok: bool) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telemetry-pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log Dagster's run events and more")
     sub = parser.add_subparsers(required=True, metavar="command")
 
     p = sub.add_parser("discover", help="materialise discovered_sessions once (register new keys)")
@@ -124,7 +134,8 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
     resources = build_definitions(args.settings).resources
     with open_instance(args.settings) as instance:
-        result = dg.materialize([discovered_sessions], instance=instance, resources=resources, raise_on_error=False)
+        result = dg.materialize([discovered_sessions], instance=instance, resources=resources, raise_on_error=False,
+                                run_config=_run_config(args.verbose))
         if not result.success:
             return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, EXIT_FAILED
         meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
@@ -174,7 +185,9 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         for key in valid:
             if key in done and not args.force:
                 results[key] = {"session_id": key, "status": "skipped"}
-        run_config = {"ops": {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}} if args.dataset else None
+        run_config = _run_config(args.verbose)
+        if args.dataset:
+            run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}
         exporter = _Exporter(job, instance, run_config, args.settings.batch_size)
         results.update(exporter.export([k for k in valid if k not in results]))
         if register and not args.register:  # a typo must not leave a partition behind, red for ever
@@ -222,7 +235,7 @@ def _unregister_unknown(instance: dg.DagsterInstance, keys: list[str], results: 
 class _Exporter:
     """Runs `export_sessions` over keys in batched runs, in this process, and reads each key's outcome."""
 
-    def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any] | None,
+    def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
                  batch_size: int) -> None:
         self.job, self.instance, self.run_config, self.batch_size = job, instance, run_config, batch_size
         self.not_found: set[str] = set()  # keys whose source has no such session
@@ -241,6 +254,10 @@ class _Exporter:
                 )
                 bar.update(len(key_range.keys))
                 failed, whole_run_error, not_found = _failed_sessions(result)
+                if not result.success:
+                    log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
+                                "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
+                                self.instance.root_directory)
                 self.not_found.update(not_found)
                 confirmed, in_flight = _run_outcome(result)
                 for key in key_range.keys:

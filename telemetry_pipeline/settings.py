@@ -56,6 +56,12 @@ CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
 RUN_BOOKKEEPING = "RUN_BOOKKEEPING"
 ACTIVITY_ALPHABET_LIMIT = "ACTIVITY_ALPHABET_LIMIT"
 PROCESS_OVERVIEW_WINDOW_HOURS = "PROCESS_OVERVIEW_WINDOW_HOURS"
+SECRETS = (AGORA_API_TOKEN, SIGNAVIO_API_KEY, WAREHOUSE_URL)  # a URL may hold a password
+
+# `<home>/settings.env`: what `make run` / `make deploy` started the pipeline with, so that the CLI in another shell
+# works on the same sources, destination and warehouse. Secrets are named in it, never written.
+SETTINGS_FILE = "settings.env"
+_NOT_WRITTEN = "<secret: not written here>"
 
 
 class ConfigurationError(ValueError):
@@ -175,10 +181,13 @@ def for_home(home: Path, **changes: object) -> Settings:
     return Settings(home=home, dagster_home=home / "dagster_home").replace(**changes)
 
 
-def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
+def from_environment(environ: Mapping[str, str] | None = None, *, settings_file: bool = False) -> Settings:
     """The settings from the environment: unset or empty variables take their defaults, which are the
-    dataclasses' own (each default is written once, on its field)."""
+    dataclasses' own (each default is written once, on its field). With `settings_file` (the CLI), the variables
+    the environment does not set are read from `<home>/settings.env` when the running pipeline wrote one."""
     env = os.environ if environ is None else environ
+    if settings_file:
+        env = _with_settings_file(env)
 
     def get(name: str, default: str | None = None) -> str | None:
         value = env.get(name, "").strip()
@@ -259,6 +268,36 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         activity_alphabet_limit=int(number(ACTIVITY_ALPHABET_LIMIT, Settings.activity_alphabet_limit, int)),
         overview_window_hours=number(PROCESS_OVERVIEW_WINDOW_HOURS, Settings.overview_window_hours, float),
     )
+
+
+def write_settings_file(settings: Settings) -> Path:
+    """`<home>/settings.env` with `settings` (those of the pipeline being started), secrets named, not written."""
+    lines = [
+        "# The settings the running pipeline was started with (`make run` / `make deploy`). `telemetry-pipeline`",
+        "# reads the variables its own environment does not set from here; secrets must be set in its environment.",
+        *(f"{name}={_NOT_WRITTEN if name in SECRETS else value}" for name, value in to_environment(settings).items()),
+    ]
+    path = settings.home / SETTINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _with_settings_file(env: Mapping[str, str]) -> Mapping[str, str]:
+    path = Path(env.get(HOME, "").strip() or DEFAULT_HOME).resolve() / SETTINGS_FILE
+    if not path.is_file():
+        return env
+    written = dict(
+        line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    unset = sorted(name for name, value in written.items() if value == _NOT_WRITTEN and not env.get(name, "").strip())
+    if unset:
+        raise ConfigurationError(
+            f"configuration error: the running pipeline was started with {', '.join(unset)} ({path}); "
+            "set the same in this shell"
+        )
+    return {**{k: v for k, v in written.items() if v != _NOT_WRITTEN}, **env}
 
 
 def to_environment(settings: Settings) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,37 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(
 
     third, _ = run_sensor_tick(pipeline, instance, second.cursor)
     assert not third.run_requests, "exported after its last event: nothing more to do"
+
+
+def test_the_cli_in_another_shell_works_on_what_make_run_started_and_says_little(
+    tmp_path: Path, source_double: SourceDouble
+):
+    """`make run` starts Dagster through `python -m telemetry_pipeline.instance`, which writes the settings it
+    runs with to `<home>/settings.env` (secrets named, not written). A CLI in a new shell, with none of those
+    variables, works on the same sources; a secret it lacks is named; it is quiet (no DEBUG run events, no
+    alembic), a failed run is one line naming the run."""
+    home = tmp_path / "home"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_", "WAREHOUSE_", "DAGSTER_", "TELEMETRY_"))}
+    shell = {**clean, "TELEMETRY_PIPELINE_HOME": str(home)}
+    started = {**shell, "EXTRACT_SERVICE_URL": source_double.url, "SOURCE_MAX_RETRIES": "0"}
+    subprocess.run([sys.executable, "-m", "telemetry_pipeline.instance"], env=started, check=True, timeout=120)
+    written = (home / "settings.env").read_text()
+    assert f"EXTRACT_SERVICE_URL={source_double.url}" in written
+
+    good = source_double.add_good("extract", "from-another-shell")
+    done = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "export", good, "extract:typo"],
+                          env=shell, capture_output=True, text=True, timeout=120)
+    out = json.loads(done.stdout)
+    assert done.returncode == 1 and out["exported_count"] == 1, (out, done.stderr[-2000:])
+    assert "DEBUG" not in done.stderr and "alembic" not in done.stderr, done.stderr[-2000:]
+    [failed_line] = [line for line in done.stderr.splitlines() if "failed (" in line]
+    assert "its whole log: that run in the Dagster UI" in failed_line
+
+    token = "sgv-settings-file-token-do-not-leak"
+    with_secret = {**started, "SIGNAVIO_API_URL": "http://127.0.0.1:9/ingest", "SIGNAVIO_API_KEY": token}
+    subprocess.run([sys.executable, "-m", "telemetry_pipeline.instance"], env=with_secret, check=True, timeout=120)
+    assert token not in (home / "settings.env").read_text()
+    refused = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "sessions"], env=shell,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "SIGNAVIO_API_KEY" in json.loads(refused.stdout)["error"], refused.stdout

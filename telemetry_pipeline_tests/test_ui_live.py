@@ -85,6 +85,9 @@ def test_another_service_exports_a_session_and_a_batch(dagster_dev: DagsterDev):
     launched = dagster_dev.graphql(EXPORT_SESSION, {"key": single})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     assert wait_for_run(dagster_dev, launched["run"]["runId"]) == "SUCCESS"
+    console = (dagster_dev.home / "dagster_dev.log").read_text()  # what `make run`'s terminal shows
+    assert " - INFO - export_sessions - " in console, "the run said what it did"
+    assert " - DEBUG - " not in console, "not a line per Dagster event (python_log_level INFO)"
 
     # A batch, with the Python client: register the keys (appended in order, so they form one range),
     # then one run over the range.

@@ -13,7 +13,8 @@ import dagster as dg
 from dagster.version import __version__ as DAGSTER_VERSION
 
 # Telemetry off (no outside calls); at most two runs at once: they share one DuckDB file, whose
-# writers take turns, so more would only queue on its lock.
+# writers take turns, so more would only queue on its lock; runs' consoles at INFO (Dagster's default for them is
+# DEBUG, a line per event, which floods `make run`'s terminal).
 LOCAL_INSTANCE_YAML = """\
 telemetry:
   enabled: false
@@ -23,6 +24,8 @@ run_monitoring:
   enabled: true
   start_timeout_seconds: 180
   max_resume_run_attempts: 0
+python_logs:
+  python_log_level: INFO
 """
 
 
