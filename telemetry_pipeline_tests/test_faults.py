@@ -11,6 +11,7 @@ and the Signavio double, and is killed with SIGKILL at a chosen stage (no cleanu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -562,3 +563,69 @@ def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_
     assert signavio.executions[orphan].table == RUNS
     complete_orphans(signavio, [orphan])
     assert_delivered_exactly_once(signavio, instance, keys)
+
+
+# -- `make run` stopped with Ctrl-C mid-export, then started again ---------------------------------------------
+
+
+def start_make_run(home: Path, source_double: SourceDouble, log: Path) -> subprocess.Popen[bytes]:
+    """What `make run` starts once its sources are configured: `python -m telemetry_pipeline.instance dagster dev`,
+    in a process group of its own (a terminal's Ctrl-C reaches the whole group)."""
+    from telemetry_pipeline_tests.dagster_dev import ROOT, free_port
+
+    ours = ("DAGSTER_", "SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_", "TELEMETRY_", "WAREHOUSE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)} | {
+        "TELEMETRY_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
+        "EXTRACT_SERVICE_URL": source_double.url, "AGENT_METRICS_SESSIONS_PATH": "",
+        "SENSOR_INTERVAL_SECONDS": "2", "SESSION_SETTLE_SECONDS": "0", "AGENT_NAME": "test-agent",
+    }
+    bin_dir = Path(sys.executable).parent
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "telemetry_pipeline.instance", str(bin_dir / "dagster"), "dev", "-h", "127.0.0.1",
+             "-p", str(free_port()), "-w", str(ROOT / "workspace.yaml")],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def test_make_run_stopped_with_ctrl_c_mid_export_exports_those_sessions_when_started_again(
+    tmp_path: Path, source_double: SourceDouble
+):
+    home, log = tmp_path / "home", tmp_path / "make_run.log"
+    keys = add_good(source_double, 4, "ctrl-c")
+    source_double.slow("extract", "ctrl-c-003", 20)  # the sensor's run is mid-export while this answers
+    dev = start_make_run(home, source_double, log)
+    try:
+        wait_until(lambda: source_double.hits[keys[3]] >= 1, 240, "the sensor's run fetching", log)
+        os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C
+        dev.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dev.pid, signal.SIGKILL)
+    source_double.slow("extract", "ctrl-c-003", 0)
+    with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
+        assert instance.get_materialized_partitions(EXPORT) == set(), "nothing was exported before the Ctrl-C"
+        [cut_off] = instance.get_runs()
+        assert cut_off.status == dg.DagsterRunStatus.FAILURE, cut_off.status
+
+    dev = start_make_run(home, source_double, log)  # started again
+    try:
+        with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
+            def recovered() -> list[dg.DagsterRun]:
+                return instance.get_runs(dg.RunsFilter(
+                    tags={"telemetry_pipeline/recovers": cut_off.run_id}, statuses=[dg.DagsterRunStatus.SUCCESS]))
+            wait_until(lambda: bool(recovered()), 240, "the cut-off run's sessions exported again", log)
+            assert instance.get_materialized_partitions(EXPORT) == set(keys)
+            [recovering] = recovered()
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)
+        dev.wait(timeout=60)
+    assert recovering.tags["dagster/sensor_name"] == "new_sessions_sensor", "the sensor's next run, no lease waited"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
