@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from telemetry_pipeline.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.recovery import cut_off_runs, mark_dead_runs, recoveries
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
+
+RECOVERY_LOOKBACK_S = 24 * 3600
 
 
 def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any]) -> dg.SensorDefinition:
@@ -56,7 +59,10 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         dead = mark_dead_runs(context.instance)
         for run_id in dead:
             context.log.warning("export run %s: its process is gone; marked failed, its sessions go again", run_id)
-        cut_off, failed_after = cut_off_runs(context.instance, cursor_in.get("failed_runs_after", 0.0))
+        # A first tick (or one after an upgrade) looks back a day, not over the whole history: older failures
+        # are the hourly schedule's to retry.
+        since = cursor_in.get("failed_runs_after", time.time() - RECOVERY_LOOKBACK_S)
+        cut_off, failed_after = cut_off_runs(context.instance, since)
         again = recoveries(context.instance, cut_off, context.instance.get_dynamic_partitions(AGENT_SESSIONS),
                            batch_size)
         cursor = json.dumps({"watermarks": found.watermarks, "failed_runs_after": failed_after}, sort_keys=True)

@@ -127,6 +127,30 @@ def export_range(dev: DagsterDev, keys: list[str]) -> None:
     assert wait_for_run(dev, run_id) == "SUCCESS"
 
 
+def require_chromium() -> None:
+    """Before the test's work: without Debian's Chromium the test fails in CI and skips elsewhere, saying why."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Page]:
+    """Debian's Chromium, through Playwright, at 1600x1100."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        expect.set_options(timeout=UI_TIMEOUT_MS)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 def dismiss_welcome(page: Page) -> None:
     """A first visit opens a "Join the Dagster community" dialog over the page; skip it (remembered by
     the browser for the rest of the test)."""
@@ -139,11 +163,8 @@ def dismiss_welcome(page: Page) -> None:
 
 
 def test_the_ui_shows_sessions_process_map_and_checks(dagster_dev: DagsterDev):  # noqa: F811
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    require_chromium()
+    from playwright.sync_api import expect
 
     ids = dagster_dev.simulator.session_ids("agent_telemetry")
     keys = [f"agent_telemetry:{i}" for i in ids[:3]]
@@ -156,49 +177,42 @@ def test_the_ui_shows_sessions_process_map_and_checks(dagster_dev: DagsterDev): 
     assert wait_for_run(dagster_dev, overview_run) == "SUCCESS"
 
     SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        expect.set_options(timeout=UI_TIMEOUT_MS)
-        try:
-            # A session's partition page: its summary and its first steps as a table.
-            page.goto(f"{dagster_dev.url}/assets/signavio_export?view=partitions&partition={quote(keys[0])}")
-            expect(page.get_by_text("run_status").first).to_be_visible()
-            dismiss_welcome(page)
-            for label in ("agent", "workflow", "tool_calls", "models", "input_tokens", "duration_s", "timeline"):
-                expect(page.get_by_text(label, exact=True).first).to_be_visible()
-            timeline = page.locator("table").filter(has_text="activity").filter(has_text="User prompt").first
-            expect(timeline).to_be_visible()
-            page.screenshot(path=SCREENSHOTS / "session_partition.png", full_page=True)
+    with browser_page() as page:
+        # A session's partition page: its summary and its first steps as a table.
+        page.goto(f"{dagster_dev.url}/assets/signavio_export?view=partitions&partition={quote(keys[0])}")
+        expect(page.get_by_text("run_status").first).to_be_visible()
+        dismiss_welcome(page)
+        for label in ("agent", "workflow", "tool_calls", "models", "input_tokens", "duration_s", "timeline"):
+            expect(page.get_by_text(label, exact=True).first).to_be_visible()
+        timeline = page.locator("table").filter(has_text="activity").filter(has_text="User prompt").first
+        expect(timeline).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "session_partition.png", full_page=True)
 
-            # process_overview: the process map behind "Show Markdown".
-            page.goto(f"{dagster_dev.url}/assets/process_overview")
-            page.get_by_text("[Show Markdown]").first.click()
-            picture = page.locator('img[src^="data:image/svg+xml;base64,"]').first
-            expect(picture).to_be_visible()
-            assert picture.evaluate("img => img.naturalWidth") >= 1600, "the SVG decoded in the browser"
-            page.screenshot(path=SCREENSHOTS / "process_overview_map.png", full_page=True)
-            page.keyboard.press("Escape")
+        # process_overview: the process map behind "Show Markdown".
+        page.goto(f"{dagster_dev.url}/assets/process_overview")
+        page.get_by_text("[Show Markdown]").first.click()
+        picture = page.locator('img[src^="data:image/svg+xml;base64,"]').first
+        expect(picture).to_be_visible()
+        assert picture.evaluate("img => img.naturalWidth") >= 1600, "the SVG decoded in the browser"
+        page.screenshot(path=SCREENSHOTS / "process_overview_map.png", full_page=True)
+        page.keyboard.press("Escape")
 
-            # The Checks tab: every check with its result.
-            page.goto(f"{dagster_dev.url}/assets/signavio_export?view=checks")
-            for name in ("event_id_unique", "events_have_case", "event_times_valid", "activity_alphabet"):
-                expect(page.get_by_text(name).first).to_be_visible()
-            page.screenshot(path=SCREENSHOTS / "checks.png", full_page=True)
+        # The Checks tab: every check with its result.
+        page.goto(f"{dagster_dev.url}/assets/signavio_export?view=checks")
+        for name in ("event_id_unique", "events_have_case", "event_times_valid", "activity_alphabet"):
+            expect(page.get_by_text(name).first).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "checks.png", full_page=True)
 
-            # Materialising one session by hand asks for nothing else.
-            page.goto(f"{dagster_dev.url}/assets/signavio_export")
-            page.locator("button", has_text="Materialize").first.click()
-            dialog = page.get_by_role("dialog").first
-            expect(dialog).to_be_visible()
-            expect(dialog.get_by_text(re.compile("agent_sessions|partition", re.I)).first).to_be_visible()
-            page.screenshot(path=SCREENSHOTS / "materialize_dialog.png", full_page=True)
-            text = page.inner_text("body")
-            assert "additional asset" not in text.lower(), "a launch of one session drags in no other asset"
-            assert "backfill polic" not in text.lower(), "no notice about varying backfill policies"
-        finally:
-            browser.close()
+        # Materialising one session by hand asks for nothing else.
+        page.goto(f"{dagster_dev.url}/assets/signavio_export")
+        page.locator("button", has_text="Materialize").first.click()
+        dialog = page.get_by_role("dialog").first
+        expect(dialog).to_be_visible()
+        expect(dialog.get_by_text(re.compile("agent_sessions|partition", re.I)).first).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "materialize_dialog.png", full_page=True)
+        text = page.inner_text("body")
+        assert "additional asset" not in text.lower(), "a launch of one session drags in no other asset"
+        assert "backfill polic" not in text.lower(), "no notice about varying backfill policies"
 
 
 @contextlib.contextmanager
@@ -230,11 +244,8 @@ def overlaps(a: list[float], b: list[float]) -> bool:
 
 
 def test_the_console_answers_what_the_agents_are_doing(dagster_dev: DagsterDev, tmp_path: Path):  # noqa: F811
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    require_chromium()
+    from playwright.sync_api import expect
 
     # The other tests of the module exported a few sessions; this one adds the rest of agent_telemetry's,
     # then refreshes the overview with the job the sensor uses for the first one.
@@ -256,64 +267,57 @@ def test_the_console_answers_what_the_agents_are_doing(dagster_dev: DagsterDev, 
     tagged = {t["key"]: t["value"] for t in tags["assetMaterializations"][0]["tags"]}
     assert tagged.get("outcome") == "failed" and "agent" in tagged, f"the session's tags: {tagged}"
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        expect.set_options(timeout=UI_TIMEOUT_MS)
-        try:
-            # The outcome view: how the agents did, overall, per agent and workflow, and what failed.
-            page.goto(f"{dagster_dev.url}/assets/process_overview")
-            dismiss_welcome(page)
-            with screenshot(page, tmp_path / "outcome_view.png") as shot:
-                for label in ("outcomes", "success_rate_pct", "outcomes_by_agent", "outcomes_by_workflow",
-                              "failing_activities", "slowest_sessions", "failed_sessions"):
-                    expect(page.get_by_text(label, exact=True).first, f"{label}: see {shot}").to_be_visible()
-                expect(page.get_by_text(re.compile(r"\d+ sessions: \d+ completed")).first,
-                       f"the outcome counts: see {shot}").to_be_visible()
-                expect(page.get_by_text(session["session_key"]).first,
-                       f"a failed session's key, to open: see {shot}").to_be_visible()
+    with browser_page() as page:
+        # The outcome view: how the agents did, overall, per agent and workflow, and what failed.
+        page.goto(f"{dagster_dev.url}/assets/process_overview")
+        dismiss_welcome(page)
+        with screenshot(page, tmp_path / "outcome_view.png") as shot:
+            for label in ("outcomes", "success_rate_pct", "outcomes_by_agent", "outcomes_by_workflow",
+                          "failing_activities", "slowest_sessions", "failed_sessions"):
+                expect(page.get_by_text(label, exact=True).first, f"{label}: see {shot}").to_be_visible()
+            expect(page.get_by_text(re.compile(r"\d+ sessions: \d+ completed")).first,
+                   f"the outcome counts: see {shot}").to_be_visible()
+            expect(page.get_by_text(session["session_key"]).first,
+                   f"a failed session's key, to open: see {shot}").to_be_visible()
 
-            # That failed session's own page: its errors with their messages, how it started and ended.
-            page.goto(f"{dagster_dev.url}/assets/signavio_export?view=partitions"
-                      f"&partition={quote(session['session_key'])}")
-            with screenshot(page, tmp_path / "failed_session.png") as shot:
-                expect(page.get_by_text("run_status").first, f"see {shot}").to_be_visible()
-                for label in ("errors", "first_error", "event_counts", "timeline"):
-                    expect(page.get_by_text(label, exact=True).first, f"{label}: see {shot}").to_be_visible()
-                errors = page.locator("table").filter(has_text="activity").filter(has_text="error").first
-                expect(errors, f"the errors table: see {shot}").to_be_visible()
-                message = session["last_error"].rstrip("…")[:40]
-                expect(page.get_by_text(message).first, f"the error's message {message!r}: see {shot}") \
-                    .to_be_visible()
+        # That failed session's own page: its errors with their messages, how it started and ended.
+        page.goto(f"{dagster_dev.url}/assets/signavio_export?view=partitions"
+                  f"&partition={quote(session['session_key'])}")
+        with screenshot(page, tmp_path / "failed_session.png") as shot:
+            expect(page.get_by_text("run_status").first, f"see {shot}").to_be_visible()
+            for label in ("errors", "first_error", "event_counts", "timeline"):
+                expect(page.get_by_text(label, exact=True).first, f"{label}: see {shot}").to_be_visible()
+            errors = page.locator("table").filter(has_text="activity").filter(has_text="error").first
+            expect(errors, f"the errors table: see {shot}").to_be_visible()
+            message = session["last_error"].rstrip("…")[:40]
+            expect(page.get_by_text(message).first, f"the error's message {message!r}: see {shot}") \
+                .to_be_visible()
 
-            # The map, in the UI: behind "Show Markdown", an SVG at least 1600 px wide.
-            page.goto(f"{dagster_dev.url}/assets/process_overview")
-            with screenshot(page, tmp_path / "process_map_ui.png") as shot:
-                page.get_by_text("[Show Markdown]").first.click()
-                picture = page.locator('img[src^="data:image/svg+xml;base64,"]').first
-                expect(picture, f"see {shot}").to_be_visible()
-                width = picture.evaluate("img => img.naturalWidth")
-                assert width >= 1600, f"the map is {width} px wide: see {shot}"
-                expect(page.get_by_text(re.compile(r"\d+ of \d+ activities shown")).first,
-                       f"see {shot}").to_be_visible()
-            page.keyboard.press("Escape")
+        # The map, in the UI: behind "Show Markdown", an SVG at least 1600 px wide.
+        page.goto(f"{dagster_dev.url}/assets/process_overview")
+        with screenshot(page, tmp_path / "process_map_ui.png") as shot:
+            page.get_by_text("[Show Markdown]").first.click()
+            picture = page.locator('img[src^="data:image/svg+xml;base64,"]').first
+            expect(picture, f"see {shot}").to_be_visible()
+            width = picture.evaluate("img => img.naturalWidth")
+            assert width >= 1600, f"the map is {width} px wide: see {shot}"
+            expect(page.get_by_text(re.compile(r"\d+ of \d+ activities shown")).first,
+                   f"see {shot}").to_be_visible()
+        page.keyboard.press("Escape")
 
-            # The same picture as the file: the text Chromium drew stays inside the layout's boxes, and
-            # neither the boxes nor the drawn text overlap.
-            # (inline in a page: Chromium measures it the same, and screenshots a page, not a bare SVG document)
-            page.set_content(f'<html><body style="margin:0">{map_file.read_text()}</body></html>')
-            with screenshot(page, tmp_path / "process_map_file.png") as shot:
-                texts = page.evaluate(DRAWN_TEXT)
-                assert len(texts) > 5, f"boxes, arc labels, title and legend: see {shot}"
-                for t in texts:
-                    (x, y, w, h), (dx, dy, dw, dh) = t["box"], t["drawn"]
-                    assert x - 1 <= dx and y - 1 <= dy and dx + dw <= x + w + 1 and dy + dh <= y + h + 1, \
-                        f"{t['text']!r} drawn at {t['drawn']}, outside its box {t['box']}: see {shot}"
-                for i, a in enumerate(texts):
-                    for b in texts[i + 1:]:
-                        for key in ("box", "drawn"):
-                            assert not overlaps(a[key], b[key]), \
-                                f"{a['text']!r} and {b['text']!r} overlap ({key}): see {shot}"
-        finally:
-            browser.close()
+        # The same picture as the file: the text Chromium drew stays inside the layout's boxes, and
+        # neither the boxes nor the drawn text overlap.
+        # (inline in a page: Chromium measures it the same, and screenshots a page, not a bare SVG document)
+        page.set_content(f'<html><body style="margin:0">{map_file.read_text()}</body></html>')
+        with screenshot(page, tmp_path / "process_map_file.png") as shot:
+            texts = page.evaluate(DRAWN_TEXT)
+            assert len(texts) > 5, f"boxes, arc labels, title and legend: see {shot}"
+            for t in texts:
+                (x, y, w, h), (dx, dy, dw, dh) = t["box"], t["drawn"]
+                assert x - 1 <= dx and y - 1 <= dy and dx + dw <= x + w + 1 and dy + dh <= y + h + 1, \
+                    f"{t['text']!r} drawn at {t['drawn']}, outside its box {t['box']}: see {shot}"
+            for i, a in enumerate(texts):
+                for b in texts[i + 1:]:
+                    for key in ("box", "drawn"):
+                        assert not overlaps(a[key], b[key]), \
+                            f"{a['text']!r} and {b['text']!r} overlap ({key}): see {shot}"
