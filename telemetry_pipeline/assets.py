@@ -46,7 +46,8 @@ from telemetry_pipeline.resources import MonitoringResource, SignavioResource, S
 
 @dg.asset(
     group_name="telemetry",
-    description="Lists sessions of every configured source and registers new keys in `agent_sessions`.",
+    description="Lists sessions of every configured source and registers new keys in `agent_sessions`; its latest "
+    "record holds the watermarks `new_sessions_sensor` continues from (one store).",
 )
 def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResource) -> dg.MaterializeResult:
     with sources.open() as source_set:

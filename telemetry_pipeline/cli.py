@@ -152,7 +152,7 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
-    from telemetry_pipeline.history import exported_keys
+    from telemetry_pipeline.history import exported_keys, latest_exports
     from telemetry_pipeline.liveness import RunLiveness
     from telemetry_pipeline.sources.registry import key_problem, parse_key
     from telemetry_pipeline.warehouse import configured_warehouse
@@ -198,7 +198,9 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             free = _wait_for_release(warehouse, liveness, held, deadline)
             if not free:
                 break
-            exported_meanwhile = exported_keys(instance)  # by the run that held them, most likely
+            # By the run that held them, most likely: read from the history (the partition status of a key that
+            # this command's own run left to that run does not say MATERIALIZED reliably).
+            exported_meanwhile = latest_exports(instance, free)
             for key in free:
                 if key in exported_meanwhile and not args.force:
                     results[key] = {"session_id": key, "status": "skipped"}

@@ -2,6 +2,11 @@
 A watermark never moves past a session that was listed but not taken (still active, or refused),
 so nothing the sources have is skipped; listings are inclusive (`since` >=) and known keys are
 filtered out, so re-listing the edge is harmless.
+
+One watermark store: the metadata of the latest `discovered_sessions` materialisation, whoever recorded it (the
+sensor's runless record, or a run of the asset: `telemetry-pipeline discover`, the UI). Every pass adds its new
+keys to `agent_sessions` before its record moves the watermarks, so a pass cut off between the two lists the same
+sessions again and finds them known.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Discovery:
     refused: dict[str, str] = field(default_factory=dict)  # key -> why it cannot be a partition
     unsettled: int = 0  # listed, but still active: left for a later tick
     unreadable: dict[str, str] = field(default_factory=dict)  # inbox file -> why nothing in it could be read
+    moved: bool = False  # new keys, or a watermark differs from the stored one: the pass must be recorded
 
     @property
     def new_keys(self) -> list[str]:
@@ -44,10 +50,12 @@ def discover(
     known: Collection[str],
     settle: dt.timedelta = dt.timedelta(0),
     now: dt.datetime | None = None,
+    deadline: dt.timedelta | None = None,
 ) -> Discovery:
+    """`deadline`: how long each source may list (`SourceSet.list_sessions`); unbounded when None."""
     now = now or dt.datetime.now(dt.UTC)
     since = {name: to_utc(value) for name, value in watermarks.items()}
-    listed, errors = sources.list_sessions(since)
+    listed, errors = sources.list_sessions(since, deadline)
     result = Discovery(watermarks=dict(watermarks), errors=errors, unreadable=sources.unreadable_files())
     seen: set[str] = set()
     newest: dict[str, dt.datetime] = {}
@@ -73,16 +81,26 @@ def discover(
     return result
 
 
-def register_new_sessions(
-    instance: dg.DagsterInstance, sources: SourceSet, settle: dt.timedelta
-) -> tuple[Discovery, dict[str, Any]]:
-    """One discovery pass: list since the watermarks of the last `discovered_sessions` record, add
-    the new keys to `agent_sessions`, and return the metadata the next record must carry."""
+def _stored_watermarks(instance: dg.DagsterInstance) -> dict[str, str]:
+    """{source: RFC 3339} from the latest `discovered_sessions` record; {} before the first one."""
     previous = instance.get_latest_materialization_event(DISCOVERED_SESSIONS_KEY)
     meta = previous.asset_materialization.metadata if previous and previous.asset_materialization else {}
-    watermarks = cast(dict[str, str], meta["watermarks"].value) if "watermarks" in meta else {}
+    return cast(dict[str, str], meta["watermarks"].value) if "watermarks" in meta else {}
+
+
+def register_new_sessions(
+    instance: dg.DagsterInstance,
+    sources: SourceSet,
+    settle: dt.timedelta,
+    deadline: dt.timedelta | None = None,
+    fallback: Mapping[str, str] | None = None,
+) -> tuple[Discovery, dict[str, Any]]:
+    """One discovery pass: list since the stored watermarks (`fallback` for a source that has none there), add
+    the new keys to `agent_sessions`, and return the metadata the next record must carry."""
+    stored = _stored_watermarks(instance)
     known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
-    found = discover(sources, watermarks, known, settle)
+    found = discover(sources, {**(fallback or {}), **stored}, known, settle, deadline=deadline)
+    found.moved = bool(found.new) or found.watermarks != stored
     if found.new_keys:
         instance.add_dynamic_partitions(AGENT_SESSIONS, found.new_keys)
     return found, {

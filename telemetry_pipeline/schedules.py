@@ -1,16 +1,13 @@
 """`hourly_export_schedule`: every known partition not exported yet (new or failed before), batched, and a
-refresh of `process_overview`;
+refresh of `process_overview`. It discovers nothing itself: discovery is the sensor's (or `discovered_sessions`,
+run by hand), so a slow source never delays the schedule's tick;
 `retention_schedule` (off by default) and its job."""
-
-import datetime as dt
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.history import pending_keys
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
-    DISCOVERED_SESSIONS_KEY,
     HOURLY_EXPORT_SCHEDULE,
     PROCESS_OVERVIEW_KEY,
     RETENTION_JOB,
@@ -19,7 +16,7 @@ from telemetry_pipeline.names import (
     SIGNAVIO_EXPORT_KEY,
 )
 from telemetry_pipeline.partitions import batched_ranges
-from telemetry_pipeline.resources import SourcesResource, WarehouseResource
+from telemetry_pipeline.resources import WarehouseResource
 from telemetry_pipeline.retention import apply_retention
 from telemetry_pipeline.settings import Settings
 
@@ -32,22 +29,10 @@ def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
         target=dg.AssetSelection.assets(SIGNAVIO_EXPORT_KEY, PROCESS_OVERVIEW_KEY),
         cron_schedule="0 * * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Hourly: discovers new sessions, exports every known session not exported yet "
-        "(new ones and ones that failed before) in batches, and refreshes `process_overview`.",
+        description="Hourly: exports every known session not exported yet (new ones and ones that failed "
+        "before) in batches, and refreshes `process_overview`. New sessions are the sensor's to discover.",
     )
-    def hourly_export_schedule(
-        context: dg.ScheduleEvaluationContext, sources: SourcesResource
-    ) -> list[dg.RunRequest]:
-        # Discovery here too, so the schedule alone keeps the export complete when the sensor is off;
-        # the pass is recorded like a `discovered_sessions` materialisation, continuing its watermarks.
-        with sources.open() as source_set:
-            settle = dt.timedelta(seconds=sources.settle_seconds)
-            _, metadata = register_new_sessions(context.instance, source_set, settle)
-        context.instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                asset_key=DISCOVERED_SESSIONS_KEY, metadata={**metadata, "by": HOURLY_EXPORT_SCHEDULE}
-            )
-        )
+    def hourly_export_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
         all_keys = context.instance.get_dynamic_partitions(AGENT_SESSIONS)
         pending = pending_keys(context.instance, all_keys)
         tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"

@@ -1,6 +1,6 @@
-"""`new_sessions_sensor`: discover, add only really new keys, request their export in batches; export again
-the sessions of export runs that were cut off (`recovery`); and the first `process_overview` as soon as there is
-something to show (the hourly schedule refreshes it afterwards)."""
+"""`new_sessions_sensor`, the one place that discovers on its own: add only really new keys, request their export in
+batches; export again the sessions of export runs that were cut off (`recovery`); and the first `process_overview`
+as soon as there is something to show (the hourly schedule refreshes it afterwards)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import discover
+from telemetry_pipeline.discovery import register_new_sessions
 from telemetry_pipeline.history import latest_exports
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
+    DISCOVERED_SESSIONS_KEY,
     EXPORT_JOB,
     NEW_SESSIONS_SENSOR,
     OVERVIEW_JOB,
@@ -23,12 +24,16 @@ from telemetry_pipeline.names import (
     RECOVERS_TAG,
     SIGNAVIO_EXPORT_KEY,
 )
-from telemetry_pipeline.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.partitions import batched_ranges
 from telemetry_pipeline.recovery import cut_off_runs, mark_dead_runs, recoveries
 from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
 
 RECOVERY_LOOKBACK_S = 24 * 3600
+# Dagster fails a sensor evaluation that takes over 60 s (DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS), and with it every
+# source's discovery and the crash recovery of that tick. The sources list side by side, each for this long at
+# most; the rest of the minute is for registering keys, recovery and the run requests.
+LISTING_DEADLINE = dt.timedelta(seconds=30)
 
 
 def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any]) -> dg.SensorDefinition:
@@ -43,15 +48,21 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         description="Discovers new finished sessions, adds them to `agent_sessions` and requests their export.",
     )
     def new_sessions_sensor(context: dg.SensorEvaluationContext, sources: SourcesResource) -> dg.SensorResult:
-        # The cursor holds each source's watermark; it only moves in the same result that adds the
-        # partitions, so a crash between the two cannot skip a session.
+        # The cursor holds what recovery has seen; the watermarks are in the `discovered_sessions` record, the one
+        # store every discovery pass reads and moves (`discovery`). Older versions kept them in the cursor, alone
+        # or under "watermarks": those count for a source the record does not know yet.
         cursor_in = json.loads(context.cursor) if context.cursor else {}
-        if "watermarks" not in cursor_in:  # the cursor of older versions: the watermarks alone
+        if cursor_in and not {"watermarks", "failed_runs_after"} & cursor_in.keys():
             cursor_in = {"watermarks": cursor_in}
-        watermarks = cursor_in["watermarks"]
-        known = set(context.instance.get_dynamic_partitions(AGENT_SESSIONS))
         with sources.open() as source_set:
-            found = discover(source_set, watermarks, known, dt.timedelta(seconds=sources.settle_seconds))
+            found, metadata = register_new_sessions(
+                context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds), LISTING_DEADLINE,
+                fallback=cursor_in.get("watermarks"),
+            )
+        if found.moved:  # a record per tick that changed something, not per tick
+            context.instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key=DISCOVERED_SESSIONS_KEY, metadata={**metadata, "by": NEW_SESSIONS_SENSOR}
+            ))
         for source, error in found.errors.items():
             context.log.warning("source %s could not be listed: %s", source, error)
         new_keys = found.new_keys
@@ -65,13 +76,14 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         cut_off, failed_after = cut_off_runs(context.instance, since)
         again = recoveries(context.instance, cut_off, context.instance.get_dynamic_partitions(AGENT_SESSIONS),
                            batch_size)
-        cursor = json.dumps({"watermarks": found.watermarks, "failed_runs_after": failed_after}, sort_keys=True)
+        cursor = json.dumps({"failed_runs_after": failed_after})
         first_overview = _first_overview(context.instance)
         if not new_keys and not updated and not again:
             if first_overview:
                 return dg.SensorResult(run_requests=first_overview, cursor=cursor)
             return dg.SensorResult(cursor=cursor, skip_reason="no new sessions")
-        # New keys are appended in this order, so they form contiguous ranges at the end of the list.
+        # New keys were appended in this order, so they form contiguous ranges at the end of the list. Were this
+        # tick cut off before its runs are launched, the keys are known and pending: the hourly schedule's.
         runs = [
             dg.RunRequest(run_key=f"new:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags, job_name=EXPORT_JOB)
             for r in batched_ranges(new_keys, new_keys, batch_size)
@@ -92,11 +104,7 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         ]
         context.log.info("%d new and %d updated sessions, %d cut-off runs to export again -> %d runs",
                          len(new_keys), len(updated), len(again), len(runs))
-        return dg.SensorResult(
-            run_requests=runs + first_overview,
-            dynamic_partitions_requests=[agent_sessions.build_add_request(new_keys)] if new_keys else None,
-            cursor=cursor,
-        )
+        return dg.SensorResult(run_requests=runs + first_overview, cursor=cursor)
 
     return new_sessions_sensor
 

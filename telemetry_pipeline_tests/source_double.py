@@ -55,7 +55,8 @@ class SourceDouble:
         self.bodies: dict[tuple[str, str], bytes] = {}
         self.last_event_at: dict[tuple[str, str], str] = {}
         self.faults: dict[tuple[str, str], Fault] = {}
-        self.list_fault: Fault | None = None
+        self.list_faults: dict[str, Fault] = {}  # source -> how its listing fails
+        self.list_hangs: dict[str, threading.Event] = {}  # source -> its listing answers once this is set
         # Sessions whose fetches are answered late: (seconds, gate). Setting the gate ends the wait early.
         self.delays: dict[tuple[str, str], tuple[float, threading.Event]] = {}
         self.hits: dict[str, int] = defaultdict(int)
@@ -80,6 +81,8 @@ class SourceDouble:
         with self._lock:
             for _, gate in self.delays.values():
                 gate.set()  # wakes handlers that sleep in an injected delay
+            for gate in self.list_hangs.values():
+                gate.set()
         self._server.stop()
 
     def add(self, source: str, session_id: str, body: Any, last_event_at: str = "2025-01-15T11:00:00Z") -> str:
@@ -131,9 +134,18 @@ class SourceDouble:
             return json_reply({"detail": "session not found"}, 404)
         return raw_reply(body)
 
+    def hang_listing(self, source: str) -> None:
+        """The source's listing answers only when the double stops (a listing that never ends)."""
+        with self._lock:
+            self.list_hangs[source] = threading.Event()
+
     def _list(self, source: str, request: Request) -> Reply:
         with self._lock:
-            fault = self.list_fault
+            hang = self.list_hangs.get(source)
+        if hang is not None:
+            hang.wait(120)
+        with self._lock:
+            fault = self.list_faults.get(source)
             if fault and fault.remaining > 0:
                 fault.remaining -= 1
                 return json_reply(INJECTED, fault.status)

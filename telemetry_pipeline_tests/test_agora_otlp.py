@@ -425,9 +425,7 @@ def test_agora_as_the_real_backend_serves_it(pipeline: Pipeline, only_new_source
         sensor = defs.resolve_sensor_def("new_sessions_sensor")
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             result = sensor(context)
-        (request,) = result.dynamic_partitions_requests
-        assert set(request.partition_keys) == {f"agora:{eid}" for eid in finished}
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        assert set(instance.get_dynamic_partitions("agent_sessions")) == {f"agora:{eid}" for eid in finished}
         job = defs.resolve_job_def("export_sessions")
         for run_request in result.run_requests:
             assert job.execute_in_process(instance=instance, tags=run_request.tags).success

@@ -43,8 +43,8 @@ def test_sensor_requests_one_run_per_batch(pipeline: Pipeline, home: Path, sourc
         sensor = defs.resolve_sensor_def("new_sessions_sensor")
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             result = sensor(context)
+        keys = instance.get_dynamic_partitions("agent_sessions")  # registered by the tick, in listing order
     sizes = []
-    keys = list(result.dynamic_partitions_requests[0].partition_keys)
     for request in result.run_requests:
         start, end = keys.index(request.tags["dagster/asset_partition_range_start"]), keys.index(
             request.tags["dagster/asset_partition_range_end"])
@@ -81,14 +81,14 @@ def test_hourly_schedule_exports_pending_and_previously_failed(
     assert len(overview) == 1, "every tick refreshes process_overview"
     requests = [r for r in requests if r not in overview]
     assert all(r.asset_selection == [EXPORT] for r in requests), "export runs leave the overview alone"
-    assert unseen in instance.get_dynamic_partitions("agent_sessions"), "the schedule discovers on its own"
-    assert len(requests) == 1, "broken, later and unseen are adjacent partitions: one batched run"
+    assert unseen not in instance.get_dynamic_partitions("agent_sessions"), "discovery is the sensor's alone"
+    assert len(requests) == 1, "broken and later are adjacent partitions: one batched run"
     tags = requests[0].tags
-    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (broken, unseen)
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (broken, later)
 
     job = defs.resolve_job_def("export_sessions")
     assert job.execute_in_process(instance=instance, tags=tags).success
-    assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later, unseen}
+    assert instance.get_materialized_partitions(EXPORT) == {*done, broken, later}
     later_tick = tick + dt.timedelta(hours=1)
     with dg.build_schedule_context(
         instance=instance, scheduled_execution_time=later_tick, resources=defs.resources
@@ -96,7 +96,7 @@ def test_hourly_schedule_exports_pending_and_previously_failed(
         left = schedule.evaluate_tick(ctx).run_requests
     assert [r.asset_selection for r in left] == [[dg.AssetKey("process_overview")]], "nothing left to export"
     _code, out = pipeline.cli("discover")
-    assert out["new_count"] == 0, "the schedule's pass moved the same watermarks the asset uses"
+    assert out["new_keys"] == [unseen], "the schedule listed no source and moved no watermark"
 
 
 def test_a_failed_re_export_leaves_the_session_exported(

@@ -421,53 +421,100 @@ def test_the_sensor_exports_again_the_sessions_of_an_interrupted_run_not_those_o
     assert_delivered_exactly_once(signavio, instance, keys)
 
 
-def test_sensor_cursor_never_passes_a_session_that_was_not_registered(pipeline: Pipeline,
+def stored_watermarks(instance: dg.DagsterInstance) -> dict[str, str]:
+    """The one watermark store: the latest `discovered_sessions` record (the sensor's or the asset's)."""
+    record = instance.get_latest_materialization_event(dg.AssetKey("discovered_sessions"))
+    assert record is not None and record.asset_materialization is not None
+    return record.asset_materialization.metadata["watermarks"].value
+
+
+def export_ranges(result: dg.SensorResult | list[dg.RunRequest]) -> list[tuple[str, str]]:
+    requests = result.run_requests if isinstance(result, dg.SensorResult) else result
+    return [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in requests if "dagster/asset_partition_range_start" in r.tags]
+
+
+def test_discovery_never_moves_a_watermark_past_a_session_it_did_not_register(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     old = [source_double.add_good("extract", f"old-{i}") for i in range(2)]
     first = sensor_tick(pipeline, instance, None)
-    for request in first.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    cursor = first.cursor
-    assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(old)
+    assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(old), "registered by the tick"
+    marks = stored_watermarks(instance)
 
     newer_ex = source_double.add("extract", "new-ex", {"events": []}, last_event_at="2025-01-16T00:00:00Z")
     newer_at = source_double.add("agent_telemetry", "new-at", {"events": []}, last_event_at="2025-01-16T00:00:00Z")
 
     # 1. extract's listing fails (every attempt), agent_telemetry's works: only the latter's mark moves.
-    source_double.list_fault = Fault(503, remaining=3)
-    failed = sensor_tick(pipeline, instance, cursor)
-    assert list(failed.dynamic_partitions_requests[0].partition_keys) == [newer_at]
-    marks = json.loads(failed.cursor)["watermarks"]
-    assert marks["extract"] == json.loads(cursor)["watermarks"]["extract"], "the failed source's watermark stayed put"
-    assert marks["agent_telemetry"] == "2025-01-16T00:00:00Z"
+    source_double.list_faults["extract"] = Fault(503, remaining=10**6)
+    failed = sensor_tick(pipeline, instance, first.cursor)
+    assert newer_at in instance.get_dynamic_partitions("agent_sessions")
+    assert newer_ex not in instance.get_dynamic_partitions("agent_sessions")
+    assert export_ranges(failed) == [(newer_at, newer_at)]
+    assert stored_watermarks(instance)["extract"] == marks["extract"], "the failed source's watermark stayed put"
+    assert stored_watermarks(instance)["agent_telemetry"] == "2025-01-16T00:00:00Z"
 
-    # 2. The process dies after listing, before the result is applied: neither the partitions nor the
-    #    cursor were stored, so the next tick lists the same sessions again from the old cursor.
-    again = sensor_tick(pipeline, instance, cursor)
-    assert sorted(again.dynamic_partitions_requests[0].partition_keys) == sorted([newer_ex, newer_at])
-    assert len(again.run_requests) == 1 and again.cursor != cursor
-    assert sorted(instance.get_dynamic_partitions("agent_sessions")) == sorted(old), "nothing was applied yet"
+    # 2. The tick's result is lost (the process died before its runs were launched, its cursor not stored): its
+    #    keys are registered, so they are pending, and the hourly schedule requests them. The next tick, from the
+    #    old cursor, lists extract again and requests only what it registers now.
+    del source_double.list_faults["extract"]
+    schedule = pipeline.defs().resolve_schedule_def("hourly_export_schedule")
+    tick = dt.datetime(2026, 1, 1, 5)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as ctx:
+        pending = export_ranges(schedule.evaluate_tick(ctx).run_requests or [])
+    assert pending == [(old[0], newer_at)], "nothing was exported yet: every registered key, the lost tick's too"
+    again = sensor_tick(pipeline, instance, first.cursor)
+    assert export_ranges(again) == [(newer_ex, newer_ex)]
+    assert stored_watermarks(instance) == {"extract": "2025-01-16T00:00:00Z", "agent_telemetry": "2025-01-16T00:00:00Z"}
 
-    # 3. Applied together, the next tick has nothing new to say.
-    for request in again.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    last = sensor_tick(pipeline, instance, again.cursor)
-    assert not last.dynamic_partitions_requests and not last.run_requests
+    # 3. The asset and the sensor share the watermarks: neither finds anything new now.
+    assert not sensor_tick(pipeline, instance, again.cursor).run_requests
+    code, out = pipeline.cli("discover")
+    assert code == 0 and out["new_count"] == 0
+
+
+def test_a_hung_listing_is_cut_at_its_deadline_and_the_other_sources_are_discovered(pipeline: Pipeline,
+    home: Path, source_double: SourceDouble,
+):
+    from telemetry_pipeline.discovery import discover
+    from telemetry_pipeline.sources.source_set import SourceSet
+
+    source_double.add_good("extract", "stuck")
+    found_key = source_double.add_good("agent_telemetry", "found")
+    source_double.hang_listing("extract")
+    started = time.monotonic()
+    with SourceSet(pipeline.settings.sources) as sources:
+        found = discover(sources, {}, set(), deadline=dt.timedelta(seconds=1))
+    assert time.monotonic() - started < 10, "the deadline, not the listing, ended the pass"
+    assert found.new_keys == [found_key]
+    assert "listing still not done after" in found.errors["extract"] and list(found.errors) == ["extract"]
+    assert "extract" not in found.watermarks, "the hung source's watermark did not move"
+
+
+def test_the_sensor_takes_over_the_watermarks_an_older_version_kept_in_its_cursor(pipeline: Pipeline,
+    home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
+):
+    source_double.add("extract", "seen", {"events": []}, last_event_at="2025-01-10T00:00:00Z")
+    new = source_double.add("extract", "new", {"events": []}, last_event_at="2025-01-16T00:00:00Z")
+    legacy = json.dumps({"watermarks": {"extract": "2025-01-15T00:00:00Z"}, "failed_runs_after": 0.0})
+    tick = sensor_tick(pipeline, instance, legacy)
+    assert instance.get_dynamic_partitions("agent_sessions") == [new], "listed since the cursor's watermark"
+    assert stored_watermarks(instance)["extract"] == "2025-01-16T00:00:00Z"
+    assert "watermarks" not in json.loads(tick.cursor), "one store: the record"
 
 
 def test_discover_keeps_the_watermark_of_a_source_whose_listing_failed(pipeline: Pipeline,
     home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
 ):
     source_double.add_good("extract", "e1")
-    source_double.list_fault = Fault(500, remaining=10**6)
+    source_double.list_faults.update(extract=Fault(500, remaining=10**6), agent_telemetry=Fault(500, remaining=10**6))
     code, out = pipeline.cli("discover")
     assert code == 1 and set(out["source_errors"]) == {"extract", "agent_telemetry"}
     assert out["new_count"] == 0
     meta = instance.get_latest_materialization_event(dg.AssetKey("discovered_sessions")).asset_materialization.metadata
     assert meta["watermarks"].value == {}, "no watermark moved"
 
-    source_double.list_fault = None
+    source_double.list_faults.clear()
     code, out = pipeline.cli("discover")
     assert code == 0 and out["new_keys"] == ["extract:e1"]
 

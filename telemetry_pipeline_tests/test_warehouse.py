@@ -16,9 +16,11 @@ from typing import Any
 
 import duckdb
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Dialect
+from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import DuckDBWarehouse, Holder, PostgresWarehouse, Warehouse, open_warehouse
 from telemetry_pipeline.warehouse.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
@@ -358,3 +360,39 @@ def test_open_warehouse_picks_the_store_from_the_url(tmp_path: Path):
     with pytest.raises(ValueError, match="WAREHOUSE_URL must be a postgresql:// URL") as caught:
         open_warehouse("mysql://me:s3cret@db/wh", tmp_path / "w.duckdb")
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres"])
+def test_a_replacement_that_fails_half_way_keeps_the_sessions_old_rows(
+    dialect: Dialect, tmp_path: Path, request: pytest.FixtureRequest
+):
+    """The new rows break the events' primary key after the old ones were deleted: the delete is rolled back."""
+    new_event = ("INSERT INTO events (event_id, session_key, seq, activity, event_type, event_time, latency_ms, "
+                 "attributes) VALUES ('e9', 'extract:s1', 0, 'Call tool x', 'tool_call', now(), 1, '{}')")
+
+    def insert_twice(cur: Any) -> None:
+        cur.execute(new_event)
+        cur.execute(new_event)
+
+    def rows(cur: Any) -> list[tuple[str, ...]]:
+        cur.execute("SELECT s.session_key, e.event_id FROM sessions s JOIN events e USING (session_key) ORDER BY 2")
+        return [tuple(row) for row in cur.fetchall()]
+
+    old = [("extract:s1", "e1"), ("extract:s1", "e2")]
+    if dialect == "duckdb":
+        with DuckDBWarehouse(tmp_path / "w.duckdb").connect() as con:
+            _fill(con, [_session("extract:s1")], [("e1", "extract:s1"), ("e2", "extract:s1")])
+            with pytest.raises(duckdb.ConstraintException):
+                replace_rows(duckdb_transaction(con), (EVENTS, SESSIONS), ["extract:s1"], insert_twice)
+            assert rows(con) == old
+            replace_rows(duckdb_transaction(con), (EVENTS, SESSIONS), ["extract:s1"], lambda cur: None)
+            assert con.execute("SELECT count(*) FROM sessions").fetchone() == (0,), "the same helper commits"
+        return
+    wh = PostgresWarehouse(request.getfixturevalue("postgres_url"))
+    with wh.workspace() as con:
+        _fill(con, [_session("extract:s1")], [("e1", "extract:s1"), ("e2", "extract:s1")])
+        wh.save_canonical(con, ["extract:s1"])
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        replace_rows(wh.transaction("replacing"), (EVENTS, SESSIONS), ["extract:s1"], insert_twice, "%s")
+    with wh.transaction("reading") as cur:
+        assert rows(cur) == old

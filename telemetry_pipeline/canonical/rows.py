@@ -1,8 +1,7 @@
 """Writing canonical rows built in Python (the normalisers of Agora and OTLP payloads).
 
 A normaliser builds one `SessionRow` per good session and its `EventRow`s; `replace_sessions` swaps
-them in for those sessions in one transaction (Arrow tables in, set-based DELETE + INSERT with the
-columns the model declares).
+them in for those sessions (Arrow tables in, `replace.replace_rows` with the columns the model declares).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Any
 import duckdb
 
 from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, EventRow, SessionRow
+from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
 from telemetry_pipeline.sources.base import RawSession
 
 
@@ -43,16 +43,13 @@ def replace_sessions(
         return
     con.register("canon_sessions_in", SESSIONS.to_arrow(sessions))
     con.register("canon_events_in", EVENTS.to_arrow(events))
+
+    def insert(cur: duckdb.DuckDBPyConnection) -> None:
+        cur.execute(EVENTS.insert_sql("canon_events_in"))
+        cur.execute(SESSIONS.insert_sql("canon_sessions_in"))
+
     try:
-        con.execute("BEGIN")
-        for table in (EVENTS, SESSIONS):
-            con.execute(f"DELETE FROM {table.name} WHERE session_key IN (SELECT session_key FROM canon_sessions_in)")
-        con.execute(EVENTS.insert_sql("canon_events_in"))
-        con.execute(SESSIONS.insert_sql("canon_sessions_in"))
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        replace_rows(duckdb_transaction(con), (EVENTS, SESSIONS), [s.session_key for s in sessions], insert)
     finally:
         con.unregister("canon_sessions_in")
         con.unregister("canon_events_in")

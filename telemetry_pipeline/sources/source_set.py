@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -83,14 +83,35 @@ class SourceSet:
         inbox = self.sources.get("otlp")
         return inbox.unreadable_files() if isinstance(inbox, OtlpSource) else {}
 
-    def list_sessions(self, since: Mapping[str, dt.datetime | None]) -> tuple[list[SessionRef], dict[str, str]]:
-        """Every source's listing since its own watermark; a source that fails is reported, not fatal."""
+    def list_sessions(
+        self, since: Mapping[str, dt.datetime | None], deadline: dt.timedelta | None = None
+    ) -> tuple[list[SessionRef], dict[str, str]]:
+        """Every source's listing since its own watermark, side by side, in registry order. Each source's failure
+        is its own: one that raises, or is still listing at `deadline`, is reported (its listing dropped; its
+        watermark stays) and the others' listings are kept."""
+
+        def list_one(name: str) -> list[SessionRef]:
+            return list(self.sources[name].list_sessions(since.get(name)))
+
+        pool = ThreadPoolExecutor(max_workers=max(1, len(self.sources)), thread_name_prefix="list")
+        futures = {name: pool.submit(list_one, name) for name in self.sources}
+        try:
+            done, _ = wait(futures.values(), timeout=deadline.total_seconds() if deadline else None)
+        finally:
+            # A hung listing is abandoned, not waited for: closing the shared client (`__exit__`) ends its request.
+            pool.shutdown(wait=False, cancel_futures=True)
         found: list[SessionRef] = []
         errors: dict[str, str] = {}
-        for name, source in self.sources.items():
-            try:
-                found.extend(source.list_sessions(since.get(name)))
-            except SourceError as exc:
-                log.warning("discovery: %s", exc)
+        for name, future in futures.items():
+            exc = future.exception() if future in done else None
+            if future not in done:
+                errors[name] = f"source {name}: listing still not done after {deadline}; left for the next pass"
+            elif isinstance(exc, SourceError):
                 errors[name] = str(exc)
+            elif exc is not None:  # a fault of one source's code must not hide the other sources' sessions
+                errors[name] = f"source {name}: listing failed: {type(exc).__name__}: {exc}"
+            else:
+                found.extend(future.result())
+                continue
+            log.warning("discovery: %s", errors[name])
         return found, errors

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 
+from telemetry_pipeline.canonical.replace import duckdb_transaction
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import migrations, schema
 from telemetry_pipeline.warehouse.base import (
@@ -37,22 +38,13 @@ _CLAIMS_LOCK = threading.Lock()  # claims of one process's connections never int
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Apply the missing migrations in one transaction. Other processes wait on the file lock; other
     connections of this process on `_MIGRATE_LOCK`."""
-    with _MIGRATE_LOCK:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(migrations.SCHEMA_VERSION_DDL)
-            applied = {v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()}
-            for migration in migrations.pending(applied):
-                for statement in migration.statements["duckdb"]:
-                    con.execute(statement)
-                con.execute(
-                    "INSERT INTO schema_version VALUES (?, ?, now())", [migration.version, migration.description]
-                )
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
+    with _MIGRATE_LOCK, duckdb_transaction(con):
+        con.execute(migrations.SCHEMA_VERSION_DDL)
+        applied = {v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()}
+        for migration in migrations.pending(applied):
+            for statement in migration.statements["duckdb"]:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, ?, now())", [migration.version, migration.description])
 
 
 def create_canonical(con: duckdb.DuckDBPyConnection) -> None:
@@ -135,28 +127,21 @@ class DuckDBWarehouse(Warehouse):
         keys = list(dict.fromkeys(keys))
         if not keys:
             return [], {}
-        with _CLAIMS_LOCK, self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                held, _, _ = standing(
-                    con.execute(
-                        "SELECT session_key, run_id, lease_until > now() FROM export_claims WHERE session_key IN "
-                        "(SELECT unnest($keys::VARCHAR[])) AND run_id <> $run",
-                        {"keys": keys, "run": run_id},
-                    ).fetchall(),
-                    check,
-                )
-                claimed = [k for k in keys if k not in held]
+        with _CLAIMS_LOCK, self.connect() as con, duckdb_transaction(con):
+            held, _, _ = standing(
                 con.execute(
-                    "INSERT OR REPLACE INTO export_claims "
-                    "SELECT unnest($keys::VARCHAR[]), $run, now(), now() + to_microseconds($lease)",
-                    {"keys": claimed, "run": run_id, "lease": self._lease_us()},
-                )
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("ROLLBACK")
-                raise
+                    "SELECT session_key, run_id, lease_until > now() FROM export_claims WHERE session_key IN "
+                    "(SELECT unnest($keys::VARCHAR[])) AND run_id <> $run",
+                    {"keys": keys, "run": run_id},
+                ).fetchall(),
+                check,
+            )
+            claimed = [k for k in keys if k not in held]
+            con.execute(
+                "INSERT OR REPLACE INTO export_claims "
+                "SELECT unnest($keys::VARCHAR[]), $run, now(), now() + to_microseconds($lease)",
+                {"keys": claimed, "run": run_id, "lease": self._lease_us()},
+            )
         return claimed, held
 
     def holders(self, keys: Sequence[str]) -> dict[str, Claim]:

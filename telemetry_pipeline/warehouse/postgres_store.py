@@ -26,7 +26,8 @@ import psycopg2.extensions
 import psycopg2.extras
 import pyarrow.csv as pacsv
 
-from telemetry_pipeline.canonical.model import Table
+from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Table
+from telemetry_pipeline.canonical.replace import replace_rows
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import migrations, schema
 from telemetry_pipeline.warehouse.base import (
@@ -180,10 +181,13 @@ class PostgresWarehouse(Warehouse):
     def store_raw(self, raw: Sequence[RawSession]) -> None:
         if not raw:
             return
-        with duckdb.connect() as duck, self.transaction("storing raw payloads") as cur:
+        table = schema.RAW_TELEMETRY
+        with duckdb.connect() as duck:
             duck.register("incoming_raw", raw_table(raw))
-            cur.execute("DELETE FROM raw_telemetry WHERE session_key = ANY(%s)", [[r.key for r in raw]])
-            copy_rows(cur, schema.RAW_TELEMETRY, duck, export_select(schema.RAW_TELEMETRY, "incoming_raw"))
+            replace_rows(
+                self.transaction("storing raw payloads"), (table,), [r.key for r in raw],
+                lambda cur: copy_rows(cur, table, duck, export_select(table, "incoming_raw")), "%s",
+            )
 
     @contextlib.contextmanager
     def workspace(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -217,11 +221,12 @@ class PostgresWarehouse(Warehouse):
             return
         keys = list(keys)
         where = "WHERE session_key IN (SELECT unnest($keys::VARCHAR[]))"
-        with self.transaction("saving the canonical model") as cur:
-            cur.execute("DELETE FROM events WHERE session_key = ANY(%s)", [keys])
-            cur.execute("DELETE FROM sessions WHERE session_key = ANY(%s)", [keys])
+
+        def insert(cur: psycopg2.extensions.cursor) -> None:
             for table in schema.CANONICAL:
                 copy_rows(cur, table, con, export_select(table, table.name, where), {"keys": keys})
+
+        replace_rows(self.transaction("saving the canonical model"), (EVENTS, SESSIONS), keys, insert, "%s")
 
     def claim(
         self, keys: Sequence[str], run_id: str, check: HolderCheck = lease_decides

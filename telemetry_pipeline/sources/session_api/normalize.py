@@ -24,6 +24,7 @@ from telemetry_pipeline.canonical.pairing import (
     TOOL_CALL_STARTED,
     call_key_sql,
 )
+from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
 from telemetry_pipeline.canonical.time import epoch_sql_macro
 from telemetry_pipeline.sources.base import RawSession
 
@@ -242,12 +243,9 @@ FROM nj JOIN ok_sessions USING (session_key)
 LEFT JOIN src USING (session_key) LEFT JOIN acts USING (session_key);
 """
 
-_REPLACE = f"""
-DELETE FROM {EVENTS.name} WHERE session_key IN (SELECT session_key FROM ok_sessions);
-DELETE FROM {SESSIONS.name} WHERE session_key IN (SELECT session_key FROM ok_sessions);
-{EVENTS.insert_sql("act")};
-{SESSIONS.insert_sql("sess")};
-"""
+def _insert(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(EVENTS.insert_sql("act"))
+    con.execute(SESSIONS.insert_sql("sess"))
 
 
 def normalize_agent_sessions(
@@ -288,9 +286,8 @@ def normalize_agent_sessions(
     )
     con.execute(_ACTIVITIES)
     con.execute(_SESSIONS, {"fallback_agent": fallback_agent})
-    con.execute("BEGIN")
-    con.execute(_REPLACE)
-    con.execute("COMMIT")
+    ok = [key for (key,) in con.execute("SELECT session_key FROM ok_sessions").fetchall()]
+    replace_rows(duckdb_transaction(con), (EVENTS, SESSIONS), ok, _insert)
     for table in ("ok_sessions", "act", "sess", "ev", "nj", "nb"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.unregister("batch_in")
