@@ -26,7 +26,7 @@ from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_
 from telemetry_pipeline.settings import Settings, from_environment
 
 if TYPE_CHECKING:
-    from telemetry_pipeline.liveness import RunLiveness
+    from telemetry_pipeline.instance.liveness import RunLiveness
     from telemetry_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("telemetry_pipeline.cli")
@@ -119,8 +119,8 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
 
 
 def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    from telemetry_pipeline.assets import discovered_sessions
     from telemetry_pipeline.definitions import build_definitions
+    from telemetry_pipeline.defs.assets import discovered_sessions
 
     resources = build_definitions(args.settings).resources
     with open_instance(args.settings) as instance:
@@ -141,8 +141,8 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
-    from telemetry_pipeline.history import exported_keys
-    from telemetry_pipeline.liveness import RunLiveness
+    from telemetry_pipeline.instance.history import exported_keys
+    from telemetry_pipeline.instance.liveness import RunLiveness
     from telemetry_pipeline.sources.registry import key_problem, parse_key
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -228,7 +228,7 @@ class _Exporter:
         self.not_found: set[str] = set()  # keys whose source has no such session
 
     def export(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        from telemetry_pipeline.partitions import batched_ranges
+        from telemetry_pipeline.defs.partitions import batched_ranges
 
         results: dict[str, dict[str, Any]] = {}
         ranges = batched_ranges(self.instance.get_dynamic_partitions(AGENT_SESSIONS), keys, self.batch_size)
@@ -340,7 +340,7 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
-    from telemetry_pipeline.history import export_records
+    from telemetry_pipeline.instance.history import export_records
     from telemetry_pipeline.warehouse import configured_warehouse
 
     with open_instance(args.settings) as instance:
@@ -360,7 +360,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 
 
 def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
-    from telemetry_pipeline.history import latest_exports
+    from telemetry_pipeline.instance.history import latest_exports
 
     with open_instance(args.settings) as instance:
         keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
@@ -381,7 +381,7 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 
 
 def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    from telemetry_pipeline.retention import apply_retention
+    from telemetry_pipeline.instance.retention import apply_retention
     from telemetry_pipeline.warehouse import configured_warehouse
 
     with open_instance(args.settings) as instance:
@@ -392,8 +392,8 @@ def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 
 def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    from telemetry_pipeline.application.health import run_checks
     from telemetry_pipeline.definitions import build_definitions
-    from telemetry_pipeline.health import run_checks
 
     with dg.build_resources(build_definitions(args.settings).resources or {}) as resources:
         checks = run_checks(resources.sources, resources.signavio, resources.warehouse)

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from telemetry_pipeline.http import RetryPolicy, parse_duration
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+from telemetry_pipeline.transport.http import RetryPolicy, parse_duration
 
 DEFAULT_HOME = "./.telemetry_pipeline"
 MB = 1024 * 1024

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from telemetry_pipeline.definitions import build_definitions
-from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
 from telemetry_pipeline.settings import HttpSettings, Secret, SourcesSettings, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
+from telemetry_pipeline.simulate.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
 from telemetry_pipeline.sources.base import SourceError
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table

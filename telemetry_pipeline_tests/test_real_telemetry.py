@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from telemetry_pipeline import cli
-from telemetry_pipeline.loopback import LoopbackServer, Reply, Request, Router, raw_reply, text_reply
 from telemetry_pipeline.settings import HttpSettings, Settings, SourcesSettings, for_home
+from telemetry_pipeline.simulate.loopback import LoopbackServer, Reply, Request, Router, raw_reply, text_reply
 from telemetry_pipeline_tests.conftest import uploads_by_table
 from telemetry_pipeline_tests.shared import shared_path
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_pipeline.http import RetryPolicy
-from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
-from telemetry_pipeline.schedules import RetentionConfig
+from telemetry_pipeline.defs.resources import SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.defs.schedules import RetentionConfig
 from telemetry_pipeline.settings import (
     MB,
     ConfigurationError,
@@ -21,6 +20,7 @@ from telemetry_pipeline.settings import (
     to_environment,
 )
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+from telemetry_pipeline.transport.http import RetryPolicy
 
 pytestmark = pytest.mark.fast  # `make test-fast`
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
-from telemetry_pipeline.http import RequestFailed, RetryPolicy, request_with_retries
+from telemetry_pipeline.transport.http import RequestFailed, RetryPolicy, request_with_retries
 
 
 class SourceError(Exception):

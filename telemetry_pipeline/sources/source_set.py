@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
-from telemetry_pipeline.http import make_client
 from telemetry_pipeline.settings import SourcesSettings
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, Source, SourceError
 from telemetry_pipeline.sources.otlp.source import OtlpSource
 from telemetry_pipeline.sources.registry import REGISTRY, SOURCES, parse_key
+from telemetry_pipeline.transport.http import make_client
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from telemetry_pipeline.canonical.time import format_time, to_utc
-from telemetry_pipeline.http import RequestFailed, redact_url, request_with_retries
 from telemetry_pipeline.sources.base import (
     RawSession,
     SessionRef,
@@ -20,6 +19,7 @@ from telemetry_pipeline.sources.base import (
     path_segment,
 )
 from telemetry_pipeline.sources.session_api.settings import SessionApiSettings
+from telemetry_pipeline.transport.http import RequestFailed, redact_url, request_with_retries
 
 log = logging.getLogger(__name__)
 

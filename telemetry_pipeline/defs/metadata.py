@@ -21,15 +21,15 @@ from typing import Any
 
 import dagster as dg
 
-from telemetry_pipeline.export import BatchOutcome
+from telemetry_pipeline.application.export import BatchOutcome
+from telemetry_pipeline.console.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
+from telemetry_pipeline.console.process_map import ProcessMap
+from telemetry_pipeline.console.quality import CheckOutcome
+from telemetry_pipeline.console.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
-from telemetry_pipeline.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
-from telemetry_pipeline.process_map import ProcessMap
-from telemetry_pipeline.quality import CheckOutcome
-from telemetry_pipeline.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.signavio.models import COMPLETED
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 

@@ -6,8 +6,11 @@ import datetime as dt
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import register_new_sessions
-from telemetry_pipeline.history import pending_keys
+from telemetry_pipeline.defs.discovery import register_new_sessions
+from telemetry_pipeline.defs.partitions import batched_ranges
+from telemetry_pipeline.defs.resources import SourcesResource, WarehouseResource
+from telemetry_pipeline.instance.history import pending_keys
+from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     DISCOVERED_SESSIONS_KEY,
@@ -18,9 +21,6 @@ from telemetry_pipeline.names import (
     RETENTION_SCHEDULE,
     SIGNAVIO_EXPORT_KEY,
 )
-from telemetry_pipeline.partitions import batched_ranges
-from telemetry_pipeline.resources import SourcesResource, WarehouseResource
-from telemetry_pipeline.retention import apply_retention
 from telemetry_pipeline.settings import Settings
 
 

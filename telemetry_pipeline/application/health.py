@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.defs.resources import SignavioResource, SourcesResource, WarehouseResource
 
 
 def run_checks(

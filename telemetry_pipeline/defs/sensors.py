@@ -11,8 +11,11 @@ from typing import Any
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import discover
-from telemetry_pipeline.history import latest_exports
+from telemetry_pipeline.defs.discovery import discover
+from telemetry_pipeline.defs.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.defs.resources import SourcesResource
+from telemetry_pipeline.instance.history import latest_exports
+from telemetry_pipeline.instance.recovery import cut_off_runs, mark_dead_runs, recoveries
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     EXPORT_JOB,
@@ -22,9 +25,6 @@ from telemetry_pipeline.names import (
     RECOVERS_TAG,
     SIGNAVIO_EXPORT_KEY,
 )
-from telemetry_pipeline.partitions import agent_sessions, batched_ranges
-from telemetry_pipeline.recovery import cut_off_runs, mark_dead_runs, recoveries
-from telemetry_pipeline.resources import SourcesResource
 from telemetry_pipeline.sources.base import SessionRef
 
 
