@@ -17,6 +17,7 @@ import pytest
 
 from telemetry_pipeline import cli
 from telemetry_pipeline.definitions import build_definitions
+from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.settings import HttpSettings, Secret, Settings, SourcesSettings, for_home, to_environment
 from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixture)
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
@@ -94,7 +95,7 @@ def signavio(pipeline: Pipeline) -> Iterator[SignavioDouble]:
 
 @pytest.fixture
 def instance(pipeline: Pipeline) -> Iterator[dg.DagsterInstance]:
-    with cli.open_instance(pipeline.settings) as inst:
+    with open_instance(pipeline.settings.dagster_home) as inst:
         yield inst
 
 

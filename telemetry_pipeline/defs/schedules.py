@@ -10,16 +10,14 @@ from telemetry_pipeline.defs.discovery import register_new_sessions
 from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.defs.resources import SourcesResource, WarehouseResource
 from telemetry_pipeline.instance.history import pending_keys
+from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY, PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
-    DISCOVERED_SESSIONS_KEY,
     HOURLY_EXPORT_SCHEDULE,
-    PROCESS_OVERVIEW_KEY,
     RETENTION_JOB,
     RETENTION_OP,
     RETENTION_SCHEDULE,
-    SIGNAVIO_EXPORT_KEY,
 )
 from telemetry_pipeline.settings import Settings
 

@@ -15,16 +15,9 @@ from telemetry_pipeline.defs.discovery import discover
 from telemetry_pipeline.defs.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.defs.resources import SourcesResource
 from telemetry_pipeline.instance.history import latest_exports
+from telemetry_pipeline.instance.keys import PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance.recovery import cut_off_runs, mark_dead_runs, recoveries
-from telemetry_pipeline.names import (
-    AGENT_SESSIONS,
-    EXPORT_JOB,
-    NEW_SESSIONS_SENSOR,
-    OVERVIEW_JOB,
-    PROCESS_OVERVIEW_KEY,
-    RECOVERS_TAG,
-    SIGNAVIO_EXPORT_KEY,
-)
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR, OVERVIEW_JOB, RECOVERS_TAG
 from telemetry_pipeline.sources.base import SessionRef
 
 
