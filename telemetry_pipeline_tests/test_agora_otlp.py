@@ -352,7 +352,7 @@ def test_agora_paging_token_and_missing_execution(pipeline: Pipeline, agora: Ago
                                                   capsys: pytest.CaptureFixture[str]):
     for i in range(250):  # one per hour, newest first in the listing
         agora.add(execution(f"hist-{i:03d}", "success", i * 3600, i * 3600 + 60))
-    settings = SourcesSettings(agora_url=agora.url, agora_token=Secret(TOKEN), http=HttpSettings(max_retries=0))
+    settings = SourcesSettings.of(agora_url=agora.url, agora_token=Secret(TOKEN), http=HttpSettings(max_retries=0))
     assert TOKEN not in repr(settings)
     with SourceSet(settings) as sources:
         source = sources.get("agora")
@@ -370,7 +370,7 @@ def test_agora_paging_token_and_missing_execution(pipeline: Pipeline, agora: Ago
         with pytest.raises(SourceError, match="no such execution"):
             source.fetch("does-not-exist")
 
-    with SourceSet(SourcesSettings(agora_url=agora.url, agora_token=Secret("wrong-token"))) as sources:
+    with SourceSet(SourcesSettings.of(agora_url=agora.url, agora_token=Secret("wrong-token"))) as sources:
         ok, detail = sources.get("agora").probe()
         assert not ok and "token refused" in detail and "wrong-token" not in detail
         with pytest.raises(SourceError) as refused:

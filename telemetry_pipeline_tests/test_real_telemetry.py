@@ -107,7 +107,7 @@ def run(settings: Settings, *argv: str) -> tuple[int, Any]:
 
 
 def settings_for(home: Path, inbox: Path, extract_url: str | None = None) -> Settings:
-    return for_home(home, sources=SourcesSettings(
+    return for_home(home, sources=SourcesSettings.of(
         otlp_dir=inbox, extract_url=extract_url,
         extract_list_path="",  # the real Extract service lists nothing: its sessions are given by key
         agent_name=FALLBACK_AGENT, http=HttpSettings(max_retries=1, retry_wait_initial=0.01),

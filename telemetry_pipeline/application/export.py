@@ -19,8 +19,8 @@ from telemetry_pipeline.console.session_summary import SessionSummary, summarize
 from telemetry_pipeline.settings import Settings
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
-from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.sources.registry import SOURCES, Normalizer
+from telemetry_pipeline.sources.base import Normalizer, RawSession
+from telemetry_pipeline.sources.registry import SOURCES
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import HolderCheck, Warehouse, lease_decides
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from telemetry_pipeline.settings import (
     HttpSettings,
@@ -20,6 +21,7 @@ from telemetry_pipeline.settings import (
 )
 from telemetry_pipeline.signavio.models import Destination
 from telemetry_pipeline.signavio.outbox import Outbox
+from telemetry_pipeline.sources.registry import VARIABLES
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, Warehouse, open_warehouse
 
@@ -32,15 +34,10 @@ def _bound(secret: Secret | None) -> str | dg.EnvVar | None:
 
 
 class SourcesResource(dg.ConfigurableResource):
-    """The telemetry sources (`SourcesSettings`). A source is enabled by giving its URL."""
+    """The telemetry sources (`SourcesSettings`). The fields shared by every source are declared here; each
+    source's own (its variables, e.g. `agora_url`) are added from the registry by `_with_source_fields`, and
+    `from_settings` builds that class."""
 
-    extract_url: str | None = None
-    extract_list_path: str | None = Field(default=None, description="'' = no listing endpoint")
-    agent_telemetry_url: str | None = None
-    agent_telemetry_list_path: str | None = Field(default=None, description="'' = no listing endpoint")
-    agora_url: str | None = None
-    agora_token: str | None = Field(default=None, description="secret: bound with EnvVar")
-    otlp_dir: str | None = None
     # Defaults: the settings' own (the resource is built from them; these matter only in hand-written config).
     timeout_seconds: float = HttpSettings.timeout
     max_retries: int = HttpSettings.max_retries
@@ -51,14 +48,9 @@ class SourcesResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, s: SourcesSettings) -> SourcesResource:
-        return cls(
-            extract_url=s.extract_url,
-            extract_list_path=s.extract_list_path,
-            agent_telemetry_url=s.agent_telemetry_url,
-            agent_telemetry_list_path=s.agent_telemetry_list_path,
-            agora_url=s.agora_url,
-            agora_token=_bound(s.agora_token),
-            otlp_dir=str(s.otlp_dir) if s.otlp_dir else None,
+        values = {v.field: _bound(val) if isinstance(val := s.values[v.field], Secret) else val for v in VARIABLES}
+        return _WITH_SOURCE_FIELDS(
+            **values,
             timeout_seconds=s.http.timeout,
             max_retries=s.http.max_retries,
             retry_wait_initial=s.http.retry_wait_initial,
@@ -69,14 +61,12 @@ class SourcesResource(dg.ConfigurableResource):
 
     @property
     def settings(self) -> SourcesSettings:
+        values: dict[str, str | Secret | None] = {}
+        for v in VARIABLES:
+            value = getattr(self, v.field, None)
+            values[v.field] = Secret(value) if v.secret and value else value
         return SourcesSettings(
-            extract_url=self.extract_url,
-            extract_list_path=self.extract_list_path,
-            agent_telemetry_url=self.agent_telemetry_url,
-            agent_telemetry_list_path=self.agent_telemetry_list_path,
-            agora_url=self.agora_url,
-            agora_token=Secret(self.agora_token) if self.agora_token else None,
-            otlp_dir=Path(self.otlp_dir) if self.otlp_dir else None,
+            values=values,
             http=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial),
             fetch_concurrency=self.fetch_concurrency,
             settle_seconds=self.settle_seconds,
@@ -85,6 +75,15 @@ class SourcesResource(dg.ConfigurableResource):
 
     def open(self) -> SourceSet:
         return SourceSet(self.settings)
+
+
+def _with_source_fields() -> type[SourcesResource]:
+    """`SourcesResource` with a typed field for each source's variable (the registry's), as the UI shows it."""
+    fields: dict[str, Any] = {v.field: (str | None, Field(default=None, description=v.description)) for v in VARIABLES}
+    return create_model(SourcesResource.__name__, __base__=SourcesResource, __module__=__name__, **fields)
+
+
+_WITH_SOURCE_FIELDS = _with_source_fields()
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -33,10 +33,11 @@ class SourceSet:
         self.settings = settings
         self._client = make_client(settings.http.timeout, max_connections=settings.fetch_concurrency)
         http = SharedHttp(self._client, settings.http.retry)
+        values = settings.plain()
         self.sources: dict[str, Source] = {
             entry.name: entry.build(configured, http)
             for entry in REGISTRY
-            if (configured := entry.configure(settings)) is not None
+            if (configured := entry.configure(values)) is not None
         }
 
     def __enter__(self) -> SourceSet:
