@@ -19,6 +19,7 @@ from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
 from telemetry_pipeline.sources.base import Variable
 from telemetry_pipeline.sources.registry import VARIABLES
 from telemetry_pipeline.transport.http import RetryPolicy, parse_duration
+from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, is_postgres_url
 
 DEFAULT_HOME = "./.telemetry_pipeline"
 MB = 1024 * 1024
@@ -136,13 +137,9 @@ class WarehouseSettings:
     a password: a secret), else the DuckDB file under the home."""
 
     url: Secret | None = None
-    # A run's claim on a session lasts this long unless the run renews it (every third of it: README, "Claims and
-    # crashes", for what a renewal costs). It only matters across hosts: on one host a dead run is seen at once.
-    lease_seconds: float = 30.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a claim lasts unrenewed (warehouse/base.py says why)
 
     def check(self) -> None:
-        from telemetry_pipeline.warehouse.postgres_store import is_postgres_url
-
         if self.url and not is_postgres_url(self.url.value):  # never echo the URL: it may hold a password
             raise ConfigurationError(f"configuration error: {WAREHOUSE_URL} must be a postgresql:// URL")
         if self.lease_seconds <= 0:

@@ -33,27 +33,42 @@ def _bound(secret: Secret | None) -> str | dg.EnvVar | None:
     return dg.EnvVar(secret.env_var) if secret.env_var else secret.value
 
 
-class SourcesResource(dg.ConfigurableResource):
-    """The telemetry sources (`SourcesSettings`). The fields shared by every source are declared here; each
-    source's own (its variables, e.g. `agora_url`) are added from the registry by `_with_source_fields`, and
-    `from_settings` builds that class."""
+class _HttpResource(dg.ConfigurableResource):
+    """The fields of `HttpSettings`, for a resource whose domain objects call out over HTTP."""
 
     # Defaults: the settings' own (the resource is built from them; these matter only in hand-written config).
     timeout_seconds: float = HttpSettings.timeout
     max_retries: int = HttpSettings.max_retries
     retry_wait_initial: float = HttpSettings.retry_wait_initial
+
+    @property
+    def http(self) -> HttpSettings:
+        return HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial)
+
+
+def _http_fields(http: HttpSettings) -> dict[str, Any]:
+    return {"timeout_seconds": http.timeout, "max_retries": http.max_retries,
+            "retry_wait_initial": http.retry_wait_initial}
+
+
+class SourcesResource(_HttpResource):
+    """The telemetry sources (`SourcesSettings`). The fields shared by every source are declared here; each
+    source's own (its variables, e.g. `agora_url`) are added from the registry by `_with_source_fields`, and
+    `from_settings` builds that class."""
+
     fetch_concurrency: int = SourcesSettings.fetch_concurrency
     settle_seconds: float = SourcesSettings.settle_seconds
     agent_name: str = SourcesSettings.agent_name
 
     @classmethod
     def from_settings(cls, s: SourcesSettings) -> SourcesResource:
-        values = {v.field: _bound(val) if isinstance(val := s.values[v.field], Secret) else val for v in VARIABLES}
+        # A source's fields are added by `_with_source_fields`: typed here as what they are given.
+        values: dict[str, Any] = {
+            v.field: _bound(val) if isinstance(val := s.values[v.field], Secret) else val for v in VARIABLES
+        }
         return _WITH_SOURCE_FIELDS(
             **values,
-            timeout_seconds=s.http.timeout,
-            max_retries=s.http.max_retries,
-            retry_wait_initial=s.http.retry_wait_initial,
+            **_http_fields(s.http),
             fetch_concurrency=s.fetch_concurrency,
             settle_seconds=s.settle_seconds,
             agent_name=s.agent_name,
@@ -67,7 +82,7 @@ class SourcesResource(dg.ConfigurableResource):
             values[v.field] = Secret(value) if v.secret and value else value
         return SourcesSettings(
             values=values,
-            http=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial),
+            http=self.http,
             fetch_concurrency=self.fetch_concurrency,
             settle_seconds=self.settle_seconds,
             agent_name=self.agent_name,
@@ -106,16 +121,13 @@ class WarehouseResource(dg.ConfigurableResource):
         return open_warehouse(self.url or None, Path(self.path), lease_seconds=self.lease_seconds)
 
 
-class SignavioResource(dg.ConfigurableResource):
+class SignavioResource(_HttpResource):
     """Where the tables go (`SignavioSettings`): the Ingestion API when `api_url` is set, else the outbox."""
 
     api_url: str | None = None
     api_key: str | None = Field(default=None, description="secret: bound with EnvVar")
     status_url: str | None = Field(default=None, description="status URL template, with {execution_id}")
     dataset: str = Field(description="the table-name prefix")
-    timeout_seconds: float = HttpSettings.timeout
-    max_retries: int = HttpSettings.max_retries
-    retry_wait_initial: float = HttpSettings.retry_wait_initial
     tenant_id: str | None = None
     poll_interval_seconds: float = SignavioSettings.poll_interval
     poll_deadline_seconds: float = SignavioSettings.poll_deadline
@@ -129,9 +141,7 @@ class SignavioResource(dg.ConfigurableResource):
             api_key=_bound(s.api_key),
             status_url=s.status_url,
             dataset=s.dataset,
-            timeout_seconds=s.http.timeout,
-            max_retries=s.http.max_retries,
-            retry_wait_initial=s.http.retry_wait_initial,
+            **_http_fields(s.http),
             tenant_id=s.tenant_id,
             poll_interval_seconds=s.poll_interval,
             poll_deadline_seconds=s.poll_deadline,
@@ -151,7 +161,7 @@ class SignavioResource(dg.ConfigurableResource):
             api_key=self.api_key or "",
             status_url_template=self.status_url or None,
             timeout=self.timeout_seconds,
-            retry=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial).retry,
+            retry=self.http.retry,
             max_body_bytes=self.max_body_bytes,
             poll_interval=self.poll_interval_seconds,
             poll_deadline=self.poll_deadline_seconds,
