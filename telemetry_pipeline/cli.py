@@ -294,8 +294,8 @@ def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.instance.runs import open_resources
 
-    with open_resources(build_definitions(args.settings)) as resources:
-        checks = run_checks(resources.sources, resources.signavio, resources.warehouse)
+    with open_resources(build_definitions(args.settings)) as resources, resources.sources.open() as sources:
+        checks = run_checks(sources, resources.warehouse.warehouse(), resources.signavio.destination)
     healthy = all(c["ok"] for c in checks)
     return {"healthy": healthy, "checks": checks}, _code(healthy)
 
