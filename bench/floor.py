@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from telemetry_pipeline.assets import CHECK_SPECS, EXPORT_SPEC, STAGE_SPECS
+from telemetry_pipeline.defs.assets import CHECK_SPECS, EXPORT_SPEC, STAGE_SPECS
+from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.instance import dagster_settings, open_instance
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SIGNAVIO_EXPORT_KEY
-from telemetry_pipeline.partitions import batched_ranges
+from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB
 from telemetry_pipeline.settings import from_environment
 
 

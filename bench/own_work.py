@@ -7,7 +7,7 @@ EXPORT_BATCH_SIZE to the outbox), through the same functions the assets call, wi
 import json
 import sys
 
-from telemetry_pipeline.export import export_batch
+from telemetry_pipeline.application.export import export_batch
 from telemetry_pipeline.settings import from_environment
 from telemetry_pipeline.signavio.outbox import Outbox
 from telemetry_pipeline.sources.source_set import SourceSet

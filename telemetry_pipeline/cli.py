@@ -16,17 +16,14 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import dagster as dg
-from tqdm import tqdm
-
-from telemetry_pipeline.instance import dagster_settings
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance import dagster_settings, open_instance
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP
 from telemetry_pipeline.settings import Settings, from_environment
 
 if TYPE_CHECKING:
-    from telemetry_pipeline.liveness import RunLiveness
+    from telemetry_pipeline.instance.liveness import RunLiveness
     from telemetry_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("telemetry_pipeline.cli")
@@ -122,38 +119,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_instance(settings: Settings) -> dg.DagsterInstance:
-    from telemetry_pipeline.instance import open_instance as open_at
-
-    return open_at(settings.dagster_home)
-
-
 def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    from telemetry_pipeline.assets import discovered_sessions
     from telemetry_pipeline.definitions import build_definitions
+    from telemetry_pipeline.instance.runs import discover_once
 
-    resources = build_definitions(args.settings).resources
-    with open_instance(args.settings) as instance:
-        result = dg.materialize([discovered_sessions], instance=instance, resources=resources, raise_on_error=False,
-                                run_config=_run_config(args.verbose))
-        if not result.success:
-            return {"new_count": 0, "new_keys": [], "error": _run_error(result)}, EXIT_FAILED
-        meta = result.asset_materializations_for_node("discovered_sessions")[0].metadata
-        errors = meta["source_errors"].value
-        unreadable: list[dict[str, str]] = meta["unreadable_files"].value  # type: ignore[assignment]
-        for entry in unreadable:  # never silently: a file the inbox could not read is named, with why
-            log.warning("inbox file %s was not read: %s", entry["file"], entry["error"])
-        payload = {"new_count": meta["new_count"].value, "new_keys": meta["new_keys"].value,
-                   "unreadable_files": unreadable}
-        if errors:
-            payload["source_errors"] = errors
-        return payload, _code(not errors)
+    definitions = build_definitions(args.settings)
+    with open_instance(args.settings.dagster_home) as instance:
+        meta, error = discover_once(instance, definitions, _run_config(args.verbose))
+    if meta is None:
+        return {"new_count": 0, "new_keys": [], "error": error}, EXIT_FAILED
+    errors = meta["source_errors"]
+    unreadable: list[dict[str, str]] = meta["unreadable_files"]
+    for entry in unreadable:  # never silently: a file the inbox could not read is named, with why
+        log.warning("inbox file %s was not read: %s", entry["file"], entry["error"])
+    payload = {"new_count": meta["new_count"], "new_keys": meta["new_keys"], "unreadable_files": unreadable}
+    if errors:
+        payload["source_errors"] = errors
+    return payload, _code(not errors)
 
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
-    from telemetry_pipeline.history import exported_keys, latest_exports
-    from telemetry_pipeline.liveness import RunLiveness
+    from telemetry_pipeline.instance.history import exported_keys, latest_exports
+    from telemetry_pipeline.instance.liveness import RunLiveness
+    from telemetry_pipeline.instance.runs import Exporter, unregister_unknown
     from telemetry_pipeline.sources.registry import key_problem, parse_key
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -163,7 +152,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)
     warehouse = configured_warehouse(args.settings)
     results: dict[str, dict[str, Any]] = {}
-    with open_instance(args.settings) as instance:
+    with open_instance(args.settings.dagster_home) as instance:
         known = instance.get_dynamic_partitions(AGENT_SESSIONS)
         if args.pending:
             keys = [k for k in known if not args.source or parse_key(k)[0] == args.source]
@@ -188,10 +177,10 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         run_config = _run_config(args.verbose)
         if args.dataset:
             run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}
-        exporter = _Exporter(job, instance, run_config, args.settings.batch_size)
+        exporter = Exporter(job, instance, run_config, args.settings.batch_size)
         results.update(exporter.export([k for k in valid if k not in results]))
         if register and not args.register:  # a typo must not leave a partition behind, red for ever
-            _unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)
+            unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)
         liveness = RunLiveness(instance)
         deadline = time.monotonic() + args.wait_timeout
         while args.wait and (held := [k for k in keys if "held_by" in results[k]]):
@@ -224,58 +213,6 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "held_count": held_count,
         "results": ordered,
     }, code
-
-
-def _unregister_unknown(instance: dg.DagsterInstance, keys: list[str], results: dict[str, dict[str, Any]]) -> None:
-    """Remove the keys this command registered whose source answered that it has no such session."""
-    for key in keys:
-        instance.delete_dynamic_partition(AGENT_SESSIONS, key)
-        results[key]["error"] = (f"not registered: {results[key]['error']} "
-                                 "(`export --register` keeps a key its source does not know)")
-
-
-class _Exporter:
-    """Runs `export_sessions` over keys in batched runs, in this process, and reads each key's outcome."""
-
-    def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
-                 batch_size: int) -> None:
-        self.job, self.instance, self.run_config, self.batch_size = job, instance, run_config, batch_size
-        self.not_found: set[str] = set()  # keys whose source has no such session
-
-    def export(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        from telemetry_pipeline.partitions import batched_ranges
-
-        results: dict[str, dict[str, Any]] = {}
-        ranges = batched_ranges(self.instance.get_dynamic_partitions(AGENT_SESSIONS), keys, self.batch_size)
-        # Progress on stderr (sessions done, rate, ETA), a step per batched run; stdout keeps the JSON.
-        with tqdm(total=len(keys), unit="session", file=sys.stderr, disable=not keys, dynamic_ncols=True) as bar:
-            for number, key_range in enumerate(ranges, 1):
-                log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
-                result = self.job.execute_in_process(
-                    instance=self.instance, tags=key_range.tags, run_config=self.run_config, raise_on_error=False
-                )
-                bar.update(len(key_range.keys))
-                failed, whole_run_error, not_found = _failed_sessions(result)
-                if not result.success:
-                    log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
-                                "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
-                                self.instance.root_directory)
-                self.not_found.update(not_found)
-                confirmed, in_flight = _run_outcome(result)
-                for key in key_range.keys:
-                    error = whole_run_error or failed.get(key)
-                    if error:
-                        results[key] = {"session_id": key, "status": "failed", "error": error}
-                    elif key in confirmed:
-                        results[key] = {"session_id": key, "status": "exported"}
-                    elif key in in_flight:  # another run is exporting it right now: left to that run
-                        results[key] = {"session_id": key, "status": "skipped",
-                                        "reason": f"being exported by run {in_flight[key]}",
-                                        "held_by": {"run_id": in_flight[key]}}
-                    else:
-                        results[key] = {"session_id": key, "status": "failed",
-                                        "error": f"{key}: the run ended without a confirmed load of this session"}
-        return results
 
 
 def _wait_for_release(warehouse: Warehouse, liveness: RunLiveness, keys: list[str], deadline: float) -> list[str]:
@@ -314,55 +251,11 @@ def _describe_holders(warehouse: Warehouse, liveness: RunLiveness, keys: list[st
                                    "lease_until": claim.lease_until.isoformat()}
 
 
-def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
-    """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight)."""
-    confirmed = {
-        m.partition for m in result.asset_materializations_for_node(SESSION_EXPORT_STEP)
-        if m.asset_key == SIGNAVIO_EXPORT_KEY and m.partition
-    }
-    in_flight: dict[str, str] = {}
-    for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
-        if observation.asset_key == SIGNAVIO_EXPORT_KEY and "in_flight" in observation.metadata:
-            in_flight.update(cast(dict[str, str], observation.metadata["in_flight"].value))
-    return confirmed, in_flight
-
-
-def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
-    """(per-session errors, None, the keys their source does not have), or ({}, the run's error, []) when the
-    step died before any per-session outcome existed, in which case every session of the run failed with it."""
-    if result.success:
-        return {}, None, []
-    for event in result.all_events:
-        data = event.step_failure_data if event.is_step_failure else None
-        user = data.user_failure_data if data else None
-        if user and "failed_sessions" in user.metadata:
-            not_found = user.metadata.get("sessions_not_found")
-            return (cast(dict[str, str], user.metadata["failed_sessions"].value), None,
-                    cast(list[str], not_found.value) if not_found else [])
-    return {}, _run_error(result), []
-
-
-def _run_error(result: dg.ExecuteInProcessResult) -> str:
-    """The user-facing cause of a failed run: the innermost error, not Dagster's wrapper."""
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            # Dagster's message already starts with the (qualified) class name: say it once, short.
-            message = error.message.strip()
-            named, sep, rest = message.partition(": ")
-            if sep and named.rsplit(".", 1)[-1] == error.cls_name:
-                message = rest
-            return f"{error.cls_name}: {message}"
-    return "run failed"
-
-
 def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
-    from telemetry_pipeline.history import export_records
+    from telemetry_pipeline.instance.history import export_records
     from telemetry_pipeline.warehouse import configured_warehouse
 
-    with open_instance(args.settings) as instance:
+    with open_instance(args.settings.dagster_home) as instance:
         records = export_records(instance, configured_warehouse(args.settings), list(args.keys))
         known = set(instance.get_dynamic_partitions(AGENT_SESSIONS)) | set(records)
     return [
@@ -379,9 +272,9 @@ def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 
 
 def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
-    from telemetry_pipeline.history import latest_exports
+    from telemetry_pipeline.instance.history import latest_exports
 
-    with open_instance(args.settings) as instance:
+    with open_instance(args.settings.dagster_home) as instance:
         keys = instance.get_dynamic_partitions(AGENT_SESSIONS)
         records = latest_exports(instance, keys)
     rows = []
@@ -400,10 +293,10 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 
 
 def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    from telemetry_pipeline.retention import apply_retention
+    from telemetry_pipeline.instance.retention import apply_retention
     from telemetry_pipeline.warehouse import configured_warehouse
 
-    with open_instance(args.settings) as instance:
+    with open_instance(args.settings.dagster_home) as instance:
         out = apply_retention(instance, configured_warehouse(args.settings), args.older_than_days,
                               dry_run=args.dry_run)
     return {"pruned_count": len(out.pruned_keys), "dry_run": args.dry_run, "pruned_keys": out.pruned_keys,
@@ -411,11 +304,12 @@ def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 
 def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    from telemetry_pipeline.application.health import run_checks
     from telemetry_pipeline.definitions import build_definitions
-    from telemetry_pipeline.health import run_checks
+    from telemetry_pipeline.instance.runs import open_resources
 
-    with dg.build_resources(build_definitions(args.settings).resources or {}) as resources:
-        checks = run_checks(resources.sources, resources.signavio, resources.warehouse)
+    with open_resources(build_definitions(args.settings)) as resources, resources.sources.open() as sources:
+        checks = run_checks(sources, resources.warehouse.warehouse(), resources.signavio.destination)
     healthy = all(c["ok"] for c in checks)
     return {"healthy": healthy, "checks": checks}, _code(healthy)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dagster as dg
 
 from telemetry_pipeline import names
-from telemetry_pipeline.assets import STAGE_SPECS, discovered_sessions, process_overview, session_export
-from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
-from telemetry_pipeline.schedules import build_hourly_export_schedule, build_retention_schedule, retention_job
-from telemetry_pipeline.sensors import build_new_sessions_sensor
+from telemetry_pipeline.defs.assets import STAGE_SPECS, discovered_sessions, process_overview, session_export
+from telemetry_pipeline.defs.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.defs.schedules import build_hourly_export_schedule, build_retention_schedule, retention_job
+from telemetry_pipeline.defs.sensors import build_new_sessions_sensor
 from telemetry_pipeline.settings import Settings, from_environment
 
 

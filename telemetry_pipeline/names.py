@@ -1,7 +1,5 @@
 """The names users, scripts and outside checks rely on (docs/INTERFACE.md), each written once."""
 
-import dagster as dg
-
 # Partitions: one key per session, `<source>:<session_id>`.
 AGENT_SESSIONS = "agent_sessions"
 
@@ -12,9 +10,6 @@ TELEMETRY_EVENTS = "telemetry_events"
 SIGNAVIO_CSV = "signavio_csv"
 SIGNAVIO_EXPORT = "signavio_export"
 PROCESS_OVERVIEW = "process_overview"
-DISCOVERED_SESSIONS_KEY = dg.AssetKey(DISCOVERED_SESSIONS)
-SIGNAVIO_EXPORT_KEY = dg.AssetKey(SIGNAVIO_EXPORT)
-PROCESS_OVERVIEW_KEY = dg.AssetKey(PROCESS_OVERVIEW)
 
 # The one step that produces the export assets (a multi-asset), and the jobs, sensor and schedules.
 SESSION_EXPORT_STEP = "session_export"

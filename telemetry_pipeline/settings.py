@@ -15,22 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from telemetry_pipeline.http import RetryPolicy, parse_duration
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+from telemetry_pipeline.sources.base import Variable
+from telemetry_pipeline.sources.registry import VARIABLES
+from telemetry_pipeline.transport.http import RetryPolicy, parse_duration
+from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, is_postgres_url
 
 DEFAULT_HOME = "./.telemetry_pipeline"
 MB = 1024 * 1024
 
-# Every variable, named once (README "Configuration" documents each).
+# Every variable, named once (README "Configuration" documents each); a source's own are in its folder.
 HOME = "TELEMETRY_PIPELINE_HOME"
 DAGSTER_HOME = "DAGSTER_HOME"
-EXTRACT_SERVICE_URL = "EXTRACT_SERVICE_URL"
-EXTRACT_SESSIONS_PATH = "EXTRACT_SESSIONS_PATH"
-AGENT_METRICS_BASE_URL = "AGENT_METRICS_BASE_URL"
-AGENT_METRICS_SESSIONS_PATH = "AGENT_METRICS_SESSIONS_PATH"
-AGORA_PLATFORM_URL = "AGORA_PLATFORM_URL"
-AGORA_API_TOKEN = "AGORA_API_TOKEN"
-OTLP_INBOX_DIR = "OTLP_INBOX_DIR"
 SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
 SOURCE_MAX_RETRIES = "SOURCE_MAX_RETRIES"
 HTTP_RETRY_WAIT_INITIAL = "HTTP_RETRY_WAIT_INITIAL"
@@ -56,12 +52,16 @@ CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
 RUN_BOOKKEEPING = "RUN_BOOKKEEPING"
 ACTIVITY_ALPHABET_LIMIT = "ACTIVITY_ALPHABET_LIMIT"
 PROCESS_OVERVIEW_WINDOW_HOURS = "PROCESS_OVERVIEW_WINDOW_HOURS"
-SECRETS = (AGORA_API_TOKEN, SIGNAVIO_API_KEY, WAREHOUSE_URL)  # a URL may hold a password
 
 # `<home>/settings.env`: what `make run` / `make deploy` started the pipeline with, so that the CLI in another shell
 # works on the same sources, destination and warehouse. Secrets are named in it, never written.
 SETTINGS_FILE = "settings.env"
 _NOT_WRITTEN = "<secret: not written here>"
+
+
+_FIELDS: tuple[str, ...] = tuple(v.field for v in VARIABLES)  # every source's variables, by field
+# Never written to a file (a URL may hold a password).
+SECRETS = (SIGNAVIO_API_KEY, WAREHOUSE_URL, *(v.env for v in VARIABLES if v.secret))
 
 
 class ConfigurationError(ValueError):
@@ -91,19 +91,31 @@ class HttpSettings:
 
 @dataclass(frozen=True)
 class SourcesSettings:
-    """The telemetry sources: a source is enabled by its URL (or inbox directory)."""
+    """The telemetry sources. `values` holds each source's own variables (declared in `sources/<name>/`), by field
+    name, e.g. `agora_url`; a source is enabled by its first one (its URL or inbox directory). The rest is shared."""
 
-    extract_url: str | None = None
-    extract_list_path: str | None = None  # None: the source's default listing; "": no listing
-    agent_telemetry_url: str | None = None
-    agent_telemetry_list_path: str | None = None
-    agora_url: str | None = None
-    agora_token: Secret | None = None
-    otlp_dir: Path | None = None
+    values: Mapping[str, str | Secret | None] = field(default_factory=lambda: dict.fromkeys(_FIELDS))
     http: HttpSettings = HttpSettings()
     fetch_concurrency: int = 16
     settle_seconds: float = 0.0  # a listed session is taken once its last event is this old
     agent_name: str = "agent"  # when the data names none
+
+    @classmethod
+    def of(cls, **fields: object) -> SourcesSettings:
+        """The defaults with `fields` changed: see `replace`."""
+        return cls().replace(**fields)
+
+    def replace(self, **changes: object) -> SourcesSettings:
+        """Shared fields by name, a source's variables by their field (`extract_url=...`; a path is kept as text)."""
+        declared = {k: v if v is None or isinstance(v, Secret) else str(v) for k, v in changes.items() if k in _FIELDS}
+        values = {**self.values, **declared}
+        shared = {k: v for k, v in changes.items() if k not in _FIELDS}
+        return dataclasses.replace(self, values=values, **shared)  # type: ignore[arg-type]
+
+    def plain(self) -> dict[str, str | None]:
+        """Each variable's value as text (a secret's too): what a source's `configure` reads."""
+        return {k: v.value if isinstance(v, Secret) else v for k, v in self.values.items()}
+
 
 
 @dataclass(frozen=True)
@@ -132,13 +144,9 @@ class WarehouseSettings:
     a password: a secret), else the DuckDB file under the home."""
 
     url: Secret | None = None
-    # A run's claim on a session lasts this long unless the run renews it (every third of it: README, "Claims and
-    # crashes", for what a renewal costs). It only matters across hosts: on one host a dead run is seen at once.
-    lease_seconds: float = 30.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a claim lasts unrenewed (warehouse/base.py says why)
 
     def check(self) -> None:
-        from telemetry_pipeline.warehouse.postgres_store import is_postgres_url
-
         if self.url and not is_postgres_url(self.url.value):  # never echo the URL: it may hold a password
             raise ConfigurationError(f"configuration error: {WAREHOUSE_URL} must be a postgresql:// URL")
         if self.lease_seconds <= 0:
@@ -213,8 +221,14 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         value = get(name)
         return Secret(value, env_var=name) if value else None
 
+    def variable(v: Variable) -> str | Secret | None:
+        """A source's variable (sources/<name>/); unset, its default from the home, if it has one."""
+        if v.secret:
+            return secret(v.env)
+        raw = env.get(v.env) if v.keep_empty else get(v.env)
+        return raw if raw is not None or v.default is None else v.default(home)
+
     home = Path(get(HOME) or DEFAULT_HOME).resolve()
-    inbox = get(OTLP_INBOX_DIR)
     retry_wait = number(HTTP_RETRY_WAIT_INITIAL, HttpSettings.retry_wait_initial, float)
     signavio = SignavioSettings(
         api_url=get(SIGNAVIO_API_URL),
@@ -232,14 +246,7 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         max_body_bytes=int(number(SIGNAVIO_MAX_BODY_MB, SignavioSettings.max_body_bytes / MB, float) * MB),
     )
     sources = SourcesSettings(
-        extract_url=get(EXTRACT_SERVICE_URL),
-        # An empty listing path is meaningful ("no listing endpoint"), so these are read without `get`.
-        extract_list_path=env.get(EXTRACT_SESSIONS_PATH),
-        agent_telemetry_url=get(AGENT_METRICS_BASE_URL),
-        agent_telemetry_list_path=env.get(AGENT_METRICS_SESSIONS_PATH),
-        agora_url=get(AGORA_PLATFORM_URL),
-        agora_token=secret(AGORA_API_TOKEN),
-        otlp_dir=Path(inbox) if inbox else (home / "inbox" if (home / "inbox").is_dir() else None),
+        values={v.field: variable(v) for v in VARIABLES},
         http=HttpSettings(
             timeout=seconds(SOURCE_TIMEOUT, HttpSettings.timeout),
             max_retries=int(number(SOURCE_MAX_RETRIES, HttpSettings.max_retries, int)),
@@ -307,13 +314,6 @@ def to_environment(settings: Settings) -> dict[str, str]:
     values: dict[str, str | float | Path | None] = {
         HOME: settings.home,
         DAGSTER_HOME: settings.dagster_home,
-        EXTRACT_SERVICE_URL: src.extract_url,
-        EXTRACT_SESSIONS_PATH: src.extract_list_path,
-        AGENT_METRICS_BASE_URL: src.agent_telemetry_url,
-        AGENT_METRICS_SESSIONS_PATH: src.agent_telemetry_list_path,
-        AGORA_PLATFORM_URL: src.agora_url,
-        AGORA_API_TOKEN: src.agora_token.value if src.agora_token else None,
-        OTLP_INBOX_DIR: src.otlp_dir,
         SOURCE_TIMEOUT: src.http.timeout,
         SOURCE_MAX_RETRIES: src.http.max_retries,
         HTTP_RETRY_WAIT_INITIAL: src.http.retry_wait_initial,
@@ -339,4 +339,6 @@ def to_environment(settings: Settings) -> dict[str, str]:
         ACTIVITY_ALPHABET_LIMIT: settings.activity_alphabet_limit,
         PROCESS_OVERVIEW_WINDOW_HOURS: settings.overview_window_hours,
     }
+    plain = src.plain()
+    values.update({v.env: plain[v.field] for v in VARIABLES})
     return {name: str(value) for name, value in values.items() if value is not None}

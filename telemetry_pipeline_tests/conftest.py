@@ -17,6 +17,7 @@ import pytest
 
 from telemetry_pipeline import cli
 from telemetry_pipeline.definitions import build_definitions
+from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.settings import HttpSettings, Secret, Settings, SourcesSettings, for_home, to_environment
 from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixture)
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
@@ -45,7 +46,9 @@ class Pipeline:
     def configure(self, **changes: Any) -> None:
         """`sources=` / `signavio=` / `warehouse=` take dicts of field changes; other keys replace top-level
         settings."""
-        for part in ("sources", "signavio", "warehouse"):
+        if "sources" in changes:  # a source's variables (`extract_url`) and the shared fields alike
+            changes["sources"] = self.settings.sources.replace(**changes["sources"])
+        for part in ("signavio", "warehouse"):
             if part in changes:
                 changes[part] = dataclasses.replace(getattr(self.settings, part), **changes[part])
         self.settings = dataclasses.replace(self.settings, **changes)
@@ -71,7 +74,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def pipeline(home: Path, source_double: SourceDouble, capsys: pytest.CaptureFixture[str]) -> Pipeline:
     """A fresh pipeline home wired to the source double, with the outbox as destination."""
-    settings = for_home(home, sources=SourcesSettings(
+    settings = for_home(home, sources=SourcesSettings.of(
         extract_url=source_double.url,
         agent_telemetry_url=source_double.url,
         agent_name="test-agent",
@@ -94,7 +97,7 @@ def signavio(pipeline: Pipeline) -> Iterator[SignavioDouble]:
 
 @pytest.fixture
 def instance(pipeline: Pipeline) -> Iterator[dg.DagsterInstance]:
-    with cli.open_instance(pipeline.settings) as inst:
+    with open_instance(pipeline.settings.dagster_home) as inst:
         yield inst
 
 

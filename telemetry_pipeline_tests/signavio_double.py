@@ -25,7 +25,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, json_reply
+from telemetry_pipeline.simulate.loopback import HTTPError, LoopbackServer, Reply, Request, json_reply
 
 STATES = (
     "REQUEST_VALIDATING",

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from telemetry_pipeline.loopback import LoopbackServer, Reply, Request, Router, json_reply, raw_reply
+from telemetry_pipeline.simulate.loopback import LoopbackServer, Reply, Request, Router, json_reply, raw_reply
 
 LIST_PATH = {"extract": "/signavio/agent-metrics", "agent_telemetry": "/agent_metrics/sessions"}
 FETCH_PATH = {"extract": "/signavio/agent-metrics/{sid}", "agent_telemetry": "/agent_metrics/{sid}/events"}

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from telemetry_pipeline.definitions import build_definitions
-from telemetry_pipeline.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
 from telemetry_pipeline.settings import HttpSettings, Secret, SourcesSettings, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
+from telemetry_pipeline.simulate.loopback import HTTPError, LoopbackServer, Reply, Request, Router, json_reply
 from telemetry_pipeline.sources.base import SourceError
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
@@ -352,7 +352,7 @@ def test_agora_paging_token_and_missing_execution(pipeline: Pipeline, agora: Ago
                                                   capsys: pytest.CaptureFixture[str]):
     for i in range(250):  # one per hour, newest first in the listing
         agora.add(execution(f"hist-{i:03d}", "success", i * 3600, i * 3600 + 60))
-    settings = SourcesSettings(agora_url=agora.url, agora_token=Secret(TOKEN), http=HttpSettings(max_retries=0))
+    settings = SourcesSettings.of(agora_url=agora.url, agora_token=Secret(TOKEN), http=HttpSettings(max_retries=0))
     assert TOKEN not in repr(settings)
     with SourceSet(settings) as sources:
         source = sources.get("agora")
@@ -370,7 +370,7 @@ def test_agora_paging_token_and_missing_execution(pipeline: Pipeline, agora: Ago
         with pytest.raises(SourceError, match="no such execution"):
             source.fetch("does-not-exist")
 
-    with SourceSet(SourcesSettings(agora_url=agora.url, agora_token=Secret("wrong-token"))) as sources:
+    with SourceSet(SourcesSettings.of(agora_url=agora.url, agora_token=Secret("wrong-token"))) as sources:
         ok, detail = sources.get("agora").probe()
         assert not ok and "token refused" in detail and "wrong-token" not in detail
         with pytest.raises(SourceError) as refused:

@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from telemetry_pipeline.history import pending_keys
-from telemetry_pipeline.partitions import agent_sessions, batched_ranges
-from telemetry_pipeline.retention import apply_retention, prunable_keys
+from telemetry_pipeline.defs.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.instance.history import pending_keys
+from telemetry_pipeline.instance.retention import apply_retention, prunable_keys
 from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.source_double import SourceDouble

@@ -14,7 +14,7 @@ import dagster as dg
 import psutil
 import pytest
 
-from telemetry_pipeline.liveness import ProcessIdentity, RunLiveness, host_identity
+from telemetry_pipeline.instance.liveness import ProcessIdentity, RunLiveness, host_identity
 from telemetry_pipeline.warehouse import Holder
 
 
@@ -59,7 +59,7 @@ def test_a_pid_that_now_belongs_to_another_process_is_not_the_run(sleeper: subpr
 
 def test_a_process_on_another_host_cannot_be_judged_from_here(tmp_path: Path):
     """Another host, for real: a process in a UTS namespace of its own, with its own host name."""
-    script = ("import json; from telemetry_pipeline.liveness import ProcessIdentity; "
+    script = ("import json; from telemetry_pipeline.instance.liveness import ProcessIdentity; "
               "print(json.dumps(ProcessIdentity.current().tags()))")
     done = subprocess.run(
         ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', "elsewhere", sys.executable, "-c", script],

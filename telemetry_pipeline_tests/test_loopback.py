@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from telemetry_pipeline.loopback import (
+from telemetry_pipeline.simulate.loopback import (
     HTTPError,
     LoopbackServer,
     Reply,

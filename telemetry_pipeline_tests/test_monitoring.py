@@ -13,13 +13,14 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from telemetry_pipeline import cli, quality
-from telemetry_pipeline.assets import process_overview
+from telemetry_pipeline import cli
 from telemetry_pipeline.canonical.activity import span_activity
-from telemetry_pipeline.metadata import MAX_INLINE_MARKDOWN, errors_markdown, timeline_markdown
-from telemetry_pipeline.overview import END, START, ActivityFigures, Edge
-from telemetry_pipeline.process_map import Box, MapLayout, draw_process_map, layout_process_map
-from telemetry_pipeline.session_summary import Failure, Step
+from telemetry_pipeline.console import quality
+from telemetry_pipeline.console.overview import END, START, ActivityFigures, Edge
+from telemetry_pipeline.console.process_map import Box, MapLayout, draw_process_map, layout_process_map
+from telemetry_pipeline.console.render import MAX_INLINE_MARKDOWN, errors_markdown, timeline_markdown
+from telemetry_pipeline.console.session_summary import Failure, Step
+from telemetry_pipeline.defs.assets import process_overview
 from telemetry_pipeline.settings import Secret
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event

@@ -22,7 +22,7 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 
 from telemetry_pipeline.instance import UnmeasuredDagsterVersion, dagster_environment
 from telemetry_pipeline.instance.pooled_postgres import PooledPostgresStorage, driver_url
-from telemetry_pipeline.retention import apply_retention
+from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.settings import ConfigurationError, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
 from telemetry_pipeline.warehouse import configured_warehouse

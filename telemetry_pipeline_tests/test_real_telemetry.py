@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from telemetry_pipeline import cli
-from telemetry_pipeline.loopback import LoopbackServer, Reply, Request, Router, raw_reply, text_reply
 from telemetry_pipeline.settings import HttpSettings, Settings, SourcesSettings, for_home
+from telemetry_pipeline.simulate.loopback import LoopbackServer, Reply, Request, Router, raw_reply, text_reply
 from telemetry_pipeline_tests.conftest import uploads_by_table
 from telemetry_pipeline_tests.shared import shared_path
 
@@ -107,7 +107,7 @@ def run(settings: Settings, *argv: str) -> tuple[int, Any]:
 
 
 def settings_for(home: Path, inbox: Path, extract_url: str | None = None) -> Settings:
-    return for_home(home, sources=SourcesSettings(
+    return for_home(home, sources=SourcesSettings.of(
         otlp_dir=inbox, extract_url=extract_url,
         extract_list_path="",  # the real Extract service lists nothing: its sessions are given by key
         agent_name=FALLBACK_AGENT, http=HttpSettings(max_retries=1, retry_wait_initial=0.01),

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_pipeline.http import RetryPolicy
-from telemetry_pipeline.resources import SignavioResource, SourcesResource, WarehouseResource
-from telemetry_pipeline.schedules import RetentionConfig
+from telemetry_pipeline.defs.resources import SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.defs.schedules import RetentionConfig
 from telemetry_pipeline.settings import (
     MB,
     ConfigurationError,
@@ -21,6 +20,7 @@ from telemetry_pipeline.settings import (
     to_environment,
 )
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+from telemetry_pipeline.transport.http import RetryPolicy
 
 pytestmark = pytest.mark.fast  # `make test-fast`
 
@@ -41,8 +41,8 @@ def test_the_environment_is_read_once_into_typed_settings(tmp_path: Path):
         "SERVICE_NAME": "svc",
     })
     assert settings.home == tmp_path.resolve() and settings.dagster_home == tmp_path.resolve() / "dagster_home"
-    assert settings.sources.extract_list_path == "", "an empty listing path means: no listing endpoint"
-    assert settings.sources.agent_telemetry_url is None and settings.sources.otlp_dir is None
+    assert settings.sources.values["extract_list_path"] == "", "an empty listing path means: no listing endpoint"
+    assert settings.sources.values["agent_telemetry_url"] is None and settings.sources.values["otlp_dir"] is None
     assert settings.sources.http.timeout == 0.25 and settings.sources.agent_name == "svc"
     assert settings.signavio.http.timeout == 90.0 and settings.signavio.poll_deadline == 120.0
     assert settings.signavio.max_body_bytes == MB // 2 and settings.batch_size == 7
@@ -53,17 +53,17 @@ def test_the_environment_is_read_once_into_typed_settings(tmp_path: Path):
 def test_settings_round_trip_through_the_environment_a_subprocess_gets(tmp_path: Path):
     settings = for_home(
         tmp_path,
-        sources=SourcesSettings(extract_url="http://e", agora_url="http://a", agora_token=Secret("agora-tok"),
-                                otlp_dir=tmp_path / "traces", http=HttpSettings(0.3, 1, 0.5), agent_name="me"),
+        sources=SourcesSettings.of(extract_url="http://e", agora_url="http://a", agora_token=Secret("agora-tok"),
+                                   otlp_dir=tmp_path / "traces", http=HttpSettings(0.3, 1, 0.5), agent_name="me"),
         signavio=SignavioSettings(api_url="http://s", api_key=Secret("sig-tok"), dataset="d",
                                   http=HttpSettings(5.0, 2, 0.5), poll_interval=0.01, max_body_bytes=3 * MB),
         batch_size=9,
     )
     again = from_environment(to_environment(settings))
-    assert again.sources.agora_token == Secret("agora-tok", env_var="AGORA_API_TOKEN")
+    assert again.sources.values["agora_token"] == Secret("agora-tok", env_var="AGORA_API_TOKEN")
     assert again.signavio.api_key == Secret("sig-tok", env_var="SIGNAVIO_API_KEY")
     unbound = again.replace(
-        sources=SourcesSettings(**{**again.sources.__dict__, "agora_token": settings.sources.agora_token}),
+        sources=again.sources.replace(agora_token=settings.sources.values["agora_token"]),
         signavio=SignavioSettings(**{**again.signavio.__dict__, "api_key": settings.signavio.api_key}),
     )
     assert unbound == settings
@@ -85,7 +85,8 @@ def test_each_default_is_declared_once_so_every_way_in_agrees(tmp_path: Path):
     """A client built without settings, a resource written by hand in run config, the retention job launched
     from the UI and the environment's defaults all behave the same (README, Configuration)."""
     assert HttpSettings().retry == RetryPolicy(), "HTTP_RETRY_WAIT_INITIAL 0.5, 3 retries"
-    assert SourcesResource.from_settings(SourcesSettings()).model_dump() == SourcesResource().model_dump()
+    built_sources = SourcesResource.from_settings(SourcesSettings())  # with each source's fields (the registry's)
+    assert built_sources.model_dump() == type(built_sources)().model_dump()
     built = SignavioResource.from_settings(SignavioSettings(), tmp_path)
     by_hand = SignavioResource(dataset=DEFAULT_DATASET, max_body_bytes=built.max_body_bytes,
                                outbox_dir=built.outbox_dir)

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry_pipeline.http import RetryPolicy
 from telemetry_pipeline.signavio.client import SignavioClient, split_csv
 from telemetry_pipeline.signavio.models import COMPLETED, REJECTED, TIMED_OUT, UNREACHABLE, LoadResult, TableUpload
+from telemetry_pipeline.transport.http import RetryPolicy
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 
 pytestmark = pytest.mark.fast  # `make test-fast`

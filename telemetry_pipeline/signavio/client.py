@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from telemetry_pipeline.http import RequestFailed, RetryPolicy, make_client, redact_url, request_with_retries
 from telemetry_pipeline.signavio.models import (
     COMPLETED,
     FAILED_STATES,
@@ -30,6 +29,7 @@ from telemetry_pipeline.signavio.models import (
     LoadResult,
     TableUpload,
 )
+from telemetry_pipeline.transport.http import RequestFailed, RetryPolicy, make_client, redact_url, request_with_retries
 
 log = logging.getLogger(__name__)
 

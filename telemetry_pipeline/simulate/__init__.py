@@ -13,7 +13,7 @@ is index order and `since` is a binary search, never a scan.
 The package by concern: `timelines` (when sessions end), `vocabulary` (agents, tools, models), `runs` (one
 agent run's events), `agora` (executions and their timelines) and `agora_spans` (their span and event
 rows, as the real backend serves them), `routes` (what each endpoint answers) and `server` (the routes on
-`telemetry_pipeline.loopback`).
+`telemetry_pipeline.simulate.loopback`).
 """
 
 from telemetry_pipeline.simulate.runs import SOURCES, generate_events, session_id, source_of

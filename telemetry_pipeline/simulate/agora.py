@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from telemetry_pipeline.loopback import HTTPError
+from telemetry_pipeline.simulate.loopback import HTTPError
 from telemetry_pipeline.simulate.runs import Run, build_run
 from telemetry_pipeline.simulate.timelines import SimulationConfig, Timeline
 from telemetry_pipeline.simulate.vocabulary import WORKFLOWS, Workflow

@@ -10,8 +10,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from telemetry_pipeline.loopback import HTTPError, Reply, Request, Router, json_reply
 from telemetry_pipeline.simulate import agora, agora_spans
+from telemetry_pipeline.simulate.loopback import HTTPError, Reply, Request, Router, json_reply
 from telemetry_pipeline.simulate.runs import (
     AGENT_TELEMETRY,
     EXTRACT,

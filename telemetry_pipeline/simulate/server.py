@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from telemetry_pipeline.loopback import LoopbackServer
+from telemetry_pipeline.simulate.loopback import LoopbackServer
 from telemetry_pipeline.simulate.routes import Routes
 from telemetry_pipeline.simulate.runs import SOURCES, session_id, source_of
 from telemetry_pipeline.simulate.timelines import SimulationConfig, Timeline

@@ -93,6 +93,8 @@ TOOLS = {
     )
 }
 
+# Data, not logic: `duplicates` pairs these entries by their shape (each workflow written out in full, so a reader
+# sees what the simulator generates).
 WORKFLOWS = (
     Workflow(
         "support-desk", "ticket_triage", "support_agent", ("2.3.0", "2.2.1"), ("gpt-4o", "gpt-4o-mini"),

@@ -1,16 +1,19 @@
-"""The small protocol every source shares, and the values it hands over."""
+"""The small protocol every source shares, the values it hands over, and how a source declares itself to the
+registry (`SourceEntry`: its name, its variables, how it is built and normalised)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import duckdb
 import httpx
 
-from telemetry_pipeline.http import RequestFailed, RetryPolicy, request_with_retries
+from telemetry_pipeline.transport.http import RequestFailed, RetryPolicy, request_with_retries
 
 
 class SourceError(Exception):
@@ -74,6 +77,44 @@ class SharedHttp:
 
     client: httpx.Client
     retry: RetryPolicy
+
+
+#: Each of a source's variables by field name (a secret's value as plain text), None when unset: what a
+#: source's `configure` reads.
+Values = Mapping[str, str | None]
+
+#: Replaces the canonical rows of the good sessions among `raw` (all of one source; the `str` is the
+#: agent name for data that names none) and returns {key: why} for the others.
+Normalizer = Callable[[duckdb.DuckDBPyConnection, Sequence[RawSession], str], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One setting a source declares: read from the environment variable `env` into `SourcesSettings.values`
+    and made a field `field` of the Dagster resource (`defs/resources.py`), so the UI shows it typed."""
+
+    field: str  # e.g. `agora_url`: the key in `SourcesSettings.values` and the resource field's name
+    env: str  # e.g. `AGORA_PLATFORM_URL`
+    description: str | None = None  # shown with the resource field in the UI
+    secret: bool = False  # a token: bound with `EnvVar`, never in a repr, run config or message
+    keep_empty: bool = False  # "" means something (e.g. "no listing endpoint"), so it is not read as unset
+    default: Callable[[Path], str | None] | None = None  # from the pipeline home, when the variable is unset
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """A source as the registry knows it, declared in its own folder (`sources/<name>/__init__.py`)."""
+
+    name: str  # the `<source>` of a session key
+    variables: tuple[Variable, ...]  # the first one enables the source
+    configure: Callable[[Values], Any]  # -> its settings, None when not configured
+    build: Callable[[Any, SharedHttp], Source]  # (its settings, the run's HTTP client) -> the source
+    normalize: Normalizer
+
+    @property
+    def enabled_by(self) -> str:
+        """The environment variable that enables the source, for messages."""
+        return self.variables[0].env
 
 
 def session_key(source: str, session_id: str) -> str:

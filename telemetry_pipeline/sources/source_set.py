@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
 
-from telemetry_pipeline.http import make_client
 from telemetry_pipeline.settings import SourcesSettings
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, Source, SourceError
 from telemetry_pipeline.sources.otlp.source import OtlpSource
 from telemetry_pipeline.sources.registry import REGISTRY, SOURCES, parse_key
+from telemetry_pipeline.transport.http import make_client
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,11 @@ class SourceSet:
         self.settings = settings
         self._client = make_client(settings.http.timeout, max_connections=settings.fetch_concurrency)
         http = SharedHttp(self._client, settings.http.retry)
+        values = settings.plain()
         self.sources: dict[str, Source] = {
             entry.name: entry.build(configured, http)
             for entry in REGISTRY
-            if (configured := entry.configure(settings)) is not None
+            if (configured := entry.configure(values)) is not None
         }
 
     def __enter__(self) -> SourceSet:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from telemetry_pipeline.settings import WarehouseSettings
 from telemetry_pipeline.sources.base import RawSession
 
 if TYPE_CHECKING:
@@ -35,7 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_SECONDS = WarehouseSettings.lease_seconds
+# A run's claim on a session lasts this long unless the run renews it (every third of it: README, "Claims and
+# crashes", for what a renewal costs). It only matters across hosts: on one host a dead run is seen at once.
+DEFAULT_LEASE_SECONDS = 30.0  # CLAIM_LEASE_SECONDS
 
 class WarehouseError(Exception):
     """The warehouse could not do what was asked; the message names the store (never a password)."""

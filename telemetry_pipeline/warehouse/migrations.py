@@ -76,6 +76,8 @@ _V1_DUCKDB = (
 );
 """,
 )
+# The same tables as _V1_DUCKDB in PostgreSQL's types (TEXT, BYTEA): `duplicates` pairs the two scripts. Left
+# as two texts on purpose: a released migration is fixed text, never generated, so what ran is what is read here.
 _V1_POSTGRES = (
     """CREATE TABLE IF NOT EXISTS raw_telemetry (
     session_key TEXT PRIMARY KEY,

@@ -4,15 +4,10 @@ normaliser are `sources/session_api/`."""
 
 from __future__ import annotations
 
-from telemetry_pipeline.settings import SourcesSettings
-from telemetry_pipeline.sources.session_api.settings import SessionApiSettings
-from telemetry_pipeline.sources.session_api.source import SessionApiRoutes, builder
+from telemetry_pipeline.sources.session_api import session_api_source
+from telemetry_pipeline.sources.session_api.source import SessionApiRoutes
 
-NAME = "agent_telemetry"
 ROUTES = SessionApiRoutes(fetch_path="/agent_metrics/{session_id}/events", list_path="/agent_metrics/sessions")
-build = builder(NAME, ROUTES)
-
-
-def configure(settings: SourcesSettings) -> SessionApiSettings | None:
-    url, list_path = settings.agent_telemetry_url, settings.agent_telemetry_list_path
-    return SessionApiSettings(url, list_path) if url else None
+SOURCE = session_api_source(
+    "agent_telemetry", ROUTES, url_env="AGENT_METRICS_BASE_URL", list_env="AGENT_METRICS_SESSIONS_PATH"
+)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from telemetry_pipeline.settings import SourcesSettings
+from telemetry_pipeline.sources.base import Values, Variable
+
+VARIABLES = (
+    Variable("agora_url", "AGORA_PLATFORM_URL", "enables source agora: the platform's URL"),
+    Variable("agora_token", "AGORA_API_TOKEN", "secret: bound with EnvVar", secret=True),
+)
 
 
 @dataclass(frozen=True)
@@ -13,8 +18,7 @@ class AgoraSettings:
     token: str | None = field(default=None, repr=False)  # secret: never in a repr or a message
 
 
-def configure(settings: SourcesSettings) -> AgoraSettings | None:
+def configure(values: Values) -> AgoraSettings | None:
     """Enabled by the platform URL (AGORA_PLATFORM_URL)."""
-    if not settings.agora_url:
-        return None
-    return AgoraSettings(settings.agora_url, settings.agora_token.value if settings.agora_token else None)
+    url = values["agora_url"]
+    return AgoraSettings(url, values["agora_token"]) if url else None

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 import httpx
 
 from telemetry_pipeline.canonical.time import to_utc
-from telemetry_pipeline.http import RequestFailed, redact_url, request_with_retries
 from telemetry_pipeline.sources.agora.settings import AgoraSettings
 from telemetry_pipeline.sources.base import (
     RawSession,
@@ -39,6 +38,7 @@ from telemetry_pipeline.sources.base import (
     json_of,
     path_segment,
 )
+from telemetry_pipeline.transport.http import RequestFailed, redact_url, request_with_retries
 
 REFUSED = "the platform refused the token (AGORA_API_TOKEN)"
 log = logging.getLogger(__name__)

@@ -3,14 +3,8 @@ summary and the session's agent events. A session API: the adapter and normalise
 
 from __future__ import annotations
 
-from telemetry_pipeline.settings import SourcesSettings
-from telemetry_pipeline.sources.session_api.settings import SessionApiSettings
-from telemetry_pipeline.sources.session_api.source import SessionApiRoutes, builder
+from telemetry_pipeline.sources.session_api import session_api_source
+from telemetry_pipeline.sources.session_api.source import SessionApiRoutes
 
-NAME = "extract"
 ROUTES = SessionApiRoutes(fetch_path="/signavio/agent-metrics/{session_id}", list_path="/signavio/agent-metrics")
-build = builder(NAME, ROUTES)
-
-
-def configure(settings: SourcesSettings) -> SessionApiSettings | None:
-    return SessionApiSettings(settings.extract_url, settings.extract_list_path) if settings.extract_url else None
+SOURCE = session_api_source("extract", ROUTES, url_env="EXTRACT_SERVICE_URL", list_env="EXTRACT_SESSIONS_PATH")

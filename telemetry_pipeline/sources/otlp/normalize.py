@@ -61,7 +61,9 @@ from telemetry_pipeline.canonical.model import EventRow, SessionRow
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, nanos_to_datetime
 from telemetry_pipeline.canonical.values import event_id, json_text, text
-from telemetry_pipeline.otlp_json import (
+from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.sources.otlp.agora_export import agora_export_times
+from telemetry_pipeline.sources.otlp.otlp_json import (
     SPAN_KINDS,
     STATUS_CODES,
     attributes_of,
@@ -74,8 +76,6 @@ from telemetry_pipeline.otlp_json import (
     snake_case,
     unix_nanos,
 )
-from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.sources.otlp.agora_export import agora_export_times
 
 _MAPPED_SPAN_KEYS = {
     "traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id", "name", "kind",

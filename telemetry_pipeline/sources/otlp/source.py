@@ -56,9 +56,17 @@ from typing import Any
 
 from telemetry_pipeline.canonical.genai import ALIASES, GenAI
 from telemetry_pipeline.canonical.time import nanos_to_datetime
-from telemetry_pipeline.otlp_json import attributes_of, get, hex_id, resource_spans, scope_of, scope_spans, unix_nanos
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, SourceError
 from telemetry_pipeline.sources.otlp.agora_export import agora_export_times, is_agora_export_span
+from telemetry_pipeline.sources.otlp.otlp_json import (
+    attributes_of,
+    get,
+    hex_id,
+    resource_spans,
+    scope_of,
+    scope_spans,
+    unix_nanos,
+)
 from telemetry_pipeline.sources.otlp.settings import OtlpSettings
 
 log = logging.getLogger(__name__)

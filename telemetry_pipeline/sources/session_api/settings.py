@@ -9,3 +9,4 @@ from dataclasses import dataclass
 class SessionApiSettings:
     url: str  # the service's base URL
     list_path: str | None = None  # the listing path; None: the source's default, "": no listing endpoint
+

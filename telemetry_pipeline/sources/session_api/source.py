@@ -7,19 +7,15 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from telemetry_pipeline.canonical.time import format_time, to_utc
-from telemetry_pipeline.http import RequestFailed, redact_url, request_with_retries
-from telemetry_pipeline.sources.base import (
-    RawSession,
-    SessionRef,
-    SharedHttp,
-    SourceError,
-    checked_get,
-    json_of,
-    path_segment,
-)
+from telemetry_pipeline.sources.base import RawSession, SessionRef, SourceError, checked_get, json_of, path_segment
 from telemetry_pipeline.sources.session_api.settings import SessionApiSettings
+from telemetry_pipeline.transport.http import RequestFailed, redact_url, request_with_retries
+
+if TYPE_CHECKING:  # in annotations only: the run's client is handed in
+    from telemetry_pipeline.sources.base import SharedHttp
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from telemetry_pipeline.canonical.values import as_float
+
 SPAN_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -89,15 +91,13 @@ def hex_id(value: Any) -> str | None:
 
 def unix_nanos(value: Any) -> int | None:
     """Nanoseconds since the epoch from a number or a numeric string; None for absent or 0."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        nanos = int(value)
-    except (TypeError, ValueError):
-        try:
-            nanos = int(float(value))
-        except (TypeError, ValueError, OverflowError):
-            return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        nanos = value
+    elif isinstance(value, str) and value.strip().isdecimal():
+        nanos = int(value)  # as text, not through a float: nanoseconds since 1970 need more than its 53 bits
+    else:
+        number = as_float(value)  # a float, or numeric text with a fraction or an exponent
+        nanos = 0 if number is None else int(number)
     return nanos if nanos > 0 else None
 
 

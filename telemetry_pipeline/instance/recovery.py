@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from telemetry_pipeline.history import latest_exports
-from telemetry_pipeline.liveness import RunLiveness
+from telemetry_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
+from telemetry_pipeline.instance.history import latest_exports
+from telemetry_pipeline.instance.liveness import RunLiveness
 from telemetry_pipeline.names import HOST_TAG
-from telemetry_pipeline.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
 from telemetry_pipeline.warehouse import Holder
 
 FAILURE_REASON_TAG = "dagster/failure_reason"  # Dagster's own tag on a failed run

@@ -16,9 +16,17 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 @dataclass(frozen=True)
 class KeyRange:
-    start: str
-    end: str
+    """Contiguous partition keys (never empty): what one run targets, named by its first and last key."""
+
     keys: tuple[str, ...]
+
+    @property
+    def start(self) -> str:
+        return self.keys[0]
+
+    @property
+    def end(self) -> str:
+        return self.keys[-1]
 
     @property
     def tags(self) -> dict[str, str]:
@@ -38,11 +46,11 @@ def batched_ranges(all_keys: Sequence[str], wanted: Collection[str], max_per_run
         if key in wanted:
             current.append(key)
             if len(current) == max_per_run:
-                ranges.append(KeyRange(current[0], current[-1], tuple(current)))
+                ranges.append(KeyRange(tuple(current)))
                 current = []
         elif current:
-            ranges.append(KeyRange(current[0], current[-1], tuple(current)))
+            ranges.append(KeyRange(tuple(current)))
             current = []
     if current:
-        ranges.append(KeyRange(current[0], current[-1], tuple(current)))
+        ranges.append(KeyRange(tuple(current)))
     return ranges

@@ -20,7 +20,8 @@ from typing import Any, cast
 import dagster as dg
 
 from telemetry_pipeline.canonical.time import format_time, to_utc
-from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS_KEY
+from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY
+from telemetry_pipeline.names import AGENT_SESSIONS
 from telemetry_pipeline.sources.base import SessionRef
 from telemetry_pipeline.sources.registry import key_problem
 from telemetry_pipeline.sources.source_set import SourceSet

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from telemetry_pipeline.history import latest_exports, run_exports, run_spans
+from telemetry_pipeline.instance.history import latest_exports, run_exports, run_spans
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB
 from telemetry_pipeline.warehouse import Warehouse
 

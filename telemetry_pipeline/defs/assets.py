@@ -21,11 +21,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from telemetry_pipeline import quality
-from telemetry_pipeline.discovery import register_new_sessions
-from telemetry_pipeline.export import export_batch
-from telemetry_pipeline.liveness import ProcessIdentity, RunLiveness
-from telemetry_pipeline.metadata import (
+from telemetry_pipeline.application.export import export_batch
+from telemetry_pipeline.console import quality
+from telemetry_pipeline.console.overview import compute_overview
+from telemetry_pipeline.console.process_map import draw_process_map, save_process_map
+from telemetry_pipeline.defs.discovery import register_new_sessions
+from telemetry_pipeline.defs.metadata import (
     batch_failure,
     check_results,
     export_materializations,
@@ -33,15 +34,14 @@ from telemetry_pipeline.metadata import (
     overview_metadata,
     stage_records,
 )
+from telemetry_pipeline.defs.partitions import agent_sessions
+from telemetry_pipeline.defs.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.instance.liveness import ProcessIdentity, RunLiveness
 from telemetry_pipeline.names import PROCESS_OVERVIEW, SESSION_EXPORT_STEP
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
-from telemetry_pipeline.overview import compute_overview
-from telemetry_pipeline.partitions import agent_sessions
-from telemetry_pipeline.process_map import draw_process_map, save_process_map
-from telemetry_pipeline.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 
 
 @dg.asset(

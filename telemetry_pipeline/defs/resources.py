@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from telemetry_pipeline.settings import (
     HttpSettings,
@@ -20,6 +21,7 @@ from telemetry_pipeline.settings import (
 )
 from telemetry_pipeline.signavio.models import Destination
 from telemetry_pipeline.signavio.outbox import Outbox
+from telemetry_pipeline.sources.registry import VARIABLES
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, Warehouse, open_warehouse
 
@@ -31,37 +33,42 @@ def _bound(secret: Secret | None) -> str | dg.EnvVar | None:
     return dg.EnvVar(secret.env_var) if secret.env_var else secret.value
 
 
-class SourcesResource(dg.ConfigurableResource):
-    """The telemetry sources (`SourcesSettings`). A source is enabled by giving its URL."""
+class _HttpResource(dg.ConfigurableResource):
+    """The fields of `HttpSettings`, for a resource whose domain objects call out over HTTP."""
 
-    extract_url: str | None = None
-    extract_list_path: str | None = Field(default=None, description="'' = no listing endpoint")
-    agent_telemetry_url: str | None = None
-    agent_telemetry_list_path: str | None = Field(default=None, description="'' = no listing endpoint")
-    agora_url: str | None = None
-    agora_token: str | None = Field(default=None, description="secret: bound with EnvVar")
-    otlp_dir: str | None = None
     # Defaults: the settings' own (the resource is built from them; these matter only in hand-written config).
     timeout_seconds: float = HttpSettings.timeout
     max_retries: int = HttpSettings.max_retries
     retry_wait_initial: float = HttpSettings.retry_wait_initial
+
+    @property
+    def http(self) -> HttpSettings:
+        return HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial)
+
+
+def _http_fields(http: HttpSettings) -> dict[str, Any]:
+    return {"timeout_seconds": http.timeout, "max_retries": http.max_retries,
+            "retry_wait_initial": http.retry_wait_initial}
+
+
+class SourcesResource(_HttpResource):
+    """The telemetry sources (`SourcesSettings`). The fields shared by every source are declared here; each
+    source's own (its variables, e.g. `agora_url`) are added from the registry by `_with_source_fields`, and
+    `from_settings` builds that class."""
+
     fetch_concurrency: int = SourcesSettings.fetch_concurrency
     settle_seconds: float = SourcesSettings.settle_seconds
     agent_name: str = SourcesSettings.agent_name
 
     @classmethod
     def from_settings(cls, s: SourcesSettings) -> SourcesResource:
-        return cls(
-            extract_url=s.extract_url,
-            extract_list_path=s.extract_list_path,
-            agent_telemetry_url=s.agent_telemetry_url,
-            agent_telemetry_list_path=s.agent_telemetry_list_path,
-            agora_url=s.agora_url,
-            agora_token=_bound(s.agora_token),
-            otlp_dir=str(s.otlp_dir) if s.otlp_dir else None,
-            timeout_seconds=s.http.timeout,
-            max_retries=s.http.max_retries,
-            retry_wait_initial=s.http.retry_wait_initial,
+        # A source's fields are added by `_with_source_fields`: typed here as what they are given.
+        values: dict[str, Any] = {
+            v.field: _bound(val) if isinstance(val := s.values[v.field], Secret) else val for v in VARIABLES
+        }
+        return _WITH_SOURCE_FIELDS(
+            **values,
+            **_http_fields(s.http),
             fetch_concurrency=s.fetch_concurrency,
             settle_seconds=s.settle_seconds,
             agent_name=s.agent_name,
@@ -69,15 +76,13 @@ class SourcesResource(dg.ConfigurableResource):
 
     @property
     def settings(self) -> SourcesSettings:
+        values: dict[str, str | Secret | None] = {}
+        for v in VARIABLES:
+            value = getattr(self, v.field, None)
+            values[v.field] = Secret(value) if v.secret and value else value
         return SourcesSettings(
-            extract_url=self.extract_url,
-            extract_list_path=self.extract_list_path,
-            agent_telemetry_url=self.agent_telemetry_url,
-            agent_telemetry_list_path=self.agent_telemetry_list_path,
-            agora_url=self.agora_url,
-            agora_token=Secret(self.agora_token) if self.agora_token else None,
-            otlp_dir=Path(self.otlp_dir) if self.otlp_dir else None,
-            http=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial),
+            values=values,
+            http=self.http,
             fetch_concurrency=self.fetch_concurrency,
             settle_seconds=self.settle_seconds,
             agent_name=self.agent_name,
@@ -85,6 +90,15 @@ class SourcesResource(dg.ConfigurableResource):
 
     def open(self) -> SourceSet:
         return SourceSet(self.settings)
+
+
+def _with_source_fields() -> type[SourcesResource]:
+    """`SourcesResource` with a typed field for each source's variable (the registry's), as the UI shows it."""
+    fields: dict[str, Any] = {v.field: (str | None, Field(default=None, description=v.description)) for v in VARIABLES}
+    return create_model(SourcesResource.__name__, __base__=SourcesResource, __module__=__name__, **fields)
+
+
+_WITH_SOURCE_FIELDS = _with_source_fields()
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -107,16 +121,13 @@ class WarehouseResource(dg.ConfigurableResource):
         return open_warehouse(self.url or None, Path(self.path), lease_seconds=self.lease_seconds)
 
 
-class SignavioResource(dg.ConfigurableResource):
+class SignavioResource(_HttpResource):
     """Where the tables go (`SignavioSettings`): the Ingestion API when `api_url` is set, else the outbox."""
 
     api_url: str | None = None
     api_key: str | None = Field(default=None, description="secret: bound with EnvVar")
     status_url: str | None = Field(default=None, description="status URL template, with {execution_id}")
     dataset: str = Field(description="the table-name prefix")
-    timeout_seconds: float = HttpSettings.timeout
-    max_retries: int = HttpSettings.max_retries
-    retry_wait_initial: float = HttpSettings.retry_wait_initial
     tenant_id: str | None = None
     poll_interval_seconds: float = SignavioSettings.poll_interval
     poll_deadline_seconds: float = SignavioSettings.poll_deadline
@@ -130,9 +141,7 @@ class SignavioResource(dg.ConfigurableResource):
             api_key=_bound(s.api_key),
             status_url=s.status_url,
             dataset=s.dataset,
-            timeout_seconds=s.http.timeout,
-            max_retries=s.http.max_retries,
-            retry_wait_initial=s.http.retry_wait_initial,
+            **_http_fields(s.http),
             tenant_id=s.tenant_id,
             poll_interval_seconds=s.poll_interval,
             poll_deadline_seconds=s.poll_deadline,
@@ -152,7 +161,7 @@ class SignavioResource(dg.ConfigurableResource):
             api_key=self.api_key or "",
             status_url_template=self.status_url or None,
             timeout=self.timeout_seconds,
-            retry=HttpSettings(self.timeout_seconds, self.max_retries, self.retry_wait_initial).retry,
+            retry=self.http.retry,
             max_body_bytes=self.max_body_bytes,
             poll_interval=self.poll_interval_seconds,
             poll_deadline=self.poll_deadline_seconds,

@@ -1,5 +1,6 @@
 """What the UI shows: the Dagster events and metadata of an export batch and of the process overview
-(wiring; the figures come from `export.BatchOutcome` and `overview.ProcessOverview`).
+(wiring; the figures come from `export.BatchOutcome` and `overview.ProcessOverview`, the texts from
+`console/render.py`).
 
 Per export batch:
 - one record per stage (`raw_telemetry`, `telemetry_events`, `signavio_csv`) for the run;
@@ -13,36 +14,39 @@ Per export batch:
 from __future__ import annotations
 
 import base64
-import itertools
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from telemetry_pipeline.export import BatchOutcome
+from telemetry_pipeline.application.export import BatchOutcome
+from telemetry_pipeline.console.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
+from telemetry_pipeline.console.process_map import ProcessMap
+from telemetry_pipeline.console.quality import CheckOutcome
+from telemetry_pipeline.console.render import (
+    ERROR_CHARS,
+    cell,
+    counts,
+    errors_markdown,
+    event_counts_text,
+    outcome_text,
+    pct,
+    session_tags,
+    timeline_markdown,
+    top_errors,
+)
+from telemetry_pipeline.console.session_summary import SessionSummary
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
 from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
-from telemetry_pipeline.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
-from telemetry_pipeline.process_map import ProcessMap
-from telemetry_pipeline.quality import CheckOutcome
-from telemetry_pipeline.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.signavio.models import COMPLETED
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 
 MAX_LISTED_IN_METADATA = 20
 MAX_ACTIVITIES_LISTED = 50
 
-# The UI renders markdown under 1,000 characters inline (longer opens behind a dialog), and a markdown
-# table serialises to a fifth of the bytes of a `TableMetadataValue` with the same rows.
-MAX_INLINE_MARKDOWN = 999
-TIMELINE_ACTIVITY_CHARS = 40
-ERROR_ACTIVITY_CHARS = 30
-ERROR_CHARS = 110
-_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def stage_records(out: BatchOutcome, dataset: str) -> Iterator[dg.AssetMaterialization]:
@@ -98,13 +102,6 @@ def export_materializations(out: BatchOutcome, dataset: str, destination: str) -
         )
 
 
-def session_tags(s: SessionSummary) -> dict[str, str]:
-    """`agent`, `workflow` and `outcome` as tags of the session's materialisation. Dagster takes tag values
-    of at most 63 characters of `[A-Za-z0-9_.-]`: anything else becomes `_`."""
-    values = {"agent": s.agent, "workflow": s.workflow, "outcome": s.status}
-    return {name: _TAG_UNSAFE.sub("_", value)[:63] for name, value in values.items() if value}
-
-
 def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     """The session at a glance, in the order the UI lists it; only what is known."""
     meta: dict[str, dg.RawMetadataValue] = {
@@ -132,77 +129,6 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     if s.timeline:
         meta["timeline"] = dg.MetadataValue.md(timeline_markdown(s.timeline, s.steps))
     return meta
-
-
-def event_counts_text(source_events: int, event_log_rows: int) -> str:
-    """Why the source's count and the event log's differ (`events` and `events_rows` in the metadata)."""
-    if source_events == event_log_rows:
-        return f"{source_events} source events = {event_log_rows} event-log rows"
-    return (f"{source_events} source events → {event_log_rows} event-log rows "
-            "(a start and its end, e.g. of a tool call, are paired into one row)")
-
-
-def timeline_markdown(steps: tuple[Step, ...], total: int) -> str:
-    """The first and last of `total` steps as a markdown table short enough to render inline, with a
-    "… N more steps" row where steps are left out (the last head step goes first when it is too long)."""
-    shown = list(steps)
-    while True:
-        text = _timeline_table(shown, total)
-        if len(text) <= MAX_INLINE_MARKDOWN or len(shown) <= 1:
-            return text
-        gap = next((i for i, (a, b) in enumerate(itertools.pairwise(shown)) if b.step > a.step + 1), len(shown) // 2)
-        del shown[gap]
-
-
-def _timeline_table(steps: list[Step], total: int) -> str:
-    lines = ["| # | s | activity | status | ms |", "|--:|--:|---|---|--:|"]
-    previous = 0
-    for step in steps:
-        if step.step > previous + 1:
-            lines.append(_more_steps(step.step - previous - 1))
-        at = f"{step.offset_ms / 1000:.1f}" if step.offset_ms is not None else ""
-        ms = str(step.latency_ms) if step.latency_ms is not None else ""
-        lines.append(f"| {step.step} | {at} | {_cell(step.activity, TIMELINE_ACTIVITY_CHARS)} "
-                     f"| {_cell(step.status or '', 12)} | {ms} |")
-        previous = step.step
-    if total > previous:
-        lines.append(_more_steps(total - previous))
-    return "\n".join(lines)
-
-
-def _more_steps(n: int) -> str:
-    return f"| | | … {n} more step{'s' if n != 1 else ''} | | |"
-
-
-def errors_markdown(errors: tuple[Failure, ...], total: int) -> str:
-    """Every error with its message, the same one at the same activity on one row with its steps, as a
-    markdown table short enough to render inline; "… N more errors" names what did not fit."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for failure in errors:
-        groups.setdefault((failure.activity, failure.error or "(failed, no message)"), []).append(failure.step)
-    rows = [
-        f"| {_steps(numbers)} | {_cell(activity, ERROR_ACTIVITY_CHARS)} | {_cell(error, ERROR_CHARS)} |"
-        for (activity, error), numbers in groups.items()
-    ]
-    counts = [len(numbers) for numbers in groups.values()]
-    header = ["| step | activity | error |", "|--:|---|---|"]
-    while True:
-        hidden = total - sum(counts[: len(rows)])
-        more = [f"| | … {hidden} more error{'s' if hidden != 1 else ''} | |"] if hidden else []
-        text = "\n".join(header + rows + more)
-        if len(text) <= MAX_INLINE_MARKDOWN or not rows:
-            return text
-        rows.pop()
-
-
-def _steps(numbers: list[int], shown: int = 4) -> str:
-    head = ", ".join(str(n) for n in numbers[:shown])
-    return head if len(numbers) <= shown else f"{head} +{len(numbers) - shown}"
-
-
-def _cell(text: str, width: int) -> str:
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def failure_observations(out: BatchOutcome) -> Iterator[dg.AssetObservation]:
@@ -245,13 +171,13 @@ def overview_metadata(
     overall = ov.overall
     return {
         "outcomes": outcome_text(overall),
-        "success_rate_pct": _pct(overall.success_rate),
+        "success_rate_pct": pct(overall.success_rate),
         "outcomes_by_agent": _outcome_table(ov.outcomes_by("agent"), "agent"),
         "outcomes_by_workflow": _outcome_table(ov.outcomes_by("workflow"), "workflow"),
         "failing_activities": dg.MetadataValue.table(
             records=[dg.TableRecord({"activity": f.activity, "failures": f.failures,
-                                     "failure_pct": _pct(f.failures / f.count if f.count else 0.0),
-                                     "most_common_errors": _top_errors(f.top_errors)}) for f in ov.failing],
+                                     "failure_pct": pct(f.failures / f.count if f.count else 0.0),
+                                     "most_common_errors": top_errors(f.top_errors)}) for f in ov.failing],
             schema=dg.TableSchema(columns=[
                 dg.TableColumn("activity", "string"), dg.TableColumn("failures", "int"),
                 dg.TableColumn("failure_pct", "float"), dg.TableColumn("most_common_errors", "string"),
@@ -262,7 +188,7 @@ def overview_metadata(
             lambda s: round(s.duration_ms / 1000, 1) if s.duration_ms is not None else None,
         ),
         "failed_sessions": _sessions_table(
-            ov.failed_sessions, "last_error", "string", lambda s: _cell(s.error or "", ERROR_CHARS)
+            ov.failed_sessions, "last_error", "string", lambda s: cell(s.error or "", ERROR_CHARS)
         ),
         "process_map": dg.MetadataValue.md(
             f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
@@ -299,23 +225,11 @@ def overview_metadata(
     }
 
 
-def outcome_text(o: Outcome) -> str:
-    """`210 sessions: 69 completed (32.9%), 109 partial (51.9%), 32 failed (15.2%)`."""
-    if not o.cases:
-        return "no sessions in the window"
-    parts = ", ".join(f"{n} {name} ({_pct(n / o.cases)}%)" for name, n in _counts(o))
-    return f"{o.cases} sessions: {parts}; success rate {_pct(o.success_rate)}% (completed or partial)"
-
-
-def _counts(o: Outcome) -> list[tuple[str, int]]:
-    return [("completed", o.completed), ("partial", o.partial), ("failed", o.failed)]
-
-
 def _outcome_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(
         records=[dg.TableRecord({by: o.name, "sessions": o.cases,
-                                 **{f"{name}_pct": _pct(n / o.cases) for name, n in _counts(o)},
-                                 "success_pct": _pct(o.success_rate)}) for o in outcomes],
+                                 **{f"{name}_pct": pct(n / o.cases) for name, n in counts(o)},
+                                 "success_pct": pct(o.success_rate)}) for o in outcomes],
         schema=dg.TableSchema(columns=[
             dg.TableColumn(by, "string"), dg.TableColumn("sessions", "int"),
             *(dg.TableColumn(f"{name}_pct", "float") for name in OUTCOMES), dg.TableColumn("success_pct", "float"),
@@ -335,14 +249,6 @@ def _sessions_table(
             dg.TableColumn("workflow", "string"), dg.TableColumn("outcome", "string"), dg.TableColumn(detail, kind),
         ]),
     )
-
-
-def _top_errors(errors: tuple[tuple[str, int], ...]) -> str:
-    return "; ".join(f"{n}× {_cell(message or '(no message)', ERROR_CHARS)}" for message, n in errors)
-
-
-def _pct(share: float) -> float:
-    return round(100 * share, 1)
 
 
 def _variants_table(variants: tuple[Variant, ...]) -> dg.TableMetadataValue:

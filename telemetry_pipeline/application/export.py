@@ -14,13 +14,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from telemetry_pipeline.quality import CheckOutcome, check_upload
-from telemetry_pipeline.session_summary import SessionSummary, summarize
+from telemetry_pipeline.console.quality import CheckOutcome, check_upload
+from telemetry_pipeline.console.session_summary import SessionSummary, summarize
 from telemetry_pipeline.settings import Settings
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
-from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.sources.registry import SOURCES, Normalizer
+from telemetry_pipeline.sources.base import Normalizer, RawSession
+from telemetry_pipeline.sources.registry import SOURCES
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import HolderCheck, Warehouse, lease_decides
 

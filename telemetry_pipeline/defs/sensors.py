@@ -12,21 +12,13 @@ from typing import Any
 
 import dagster as dg
 
-from telemetry_pipeline.discovery import register_new_sessions
-from telemetry_pipeline.history import latest_exports
-from telemetry_pipeline.names import (
-    AGENT_SESSIONS,
-    DISCOVERED_SESSIONS_KEY,
-    EXPORT_JOB,
-    NEW_SESSIONS_SENSOR,
-    OVERVIEW_JOB,
-    PROCESS_OVERVIEW_KEY,
-    RECOVERS_TAG,
-    SIGNAVIO_EXPORT_KEY,
-)
-from telemetry_pipeline.partitions import batched_ranges
-from telemetry_pipeline.recovery import cut_off_runs, mark_dead_runs, recoveries
-from telemetry_pipeline.resources import SourcesResource
+from telemetry_pipeline.defs.discovery import register_new_sessions
+from telemetry_pipeline.defs.partitions import batched_ranges
+from telemetry_pipeline.defs.resources import SourcesResource
+from telemetry_pipeline.instance.history import latest_exports
+from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY, PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.recovery import cut_off_runs, mark_dead_runs, recoveries
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR, OVERVIEW_JOB, RECOVERS_TAG
 from telemetry_pipeline.sources.base import SessionRef
 
 RECOVERY_LOOKBACK_S = 24 * 3600

@@ -5,19 +5,18 @@ run by hand), so a slow source never delays the schedule's tick;
 
 import dagster as dg
 
-from telemetry_pipeline.history import pending_keys
+from telemetry_pipeline.defs.partitions import batched_ranges
+from telemetry_pipeline.defs.resources import WarehouseResource
+from telemetry_pipeline.instance.history import pending_keys
+from telemetry_pipeline.instance.keys import PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     HOURLY_EXPORT_SCHEDULE,
-    PROCESS_OVERVIEW_KEY,
     RETENTION_JOB,
     RETENTION_OP,
     RETENTION_SCHEDULE,
-    SIGNAVIO_EXPORT_KEY,
 )
-from telemetry_pipeline.partitions import batched_ranges
-from telemetry_pipeline.resources import WarehouseResource
-from telemetry_pipeline.retention import apply_retention
 from telemetry_pipeline.settings import Settings
 
 

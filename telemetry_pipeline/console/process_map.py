@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from telemetry_pipeline.overview import END, START, ActivityFigures, Edge
+from telemetry_pipeline.console.overview import END, START, ActivityFigures, Edge
 
 MAX_ACTIVITIES = 12
 MAX_EDGES = 30

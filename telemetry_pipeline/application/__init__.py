@@ -1,0 +1,1 @@
+"""The application: the export flow (fetch, normalise, render, upload a set of sessions) and the health check."""

@@ -1,0 +1,133 @@
+"""Our jobs run in this process against the instance (the CLI's way in): a discovery, export runs over batched
+key ranges, and what each run's events say of each session."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any, cast
+
+import dagster as dg
+from tqdm import tqdm
+
+from telemetry_pipeline.defs.partitions import batched_ranges
+from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS, SESSION_EXPORT_STEP
+
+log = logging.getLogger(__name__)
+
+
+def discover_once(
+    instance: dg.DagsterInstance, definitions: dg.Definitions, run_config: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Materialise `discovered_sessions` once: (its metadata's values, None), or (None, the run's error)."""
+    asset = definitions.get_assets_def(DISCOVERED_SESSIONS)
+    result = dg.materialize([asset], instance=instance, resources=definitions.resources, raise_on_error=False,
+                            run_config=run_config)
+    if not result.success:
+        return None, run_error(result)
+    meta = result.asset_materializations_for_node(DISCOVERED_SESSIONS)[0].metadata
+    return {name: value.value for name, value in meta.items()}, None
+
+
+@contextlib.contextmanager
+def open_resources(definitions: dg.Definitions) -> Iterator[Any]:
+    """The definitions' resources, initialised as a run would have them (for `check`)."""
+    with dg.build_resources(definitions.resources or {}) as resources:
+        yield resources
+
+
+def unregister_unknown(instance: dg.DagsterInstance, keys: list[str], results: dict[str, dict[str, Any]]) -> None:
+    """Remove the keys this command registered whose source answered that it has no such session."""
+    for key in keys:
+        instance.delete_dynamic_partition(AGENT_SESSIONS, key)
+        results[key]["error"] = (f"not registered: {results[key]['error']} "
+                                 "(`export --register` keeps a key its source does not know)")
+
+
+class Exporter:
+    """Runs `export_sessions` over keys in batched runs, in this process, and reads each key's outcome."""
+
+    def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
+                 batch_size: int) -> None:
+        self.job, self.instance, self.run_config, self.batch_size = job, instance, run_config, batch_size
+        self.not_found: set[str] = set()  # keys whose source has no such session
+
+    def export(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+        ranges = batched_ranges(self.instance.get_dynamic_partitions(AGENT_SESSIONS), keys, self.batch_size)
+        # Progress on stderr (sessions done, rate, ETA), a step per batched run; stdout keeps the JSON.
+        with tqdm(total=len(keys), unit="session", file=sys.stderr, disable=not keys, dynamic_ncols=True) as bar:
+            for number, key_range in enumerate(ranges, 1):
+                log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
+                result = self.job.execute_in_process(
+                    instance=self.instance, tags=key_range.tags, run_config=self.run_config, raise_on_error=False
+                )
+                bar.update(len(key_range.keys))
+                failed, whole_run_error, not_found = _failed_sessions(result)
+                if not result.success:
+                    log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
+                                "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
+                                self.instance.root_directory)
+                self.not_found.update(not_found)
+                confirmed, in_flight = _run_outcome(result)
+                for key in key_range.keys:
+                    error = whole_run_error or failed.get(key)
+                    if error:
+                        results[key] = {"session_id": key, "status": "failed", "error": error}
+                    elif key in confirmed:
+                        results[key] = {"session_id": key, "status": "exported"}
+                    elif key in in_flight:  # another run is exporting it right now: left to that run
+                        results[key] = {"session_id": key, "status": "skipped",
+                                        "reason": f"being exported by run {in_flight[key]}",
+                                        "held_by": {"run_id": in_flight[key]}}
+                    else:
+                        results[key] = {"session_id": key, "status": "failed",
+                                        "error": f"{key}: the run ended without a confirmed load of this session"}
+        return results
+
+
+def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
+    """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight)."""
+    confirmed = {
+        m.partition for m in result.asset_materializations_for_node(SESSION_EXPORT_STEP)
+        if m.asset_key == SIGNAVIO_EXPORT_KEY and m.partition
+    }
+    in_flight: dict[str, str] = {}
+    for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
+        if observation.asset_key == SIGNAVIO_EXPORT_KEY and "in_flight" in observation.metadata:
+            in_flight.update(cast(dict[str, str], observation.metadata["in_flight"].value))
+    return confirmed, in_flight
+
+
+def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
+    """(per-session errors, None, the keys their source does not have), or ({}, the run's error, []) when the
+    step died before any per-session outcome existed, in which case every session of the run failed with it."""
+    if result.success:
+        return {}, None, []
+    for event in result.all_events:
+        data = event.step_failure_data if event.is_step_failure else None
+        user = data.user_failure_data if data else None
+        if user and "failed_sessions" in user.metadata:
+            not_found = user.metadata.get("sessions_not_found")
+            return (cast(dict[str, str], user.metadata["failed_sessions"].value), None,
+                    cast(list[str], not_found.value) if not_found else [])
+    return {}, run_error(result), []
+
+
+def run_error(result: dg.ExecuteInProcessResult) -> str:
+    """The user-facing cause of a failed run: the innermost error, not Dagster's wrapper."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            # Dagster's message already starts with the (qualified) class name: say it once, short.
+            message = error.message.strip()
+            named, sep, rest = message.partition(": ")
+            if sep and named.rsplit(".", 1)[-1] == error.cls_name:
+                message = rest
+            return f"{error.cls_name}: {message}"
+    return "run failed"

@@ -1,0 +1,1 @@
+"""HTTP as every outside call makes it: timeouts, retries with backoff that honour Retry-After."""
