@@ -476,7 +476,7 @@ def test_discovery_never_moves_a_watermark_past_a_session_it_did_not_register(pi
 def test_a_hung_listing_is_cut_at_its_deadline_and_the_other_sources_are_discovered(pipeline: Pipeline,
     home: Path, source_double: SourceDouble,
 ):
-    from telemetry_pipeline.discovery import discover
+    from telemetry_pipeline.defs.discovery import discover
     from telemetry_pipeline.sources.source_set import SourceSet
 
     source_double.add_good("extract", "stuck")
