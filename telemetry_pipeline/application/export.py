@@ -1,6 +1,6 @@
 """Export a batch of sessions: fetch -> keep raw -> normalise -> render CSV -> load, in that order.
-Plain code (no Dagster): the asset calls `export_batch` with its partition keys and turns the
-returned `BatchOutcome` into materialisations. Every stage reports which sessions it carried, so a
+Plain code (no Dagster): the asset exports its partition keys in an `exporting` block and records the
+`BatchOutcome` as materialisations inside it, before the claims are released. Every stage reports which sessions it carried, so a
 session that failed early never reaches a later stage and a failed load marks nothing exported.
 """
 
