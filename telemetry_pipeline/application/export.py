@@ -1,6 +1,6 @@
 """Export a batch of sessions: fetch -> keep raw -> normalise -> render CSV -> load, in that order.
-Plain code (no Dagster): the asset calls `export_batch` with its partition keys and turns the
-returned `BatchOutcome` into materialisations. Every stage reports which sessions it carried, so a
+Plain code (no Dagster): the asset exports its partition keys in an `exporting` block and records the
+`BatchOutcome` as materialisations inside it, before the claims are released. Every stage reports which sessions it carried, so a
 session that failed early never reaches a later stage and a failed load marks nothing exported.
 """
 
@@ -13,6 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from telemetry_pipeline.console.quality import CheckOutcome, check_upload
 from telemetry_pipeline.console.session_summary import SessionSummary, summarize
@@ -46,7 +47,8 @@ class BatchOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def export_batch(
+@contextlib.contextmanager
+def exporting(
     keys: Sequence[str],
     *,
     sources: SourceSet,
@@ -57,24 +59,32 @@ def export_batch(
     run_id: str | None = None,
     holder_check: HolderCheck = lease_decides,
     alphabet_limit: int = Settings.activity_alphabet_limit,
-) -> BatchOutcome:
-    """Export `keys`, except those another live run is exporting right now (`in_flight`): each key is
-    claimed in the warehouse before anything is fetched, the claims are renewed while the batch runs and
-    released at the end, so two overlapping runs (on any hosts) never upload the same session twice.
-    `holder_check(run_id)` says whether a run holding a claim is still going (`warehouse.Holder`)."""
+) -> Iterator[BatchOutcome]:
+    """Export `keys`, except those another live run is exporting right now (`in_flight`), and hold their
+    claims until the block ends: each key is claimed in the warehouse before anything is fetched, the claims are
+    renewed while the batch runs and while the caller records its outcome in the block, and released after it,
+    so two overlapping runs (on any hosts) never upload the same session twice — not even one that another run
+    has loaded and not yet recorded as exported. `holder_check(run_id)` says whether a run holding a claim is
+    still going (`warehouse.Holder`)."""
     run_id = run_id or f"adhoc-{uuid.uuid4().hex}"
     out = BatchOutcome(keys=list(keys))
     claimed, out.in_flight = warehouse.claim(out.keys, run_id, holder_check)
     _log_in_flight(out.in_flight)
     try:
         with warehouse.leased(claimed, run_id):
-            return _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,
-                               alphabet_limit)
+            yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,
+                          alphabet_limit)
     finally:
         try:
             warehouse.release(claimed, run_id)
         except Exception as exc:  # the claims go stale with this run; never mask the run's own outcome
             log.warning("could not release the claims of run %s: %s", run_id, exc)
+
+
+def export_batch(keys: Sequence[str], **options: Any) -> BatchOutcome:
+    """`exporting` for a caller that records nothing (benchmarks): the claims are released when it returns."""
+    with exporting(keys, **options) as out:
+        return out
 
 
 def _log_in_flight(in_flight: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from telemetry_pipeline.application.export import export_batch
+from telemetry_pipeline.application.export import exporting
 from telemetry_pipeline.console import quality
 from telemetry_pipeline.console.overview import compute_overview
 from telemetry_pipeline.console.process_map import draw_process_map, save_process_map
@@ -105,22 +105,24 @@ def session_export(
     context.instance.add_run_tags(context.run.run_id, ProcessIdentity.current().tags())
     dataset = config.dataset or signavio.dataset
     context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
-    with sources.open() as source_set, signavio.destination() as destination:
-        outcome = export_batch(
-            keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
-            fallback_agent=sources.agent_name, run_id=context.run.run_id, holder_check=RunLiveness(context.instance),
-            alphabet_limit=monitoring.activity_alphabet_limit,
-        )
-        where = destination.describe()
-    if outcome.in_flight:  # another run is exporting these right now (export_batch logged them)
-        yield dg.AssetObservation(asset_key=EXPORT, metadata={"in_flight": dg.MetadataValue.json(outcome.in_flight)})
-    yield from stage_records(outcome, dataset)
-    yield from export_materializations(outcome, dataset, where)
-    selected = {key.name for key in context.selected_asset_check_keys}
-    yield from check_results([check for check in outcome.quality if check.name in selected])
-    if outcome.failures:
-        yield from failure_observations(outcome)
-        raise batch_failure(outcome)
+    # The claims are held until the materialisations are recorded (Dagster writes each event as it is
+    # yielded): a run that finds a session released finds it recorded as exported too.
+    with sources.open() as source_set, signavio.destination() as destination, exporting(
+        keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
+        fallback_agent=sources.agent_name, run_id=context.run.run_id, holder_check=RunLiveness(context.instance),
+        alphabet_limit=monitoring.activity_alphabet_limit,
+    ) as outcome:
+        if outcome.in_flight:  # another run is exporting these right now (`exporting` logged them)
+            yield dg.AssetObservation(
+                asset_key=EXPORT, metadata={"in_flight": dg.MetadataValue.json(outcome.in_flight)}
+            )
+        yield from stage_records(outcome, dataset)
+        yield from export_materializations(outcome, dataset, destination.describe())
+        selected = {key.name for key in context.selected_asset_check_keys}
+        yield from check_results([check for check in outcome.quality if check.name in selected])
+        if outcome.failures:
+            yield from failure_observations(outcome)
+            raise batch_failure(outcome)
 
 
 class OverviewConfig(dg.Config):
