@@ -4,6 +4,7 @@ and the Dagster settings our processes start with (`RUN_BOOKKEEPING`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,8 +14,15 @@ import dagster as dg
 from dagster.version import __version__ as DAGSTER_VERSION
 
 # Telemetry off (no outside calls); at most two runs at once: they share one DuckDB file, whose
-# writers take turns, so more would only queue on its lock.
+# writers take turns, so more would only queue on its lock. Dagster's SQLite storage under the instance's
+# directory, as by default, but with its event-log connections kept open (sqlite_storage.py).
 LOCAL_INSTANCE_YAML = """\
+storage:
+  custom:
+    module: telemetry_pipeline.instance.sqlite_storage
+    class: PooledSqliteStorage
+    config:
+      base_dir: {base_dir}
 telemetry:
   enabled: false
 run_queue:
@@ -88,7 +96,7 @@ def prepare_dagster_home(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
     if not config.exists():
-        config.write_text(LOCAL_INSTANCE_YAML, encoding="utf-8")
+        config.write_text(LOCAL_INSTANCE_YAML.format(base_dir=json.dumps(str(path.resolve()))), encoding="utf-8")
     return path
 
 
