@@ -5,7 +5,8 @@ the commit; an asset event is written twice (the run's shard and the cross-run i
 export run paid four engine set-ups besides its commits. This storage is Dagster's own, with the same files,
 schema, transactions and locks, except that each shard's engine is kept: the index's for the life of the process,
 the most recent runs' shards in a small cache (a long-lived daemon or webserver sees runs without end, and each
-engine holds a file open). Named in the embedded default's `dagster.yaml` (`LOCAL_INSTANCE_YAML`):
+engine holds a file open), and that it commits with `synchronous=NORMAL` (below). Named in the embedded default's
+`dagster.yaml` (`LOCAL_INSTANCE_YAML`):
 
     storage:
       custom:
@@ -62,6 +63,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self.conn_string_for_shard(shard), pool_size=1, max_overflow=2,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
+        sa.event.listen(engine, "connect", _synchronous_normal)
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
@@ -76,6 +78,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             while self._engines:
                 self._engines.popitem()[1].dispose()
+
+
+def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
+    """WAL (Dagster's journal mode) with `synchronous=NORMAL`: a commit is written to the log, not flushed to the
+    disk. A process that dies (kill -9, OOM) loses nothing committed; only a power loss or an OS crash may take the
+    last commits back (the file stays consistent), and a session whose materialisation went that way is pending
+    again and exported once more (the tables' primary keys make that an update). Dagster's default, FULL, pays a
+    flush per event, most of an export's bookkeeping on SQLite."""
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 class PooledSqliteStorage(DagsterSqliteStorage):
