@@ -1,6 +1,8 @@
 """End-to-end benchmark: `python bench/run.py --sessions 10000 --events 100` (or `make bench`).
 
 In one run, on fresh temporary homes, against `telemetry-pipeline simulate` on loopback:
+0. minimal   — what the older Go service did (bench/minimal_exporter.py): one case row per session, no event
+               log, no checks, no confirmation: the side-by-side row for the price of what we add;
 0. own work  — the same listing and the same batches through the same functions, with no Dagster around them
                (bench/own_work.py): the limit the pipeline can approach;
 for each instance (`--instances`): `default`, the embedded SQLite instance; `postgres`, deploy/dagster.yaml as
@@ -13,7 +15,7 @@ then, on the first instance:
 2b. the pipeline once more with the warehouse in PostgreSQL (`WAREHOUSE_URL`, a fresh database on `--postgres`);
 3. per-session — the same CLI `export KEY`, one process per session, on a few sessions: s/session;
 4. sensor    — one `new_sessions_sensor` tick with 100,000 known partitions and 1,000 new sessions.
-Prints one JSON document on stdout (progress on stderr).
+Prints one JSON document on stdout (progress on stderr); `per_session_ms` sums it up per session.
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ def main() -> None:
                 "events_per_session": args.events,
                 "batch_size": args.batch_size,
                 "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+                "minimal_exporter": _minimal_exporter(Path(tmp) / "minimal", url, args),
                 "own_work": _own_work(Path(tmp) / "own", url, args),
                 "instances": {},
             }
             for name in instances:
                 results["instances"][name] = _instance_row(name, Path(tmp) / name, url, args, results["own_work"])
+            results["per_session_ms"] = _per_session_ms(results)
             default = instances[0]
             if args.postgres:
                 warehouse_row = _pipeline_on_postgres(Path(tmp) / "pipeline-pg", url, args, default)
@@ -165,15 +169,39 @@ def _env(home: Path, url: str, batch_size: int, extra: dict[str, str] | None = N
 
 def _own_work(home: Path, url: str, args: argparse.Namespace) -> dict:
     _log(f"own work: the same listing and batches with no Dagster ({args.sessions} sessions)")
+    return _timed_script("own_work.py", home, url, args)
+
+
+def _minimal_exporter(home: Path, url: str, args: argparse.Namespace) -> dict:
+    _log(f"minimal exporter: one case row per session, no confirmation ({args.sessions} sessions)")
+    return _timed_script("minimal_exporter.py", home, url, args)
+
+
+def _timed_script(script: str, home: Path, url: str, args: argparse.Namespace) -> dict:
+    """One of bench/'s scripts in the pipeline's environment: its JSON answer, its seconds and ms per session."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("own_work.py"))],
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name(script))],
                           env=_env(home, url, args.batch_size), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit("bench/own_work.py failed")
+        raise SystemExit(f"bench/{script} failed")
     out = json.loads(proc.stdout)
     return {**out, "seconds": round(seconds, 1), "ms_per_session": round(seconds / max(1, out["exported"]) * 1000, 1)}
+
+
+def _per_session_ms(results: dict) -> dict:
+    """The headline, per session: the minimal exporter, our own work, each instance's pipeline and floor, and the
+    pipeline's ratios to our own work and to the minimal exporter (the price of the event log and confirmed loads)."""
+    own, minimal = results["own_work"]["ms_per_session"], results["minimal_exporter"]["ms_per_session"]
+    row: dict = {"minimal_exporter": minimal, "own_work": own, "own_work_over_minimal": round(own / minimal, 2)}
+    for name, instance in results["instances"].items():
+        pipeline = instance["pipeline"]["ms_per_session"]
+        row[name] = {"pipeline": pipeline, "pipeline_over_own_work": instance["pipeline_over_own_work"],
+                     "pipeline_over_minimal": round(pipeline / minimal, 2)}
+        if "floor" in instance:
+            row[name]["floor"] = round(instance["floor"]["seconds"] / results["sessions"] * 1000, 1)
+    return row
 
 
 def _cli(env: dict[str, str], *argv: str) -> tuple[dict | list, float]:

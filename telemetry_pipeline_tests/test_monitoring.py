@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
 import pytest
 
 from telemetry_pipeline import cli
@@ -153,9 +153,9 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
     """What the naming leaves in a span's activity passes the check; the check flags exactly what it replaces."""
 
     def flagged(label: str) -> bool:
-        events = pd.DataFrame({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
+        events = pa.table({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
                                "end_time": [None]})
-        (alphabet,) = [o for o in quality.check_upload(pd.DataFrame({"agent_run_id": ["case-1"]}), events, 10)
+        (alphabet,) = [o for o in quality.check_upload(pa.table({"agent_run_id": ["case-1"]}), events, 10)
                        if o.name == "activity_alphabet"]
         return bool(alphabet.metadata["id_like_sample"])
 
@@ -164,15 +164,15 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
     assert flagged(name) == (named != name), named
 
 def test_quality_checks_find_each_defect_and_pass_clean_uploads():
-    runs = pd.DataFrame({"agent_run_id": ["a", "b"]})
-    clean = pd.DataFrame({
+    runs = pa.table({"agent_run_id": ["a", "b"]})
+    clean = pa.table({
         "event_id": ["e1", "e2", "e3"], "case_id": ["a", "a", "b"],
         "activity": ["User prompt", "Call tool x", "User prompt"],
         "event_time": [1, 2, 3], "end_time": [None, 5, None],
     })
     assert all(o.passed for o in quality.check_upload(runs, clean, alphabet_limit=5))
 
-    bad = pd.DataFrame({
+    bad = pa.table({
         "event_id": ["e1", "e1", "e3", "e4", "e5"],
         "case_id": ["a", "a", "ghost", "b", "b"],
         "activity": ["User prompt", "Call tool x", "Fetch 5f0c1e2a-9b7d-4c3e-8a1f-2b3c4d5e6f70", "Step b for case b",

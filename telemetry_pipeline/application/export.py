@@ -1,7 +1,8 @@
 """Export a batch of sessions: fetch -> keep raw -> normalise -> render CSV -> load, in that order.
 Plain code (no Dagster): the asset exports its partition keys in an `exporting` block and records the
-`BatchOutcome` as materialisations inside it, before the claims are released. Every stage reports which sessions it carried, so a
-session that failed early never reaches a later stage and a failed load marks nothing exported.
+`BatchOutcome` as materialisations inside it, before the claims are released. Every stage reports which
+sessions it carried, so a session that failed early never reaches a later stage and a failed load marks
+nothing exported.
 """
 
 from __future__ import annotations

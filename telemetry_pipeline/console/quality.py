@@ -1,5 +1,5 @@
 """Data-quality checks on one upload (the two tables a batch sends), computed in DuckDB over the
-rendered frames, so they cost a few scans of data already in memory. No Dagster here: the asset turns
+rendered Arrow tables, so they cost a few scans of data already in memory. No Dagster here: the asset turns
 each `CheckOutcome` into an asset check result that warns and never blocks the upload.
 """
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-import pandas as pd
+import pyarrow as pa
 
 from telemetry_pipeline.canonical.activity import looks_like_id
 
@@ -35,7 +35,7 @@ class CheckOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def check_upload(runs: pd.DataFrame, events: pd.DataFrame, alphabet_limit: int) -> list[CheckOutcome]:
+def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[CheckOutcome]:
     """The four checks over one batch's `<dataset>_runs` and `<dataset>_events` frames."""
     con = duckdb.connect()
     try:

@@ -4,6 +4,7 @@ and the Dagster settings our processes start with (`RUN_BOOKKEEPING`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +14,16 @@ import dagster as dg
 from dagster.version import __version__ as DAGSTER_VERSION
 
 # Telemetry off (no outside calls); at most two runs at once: they share one DuckDB file, whose
-# writers take turns, so more would only queue on its lock; runs' consoles at INFO (Dagster's default for them is
-# DEBUG, a line per event, which floods `make run`'s terminal).
+# writers take turns, so more would only queue on its lock. Dagster's SQLite storage under the instance's
+# directory, as by default, but with its event-log connections kept open (sqlite_storage.py). Runs' consoles at
+# INFO (Dagster's default for them is DEBUG, a line per event, which floods `make run`'s terminal).
 LOCAL_INSTANCE_YAML = """\
+storage:
+  custom:
+    module: telemetry_pipeline.instance.sqlite_storage
+    class: PooledSqliteStorage
+    config:
+      base_dir: {base_dir}
 telemetry:
   enabled: false
 run_queue:
@@ -91,7 +99,7 @@ def prepare_dagster_home(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
     if not config.exists():
-        config.write_text(LOCAL_INSTANCE_YAML, encoding="utf-8")
+        config.write_text(LOCAL_INSTANCE_YAML.format(base_dir=json.dumps(str(path.resolve()))), encoding="utf-8")
     return path
 
 
