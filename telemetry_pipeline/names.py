@@ -28,3 +28,4 @@ HOST_TAG = "telemetry_pipeline/host"
 PID_TAG = "telemetry_pipeline/pid"
 PROCESS_STARTED_TAG = "telemetry_pipeline/process_started"
 RECOVERS_TAG = "telemetry_pipeline/recovers"  # on a run that exports again the sessions of a cut-off run
+RECOVERY_ATTEMPT_TAG = "telemetry_pipeline/recovery_attempt"  # 1 for the first such run, 2 if it was cut off too…

@@ -378,6 +378,7 @@ def test_the_sensor_exports_again_the_sessions_of_a_run_that_was_killed_without_
     assert_marked_failed(instance, dead.run_id, proc.proc.pid)
     recover = [r for r in tick.run_requests if r.run_key and r.run_key.startswith("recover:")]
     assert [r.tags["telemetry_pipeline/recovers"] for r in recover] == [dead.run_id]
+    assert recover[0].tags["telemetry_pipeline/recovery_attempt"] == "1"
     assert (recover[0].tags["dagster/asset_partition_range_start"],
             recover[0].tags["dagster/asset_partition_range_end"]) == (keys[0], keys[-1])
     job = pipeline.defs().resolve_job_def("export_sessions")
@@ -676,3 +677,25 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Pa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.2)
+
+
+def test_a_batch_cut_off_again_and_again_is_left_to_the_hourly_schedule(
+    instance: dg.DagsterInstance, source_double: SourceDouble
+):
+    """A batch whose every run is cut off (killed for its memory each time, say) is not sent round for ever."""
+    from telemetry_pipeline.instance.recovery import MAX_RECOVERY_ATTEMPTS, recoveries
+
+    keys = add_good(source_double, 2, "again")
+    instance.add_dynamic_partitions("agent_sessions", keys)
+
+    def cut_off(attempt: int) -> dg.DagsterRun:
+        run = instance.create_run_for_job(dg.GraphDefinition(name="g").to_job(), tags={
+            "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1],
+            "telemetry_pipeline/recovery_attempt": str(attempt),
+        })
+        instance.report_run_failed(run, "cut off")
+        return run
+
+    [again] = recoveries(instance, [cut_off(MAX_RECOVERY_ATTEMPTS - 1)], keys, 500)
+    assert again.attempt == MAX_RECOVERY_ATTEMPTS and again.ranges[0].keys == tuple(keys)
+    assert recoveries(instance, [cut_off(MAX_RECOVERY_ATTEMPTS)], keys, 500) == []

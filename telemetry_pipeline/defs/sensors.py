@@ -18,7 +18,14 @@ from telemetry_pipeline.defs.resources import SourcesResource
 from telemetry_pipeline.instance.history import latest_exports
 from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY, PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance.recovery import cut_off_runs, mark_dead_runs, recoveries
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, NEW_SESSIONS_SENSOR, OVERVIEW_JOB, RECOVERS_TAG
+from telemetry_pipeline.names import (
+    AGENT_SESSIONS,
+    EXPORT_JOB,
+    NEW_SESSIONS_SENSOR,
+    OVERVIEW_JOB,
+    RECOVERS_TAG,
+    RECOVERY_ATTEMPT_TAG,
+)
 from telemetry_pipeline.sources.base import SessionRef
 
 RECOVERY_LOOKBACK_S = 24 * 3600
@@ -90,7 +97,8 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
                 )
             ]
         runs += [  # one run key per cut-off run: it is exported again once, whatever happens to this tick
-            dg.RunRequest(run_key=f"recover:{r.run_id}:{n}", tags={**key_range.tags, RECOVERS_TAG: r.run_id},
+            dg.RunRequest(run_key=f"recover:{r.run_id}:{n}",
+                          tags={**key_range.tags, RECOVERS_TAG: r.run_id, RECOVERY_ATTEMPT_TAG: str(r.attempt)},
                           job_name=EXPORT_JOB)
             for r in again for n, key_range in enumerate(r.ranges)
         ]

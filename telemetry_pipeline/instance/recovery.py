@@ -11,6 +11,7 @@ hour for the schedule would be a lost hour after every restart.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,17 +20,23 @@ import dagster as dg
 from telemetry_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
 from telemetry_pipeline.instance.history import latest_exports
 from telemetry_pipeline.instance.liveness import RunLiveness
-from telemetry_pipeline.names import HOST_TAG
+from telemetry_pipeline.names import HOST_TAG, RECOVERY_ATTEMPT_TAG
 from telemetry_pipeline.warehouse import Holder
+
+log = logging.getLogger(__name__)
 
 FAILURE_REASON_TAG = "dagster/failure_reason"  # Dagster's own tag on a failed run
 _SESSIONS_FAILED = "STEP_FAILURE"
+# A batch whose every run is cut off (one killed for its memory each time, say) is not sent round for ever: after
+# this many attempts its sessions wait for the hourly schedule, like failed ones.
+MAX_RECOVERY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class Recovery:
     run_id: str  # the run that died
     ranges: list[KeyRange]  # its sessions not exported since, batched
+    attempt: int  # how many runs in a row have tried these sessions after a cut-off (this one included)
 
 
 def mark_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -65,10 +72,15 @@ def recoveries(
         start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
         if start not in position or end not in position:  # not a range of sessions we still know
             continue
+        attempt = int(run.tags.get(RECOVERY_ATTEMPT_TAG, "0")) + 1
+        if attempt > MAX_RECOVERY_ATTEMPTS:
+            log.warning("run %s was cut off like the %d before it: its sessions are left to the hourly schedule",
+                        run.run_id, MAX_RECOVERY_ATTEMPTS)
+            continue
         keys = list(all_keys[position[start]:position[end] + 1])
         exported = latest_exports(instance, keys)
         left = [k for k in keys if k not in exported]
         if left:
-            out.append(Recovery(run.run_id, batched_ranges(all_keys, left, batch_size)))
+            out.append(Recovery(run.run_id, batched_ranges(all_keys, left, batch_size), attempt))
     return out
 
