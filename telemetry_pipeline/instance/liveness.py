@@ -84,11 +84,10 @@ class RunLiveness:
             return Holder.DEAD
         process = ProcessIdentity.from_tags(run.tags)
         running = process.running() if process else None
-        if running is None:
+        if process is None or running is None:
             return Holder.UNKNOWN
         if running:
             return Holder.ALIVE
-        assert process is not None
         self.instance.report_run_failed(
             run, message=f"the process of this run (pid {process.pid} on {process.host}) is gone: it was killed or "
             "its host restarted; a later run took its sessions over",
