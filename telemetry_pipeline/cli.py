@@ -218,20 +218,17 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 def _wait_for_release(warehouse: Warehouse, liveness: RunLiveness, keys: list[str], deadline: float) -> list[str]:
     """Wait until some of `keys` are free (unclaimed, or their holder is dead or its lease has lapsed) or the
     deadline passes; returns the free ones (all free keys at that moment, possibly none)."""
-    from telemetry_pipeline.warehouse import Holder
+    from telemetry_pipeline.warehouse.base import standing
 
     while True:
         claims = warehouse.holders(keys)
         now = dt.datetime.now(dt.UTC)
-        states = {claim.run_id: liveness(claim.run_id) for claim in claims.values()}
-        free = [
-            k for k in keys if k not in claims
-            or states[claims[k].run_id] is Holder.DEAD
-            or (states[claims[k].run_id] is Holder.UNKNOWN and claims[k].lease_until <= now)
-        ]
+        # The claim rule itself: a claim stands while its holder is alive, or unknown and within its lease.
+        kept, _, _ = standing(((k, c.run_id, c.lease_until > now) for k, c in claims.items()), liveness)
+        free = [k for k in keys if k not in kept]
         if free or time.monotonic() >= deadline:
             return free
-        log.info("waiting for %d sessions held by %s", len(keys), sorted(states))
+        log.info("waiting for %d sessions held by %s", len(keys), sorted(set(kept.values())))
         time.sleep(min(_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
