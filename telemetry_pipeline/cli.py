@@ -170,7 +170,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         register = [k for k in missing if args.force or k not in archived]
         if register:  # sessions can be exported by hand: register them first
             instance.add_dynamic_partitions(AGENT_SESSIONS, register)
-        done = exported_keys(instance) | archived
+        done = exported_keys(instance, valid) | archived
         for key in valid:
             if key in done and not args.force:
                 results[key] = {"session_id": key, "status": "skipped"}

@@ -73,8 +73,9 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         # are the hourly schedule's to retry.
         since = cursor_in.get("failed_runs_after", time.time() - RECOVERY_LOOKBACK_S)
         cut_off, failed_after = cut_off_runs(context.instance, since)
-        again = recoveries(context.instance, cut_off, context.instance.get_dynamic_partitions(AGENT_SESSIONS),
-                           batch_size)
+        # Every known key, in order (new ones included), read once and only when a range has to be found in it.
+        all_keys = context.instance.get_dynamic_partitions(AGENT_SESSIONS) if cut_off or updated else []
+        again = recoveries(context.instance, cut_off, all_keys, batch_size)
         cursor = json.dumps({"failed_runs_after": failed_after})
         first_overview = _first_overview(context.instance)
         if not new_keys and not updated and not again:
@@ -92,9 +93,7 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
             runs += [
                 dg.RunRequest(run_key=f"updated:{r.start}..{r.end}:{len(r.keys)}:{stamp}", tags=r.tags,
                               job_name=EXPORT_JOB)
-                for r in batched_ranges(
-                    context.instance.get_dynamic_partitions(AGENT_SESSIONS), updated, batch_size
-                )
+                for r in batched_ranges(all_keys, updated, batch_size)
             ]
         runs += [  # one run key per cut-off run: it is exported again once, whatever happens to this tick
             dg.RunRequest(run_key=f"recover:{r.run_id}:{n}",
