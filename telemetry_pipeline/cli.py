@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import sys
@@ -34,13 +35,7 @@ _WAIT_POLL_S = 0.5
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Quiet by default: our own progress and warnings; Dagster's run events, alembic's migrations and httpx's
-    # requests only with -v (a failed run is one line on stderr, naming the run whose log has the rest).
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("telemetry_pipeline").setLevel(logging.INFO)
-    for noisy in ("dagster", "httpx", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    configure_logging(args.verbose)
     try:
         args.settings = settings or from_environment(settings_file=True)
         with dagster_settings(args.settings.run_bookkeeping):  # this process creates runs and writes their events
@@ -50,6 +45,17 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
         return EXIT_USAGE
     print(json.dumps(payload, indent=2, default=str))
     return code
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: our own progress and warnings; Dagster's run events, alembic's migrations and httpx's
+    requests only with -v (a failed run is one line on stderr, naming the run whose log has the rest). The same
+    in `export`'s helper processes."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("telemetry_pipeline").setLevel(logging.INFO)
+    for noisy in ("dagster", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _run_config(verbose: bool) -> dict[str, Any]:
@@ -177,7 +183,8 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         run_config = _run_config(args.verbose)
         if args.dataset:
             run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}
-        exporter = Exporter(job, instance, run_config, args.settings.batch_size)
+        exporter = Exporter(args.settings, job, instance, run_config,
+                            prepare_helper=functools.partial(configure_logging, args.verbose))
         results.update(exporter.export([k for k in valid if k not in results]))
         if register and not args.register:  # a typo must not leave a partition behind, red for ever
             unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from telemetry_pipeline.defs.partitions import agent_sessions, batched_ranges
-from telemetry_pipeline.instance.history import pending_keys
+from telemetry_pipeline.instance import open_instance
+from telemetry_pipeline.instance.history import exported_keys, pending_keys
 from telemetry_pipeline.instance.retention import apply_retention, prunable_keys
+from telemetry_pipeline.names import PID_TAG
 from telemetry_pipeline.warehouse import configured_warehouse
-from telemetry_pipeline_tests.conftest import Pipeline
+from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble
+from telemetry_pipeline_tests.test_faults import RUNS
 
 EXPORT = dg.AssetKey("signavio_export")
 
@@ -174,3 +181,82 @@ def test_retention_schedule_is_off_by_default(pipeline: Pipeline, home: Path):
         pipeline.defs().resolve_schedule_def("hourly_export_schedule").default_status
         == dg.DefaultScheduleStatus.RUNNING
     )
+
+
+def test_export_runs_its_batches_side_by_side_in_worker_processes(
+    pipeline: Pipeline, home: Path, source_double: SourceDouble
+):
+    """EXPORT_WORKERS=2: while one process's run is stuck on a slow session, the other (this process, or the helper
+    it started) exports the other batches, each in a run of its own; then every session is exported once."""
+    pipeline.configure(batch_size=2, export_workers=2)
+    for i in range(6):
+        source_double.add_good("agent_telemetry", f"w{i:02d}")
+    assert pipeline.cli("discover")[0] == 0
+    with open_instance(pipeline.settings.dagster_home) as instance:
+        keys = instance.get_dynamic_partitions("agent_sessions")
+        first, others = keys[:2], keys[2:]
+        source_double.slow("agent_telemetry", first[0].partition(":")[2], 120)  # holds up run 1, in this process
+        overlapped = threading.Event()
+
+        def release_when_the_others_are_exported() -> None:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                if exported_keys(instance, others) == set(others):
+                    overlapped.set()
+                    break
+                time.sleep(0.2)
+            source_double.slow("agent_telemetry", first[0].partition(":")[2], 0)
+
+        watcher = threading.Thread(target=release_when_the_others_are_exported)
+        watcher.start()
+        code, out = pipeline.cli("export", "--pending")
+        watcher.join()
+        assert code == 0, out
+        assert out["exported_count"] == 6 and out["status"] == "ok", out
+        assert overlapped.is_set(), "the other batches waited for the slow one"
+        runs = instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))
+        pid_of = {r.dagster_run.tags["dagster/asset_partition_range_start"]: r.dagster_run.tags[PID_TAG]
+                  for r in runs}
+    assert len(runs) == 3, "one run per batch"
+    slow_pid, other_pids = pid_of[first[0]], {pid_of[others[0]], pid_of[others[2]]}
+    assert len(other_pids) == 1 and slow_pid not in other_pids, "the other batches ran in the other process"
+    assert str(os.getpid()) in other_pids | {slow_pid}, "this process is one of the two"
+    uploaded = Counter(r["agent_run_id"] for r in uploads_by_table(home)[RUNS])
+    assert uploaded == Counter(k.partition(":")[2] for k in keys), "every session uploaded once"
+
+
+def test_a_killed_worker_process_fails_its_batch_only_and_the_next_export_carries_on(
+    pipeline: Pipeline, source_double: SourceDouble
+):
+    pipeline.configure(batch_size=2, export_workers=2)
+    ids = [f"k{i:02d}" for i in range(4)]
+    for session_id in ids:
+        source_double.add_good("agent_telemetry", session_id)
+        source_double.slow("agent_telemetry", session_id, 120)  # both runs under way before anything is fetched
+    assert pipeline.cli("discover")[0] == 0
+    with open_instance(pipeline.settings.dagster_home) as instance:
+        killed: list[str] = []
+
+        def kill_the_helper_then_answer() -> None:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not killed:
+                for record in instance.get_run_records(dg.RunsFilter(job_name="export_sessions")):
+                    pid = record.dagster_run.tags.get(PID_TAG)
+                    if pid and pid != str(os.getpid()):
+                        os.kill(int(pid), signal.SIGKILL)
+                        killed.append(record.dagster_run.run_id)
+                time.sleep(0.1)
+            for session_id in ids:
+                source_double.slow("agent_telemetry", session_id, 0)
+
+        killer = threading.Thread(target=kill_the_helper_then_answer)
+        killer.start()
+        code, out = pipeline.cli("export", "--pending")
+        killer.join()
+        assert killed, "a helper process ran a batch"
+        assert code == 1 and out["exported_count"] == 2 and out["failed_count"] == 2, out
+        assert all("export worker process failed" in r["error"] for r in out["results"] if r["status"] == "failed")
+        # The killed run still says STARTED; its claims are taken at once (its process is gone) and it is failed.
+        code, out = pipeline.cli("export", "--pending")
+        assert code == 0 and out["exported_count"] == 2, out
+        assert instance.get_run_by_id(killed[0]).status == dg.DagsterRunStatus.FAILURE

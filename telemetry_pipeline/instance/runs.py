@@ -3,18 +3,26 @@ key ranges, and what each run's events say of each session."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import multiprocessing
+import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import dagster as dg
 from tqdm import tqdm
 
-from telemetry_pipeline.defs.partitions import batched_ranges
+from telemetry_pipeline.defs.partitions import KeyRange, batched_ranges
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
-from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS, SESSION_EXPORT_STEP
+from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP
+from telemetry_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +56,124 @@ def unregister_unknown(instance: dg.DagsterInstance, keys: list[str], results: d
 
 
 class Exporter:
-    """Runs `export_sessions` over keys in batched runs, in this process, and reads each key's outcome."""
+    """Runs `export_sessions` over keys in batched runs and reads each key's outcome. The runs go to
+    `settings.export_workers` processes side by side: this one, and helpers started for the first batch beyond
+    its own, so one run's own work (fetch, DuckDB, upload) overlaps another's recording in Dagster. Each batch
+    is one run either way; which process ran it is in its tags (`liveness`)."""
 
-    def __init__(self, job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
-                 batch_size: int) -> None:
-        self.job, self.instance, self.run_config, self.batch_size = job, instance, run_config, batch_size
+    def __init__(self, settings: Settings, job: dg.JobDefinition, instance: dg.DagsterInstance,
+                 run_config: dict[str, Any], prepare_helper: Callable[[], None] | None = None) -> None:
+        self.settings, self.job, self.instance, self.run_config = settings, job, instance, run_config
+        self.prepare_helper = prepare_helper  # run first in each helper process (the CLI's logging)
         self.not_found: set[str] = set()  # keys whose source has no such session
 
     def export(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        ranges = batched_ranges(self.instance.get_dynamic_partitions(AGENT_SESSIONS), keys, self.settings.batch_size)
+        todo = deque(enumerate(ranges, 1))
         results: dict[str, dict[str, Any]] = {}
-        ranges = batched_ranges(self.instance.get_dynamic_partitions(AGENT_SESSIONS), keys, self.batch_size)
-        # Progress on stderr (sessions done, rate, ETA), a step per batched run; stdout keeps the JSON.
+        lock = threading.Lock()
+
+        def take() -> tuple[int, KeyRange] | None:
+            with lock:
+                return todo.popleft() if todo else None
+
+        def record(outcome: RangeOutcome) -> None:
+            with lock:
+                results.update(outcome.results)
+                self.not_found.update(outcome.not_found)
+                bar.update(len(outcome.results))
+
+        def run_here() -> None:
+            while (item := take()) is not None:
+                log.info("run %d/%d: %d sessions", item[0], len(ranges), len(item[1].keys))
+                record(run_range(self.job, self.instance, self.run_config, item[1]))
+
+        def run_in(pool: ProcessPoolExecutor) -> None:
+            while (item := take()) is not None:
+                log.info("run %d/%d: %d sessions, in a helper process", item[0], len(ranges), len(item[1].keys))
+                try:
+                    record(pool.submit(_run_in_helper, self.run_config, item[1]).result())
+                except Exception as exc:  # the helper died: this batch failed, the others go on without it
+                    error = f"export worker process failed: {type(exc).__name__}: {exc}"
+                    log.warning("run %d/%d: %s", item[0], len(ranges), error)
+                    record(RangeOutcome({k: {"session_id": k, "status": "failed", "error": error}
+                                         for k in item[1].keys}, set()))
+                    return
+
+        # Progress on stderr (sessions done, rate, ETA); stdout keeps the JSON.
         with tqdm(total=len(keys), unit="session", file=sys.stderr, disable=not keys, dynamic_ncols=True) as bar:
-            for number, key_range in enumerate(ranges, 1):
-                log.info("run %d/%d: %d sessions", number, len(ranges), len(key_range.keys))
-                result = self.job.execute_in_process(
-                    instance=self.instance, tags=key_range.tags, run_config=self.run_config, raise_on_error=False
-                )
-                bar.update(len(key_range.keys))
-                failed, whole_run_error, not_found = _failed_sessions(result)
-                if not result.success:
-                    log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
-                                "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
-                                self.instance.root_directory)
-                self.not_found.update(not_found)
-                confirmed, in_flight = _run_outcome(result)
-                for key in key_range.keys:
-                    error = whole_run_error or failed.get(key)
-                    if error:
-                        results[key] = {"session_id": key, "status": "failed", "error": error}
-                    elif key in confirmed:
-                        results[key] = {"session_id": key, "status": "exported"}
-                    elif key in in_flight:  # another run is exporting it right now: left to that run
-                        results[key] = {"session_id": key, "status": "skipped",
-                                        "reason": f"being exported by run {in_flight[key]}",
-                                        "held_by": {"run_id": in_flight[key]}}
-                    else:
-                        results[key] = {"session_id": key, "status": "failed",
-                                        "error": f"{key}: the run ended without a confirmed load of this session"}
+            helpers = min(self.settings.export_workers, len(ranges)) - 1
+            if helpers <= 0:
+                run_here()
+                return results
+            # spawn, not fork: this process holds open database connections and threads.
+            pool = ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_start_helper, initargs=(self.settings, self.prepare_helper))
+            threads = [threading.Thread(target=run_in, args=(pool,), daemon=True) for _ in range(helpers)]
+            try:
+                for thread in threads:
+                    thread.start()
+                run_here()
+                for thread in threads:
+                    thread.join()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         return results
+
+
+@dataclass
+class RangeOutcome:
+    results: dict[str, dict[str, Any]]  # key -> its answer (`export`'s `results` rows)
+    not_found: set[str]
+
+
+def run_range(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
+              key_range: KeyRange) -> RangeOutcome:
+    """One export run over `key_range`, in this process, and what it says of each of its keys."""
+    result = job.execute_in_process(instance=instance, tags=key_range.tags, run_config=run_config,
+                                    raise_on_error=False)
+    failed, whole_run_error, not_found = _failed_sessions(result)
+    if not result.success:
+        log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
+                    "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
+                    instance.root_directory)
+    confirmed, in_flight = _run_outcome(result)
+    results: dict[str, dict[str, Any]] = {}
+    for key in key_range.keys:
+        error = whole_run_error or failed.get(key)
+        if error:
+            results[key] = {"session_id": key, "status": "failed", "error": error}
+        elif key in confirmed:
+            results[key] = {"session_id": key, "status": "exported"}
+        elif key in in_flight:  # another run is exporting it right now: left to that run
+            results[key] = {"session_id": key, "status": "skipped", "reason": f"being exported by run {in_flight[key]}",
+                            "held_by": {"run_id": in_flight[key]}}
+        else:
+            results[key] = {"session_id": key, "status": "failed",
+                            "error": f"{key}: the run ended without a confirmed load of this session"}
+    return RangeOutcome(results, set(not_found))
+
+
+# A helper process's job and instance, opened once by `_start_helper` for all the runs it is given.
+_helper: tuple[dg.JobDefinition, dg.DagsterInstance] | None = None
+
+
+def _start_helper(settings: Settings, prepare: Callable[[], None] | None) -> None:
+    from telemetry_pipeline.definitions import build_definitions
+    from telemetry_pipeline.instance import dagster_environment, open_instance
+
+    global _helper
+    if prepare is not None:
+        prepare()
+    os.environ.update(dagster_environment(settings.run_bookkeeping))  # as the CLI's `dagster_settings` does
+    instance = open_instance(settings.dagster_home)
+    atexit.register(instance.dispose)
+    _helper = (build_definitions(settings).resolve_job_def(EXPORT_JOB), instance)
+
+
+def _run_in_helper(run_config: dict[str, Any], key_range: KeyRange) -> RangeOutcome:
+    assert _helper is not None, "started by _start_helper"
+    return run_range(*_helper, run_config, key_range)
 
 
 def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:

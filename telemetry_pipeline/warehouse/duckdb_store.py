@@ -1,7 +1,7 @@
 """The embedded default: the whole warehouse in one DuckDB file, `<home>/warehouse.duckdb`.
 
 DuckDB allows one writing process at a time, so connections are short-lived (one per stage of a batch) and
-opening one waits, bounded, while another run holds the file. The file is also the run's workspace: the
+opening one waits, bounded, while another run holds the file (`_ProcessTurn`). The file is also the run's workspace: the
 normalisers write the canonical rows straight into it.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,7 @@ from telemetry_pipeline.warehouse.schema import RAW_TELEMETRY, raw_table
 
 _MIGRATE_LOCK = threading.Lock()  # two first connections of one process would conflict on CREATE
 _CLAIMS_LOCK = threading.Lock()  # claims of one process's connections never interleave (see `claim`)
+_TURNS_LOCK = threading.Lock()
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -51,6 +54,66 @@ def create_canonical(con: duckdb.DuckDBPyConnection) -> None:
     """The canonical tables in a DuckDB database (an in-run workspace)."""
     for table in schema.CANONICAL:
         con.execute(table.ddl("duckdb"))
+
+
+class _ProcessTurn:
+    """Our processes take turns on a DuckDB file through an flock on `<file>.lock`, held while any connection of
+    this process to the file is open (connections nest: a renewal inside a stage). A process waiting for its turn
+    gets it within milliseconds of the holder's last close; retrying DuckDB's own lock with back-off came up to
+    2 s late and serialised concurrent runs again (issue 17). Processes that are not ours (a DuckDB shell) still
+    meet DuckDB's own lock, which `_open` waits out."""
+
+    _POLL_S = 0.002
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._mutex = threading.Lock()
+        self._users = 0
+        self._fd: int | None = None
+
+    @staticmethod
+    def on(path: Path) -> _ProcessTurn:
+        with _TURNS_LOCK:
+            return _TURNS.setdefault(path.resolve(), _ProcessTurn(path.resolve()))
+
+    @contextlib.contextmanager
+    def taken(self, wait: float) -> Iterator[None]:
+        deadline = time.monotonic() + wait
+        if not self._mutex.acquire(timeout=max(wait, 0.0)):
+            raise WarehouseBusy(f"{self.path} stayed in use for {wait:.0f}s")
+        try:
+            if self._users == 0:
+                self._fd = self._acquire(deadline, wait)
+            self._users += 1
+        finally:
+            self._mutex.release()
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._users -= 1
+                if self._users == 0 and self._fd is not None:
+                    os.close(self._fd)  # releases the flock
+                    self._fd = None
+
+    def _acquire(self, deadline: float, wait: float) -> int:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise WarehouseBusy(
+                        f"{self.path} stayed locked by another process for {wait:.0f}s"
+                    ) from None
+                time.sleep(self._POLL_S)
+
+
+_TURNS: dict[Path, _ProcessTurn] = {}  # one per file, per process
 
 
 class DuckDBWarehouse(Warehouse):
@@ -76,15 +139,17 @@ class DuckDBWarehouse(Warehouse):
     @contextlib.contextmanager
     def connect(self, lock_wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one unit of work, in UTC, with the schema migrated."""
-        con = self._open(self.lock_wait if lock_wait is None else lock_wait)
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            if not self._ready:
-                migrate(con)
-                self._ready = True
-            yield con
-        finally:
-            con.close()
+        wait = self.lock_wait if lock_wait is None else lock_wait
+        with _ProcessTurn.on(self.path).taken(wait):
+            con = self._open(wait)
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                if not self._ready:
+                    migrate(con)
+                    self._ready = True
+                yield con
+            finally:
+                con.close()
 
     def _open(self, lock_wait: float) -> duckdb.DuckDBPyConnection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
