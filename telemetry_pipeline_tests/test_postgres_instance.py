@@ -20,10 +20,10 @@ import yaml
 from dagster._core.events import AssetMaterializationPlannedData, StepMaterializationData
 from dagster_postgres.event_log import PostgresEventLogStorage
 
-from telemetry_pipeline.instance import UnmeasuredDagsterVersion, dagster_environment
+from telemetry_pipeline.instance import UnmeasuredDagsterVersion, dagster_environment, open_instance
 from telemetry_pipeline.instance.pooled_postgres import PooledPostgresStorage, driver_url
 from telemetry_pipeline.instance.retention import apply_retention
-from telemetry_pipeline.settings import ConfigurationError, from_environment
+from telemetry_pipeline.settings import ConfigurationError, Settings, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
 from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
@@ -170,34 +170,43 @@ def test_a_1000_session_export_opens_at_most_pool_size_connections(tmp_path: Pat
         exported = run_cli(env, "export", "--pending")
         opened = sessions_opened(postgres_url) - before
     assert exported["exported_count"] == 1000, exported["results"][:3]
-    # Each of the three storages checks its tables once, over a short connection, when the process builds
-    # the instance; everything else goes through the pool. dagster-postgres alone opens thousands here.
-    print(f"connections opened by the export of 1,000 sessions: {opened}")
-    assert opened <= pool_size + 3, f"{opened} connections for 1,000 sessions"
+    # Each of the three storages checks its tables once, over a short connection, when a process builds the
+    # instance; everything else goes through its pool. The export's two batches run in two processes
+    # (EXPORT_WORKERS), each with a pool of its own. dagster-postgres alone opens thousands here.
+    processes = Settings.export_workers
+    print(f"connections opened by the export of 1,000 sessions in {processes} processes: {opened}")
+    assert opened <= processes * (pool_size + 3), f"{opened} connections for 1,000 sessions"
 
 
+@pytest.mark.parametrize("instance_kind", ["postgres", "embedded"])
 @pytest.mark.parametrize(("bookkeeping", "planned_per_run", "failed_shows_as"), [
     ("lean", 1, None),
     ("full", 13, dg.AssetPartitionStatus.FAILED),
 ])
 def test_run_bookkeeping_sets_what_a_run_records(
-    tmp_path: Path, postgres_url: str, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
-    bookkeeping: str, planned_per_run: int, failed_shows_as: dg.AssetPartitionStatus | None,
+    tmp_path: Path, request: pytest.FixtureRequest, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
+    instance_kind: str, bookkeeping: str, planned_per_run: int, failed_shows_as: dg.AssetPartitionStatus | None,
 ) -> None:
-    env = production_home(tmp_path, postgres_url)
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", postgres_url)
+    """On the shipped PostgreSQL instance and on the embedded default (whose storage writes a run's planned events
+    in one transaction per shard, `sqlite_storage.py`)."""
+    if instance_kind == "postgres":
+        postgres_url = request.getfixturevalue("postgres_url")
+        env = production_home(tmp_path, postgres_url)
+        monkeypatch.setenv("DAGSTER_POSTGRES_URL", postgres_url)
+    else:
+        env = {"DAGSTER_HOME": str(pipeline.settings.dagster_home)}
     missing = "extract:no-such-session"
     with Simulator(SimulationConfig(sessions=12, events_per_session=2, seed=4)) as sim:
         pipeline.configure(dagster_home=Path(env["DAGSTER_HOME"]), run_bookkeeping=bookkeeping,
                            sources={"extract_url": sim.url, "agent_telemetry_url": sim.url})
         assert pipeline.cli("discover")[0] == 0
-        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        with open_instance(Path(env["DAGSTER_HOME"])) as instance:
             instance.add_dynamic_partitions("agent_sessions", [missing])  # listed once, gone when fetched
         code, exported = pipeline.cli("export", "--pending")
         assert code == 1 and (exported["exported_count"], exported["failed_count"]) == (12, 1), exported
     assert EMIT not in os.environ and BATCH not in os.environ, "the CLI's Dagster settings end with its command"
     key = dg.AssetKey("signavio_export")
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+    with open_instance(Path(env["DAGSTER_HOME"])) as instance:
         runs = instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))
         planned = [entry for run in runs for entry in instance.all_logs(
             run.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)]
