@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from telemetry_pipeline.defs.partitions import KeyRange, batched_ranges
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.recovery import mark_dead_runs
 from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP
 from telemetry_pipeline.settings import Settings
 
@@ -96,6 +97,7 @@ class Exporter:
                 except Exception as exc:  # the helper died: this batch failed, the others go on without it
                     error = f"export worker process failed: {type(exc).__name__}: {exc}"
                     log.warning("run %d/%d: %s", item[0], len(ranges), error)
+                    mark_dead_runs(self.instance)  # its run, left STARTED, says it failed (and why)
                     record(RangeOutcome({k: {"session_id": k, "status": "failed", "error": error}
                                          for k in item[1].keys}, set()))
                     return
