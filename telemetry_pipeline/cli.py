@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from telemetry_pipeline.instance import dagster_settings, open_instance
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP
+from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, PENDING_AS_OF_TAG, SESSION_EXPORT_STEP
 from telemetry_pipeline.settings import Settings, from_environment
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         register = [k for k in missing if args.force or k not in archived]
         if register:  # sessions can be exported by hand: register them first
             instance.add_dynamic_partitions(AGENT_SESSIONS, register)
+        pending_as_of = time.time()  # a session exported after this is not exported again (PENDING_AS_OF_TAG)
         done = exported_keys(instance, valid) | archived
         for key in valid:
             if key in done and not args.force:
@@ -184,6 +185,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         if args.dataset:
             run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}
         exporter = Exporter(args.settings, job, instance, run_config,
+                            tags={} if args.force else {PENDING_AS_OF_TAG: repr(pending_as_of)},
                             prepare_helper=functools.partial(configure_logging, args.verbose))
         results.update(exporter.export([k for k in valid if k not in results]))
         if register and not args.register:  # a typo must not leave a partition behind, red for ever

@@ -28,4 +28,7 @@ HOST_TAG = "telemetry_pipeline/host"
 PID_TAG = "telemetry_pipeline/pid"
 PROCESS_STARTED_TAG = "telemetry_pipeline/process_started"
 RECOVERS_TAG = "telemetry_pipeline/recovers"  # on a run that exports again the sessions of a cut-off run
+# On a run the CLI starts: when it saw the run's sessions unexported (epoch seconds). A session another run exported
+# since then is done, not exported again (`history.exported_since`); other runs count from their creation.
+PENDING_AS_OF_TAG = "telemetry_pipeline/pending_as_of"
 RECOVERY_ATTEMPT_TAG = "telemetry_pipeline/recovery_attempt"  # 1 for the first such run, 2 if it was cut off too…

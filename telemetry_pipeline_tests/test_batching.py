@@ -17,7 +17,7 @@ from telemetry_pipeline.defs.partitions import agent_sessions, batched_ranges
 from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.instance.history import exported_keys, pending_keys
 from telemetry_pipeline.instance.retention import apply_retention, prunable_keys
-from telemetry_pipeline.names import PID_TAG
+from telemetry_pipeline.names import PENDING_AS_OF_TAG, PID_TAG
 from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble
@@ -261,3 +261,31 @@ def test_a_killed_worker_process_fails_its_batch_only_and_the_next_export_carrie
         # Whatever it had claimed is taken at once (its process is gone): the next export exports the batch.
         code, out = pipeline.cli("export", "--pending")
         assert code == 0 and out["exported_count"] == 2, out
+
+
+def test_a_session_exported_by_another_run_since_the_command_saw_it_pending_is_not_exported_again(
+    pipeline: Pipeline, source_double: SourceDouble
+):
+    """`export` tags its runs with when it saw their sessions unexported; a run that claims a session another
+    run exported since then (and released after recording it) leaves it: no second fetch, no second upload."""
+    key = source_double.add_good("agent_telemetry", "meanwhile")
+    seen_pending = time.time()
+    code, out = pipeline.cli("export", key)  # the "other run"
+    assert code == 0 and out["exported_count"] == 1, out
+    defs = pipeline.defs()
+    with open_instance(pipeline.settings.dagster_home) as instance:
+        first = instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))[0].dagster_run.run_id
+        result = defs.resolve_job_def("export_sessions").execute_in_process(
+            instance=instance, partition_key=key, tags={PENDING_AS_OF_TAG: repr(seen_pending)})
+        assert result.success
+        assert not result.asset_materializations_for_node("session_export"), "not exported a second time"
+        [observation] = result.asset_observations_for_node("session_export")
+        assert observation.metadata["exported_meanwhile"].value == {key: first}
+        # Without the tag the run counts from its own creation: an explicit re-export exports.
+        again = defs.resolve_job_def("export_sessions").execute_in_process(instance=instance, partition_key=key)
+        assert again.success
+        assert [m.partition for m in again.asset_materializations_for_node("session_export")
+                if m.asset_key == EXPORT] == [key]
+    assert source_double.hits[key] == 2, "fetched by the first export and the explicit re-export only"
+    uploads = uploads_by_table(pipeline.settings.home)
+    assert [r["agent_run_id"] for r in uploads[RUNS]] == ["meanwhile", "meanwhile"]

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,9 @@ from telemetry_pipeline.warehouse import HolderCheck, Warehouse, lease_decides
 
 log = logging.getLogger(__name__)
 
+# keys -> {key: the run that exported it since this run was asked for}
+ExportedMeanwhile = Callable[[Sequence[str]], dict[str, str]]
+
 
 
 @dataclass
@@ -40,6 +43,7 @@ class BatchOutcome:
     failures: dict[str, str] = field(default_factory=dict)  # key -> what failed, where
     not_found: list[str] = field(default_factory=list)  # failed: their source has no such session
     in_flight: dict[str, str] = field(default_factory=dict)  # key -> run exporting it now (left alone)
+    exported_meanwhile: dict[str, str] = field(default_factory=dict)  # key -> run that exported it since asked
     loads: list[LoadResult] = field(default_factory=list)
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (runs rows, events rows)
     summaries: dict[str, SessionSummary] = field(default_factory=dict)  # key -> at a glance
@@ -59,6 +63,7 @@ def exporting(
     fallback_agent: str,
     run_id: str | None = None,
     holder_check: HolderCheck = lease_decides,
+    exported_meanwhile: ExportedMeanwhile = lambda keys: {},
     alphabet_limit: int = Settings.activity_alphabet_limit,
 ) -> Iterator[BatchOutcome]:
     """Export `keys`, except those another live run is exporting right now (`in_flight`), and hold their
@@ -66,11 +71,19 @@ def exporting(
     renewed while the batch runs and while the caller records its outcome in the block, and released after it,
     so two overlapping runs (on any hosts) never upload the same session twice — not even one that another run
     has loaded and not yet recorded as exported. `holder_check(run_id)` says whether a run holding a claim is
-    still going (`warehouse.Holder`)."""
+    still going (`warehouse.Holder`). `exported_meanwhile(claimed)` names the claimed sessions another run
+    exported since this run was asked for: they are done, and released untouched. (That run recorded them before
+    it released them, so a claim taken after its release always finds them.)"""
     run_id = run_id or f"adhoc-{uuid.uuid4().hex}"
     out = BatchOutcome(keys=list(keys))
     claimed, out.in_flight = warehouse.claim(out.keys, run_id, holder_check)
     _log_in_flight(out.in_flight)
+    out.exported_meanwhile = exported_meanwhile(claimed) if claimed else {}
+    if out.exported_meanwhile:
+        log.info("%d sessions were exported by other runs since this run was asked for: %s",
+                 len(out.exported_meanwhile), dict(list(out.exported_meanwhile.items())[:20]))
+        warehouse.release(list(out.exported_meanwhile), run_id)
+        claimed = [k for k in claimed if k not in out.exported_meanwhile]
     try:
         with warehouse.leased(claimed, run_id):
             yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,

@@ -16,6 +16,7 @@ differing backfill policies. External upstreams never make a downstream stale.
 """
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,9 @@ from telemetry_pipeline.defs.metadata import (
 )
 from telemetry_pipeline.defs.partitions import agent_sessions
 from telemetry_pipeline.defs.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.liveness import ProcessIdentity, RunLiveness
-from telemetry_pipeline.names import PROCESS_OVERVIEW, SESSION_EXPORT_STEP
+from telemetry_pipeline.names import PENDING_AS_OF_TAG, PROCESS_OVERVIEW, SESSION_EXPORT_STEP
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
@@ -100,22 +102,27 @@ def session_export(
     monitoring: MonitoringResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckResult]:
     keys = context.partition_keys
+    run_id = context.run.run_id
     # Before claiming anything: which process holds this run's claims, so that a claimer on this host can
     # tell at once when it is gone (`liveness`).
-    context.instance.add_run_tags(context.run.run_id, ProcessIdentity.current().tags())
+    context.instance.add_run_tags(run_id, ProcessIdentity.current().tags())
+    asked_at = _asked_at(context)
     dataset = config.dataset or signavio.dataset
     context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
     # The claims are held until the materialisations are recorded (Dagster writes each event as it is
     # yielded): a run that finds a session released finds it recorded as exported too.
     with sources.open() as source_set, signavio.destination() as destination, exporting(
         keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
-        fallback_agent=sources.agent_name, run_id=context.run.run_id, holder_check=RunLiveness(context.instance),
+        fallback_agent=sources.agent_name, run_id=run_id, holder_check=RunLiveness(context.instance),
+        exported_meanwhile=lambda claimed: exported_since(context.instance, claimed, asked_at, run_id),
         alphabet_limit=monitoring.activity_alphabet_limit,
     ) as outcome:
-        if outcome.in_flight:  # another run is exporting these right now (`exporting` logged them)
-            yield dg.AssetObservation(
-                asset_key=EXPORT, metadata={"in_flight": dg.MetadataValue.json(outcome.in_flight)}
-            )
+        left = {name: dg.MetadataValue.json(value) for name, value in (
+            ("in_flight", outcome.in_flight),  # another run is exporting these right now
+            ("exported_meanwhile", outcome.exported_meanwhile),  # another run exported these since this was asked
+        ) if value}
+        if left:  # `exporting` logged them
+            yield dg.AssetObservation(asset_key=EXPORT, metadata=left)
         yield from stage_records(outcome, dataset)
         yield from export_materializations(outcome, dataset, destination.describe())
         selected = {key.name for key in context.selected_asset_check_keys}
@@ -123,6 +130,15 @@ def session_export(
         if outcome.failures:
             yield from failure_observations(outcome)
             raise batch_failure(outcome)
+
+
+def _asked_at(context: dg.AssetExecutionContext) -> float:
+    """When this run's sessions were seen unexported: the CLI's `PENDING_AS_OF_TAG`, or else the run's creation."""
+    tagged = context.run.tags.get(PENDING_AS_OF_TAG)
+    if tagged:
+        return float(tagged)
+    record = context.instance.get_run_record_by_id(context.run.run_id)
+    return record.create_timestamp.timestamp() if record else time.time()
 
 
 class OverviewConfig(dg.Config):

@@ -63,8 +63,10 @@ class Exporter:
     is one run either way; which process ran it is in its tags (`liveness`)."""
 
     def __init__(self, settings: Settings, job: dg.JobDefinition, instance: dg.DagsterInstance,
-                 run_config: dict[str, Any], prepare_helper: Callable[[], None] | None = None) -> None:
+                 run_config: dict[str, Any], tags: dict[str, str] | None = None,
+                 prepare_helper: Callable[[], None] | None = None) -> None:
         self.settings, self.job, self.instance, self.run_config = settings, job, instance, run_config
+        self.tags = tags or {}  # on every run, besides its key range's
         self.prepare_helper = prepare_helper  # run first in each helper process (the CLI's logging)
         self.not_found: set[str] = set()  # keys whose source has no such session
 
@@ -87,13 +89,13 @@ class Exporter:
         def run_here() -> None:
             while (item := take()) is not None:
                 log.info("run %d/%d: %d sessions", item[0], len(ranges), len(item[1].keys))
-                record(run_range(self.job, self.instance, self.run_config, item[1]))
+                record(run_range(self.job, self.instance, self.run_config, item[1], self.tags))
 
         def run_in(pool: ProcessPoolExecutor) -> None:
             while (item := take()) is not None:
                 log.info("run %d/%d: %d sessions, in a helper process", item[0], len(ranges), len(item[1].keys))
                 try:
-                    record(pool.submit(_run_in_helper, self.run_config, item[1]).result())
+                    record(pool.submit(_run_in_helper, self.run_config, item[1], self.tags).result())
                 except Exception as exc:  # the helper died: this batch failed, the others go on without it
                     error = f"export worker process failed: {type(exc).__name__}: {exc}"
                     log.warning("run %d/%d: %s", item[0], len(ranges), error)
@@ -130,16 +132,16 @@ class RangeOutcome:
 
 
 def run_range(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
-              key_range: KeyRange) -> RangeOutcome:
+              key_range: KeyRange, tags: dict[str, str]) -> RangeOutcome:
     """One export run over `key_range`, in this process, and what it says of each of its keys."""
-    result = job.execute_in_process(instance=instance, tags=key_range.tags, run_config=run_config,
+    result = job.execute_in_process(instance=instance, tags={**tags, **key_range.tags}, run_config=run_config,
                                     raise_on_error=False)
     failed, whole_run_error, not_found = _failed_sessions(result)
     if not result.success:
         log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
                     "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
                     instance.root_directory)
-    confirmed, in_flight = _run_outcome(result)
+    confirmed, in_flight, exported_meanwhile = _run_outcome(result)
     results: dict[str, dict[str, Any]] = {}
     for key in key_range.keys:
         error = whole_run_error or failed.get(key)
@@ -147,6 +149,9 @@ def run_range(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: d
             results[key] = {"session_id": key, "status": "failed", "error": error}
         elif key in confirmed:
             results[key] = {"session_id": key, "status": "exported"}
+        elif key in exported_meanwhile:  # done since this command saw it pending
+            results[key] = {"session_id": key, "status": "skipped",
+                            "reason": f"exported meanwhile by run {exported_meanwhile[key]}"}
         elif key in in_flight:  # another run is exporting it right now: left to that run
             results[key] = {"session_id": key, "status": "skipped", "reason": f"being exported by run {in_flight[key]}",
                             "held_by": {"run_id": in_flight[key]}}
@@ -173,22 +178,25 @@ def _start_helper(settings: Settings, prepare: Callable[[], None] | None) -> Non
     _helper = (build_definitions(settings).resolve_job_def(EXPORT_JOB), instance)
 
 
-def _run_in_helper(run_config: dict[str, Any], key_range: KeyRange) -> RangeOutcome:
+def _run_in_helper(run_config: dict[str, Any], key_range: KeyRange, tags: dict[str, str]) -> RangeOutcome:
     assert _helper is not None, "started by _start_helper"
-    return run_range(*_helper, run_config, key_range)
+    return run_range(*_helper, run_config, key_range, tags)
 
 
-def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
-    """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight)."""
+def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str], dict[str, str]]:
+    """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight; {key: run id}
+    that exported it since the run was asked for)."""
     confirmed = {
         m.partition for m in result.asset_materializations_for_node(SESSION_EXPORT_STEP)
         if m.asset_key == SIGNAVIO_EXPORT_KEY and m.partition
     }
-    in_flight: dict[str, str] = {}
+    left: dict[str, dict[str, str]] = {"in_flight": {}, "exported_meanwhile": {}}
     for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
-        if observation.asset_key == SIGNAVIO_EXPORT_KEY and "in_flight" in observation.metadata:
-            in_flight.update(cast(dict[str, str], observation.metadata["in_flight"].value))
-    return confirmed, in_flight
+        if observation.asset_key == SIGNAVIO_EXPORT_KEY:
+            for name, keys in left.items():
+                if name in observation.metadata:
+                    keys.update(cast(dict[str, str], observation.metadata[name].value))
+    return confirmed, left["in_flight"], left["exported_meanwhile"]
 
 
 def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
