@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 ExportedMeanwhile = Callable[[Sequence[str]], dict[str, str]]
 
 
-
 @dataclass
 class BatchOutcome:
     keys: list[str]
@@ -78,13 +77,13 @@ def exporting(
     out = BatchOutcome(keys=list(keys))
     claimed, out.in_flight = warehouse.claim(out.keys, run_id, holder_check)
     _log_in_flight(out.in_flight)
-    out.exported_meanwhile = exported_meanwhile(claimed) if claimed else {}
-    if out.exported_meanwhile:
-        log.info("%d sessions were exported by other runs since this run was asked for: %s",
-                 len(out.exported_meanwhile), dict(list(out.exported_meanwhile.items())[:20]))
-        warehouse.release(list(out.exported_meanwhile), run_id)
-        claimed = [k for k in claimed if k not in out.exported_meanwhile]
     try:
+        out.exported_meanwhile = exported_meanwhile(claimed) if claimed else {}
+        if out.exported_meanwhile:
+            log.info("%d sessions were exported by other runs since this run was asked for: %s",
+                     len(out.exported_meanwhile), dict(list(out.exported_meanwhile.items())[:20]))
+            warehouse.release(list(out.exported_meanwhile), run_id)
+            claimed = [k for k in claimed if k not in out.exported_meanwhile]
         with warehouse.leased(claimed, run_id):
             yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,
                           alphabet_limit)
