@@ -146,7 +146,7 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
-    from telemetry_pipeline.instance.history import exported_keys, latest_exports
+    from telemetry_pipeline.instance.history import exported_keys
     from telemetry_pipeline.instance.liveness import RunLiveness
     from telemetry_pipeline.instance.runs import Exporter, unregister_unknown
     from telemetry_pipeline.sources.registry import key_problem, parse_key
@@ -196,13 +196,8 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             free = _wait_for_release(warehouse, liveness, held, deadline)
             if not free:
                 break
-            # By the run that held them, most likely: read from the history (the partition status of a key that
-            # this command's own run left to that run does not say MATERIALIZED reliably).
-            exported_meanwhile = latest_exports(instance, free)
-            for key in free:
-                if key in exported_meanwhile and not args.force:
-                    results[key] = {"session_id": key, "status": "skipped"}
-            results.update(exporter.export([k for k in free if "held_by" in results[k]]))
+            # Those the holder exported meanwhile are skipped by the exporter (`PENDING_AS_OF_TAG`), unless --force.
+            results.update(exporter.export(free))
         _describe_holders(warehouse, liveness, [k for k in keys if "held_by" in results[k]], results)
     ordered = [results[k] for k in keys]
     counts = {s: sum(1 for r in ordered if r["status"] == s) for s in ("exported", "skipped", "failed")}

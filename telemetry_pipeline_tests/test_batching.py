@@ -13,10 +13,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from telemetry_pipeline.defs.partitions import agent_sessions, batched_ranges
+from telemetry_pipeline.defs.partitions import KeyRange, agent_sessions, batched_ranges
 from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.instance.history import exported_keys, pending_keys
 from telemetry_pipeline.instance.retention import apply_retention, prunable_keys
+from telemetry_pipeline.instance.runs import run_range
 from telemetry_pipeline.names import PENDING_AS_OF_TAG, PID_TAG
 from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
@@ -273,16 +274,26 @@ def test_a_session_exported_by_another_run_since_the_command_saw_it_pending_is_n
     code, out = pipeline.cli("export", key)  # the "other run"
     assert code == 0 and out["exported_count"] == 1, out
     defs = pipeline.defs()
+    job = defs.resolve_job_def("export_sessions")
     with open_instance(pipeline.settings.dagster_home) as instance:
         first = instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))[0].dagster_run.run_id
-        result = defs.resolve_job_def("export_sessions").execute_in_process(
+        # The CLI's batch, before its run is created: the session is left out, so no run plans it (a planned
+        # partition with no materialisation after it would show as failed in the UI).
+        outcome = run_range(job, instance, {}, KeyRange((key,)), {PENDING_AS_OF_TAG: repr(seen_pending)})
+        assert outcome.results == {key: {"session_id": key, "status": "skipped",
+                                         "reason": f"exported meanwhile by run {first}"}}
+        assert len(instance.get_run_records(dg.RunsFilter(job_name="export_sessions"))) == 1, "no run created"
+        status = instance.get_status_by_partition(EXPORT, [key], agent_sessions)
+        assert status == {key: dg.AssetPartitionStatus.MATERIALIZED}
+        # A run created before that export finished (the same tag): the run itself leaves the session.
+        result = job.execute_in_process(
             instance=instance, partition_key=key, tags={PENDING_AS_OF_TAG: repr(seen_pending)})
         assert result.success
         assert not result.asset_materializations_for_node("session_export"), "not exported a second time"
         [observation] = result.asset_observations_for_node("session_export")
         assert observation.metadata["exported_meanwhile"].value == {key: first}
         # Without the tag the run counts from its own creation: an explicit re-export exports.
-        again = defs.resolve_job_def("export_sessions").execute_in_process(instance=instance, partition_key=key)
+        again = job.execute_in_process(instance=instance, partition_key=key)
         assert again.success
         assert [m.partition for m in again.asset_materializations_for_node("session_export")
                 if m.asset_key == EXPORT] == [key]

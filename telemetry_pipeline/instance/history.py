@@ -45,9 +45,11 @@ def exported_keys(instance: dg.DagsterInstance, keys: Sequence[str] | None = Non
     return done | set(latest_exports(instance, [k for k, s in status.items() if s in _HIDING]))
 
 
-def exported_since(instance: dg.DagsterInstance, keys: Sequence[str], since: float, run_id: str) -> dict[str, str]:
-    """{key: the run that exported it} for those of `keys` another run than `run_id` exported at or after `since`
-    (epoch seconds)."""
+def exported_since(
+    instance: dg.DagsterInstance, keys: Sequence[str], since: float, run_id: str | None = None
+) -> dict[str, str]:
+    """{key: the run that exported it} for those of `keys` a run (other than `run_id`) exported at or after
+    `since` (epoch seconds)."""
     return {key: record.run_id for key, record in latest_exports(instance, keys).items()
             if record.run_id != run_id and record.exported_at.timestamp() >= since}
 

@@ -20,9 +20,16 @@ import dagster as dg
 from tqdm import tqdm
 
 from telemetry_pipeline.defs.partitions import KeyRange, batched_ranges
+from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance.recovery import mark_dead_runs
-from telemetry_pipeline.names import AGENT_SESSIONS, DISCOVERED_SESSIONS, EXPORT_JOB, SESSION_EXPORT_STEP
+from telemetry_pipeline.names import (
+    AGENT_SESSIONS,
+    DISCOVERED_SESSIONS,
+    EXPORT_JOB,
+    PENDING_AS_OF_TAG,
+    SESSION_EXPORT_STEP,
+)
 from telemetry_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,7 +140,28 @@ class RangeOutcome:
 
 def run_range(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
               key_range: KeyRange, tags: dict[str, str]) -> RangeOutcome:
-    """One export run over `key_range`, in this process, and what it says of each of its keys."""
+    """One export run over `key_range`, in this process, and what it says of each of its keys. The sessions
+    other runs exported since the command saw them pending (`PENDING_AS_OF_TAG`) are left out of the run before
+    it is created: a run plans each of its partitions, and a planned partition with no materialisation after it
+    shows as failed in the UI. (A session exported after the run's creation, the run itself leaves: `exporting`.)"""
+    since = tags.get(PENDING_AS_OF_TAG)
+    done = exported_since(instance, key_range.keys, float(since)) if since else {}
+    outcome = RangeOutcome({key: _exported_meanwhile(key, run) for key, run in done.items()}, set())
+    rest = [key for key in key_range.keys if key not in done]
+    ranges = batched_ranges(instance.get_dynamic_partitions(AGENT_SESSIONS), rest, len(rest)) if done else [key_range]
+    for sub_range in ranges:
+        part = _run_once(job, instance, run_config, sub_range, tags)
+        outcome.results.update(part.results)
+        outcome.not_found |= part.not_found
+    return outcome
+
+
+def _exported_meanwhile(key: str, run_id: str) -> dict[str, Any]:
+    return {"session_id": key, "status": "skipped", "reason": f"exported meanwhile by run {run_id}"}
+
+
+def _run_once(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict[str, Any],
+              key_range: KeyRange, tags: dict[str, str]) -> RangeOutcome:
     result = job.execute_in_process(instance=instance, tags={**tags, **key_range.tags}, run_config=run_config,
                                     raise_on_error=False)
     failed, whole_run_error, not_found = _failed_sessions(result)
@@ -150,8 +178,7 @@ def run_range(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: d
         elif key in confirmed:
             results[key] = {"session_id": key, "status": "exported"}
         elif key in exported_meanwhile:  # done since this command saw it pending
-            results[key] = {"session_id": key, "status": "skipped",
-                            "reason": f"exported meanwhile by run {exported_meanwhile[key]}"}
+            results[key] = _exported_meanwhile(key, exported_meanwhile[key])
         elif key in in_flight:  # another run is exporting it right now: left to that run
             results[key] = {"session_id": key, "status": "skipped", "reason": f"being exported by run {in_flight[key]}",
                             "held_by": {"run_id": in_flight[key]}}
