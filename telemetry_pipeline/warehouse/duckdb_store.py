@@ -140,8 +140,9 @@ class DuckDBWarehouse(Warehouse):
     def connect(self, lock_wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one unit of work, in UTC, with the schema migrated."""
         wait = self.lock_wait if lock_wait is None else lock_wait
+        deadline = time.monotonic() + wait
         with _ProcessTurn.on(self.path).taken(wait):
-            con = self._open(wait)
+            con = self._open(max(0.0, deadline - time.monotonic()))  # the turn's wait counts against the bound
             try:
                 con.execute("SET TimeZone = 'UTC'")
                 if not self._ready:
