@@ -28,6 +28,13 @@ HOST_TAG = "telemetry_pipeline/host"
 PID_TAG = "telemetry_pipeline/pid"
 PROCESS_STARTED_TAG = "telemetry_pipeline/process_started"
 RECOVERS_TAG = "telemetry_pipeline/recovers"  # on a run that exports again the sessions of a cut-off run
+# Metadata the export step writes and the CLI reads back from its runs' events (`instance/runs.py`): on the
+# step's failure, {key: error} and the keys their source does not have; on its observation of `signavio_export`,
+# {key: run id} of the sessions it left to another run.
+FAILED_SESSIONS_META = "failed_sessions"
+SESSIONS_NOT_FOUND_META = "sessions_not_found"
+IN_FLIGHT_META = "in_flight"
+EXPORTED_MEANWHILE_META = "exported_meanwhile"
 # On a run the CLI starts: when it saw the run's sessions unexported (epoch seconds). A session another run exported
 # since then is done, not exported again (`history.exported_since`); other runs count from their creation.
 PENDING_AS_OF_TAG = "telemetry_pipeline/pending_as_of"

@@ -39,7 +39,13 @@ from telemetry_pipeline.defs.partitions import agent_sessions
 from telemetry_pipeline.defs.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
 from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.liveness import ProcessIdentity, RunLiveness
-from telemetry_pipeline.names import PENDING_AS_OF_TAG, PROCESS_OVERVIEW, SESSION_EXPORT_STEP
+from telemetry_pipeline.names import (
+    EXPORTED_MEANWHILE_META,
+    IN_FLIGHT_META,
+    PENDING_AS_OF_TAG,
+    PROCESS_OVERVIEW,
+    SESSION_EXPORT_STEP,
+)
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
@@ -118,8 +124,8 @@ def session_export(
         alphabet_limit=monitoring.activity_alphabet_limit,
     ) as outcome:
         left = {name: dg.MetadataValue.json(value) for name, value in (
-            ("in_flight", outcome.in_flight),  # another run is exporting these right now
-            ("exported_meanwhile", outcome.exported_meanwhile),  # another run exported these since this was asked
+            (IN_FLIGHT_META, outcome.in_flight),  # another run is exporting these right now
+            (EXPORTED_MEANWHILE_META, outcome.exported_meanwhile),  # another run exported these since this was asked
         ) if value}
         if left:  # `exporting` logged them
             yield dg.AssetObservation(asset_key=EXPORT, metadata=left)

@@ -37,6 +37,7 @@ from telemetry_pipeline.console.render import (
     top_errors,
 )
 from telemetry_pipeline.console.session_summary import SessionSummary
+from telemetry_pipeline.names import FAILED_SESSIONS_META, SESSIONS_NOT_FOUND_META
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
@@ -153,8 +154,8 @@ def batch_failure(out: BatchOutcome) -> dg.Failure:
     return dg.Failure(
         description=f"{len(out.failures)} of {len(out.keys)} sessions failed "
         f"({len(out.exported)} exported):\n{lines}{more}",
-        metadata={"failed_sessions": dg.MetadataValue.json(dict(listed)),
-                  "sessions_not_found": dg.MetadataValue.json(sorted(out.not_found))},
+        metadata={FAILED_SESSIONS_META: dg.MetadataValue.json(dict(listed)),
+                  SESSIONS_NOT_FOUND_META: dg.MetadataValue.json(sorted(out.not_found))},
         allow_retries=False,
     )
 

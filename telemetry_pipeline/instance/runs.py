@@ -27,8 +27,12 @@ from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     DISCOVERED_SESSIONS,
     EXPORT_JOB,
+    EXPORTED_MEANWHILE_META,
+    FAILED_SESSIONS_META,
+    IN_FLIGHT_META,
     PENDING_AS_OF_TAG,
     SESSION_EXPORT_STEP,
+    SESSIONS_NOT_FOUND_META,
 )
 from telemetry_pipeline.settings import Settings
 
@@ -217,13 +221,13 @@ def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str,
         m.partition for m in result.asset_materializations_for_node(SESSION_EXPORT_STEP)
         if m.asset_key == SIGNAVIO_EXPORT_KEY and m.partition
     }
-    left: dict[str, dict[str, str]] = {"in_flight": {}, "exported_meanwhile": {}}
+    left: dict[str, dict[str, str]] = {IN_FLIGHT_META: {}, EXPORTED_MEANWHILE_META: {}}
     for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
         if observation.asset_key == SIGNAVIO_EXPORT_KEY:
             for name, keys in left.items():
                 if name in observation.metadata:
                     keys.update(cast(dict[str, str], observation.metadata[name].value))
-    return confirmed, left["in_flight"], left["exported_meanwhile"]
+    return confirmed, left[IN_FLIGHT_META], left[EXPORTED_MEANWHILE_META]
 
 
 def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
@@ -234,9 +238,9 @@ def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str],
     for event in result.all_events:
         data = event.step_failure_data if event.is_step_failure else None
         user = data.user_failure_data if data else None
-        if user and "failed_sessions" in user.metadata:
-            not_found = user.metadata.get("sessions_not_found")
-            return (cast(dict[str, str], user.metadata["failed_sessions"].value), None,
+        if user and FAILED_SESSIONS_META in user.metadata:
+            not_found = user.metadata.get(SESSIONS_NOT_FOUND_META)
+            return (cast(dict[str, str], user.metadata[FAILED_SESSIONS_META].value), None,
                     cast(list[str], not_found.value) if not_found else [])
     return {}, run_error(result), []
 
