@@ -108,12 +108,17 @@ def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: 
     exported[add(src, "deep", body.encode())] = "10,000 levels of nesting"
     for sid in WEIRD_IDS:
         exported[add(src, sid, prompt_session(f"prompt of {sid}"))] = "an awkward session id"
+    padded = b" \n\t\r" + json.dumps(prompt_session("padded")).encode() + b"\r\n "
+    exported[add(src, "padded", padded)] = "JSON's whitespace around the object"
 
     rejected[add(src, "not-json", b"\x00 this is not json {")] = "not valid JSON"
     prompt_json = b'{"events": [{"timestamp": "' + T0.encode() + b'", "payload": {"prompt": "PROMPT"}}]}'
     rejected[add(src, "bad-utf8", prompt_json.replace(b"PROMPT", b"\xff\xfe"))] = "not valid UTF-8"
     rejected[add(src, "lone-surrogate", prompt_json.replace(b"PROMPT", b"\\ud800"))] = "not valid JSON"
     rejected[add(src, "top-array", [1, 2])] = "not a JSON object"
+    rejected[add(src, "top-string", b' "an object?" ')] = "not a JSON object"
+    rejected[add(src, "truncated", prompt_json[:40])] = "not valid JSON"
+    rejected[add(src, "two-objects", prompt_json + b" {}")] = "not valid JSON"
     rejected[add(src, "events-object", {"events": {"0": twice}})] = 'no "events" list'
     rejected[add(src, "events-null", {"events": None})] = 'no "events" list'
     rejected[add(src, "event-not-object", {"events": [twice, 17]})] = (

@@ -40,19 +40,10 @@ CREATE OR REPLACE TEMP MACRO to_long(v) AS
 """
 )
 
-_VALIDATE = """
-CREATE OR REPLACE TEMP TABLE nb AS
-SELECT session_key, source, session_id, text,
-       CASE WHEN text IS NULL THEN 'payload is not valid UTF-8'
-            WHEN NOT json_valid(text) THEN 'payload is not valid JSON'
-            WHEN json_type(text) <> 'OBJECT' THEN 'payload is not a JSON object'
-            WHEN coalesce(json_type(text, '$.events'), 'missing') <> 'ARRAY' THEN 'payload has no "events" list'
-       END AS problem
-FROM batch_in;
-"""
-
-# Each document and each payload is parsed once: DuckDB extracts a list of paths in one pass, where
-# `->>` per field would parse the same JSON again for every field (and hold the memory each time).
+# A document is parsed twice, whatever its size: once for every path we read (one `json_extract` of a list of
+# paths), once to split its events. Whole-document parses cost a batch's normalising most, in time and in memory
+# (DuckDB's JSON functions hold every document of a chunk parsed at once), so a type is tested on the first
+# character of the minified JSON `json_extract` wrote, here and for each event and payload.
 _SESSION_FIELDS = ("agent_name", "service_name", "workflow_name", "workflow_version", "agent_type", "agent_state")
 _PAYLOAD_FIELDS = (
     *CALL_KEYS, "success", "error", "error_details", "model", "latency_ms",
@@ -75,13 +66,33 @@ _P = {f: _field("pf", _PAYLOAD_FIELDS, f) for f in _PAYLOAD_FIELDS}
 _TOP = (*_SESSION_FIELDS, "metrics.last_user_prompt", *(f"metrics.{f}" for f in _SESSION_FIELDS))
 _S = {f: f"coalesce({_field('top', _TOP, f)}, {_field('top', _TOP, 'metrics.' + f)})" for f in _SESSION_FIELDS}
 _S["last_user_prompt"] = _field("top", _TOP, "metrics.last_user_prompt")
+_DOCUMENT_PATHS = ("events", "metrics", *_TOP)  # parts[1], parts[2], then _TOP's
+
+_VALIDATE = f"""
+CREATE OR REPLACE TEMP TABLE nb AS
+WITH p AS (
+    -- JSON is an object exactly when it opens with a brace after JSON's whitespace: an object is parsed once
+    -- (`try`: malformed JSON gives NULL), anything else only to tell malformed JSON from another value
+    SELECT session_key, source, session_id, text,
+           left(ltrim(text, ' ' || chr(9) || chr(10) || chr(13)), 1) = '{{' AS braced,
+           CASE WHEN braced THEN try(json_extract(text, {_paths(_DOCUMENT_PATHS)})) END AS parts
+    FROM batch_in
+)
+SELECT session_key, source, session_id, parts,
+       CASE WHEN text IS NULL THEN 'payload is not valid UTF-8'
+            WHEN parts IS NULL AND (braced OR NOT json_valid(text)) THEN 'payload is not valid JSON'
+            WHEN parts IS NULL THEN 'payload is not a JSON object'
+            WHEN coalesce(left(parts[1], 1), '') <> '[' THEN 'payload has no "events" list'
+       END AS problem
+FROM p;
+"""
 
 _DOCUMENTS = f"""
 CREATE OR REPLACE TEMP TABLE nj AS
 SELECT session_key, source, session_id,
-       json_extract(text, '$.events[*]') AS evs,
-       json_extract_string(text, {_paths(_TOP)}) AS top,
-       CASE WHEN json_type(text, '$.metrics') = 'OBJECT' THEN json_extract(text, '$.metrics') END AS metrics
+       json_extract(parts[1], '$[*]') AS evs,
+       [{", ".join(f"parts[{i + 3}] ->> '$'" for i in range(len(_TOP)))}] AS top,
+       CASE WHEN left(parts[2], 1) = '{{' THEN parts[2] END AS metrics
 FROM nb WHERE problem IS NULL;
 """
 
@@ -92,9 +103,9 @@ WITH u AS (
     SELECT session_key, unnest(evs) AS e, generate_subscripts(evs, 1) - 1 AS seq FROM nj
 ), t AS (
     SELECT session_key, seq, e, parts[1] ->> '$' AS type_text, parts[2] AS ts_json,
-           CASE WHEN json_type(parts[3]) = 'OBJECT' THEN parts[3] END AS payload
+           CASE WHEN left(parts[3], 1) = '{{' THEN parts[3] END AS payload
     FROM (SELECT session_key, seq, e,
-                 CASE WHEN json_type(e) = 'OBJECT' THEN json_extract(e, ['$.type', '$.timestamp', '$.payload'])
+                 CASE WHEN left(e, 1) = '{{' THEN json_extract(e, ['$.type', '$.timestamp', '$.payload'])
                  END AS parts
           FROM u)
 ), f AS (
@@ -102,7 +113,7 @@ WITH u AS (
 )
 SELECT session_key, seq, e,
        coalesce(nullif(type_text, ''), 'unknown') AS event_type,
-       CASE WHEN json_type(e) = 'OBJECT'
+       CASE WHEN left(e, 1) = '{{'
             THEN json_merge_patch(
                      -- a payload that is not an object stays, as it came, under "payload"
                      json_merge_patch(e, CASE WHEN payload IS NULL
