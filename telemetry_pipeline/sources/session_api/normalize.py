@@ -156,7 +156,7 @@ FROM ev WHERE ts IS NULL GROUP BY session_key
 # (the start, or a lone completion) gives the id.
 _ACTIVITIES = f"""
 CREATE OR REPLACE TEMP TABLE act AS
-WITH ok AS (SELECT * FROM ev WHERE session_key IN (SELECT session_key FROM ok_sessions)),
+WITH ok AS NOT MATERIALIZED (SELECT * FROM ev WHERE session_key IN (SELECT session_key FROM ok_sessions)),
 s AS (SELECT *, row_number() OVER (PARTITION BY session_key, call_key ORDER BY {PAIRING_ORDER_SQL}) AS n
       FROM ok WHERE event_type = '{TOOL_CALL_STARTED}'),
 c AS (SELECT *, row_number() OVER (PARTITION BY session_key, call_key ORDER BY {PAIRING_ORDER_SQL}) AS n
