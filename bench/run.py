@@ -74,6 +74,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             results: dict = {
                 "machine": _machine(),
+                "python_loop_10m_seconds": _machine_speed(),
                 "sessions": args.sessions,
                 "events_per_session": args.events,
                 "batch_size": args.batch_size,
@@ -353,6 +354,18 @@ def _machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def _machine_speed() -> float:
+    """Seconds for 10 million additions in a Python loop, best of three: machines of one kind differ (and one
+    machine from day to day), so figures from two runs compare only as far as this does."""
+    best = float("inf")
+    for _ in range(3):
+        start, total = time.perf_counter(), 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best, 2)
 
 
 def _free_port() -> int:
