@@ -5,7 +5,9 @@ the commit; an asset event is written twice (the run's shard and the cross-run i
 export run paid four engine set-ups besides its commits. This storage is Dagster's own, with the same files,
 schema, transactions and locks, except that each shard's engine is kept: the index's for the life of the process,
 the most recent runs' shards in a small cache (a long-lived daemon or webserver sees runs without end, and each
-engine holds a file open), and that it commits with `synchronous=NORMAL` (below). Named in the embedded default's
+engine holds a file open), that it commits with `synchronous=NORMAL` (below), and that an asset's latest event
+goes into `asset_keys` in one upsert, its columns looked up once (Dagster: a column lookup, an INSERT, its
+IntegrityError and an UPDATE, at every asset event). Named in the embedded default's
 `dagster.yaml` (`LOCAL_INSTANCE_YAML`):
 
     storage:
@@ -16,7 +18,8 @@ engine holds a file open), and that it commits with `synchronous=NORMAL` (below)
           base_dir: <the instance's directory>
 
 Written against dagster 1.13: it replaces `SqliteEventLogStorage._connect`, through which every read and write of
-the event log reaches its shards, and `store_event_batch` for a run's planned events.
+the event log reaches its shards, `store_event_batch` for a run's planned events, and `_store_asset_event` with
+`_has_asset_key_col_on_connection` (test_sqlite_instance.py compares the rows with Dagster's own storage's).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dagster import StringSource
 from dagster._config.config_schema import UserConfigSchema
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import AssetKeyTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
@@ -38,6 +42,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 )
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
+from sqlalchemy.dialects import sqlite
 
 RUN_SHARDS_KEPT = 4  # runs whose shard stays open: the one being written, and a few being read next to it
 
@@ -47,6 +52,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, sa.Engine] = OrderedDict()
+        self._asset_key_columns: set[str] = set()
         super().__init__(base_dir, inst_data)
 
     @contextmanager
@@ -74,6 +80,29 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         for old in runs[:-RUN_SHARDS_KEPT]:
             self._engines.pop(old).dispose()
         return engine
+
+    def _has_asset_key_col_on_connection(self, conn: sa.Connection, column_name: str) -> bool:
+        """Dagster reflects `asset_keys`' columns at every asset event (twice a session); columns are only ever
+        added (by `dagster instance migrate`), so one found present is remembered."""
+        if column_name not in self._asset_key_columns:
+            if not super()._has_asset_key_col_on_connection(conn, column_name):
+                return False
+            self._asset_key_columns.add(column_name)
+        return True
+
+    def _store_asset_event(self, conn: sa.Connection, event: EventLogEntry, event_id: int) -> None:
+        """An asset's latest event in `asset_keys` in one upsert, as dagster-postgres writes it. Dagster's SQLite
+        storage tries an INSERT and, on the IntegrityError that every event of an asset but its first raises,
+        UPDATEs: two statements and an exception per event."""
+        asset_key = event.dagster_event.asset_key if event.dagster_event else None
+        if asset_key is None:
+            return
+        values = self._get_asset_entry_values(event, event_id, self._has_asset_key_index_cols_on_connection(conn))
+        if values:
+            conn.execute(
+                sqlite.insert(AssetKeyTable).values(asset_key=asset_key.to_string(), **values)
+                .on_conflict_do_update(index_elements=[AssetKeyTable.c.asset_key], set_=values)
+            )
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """A run's planned events (one per session, and one per check: the one batch Dagster hands over, with
