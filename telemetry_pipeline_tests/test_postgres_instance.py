@@ -5,29 +5,34 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
 import psycopg2
 import pytest
 import yaml
-from dagster._core.events import AssetMaterializationPlannedData, StepMaterializationData
 from dagster_postgres.event_log import PostgresEventLogStorage
 
 from telemetry_pipeline.instance import UnmeasuredDagsterVersion, dagster_environment, open_instance
-from telemetry_pipeline.instance.pooled_postgres import PooledPostgresStorage, driver_url
+from telemetry_pipeline.instance.pooled_postgres import (
+    PooledEventLogStorage,
+    PooledPostgresStorage,
+    PoolSettings,
+    SharedEngine,
+    driver_url,
+    pooled_engine,
+)
 from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.settings import ConfigurationError, Settings, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
 from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
-from telemetry_pipeline_tests.postgres import SERVER
+from telemetry_pipeline_tests.postgres import SERVER, create_database, drop_database
+from telemetry_pipeline_tests.storage_events import ASSET_KEYS_ROWS, history_events, storage_event
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "dagster.yaml"
@@ -113,14 +118,32 @@ def test_a_process_rereads_partitions_whenever_another_changed_them(
         assert reader.get_dynamic_partitions("other") == []
 
 
-def _event(kind: dg.DagsterEventType, key: str, run_id: str) -> dg.EventLogEntry:
-    asset = dg.AssetKey("signavio_export")
-    is_planned = kind == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-    data = (AssetMaterializationPlannedData(asset, partition=key) if is_planned
-            else StepMaterializationData(dg.AssetMaterialization(asset, partition=key)))
-    event = dg.DagsterEvent(kind.value, job_name="export_sessions", event_specific_data=data)
-    return dg.EventLogEntry(error_info=None, level=logging.INFO, user_message="", run_id=run_id, timestamp=time.time(),
-                            dagster_event=event)
+def test_the_latest_asset_events_read_back_as_on_dagster_postgres(postgres_url: str) -> None:
+    """`asset_keys` after the same events (`storage_events.HISTORY`): ours, whose materialisations are serialised
+    once (`serialized_once.py`), has the same rows, byte for byte, as dagster-postgres' own event log."""
+    events = history_events()
+    theirs_url = create_database()
+    rows = {}
+    try:
+        for name, url in (("dagster", theirs_url), ("ours", postgres_url)):
+            if name == "ours":
+                storage: PostgresEventLogStorage = PooledEventLogStorage(driver_url(url))
+                storage.use(SharedEngine(pooled_engine(url, PoolSettings())))  # type: ignore[attr-defined]
+            else:
+                storage = PostgresEventLogStorage(driver_url(url))
+            try:
+                for event in events:
+                    storage.store_event(event)
+            finally:
+                storage.dispose()
+            with psycopg2.connect(url) as con, con.cursor() as cur:
+                cur.execute(ASSET_KEYS_ROWS)
+                rows[name] = cur.fetchall()
+            con.close()
+    finally:
+        drop_database(theirs_url)
+    assert len(rows["ours"]) == 3
+    assert rows["ours"] == rows["dagster"]
 
 
 def test_unfinished_partitions_match_dagster_postgres(
@@ -136,7 +159,7 @@ def test_unfinished_partitions_match_dagster_postgres(
     with dg.DagsterInstance.get() as instance:
         storage = instance.event_log_storage
         for kind, key, run in history:
-            storage.store_event(_event(kind, f"extract:{key}", run))
+            storage.store_event(storage_event(kind, "signavio_export", f"extract:{key}", run))
         asset = dg.AssetKey("signavio_export")
         ours = storage.get_latest_asset_partition_materialization_attempts_without_materializations(asset)
         theirs = PostgresEventLogStorage.get_latest_asset_partition_materialization_attempts_without_materializations(

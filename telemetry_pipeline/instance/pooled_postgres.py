@@ -40,6 +40,8 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import set_pg_statement_timeout
 
+from telemetry_pipeline.instance.serialized_once import SerializedOnce
+
 PLAIN_SCHEME = "postgresql://"
 # SQLAlchemy 2.x maps a bare `postgresql://` to psycopg (3); the driver installed with dagster-postgres is psycopg2.
 DRIVER_SCHEME = "postgresql+psycopg2://"
@@ -124,7 +126,7 @@ class PooledRunStorage(_Pooled, PostgresRunStorage):
     pass
 
 
-class PooledEventLogStorage(_Pooled, PostgresEventLogStorage):
+class PooledEventLogStorage(_Pooled, SerializedOnce, PostgresEventLogStorage):
     """dagster-postgres' event log with fewer round trips per event. Measured on Dagster's floor for our export
     (bench/floor.py, 2,000 sessions in runs of 500, RUN_BOOKKEEPING=full): 17.6 s as dagster-postgres writes
     them, 14.5 s with the first change, 11.3 s with both (`lean`, one planned event per run: 8.9 s).

@@ -44,10 +44,12 @@ from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_lo
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.dialects import sqlite
 
+from telemetry_pipeline.instance.serialized_once import SerializedOnce
+
 RUN_SHARDS_KEPT = 4  # runs whose shard stays open: the one being written, and a few being read next to it
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+class PooledSqliteEventLogStorage(SerializedOnce, SqliteEventLogStorage):
     """`SqliteEventLogStorage` whose shards keep their engine (one pooled connection each) between calls."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
