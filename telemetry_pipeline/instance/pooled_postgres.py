@@ -134,7 +134,8 @@ class PooledEventLogStorage(_Pooled, SerializedOnce, PostgresEventLogStorage):
       checks out two and also sends a NOTIFY that nothing listens to: it polls for new events).
     - A batch of "planned" events (one per partition of a run, which `create_run` hands over as one batch
       when DAGSTER_EVENT_BATCH_SIZE is set) is one multi-row INSERT, as dagster-postgres already does for a
-      batch of materialisations, instead of one write per partition."""
+      batch of materialisations, instead of one write per partition.
+    - A materialisation is serialised once for its row and its `asset_keys` record (`serialized_once.py`)."""
 
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
         self._partitions_read: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}  # name -> (version, keys)
