@@ -40,7 +40,7 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import set_pg_statement_timeout
 
-from telemetry_pipeline.instance.serialized_once import SerializedOnce
+from telemetry_pipeline.instance.asset_keys import AssetKeysOnce
 
 PLAIN_SCHEME = "postgresql://"
 # SQLAlchemy 2.x maps a bare `postgresql://` to psycopg (3); the driver installed with dagster-postgres is psycopg2.
@@ -126,7 +126,7 @@ class PooledRunStorage(_Pooled, PostgresRunStorage):
     pass
 
 
-class PooledEventLogStorage(_Pooled, SerializedOnce, PostgresEventLogStorage):
+class PooledEventLogStorage(_Pooled, AssetKeysOnce, PostgresEventLogStorage):
     """dagster-postgres' event log with fewer round trips per event. Measured on Dagster's floor for our export
     (bench/floor.py, 2,000 sessions in runs of 500, RUN_BOOKKEEPING=full): 17.6 s as dagster-postgres writes
     them, 14.5 s with the first change, 11.3 s with both (`lean`, one planned event per run: 8.9 s).
@@ -135,21 +135,11 @@ class PooledEventLogStorage(_Pooled, SerializedOnce, PostgresEventLogStorage):
     - A batch of "planned" events (one per partition of a run, which `create_run` hands over as one batch
       when DAGSTER_EVENT_BATCH_SIZE is set) is one multi-row INSERT, as dagster-postgres already does for a
       batch of materialisations, instead of one write per partition.
-    - A materialisation is serialised once for its row and its `asset_keys` record (`serialized_once.py`)."""
+    - `asset_keys`' columns are looked up once, and a materialisation is serialised once (`asset_keys.py`)."""
 
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True) -> None:
         self._partitions_read: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}  # name -> (version, keys)
-        self._asset_key_columns: set[str] = set()
         super().__init__(postgres_url, should_autocreate_tables)
-
-    def has_asset_key_col(self, column_name: str) -> bool:
-        """dagster-postgres inspects the table's columns at each call (several per asset read, ~35 ms each);
-        columns are only ever added (by `dagster instance migrate`), so one found present is remembered."""
-        if column_name not in self._asset_key_columns:
-            if not super().has_asset_key_col(column_name):
-                return False
-            self._asset_key_columns.add(column_name)
-        return True
 
     def store_event(self, event: EventLogEntry) -> None:
         insert = self.prepare_insert_event(event).returning(SqlEventLogStorageTable.c.id)

@@ -6,8 +6,8 @@ export run paid four engine set-ups besides its commits. This storage is Dagster
 schema, transactions and locks, except that each shard's engine is kept: the index's for the life of the process,
 the most recent runs' shards in a small cache (a long-lived daemon or webserver sees runs without end, and each
 engine holds a file open), that it commits with `synchronous=NORMAL` (below), and that an asset's latest event
-goes into `asset_keys` in one upsert, its columns looked up once (Dagster: a column lookup, an INSERT, its
-IntegrityError and an UPDATE, at every asset event). Named in the embedded default's
+goes into `asset_keys` in one upsert (Dagster: an INSERT, its IntegrityError and an UPDATE, at every asset event),
+with its columns looked up once and a materialisation serialised once (`asset_keys.py`). Named in the embedded default's
 `dagster.yaml` (`LOCAL_INSTANCE_YAML`):
 
     storage:
@@ -18,8 +18,8 @@ IntegrityError and an UPDATE, at every asset event). Named in the embedded defau
           base_dir: <the instance's directory>
 
 Written against dagster 1.13: it replaces `SqliteEventLogStorage._connect`, through which every read and write of
-the event log reaches its shards, `store_event_batch` for a run's planned events, and `_store_asset_event` with
-`_has_asset_key_col_on_connection` (test_sqlite_instance.py compares the rows with Dagster's own storage's).
+the event log reaches its shards, `store_event_batch` for a run's planned events, and `_store_asset_event`
+(test_sqlite_instance.py compares the rows with Dagster's own storage's).
 """
 
 from __future__ import annotations
@@ -44,17 +44,16 @@ from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_lo
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.dialects import sqlite
 
-from telemetry_pipeline.instance.serialized_once import SerializedOnce
+from telemetry_pipeline.instance.asset_keys import AssetKeysOnce
 
 RUN_SHARDS_KEPT = 4  # runs whose shard stays open: the one being written, and a few being read next to it
 
 
-class PooledSqliteEventLogStorage(SerializedOnce, SqliteEventLogStorage):
+class PooledSqliteEventLogStorage(AssetKeysOnce, SqliteEventLogStorage):
     """`SqliteEventLogStorage` whose shards keep their engine (one pooled connection each) between calls."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, sa.Engine] = OrderedDict()
-        self._asset_key_columns: set[str] = set()
         super().__init__(base_dir, inst_data)
 
     @contextmanager
@@ -82,15 +81,6 @@ class PooledSqliteEventLogStorage(SerializedOnce, SqliteEventLogStorage):
         for old in runs[:-RUN_SHARDS_KEPT]:
             self._engines.pop(old).dispose()
         return engine
-
-    def _has_asset_key_col_on_connection(self, conn: sa.Connection, column_name: str) -> bool:
-        """Dagster reflects `asset_keys`' columns at every asset event (twice a session); columns are only ever
-        added (by `dagster instance migrate`), so one found present is remembered."""
-        if column_name not in self._asset_key_columns:
-            if not super()._has_asset_key_col_on_connection(conn, column_name):
-                return False
-            self._asset_key_columns.add(column_name)
-        return True
 
     def _store_asset_event(self, conn: sa.Connection, event: EventLogEntry, event_id: int) -> None:
         """An asset's latest event in `asset_keys` in one upsert, as dagster-postgres writes it. Dagster's SQLite
