@@ -120,17 +120,15 @@ def test_a_process_rereads_partitions_whenever_another_changed_them(
 
 def test_the_latest_asset_events_read_back_as_on_dagster_postgres(postgres_url: str) -> None:
     """`asset_keys` after the same events (`storage_events.HISTORY`): ours, whose materialisations are serialised
-    once (`serialized_once.py`), has the same rows, byte for byte, as dagster-postgres' own event log."""
+    once (`asset_keys.py`), has the same rows, byte for byte, as dagster-postgres' own event log."""
     events = history_events()
     theirs_url = create_database()
     rows = {}
     try:
-        for name, url in (("dagster", theirs_url), ("ours", postgres_url)):
-            if name == "ours":
-                storage: PostgresEventLogStorage = PooledEventLogStorage(driver_url(url))
-                storage.use(SharedEngine(pooled_engine(url, PoolSettings())))  # type: ignore[attr-defined]
-            else:
-                storage = PostgresEventLogStorage(driver_url(url))
+        ours = PooledEventLogStorage(driver_url(postgres_url))
+        ours.use(SharedEngine(pooled_engine(postgres_url, PoolSettings())))
+        theirs = PostgresEventLogStorage(driver_url(theirs_url))
+        for name, url, storage in (("dagster", theirs_url, theirs), ("ours", postgres_url, ours)):
             try:
                 for event in events:
                     storage.store_event(event)
