@@ -66,7 +66,8 @@ _P = {f: _field("pf", _PAYLOAD_FIELDS, f) for f in _PAYLOAD_FIELDS}
 _TOP = (*_SESSION_FIELDS, "metrics.last_user_prompt", *(f"metrics.{f}" for f in _SESSION_FIELDS))
 _S = {f: f"coalesce({_field('top', _TOP, f)}, {_field('top', _TOP, 'metrics.' + f)})" for f in _SESSION_FIELDS}
 _S["last_user_prompt"] = _field("top", _TOP, "metrics.last_user_prompt")
-_DOCUMENT_PATHS = ("events", "metrics", *_TOP)  # parts[1], parts[2], then _TOP's
+_DOCUMENT_PATHS = ("events", "metrics", *_TOP)  # one json_extract reads them all into `parts`
+_D = {f: _field("parts", _DOCUMENT_PATHS, f) for f in _DOCUMENT_PATHS}
 
 _VALIDATE = f"""
 CREATE OR REPLACE TEMP TABLE nb AS
@@ -82,7 +83,7 @@ SELECT session_key, source, session_id, parts,
        CASE WHEN text IS NULL THEN 'payload is not valid UTF-8'
             WHEN parts IS NULL AND (braced OR NOT json_valid(text)) THEN 'payload is not valid JSON'
             WHEN parts IS NULL THEN 'payload is not a JSON object'
-            WHEN coalesce(left(parts[1], 1), '') <> '[' THEN 'payload has no "events" list'
+            WHEN coalesce(left({_D["events"]}, 1), '') <> '[' THEN 'payload has no "events" list'
        END AS problem
 FROM p;
 """
@@ -90,9 +91,9 @@ FROM p;
 _DOCUMENTS = f"""
 CREATE OR REPLACE TEMP TABLE nj AS
 SELECT session_key, source, session_id,
-       json_extract(parts[1], '$[*]') AS evs,
-       [{", ".join(f"parts[{i + 3}] ->> '$'" for i in range(len(_TOP)))}] AS top,
-       CASE WHEN left(parts[2], 1) = '{{' THEN parts[2] END AS metrics
+       json_extract({_D["events"]}, '$[*]') AS evs,
+       [{", ".join(f"{_D[f]} ->> '$'" for f in _TOP)}] AS top,
+       CASE WHEN left({_D["metrics"]}, 1) = '{{' THEN {_D["metrics"]} END AS metrics
 FROM nb WHERE problem IS NULL;
 """
 
