@@ -66,11 +66,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     simulator = subprocess.Popen(
         [str(BIN / "telemetry-pipeline"), "simulate", "--port", str(port), "--sessions", str(args.sessions),
-         "--events-per-session", str(args.events), "--seed", "1"],
+         "--events-per-session", str(args.events), "--seed", "1", "--prerender"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(url)
+        _wait_for(url, seconds=600)  # it renders every answer first (~1 ms a session)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             results: dict = {
                 "machine": _machine(),
@@ -374,10 +374,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(url: str) -> None:
+def _wait_for(url: str, seconds: float = 30) -> None:
     import httpx
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             httpx.get(url + "/agent_metrics/sessions?limit=1", timeout=1)

@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events-per-session", type=int, default=30)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--live-rate", type=float, default=0.0, help="new sessions per minute (0: a fixed set)")
+    p.add_argument("--prerender", action="store_true",
+                   help="render every session's answer before serving (the benchmark: the double's own work "
+                        "stays out of the measurement)")
     p.set_defaults(run=cmd_simulate)
     return parser
 
@@ -344,7 +347,7 @@ def cmd_simulate(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     config = SimulationConfig(
         sessions=args.sessions, events_per_session=args.events_per_session, seed=args.seed, live_rate=args.live_rate
     )
-    with Simulator(config, port=args.port) as simulator:
+    with Simulator(config, port=args.port, prerender=args.prerender) as simulator:
         log.info("simulating %d sessions on %s (Ctrl-C to stop)", args.sessions, simulator.url)
         try:
             simulator.serve_forever()

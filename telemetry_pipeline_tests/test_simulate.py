@@ -67,6 +67,22 @@ def test_same_seed_gives_byte_identical_bodies(sim: Simulator, client: httpx.Cli
         assert differing == paths[2:]
 
 
+def test_prerendered_answers_are_the_generated_ones(sim: Simulator, client: httpx.Client) -> None:
+    """The benchmark's `simulate --prerender` serves what generation serves, byte for byte, and the same
+    404s for a session of the other source, an unknown one and a non-canonical spelling."""
+    paths = [session_path(source, sid) for source in LISTING for sid in sim.session_ids(source)]
+    wrong = [session_path("extract", sim.session_ids("agent_telemetry")[0]), session_path("extract", "sim-ex-999999"),
+             session_path("agent_telemetry", "sim-at-1")]
+    with Simulator(CONFIG, prerender=True) as rendered, httpx.Client(base_url=rendered.url, timeout=10) as http:
+        assert len(paths) == CONFIG.sessions
+        for path in paths:
+            answer = http.get(path)
+            assert answer.status_code == 200
+            assert answer.content == client.get(path).content, path
+        for path in wrong:
+            assert http.get(path).status_code == client.get(path).status_code == 404, path
+
+
 @pytest.mark.parametrize("source", ["extract", "agent_telemetry"])
 def test_discovery_pages_cover_each_session_once_in_order(
     sim: Simulator, client: httpx.Client, source: str

@@ -16,11 +16,16 @@ logger = logging.getLogger(__name__)
 class Simulator:
     """Serves the generated population on `url` (one port for both sources). A context manager."""
 
-    def __init__(self, config: SimulationConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, config: SimulationConfig, host: str = "127.0.0.1", port: int = 0, prerender: bool = False
+    ) -> None:
+        """`prerender`: render every history session's answer before serving (`Routes.prerender`)."""
         self.config = config
         now_ms = int(time.time() * 1000)
         self.timeline = Timeline.live(config, now_ms) if config.live_rate > 0 else Timeline.fixed(config)
         self._routes = Routes(config, self.timeline, time.time)
+        if prerender:
+            self._routes.prerender()
         self._server = LoopbackServer(self._routes, host, port, name="simulator")
         self.url = self._server.url
 
