@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg2
@@ -84,6 +85,35 @@ def test_the_shipped_config_reads_one_variable_and_keeps_it_out_of_the_instance_
     assert "DAGSTER_POSTGRES_URL" in ref.storage_data.config_yaml and SERVER not in ref.storage_data.config_yaml
     with dg.DagsterInstance.from_ref(ref) as worker:  # how run and step processes build it
         assert worker.get_dynamic_partitions("agent_sessions") == ["extract:a"]
+
+
+def synchronous_commit(engine: Any) -> str:
+    with engine.connect() as conn:
+        return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+
+def test_the_shipped_config_commits_dagsters_records_without_waiting_for_the_disk(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/dagster.yaml asks for `synchronous_commit: "off"` on the pool's connections, in every process that
+    builds the instance (a run's from its ref too); without the key, PostgreSQL's default; a bare YAML off (a
+    boolean) is refused by name instead of reaching the server."""
+    for name, value in production_home(tmp_path, postgres_url).items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.get() as instance:
+        assert synchronous_commit(instance.event_log_storage._engine) == "off"  # type: ignore[attr-defined]
+        with dg.DagsterInstance.from_ref(instance.get_ref()) as worker:
+            assert synchronous_commit(worker.run_storage._engine) == "off"  # type: ignore[attr-defined]
+    default = PooledPostgresStorage(postgres_url)
+    try:
+        assert synchronous_commit(default.engine) == "on"
+    finally:
+        default.engine.dispose()
+
+    config = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
+    config.write_text(config.read_text().replace('synchronous_commit: "off"', "synchronous_commit: off"))
+    with pytest.raises(dg.DagsterInvalidConfigError, match="synchronous_commit"):
+        dg.DagsterInstance.get()
 
 
 def test_partition_membership_for_a_whole_history(
