@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 from telemetry_pipeline.settings import SourcesSettings
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, Source, SourceError
@@ -16,6 +18,9 @@ from telemetry_pipeline.sources.registry import REGISTRY, SOURCES, parse_key
 from telemetry_pipeline.transport.http import make_client
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -56,27 +61,23 @@ class SourceSet:
     def fetch_many(self, keys: Iterable[str]) -> FetchResult:
         """Fetch every key, at most `fetch_concurrency` at once. One failure never stops the others."""
 
-        def fetch_one(key: str) -> RawSession | Exception:
-            try:
-                source_name, session_id = parse_key(key)
-                return self.get(source_name).fetch(session_id)
-            except (SourceError, ValueError) as exc:
-                return exc
+        def fetch_one(key: str) -> RawSession:
+            source_name, session_id = parse_key(key)
+            return self.get(source_name).fetch(session_id)
 
         keys = list(keys)
         raw: list[RawSession] = []
         errors: dict[str, str] = {}
         not_found: list[str] = []
-        with ThreadPoolExecutor(
-            max_workers=max(1, self.settings.fetch_concurrency), thread_name_prefix="fetch"
-        ) as pool:
-            for key, outcome in zip(keys, pool.map(fetch_one, keys), strict=True):
-                if isinstance(outcome, Exception):
-                    errors[key] = str(outcome)
-                    if isinstance(outcome, SessionNotFound):
-                        not_found.append(key)
-                else:
-                    raw.append(outcome)
+        outcomes = fan_out(fetch_one, keys, self.settings.fetch_concurrency, catch=(SourceError, ValueError))
+        for key in keys:
+            outcome = outcomes[key]
+            if isinstance(outcome, Exception):
+                errors[key] = str(outcome)
+                if isinstance(outcome, SessionNotFound):
+                    not_found.append(key)
+            else:
+                raw.append(outcome)
         return FetchResult(raw, errors, not_found)
 
     def unreadable_files(self) -> dict[str, str]:
@@ -94,25 +95,65 @@ class SourceSet:
         def list_one(name: str) -> list[SessionRef]:
             return list(self.sources[name].list_sessions(since.get(name)))
 
-        pool = ThreadPoolExecutor(max_workers=max(1, len(self.sources)), thread_name_prefix="list")
-        futures = {name: pool.submit(list_one, name) for name in self.sources}
-        try:
-            done, _ = wait(futures.values(), timeout=deadline.total_seconds() if deadline else None)
-        finally:
-            # A hung listing is abandoned, not waited for: closing the shared client (`__exit__`) ends its request.
-            pool.shutdown(wait=False, cancel_futures=True)
+        # A hung listing is abandoned, not waited for: closing the shared client (`__exit__`) ends its request.
+        outcomes = fan_out(list_one, list(self.sources), len(self.sources), deadline, catch=Exception)
         found: list[SessionRef] = []
         errors: dict[str, str] = {}
-        for name, future in futures.items():
-            exc = future.exception() if future in done else None
-            if future not in done:
+        for name in self.sources:
+            if name not in outcomes:
                 errors[name] = f"source {name}: listing still not done after {deadline}; left for the next pass"
-            elif isinstance(exc, SourceError):
-                errors[name] = str(exc)
-            elif exc is not None:  # a fault of one source's code must not hide the other sources' sessions
-                errors[name] = f"source {name}: listing failed: {type(exc).__name__}: {exc}"
+                log.warning("discovery: %s", errors[name])
+                continue
+            outcome = outcomes[name]
+            if isinstance(outcome, SourceError):
+                errors[name] = str(outcome)
+            elif isinstance(outcome, Exception):  # a fault of one source's code must not hide the others' sessions
+                errors[name] = f"source {name}: listing failed: {type(outcome).__name__}: {outcome}"
             else:
-                found.extend(future.result())
+                found.extend(outcome)
                 continue
             log.warning("discovery: %s", errors[name])
         return found, errors
+
+
+def fan_out(work: Callable[[T], R], items: Sequence[T], workers: int, deadline: dt.timedelta | None = None,
+            catch: type[Exception] | tuple[type[Exception], ...] = ()) -> dict[T, R | Exception]:
+    """`work` on every item in at most `workers` threads; {item: its result, or the exception of `catch` it
+    raised} for the items done by `deadline` (every item when None). Any other exception is raised here.
+
+    The threads are daemons, so an interrupt (Ctrl-C, SIGTERM) ends the caller at once: a `ThreadPoolExecutor`'s
+    threads are joined before its process may exit, so a fetch waiting on a source that does not answer held a
+    stopped run for its timeout times its attempts (a CLI export took 126 s to stop, issue 28)."""
+    done: dict[T, R | Exception] = {}
+    failure: list[BaseException] = []
+    lock = threading.Lock()
+    taken = 0
+
+    def worker() -> None:
+        nonlocal taken
+        while True:
+            with lock:
+                if taken == len(items) or failure:
+                    return
+                item, taken = items[taken], taken + 1
+            try:
+                outcome: R | Exception = work(item)
+            except catch as exc:
+                outcome = exc
+            except BaseException as exc:  # a fault of our own code: raised in the caller, not lost in a thread
+                failure.append(exc)
+                return
+            with lock:
+                done[item] = outcome
+
+    threads = [threading.Thread(target=worker, name=f"fan-out-{n}", daemon=True)
+               for n in range(max(1, min(workers, len(items))))]
+    for thread in threads:
+        thread.start()
+    end = None if deadline is None else time.monotonic() + deadline.total_seconds()
+    for thread in threads:  # `join` gives way to a signal's exception on POSIX
+        thread.join(None if end is None else max(0.0, end - time.monotonic()))
+    with lock:
+        if failure:
+            raise failure[0]
+        return dict(done)
