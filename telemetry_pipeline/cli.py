@@ -10,13 +10,16 @@ in `main` (tests pass `Settings` built directly).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from telemetry_pipeline.instance import dagster_settings, open_instance
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("telemetry_pipeline.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C (128 + SIGINT)
 _WAIT_POLL_S = 0.5
 
 
@@ -38,13 +42,30 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     configure_logging(args.verbose)
     try:
         args.settings = settings or from_environment(settings_file=True)
-        with dagster_settings(args.settings.run_bookkeeping):  # this process creates runs and writes their events
+        with dagster_settings(args.settings.run_bookkeeping), _stop_signals_interrupt():
             payload, code = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
         print(json.dumps({"error": str(exc)}), file=sys.stdout)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a command with nothing to say of its items (`export` says what it did)
+        print(json.dumps({"error": "interrupted"}), file=sys.stdout)
+        return EXIT_INTERRUPTED
     print(json.dumps(payload, indent=2, default=str))
     return code
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, an orchestrator, `kill`) stops a command as Ctrl-C does: its runs are recorded
+    failed ("interrupted") and it ends within seconds, instead of dying on the spot with its runs left STARTED."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -151,7 +172,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.instance.history import exported_keys
     from telemetry_pipeline.instance.liveness import RunLiveness
-    from telemetry_pipeline.instance.runs import Exporter, unregister_unknown
+    from telemetry_pipeline.instance.runs import Exporter, ExportInterrupted, unregister_unknown
     from telemetry_pipeline.sources.registry import key_problem, parse_key
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -190,27 +211,42 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         exporter = Exporter(args.settings, job, instance, run_config,
                             tags={} if args.force else {PENDING_AS_OF_TAG: repr(pending_as_of)},
                             prepare_helper=functools.partial(configure_logging, args.verbose))
-        results.update(exporter.export([k for k in valid if k not in results]))
-        if register and not args.register:  # a typo must not leave a partition behind, red for ever
-            unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)
-        liveness = RunLiveness(instance)
-        deadline = time.monotonic() + args.wait_timeout
-        while args.wait and (held := [k for k in keys if "held_by" in results[k]]):
-            free = _wait_for_release(warehouse, liveness, held, deadline)
-            if not free:
-                break
-            # Those the holder exported meanwhile are skipped by the exporter (`PENDING_AS_OF_TAG`), unless --force.
-            results.update(exporter.export(free))
+        try:
+            results.update(exporter.export([k for k in valid if k not in results]))
+            if register and not args.register:  # a typo must not leave a partition behind, red for ever
+                unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)
+            liveness = RunLiveness(instance)
+            deadline = time.monotonic() + args.wait_timeout
+            while args.wait and (held := [k for k in keys if "held_by" in results[k]]):
+                free = _wait_for_release(warehouse, liveness, held, deadline)
+                if not free:
+                    break
+                # Those the holder exported meanwhile are skipped by the exporter (`PENDING_AS_OF_TAG`), unless --force.
+                results.update(exporter.export(free))
+        except KeyboardInterrupt as stopped:  # Ctrl-C or SIGTERM: say what was done, and what was not
+            results.update(stopped.results if isinstance(stopped, ExportInterrupted) else {})
+            for key in keys:
+                results.setdefault(key, {"session_id": key, "status": "failed", "error": INTERRUPTED})
+            return _export_summary([results[k] for k in keys], interrupted=True)
         _describe_holders(warehouse, liveness, [k for k in keys if "held_by" in results[k]], results)
-    ordered = [results[k] for k in keys]
+    return _export_summary([results[k] for k in keys])
+
+
+INTERRUPTED = ("interrupted: the command was stopped (Ctrl-C or SIGTERM) before this session's run finished; its "
+               "run is recorded failed, and the next export or sensor tick takes the session")
+
+
+def _export_summary(ordered: list[dict[str, Any]], interrupted: bool = False) -> tuple[dict[str, Any], int]:
     counts = {s: sum(1 for r in ordered if r["status"] == s) for s in ("exported", "skipped", "failed")}
     held_count = sum(1 for r in ordered if "held_by" in r)
     status = (
-        "failed" if counts["failed"] and not counts["exported"]
+        "interrupted" if interrupted
+        else "failed" if counts["failed"] and not counts["exported"]
         else "partial" if counts["failed"] or (held_count and counts["exported"])
         else "held" if held_count else "ok"
     )
-    code = EXIT_FAILED if counts["failed"] else EXIT_HELD if held_count else EXIT_OK
+    code = (EXIT_INTERRUPTED if interrupted else EXIT_FAILED if counts["failed"] else EXIT_HELD if held_count
+            else EXIT_OK)
     return {
         "status": status,
         "total_count": len(ordered),

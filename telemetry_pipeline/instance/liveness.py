@@ -27,6 +27,7 @@ from telemetry_pipeline.warehouse import Holder
 
 # psutil's start times come from the kernel's clock ticks (10 ms on Linux); a reused pid starts later than that.
 _START_TOLERANCE_S = 0.05
+GONE = "it was killed or its host restarted; a later run took its sessions over"
 
 
 @cache
@@ -75,8 +76,9 @@ class RunLiveness:
     gone from this host is marked failed (with the reason) and is DEAD; a started run whose process runs here is
     ALIVE; any other run is UNKNOWN (its lease decides)."""
 
-    def __init__(self, instance: dg.DagsterInstance) -> None:
+    def __init__(self, instance: dg.DagsterInstance, gone_reason: str | None = None) -> None:
         self.instance = instance
+        self.gone_reason = gone_reason or GONE  # what the failure says of a run whose process is gone
 
     def __call__(self, run_id: str) -> Holder:
         run = self.instance.get_run_by_id(run_id)
@@ -89,8 +91,7 @@ class RunLiveness:
         if running:
             return Holder.ALIVE
         self.instance.report_run_failed(
-            run, message=f"the process of this run (pid {process.pid} on {process.host}) is gone: it was killed or "
-            "its host restarted; a later run took its sessions over",
+            run, message=f"the process of this run (pid {process.pid} on {process.host}) is gone: {self.gone_reason}"
         )
         return Holder.DEAD
 

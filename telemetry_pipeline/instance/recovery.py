@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -20,7 +20,7 @@ import dagster as dg
 from telemetry_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
 from telemetry_pipeline.instance.history import latest_exports
 from telemetry_pipeline.instance.liveness import RunLiveness
-from telemetry_pipeline.names import HOST_TAG, RECOVERY_ATTEMPT_TAG
+from telemetry_pipeline.names import HOST_TAG, PID_TAG, RECOVERY_ATTEMPT_TAG
 from telemetry_pipeline.warehouse import Holder
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,18 @@ class Recovery:
     attempt: int  # how many runs in a row have tried these sessions after a cut-off (this one included)
 
 
-def mark_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed the started export runs whose process is gone from this host; their ids. (An export run is
-    one that tagged itself with its process: `export_sessions`, or the hourly schedule's asset runs.)"""
-    check = RunLiveness(instance)
+def mark_dead_runs(instance: dg.DagsterInstance, pids: Collection[int] | None = None,
+                   reason: str | None = None) -> list[str]:
+    """Mark failed the started export runs whose process is gone from this host (one of `pids`, when given), saying
+    `reason` (else: it was killed); their ids. (An export run is one that tagged itself with its process:
+    `export_sessions`, or the hourly schedule's asset runs.)"""
+    check = RunLiveness(instance, reason)
     started = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-    return [run.run_id for run in started if HOST_TAG in run.tags and check(run.run_id) is Holder.DEAD]
+    return [
+        run.run_id for run in started
+        if HOST_TAG in run.tags and (pids is None or run.tags.get(PID_TAG) in {str(pid) for pid in pids})
+        and check(run.run_id) is Holder.DEAD
+    ]
 
 
 def cut_off_runs(instance: dg.DagsterInstance, after: float) -> tuple[list[dg.DagsterRun], float]:

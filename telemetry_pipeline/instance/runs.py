@@ -8,6 +8,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections import deque
@@ -23,6 +24,7 @@ from telemetry_pipeline.defs.partitions import KeyRange, batched_ranges
 from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance.recovery import mark_dead_runs
+from telemetry_pipeline.instance.stopping import helper_processes, mark_interrupted, stop
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     DISCOVERED_SESSIONS,
@@ -86,6 +88,7 @@ class Exporter:
         todo = deque(enumerate(ranges, 1))
         results: dict[str, dict[str, Any]] = {}
         lock = threading.Lock()
+        stopping = threading.Event()  # Ctrl-C or SIGTERM: the helpers are being stopped
 
         def take() -> tuple[int, KeyRange] | None:
             with lock:
@@ -107,7 +110,9 @@ class Exporter:
                 log.info("run %d/%d: %d sessions, in a helper process", item[0], len(ranges), len(item[1].keys))
                 try:
                     record(pool.submit(_run_in_helper, self.run_config, item[1], self.tags).result())
-                except Exception as exc:  # the helper died: this batch failed, the others go on without it
+                except (Exception, KeyboardInterrupt) as exc:  # the helper died or was stopped: this batch failed
+                    if stopping.is_set():  # stopped by the command itself (`ExportInterrupted` says so)
+                        return
                     error = f"export worker process failed: {type(exc).__name__}: {exc}"
                     log.warning("run %d/%d: %s", item[0], len(ranges), error)
                     mark_dead_runs(self.instance)  # its run, left STARTED, says it failed (and why)
@@ -119,7 +124,10 @@ class Exporter:
         with tqdm(total=len(keys), unit="session", file=sys.stderr, disable=not keys, dynamic_ncols=True) as bar:
             helpers = min(self.settings.export_workers, len(ranges)) - 1
             if helpers <= 0:
-                run_here()
+                try:
+                    run_here()
+                except KeyboardInterrupt:
+                    raise ExportInterrupted(dict(results)) from None
                 return results
             # spawn, not fork: this process holds open database connections and threads.
             pool = ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"),
@@ -131,9 +139,24 @@ class Exporter:
                 run_here()
                 for thread in threads:
                     thread.join()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no new run; the helpers' runs stop within the bound
+                with lock:
+                    todo.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                stopping.set()
+                mark_interrupted(self.instance, stop(helper_processes, signal.SIGTERM), "`telemetry-pipeline export`")
+                raise ExportInterrupted(dict(results)) from None
+            pool.shutdown(wait=True)
         return results
+
+
+class ExportInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during `Exporter.export`: no new run was started, the runs under way were stopped and
+    recorded failed; `results` holds the keys whose runs had ended before."""
+
+    def __init__(self, results: dict[str, dict[str, Any]]) -> None:
+        super().__init__("interrupted")
+        self.results = results
 
 
 @dataclass
@@ -168,6 +191,8 @@ def _run_once(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: d
               key_range: KeyRange, tags: dict[str, str]) -> RangeOutcome:
     result = job.execute_in_process(instance=instance, tags={**tags, **key_range.tags}, run_config=run_config,
                                     raise_on_error=False)
+    if _interrupted(result):  # Dagster recorded the run failed ("interrupted"); the command stops here
+        raise KeyboardInterrupt
     failed, whole_run_error, not_found = _failed_sessions(result)
     if not result.success:
         log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
@@ -201,6 +226,9 @@ def _start_helper(settings: Settings, prepare: Callable[[], None] | None) -> Non
     from telemetry_pipeline.instance import dagster_environment, open_instance
 
     global _helper
+    # A terminal's Ctrl-C reaches every process of its group: a helper between runs leaves it to the command,
+    # which stops the helpers itself (`export`); inside a run Dagster's own handler takes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if prepare is not None:
         prepare()
     os.environ.update(dagster_environment(settings.run_bookkeeping))  # as the CLI's `dagster_settings` does
@@ -228,6 +256,18 @@ def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str,
                 if name in observation.metadata:
                     keys.update(cast(dict[str, str], observation.metadata[name].value))
     return confirmed, left[IN_FLIGHT_META], left[EXPORTED_MEANWHILE_META]
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run ended because this process was interrupted (Dagster turns the signal into a failed run)."""
+    return not result.success and any(
+        event.is_step_failure and event.step_failure_data and event.step_failure_data.error
+        and event.step_failure_data.error.cls_name in _INTERRUPTS
+        for event in result.all_events
+    )
+
+
+_INTERRUPTS = frozenset({"DagsterExecutionInterruptedError", "KeyboardInterrupt"})
 
 
 def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
