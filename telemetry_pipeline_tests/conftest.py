@@ -123,3 +123,15 @@ def uploads_by_table(home: Path) -> dict[str, list[dict[str, str]]]:
         schema, _, rows = read_upload(folder)
         tables.setdefault(schema["name"], []).extend(rows)
     return tables
+
+
+POSTGRES_FIXTURES = frozenset({"postgres_url", "private_postgres", "dagster_db"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`postgres` on every test that takes a database, or a store parametrised as PostgreSQL (`pytest -m postgres`
+    reruns them alone)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())) or "postgres" in params.values():
+            item.add_marker(pytest.mark.postgres)

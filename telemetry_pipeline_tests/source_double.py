@@ -60,6 +60,7 @@ class SourceDouble:
         # Sessions whose fetches are answered late: (seconds, gate). Setting the gate ends the wait early.
         self.delays: dict[tuple[str, str], tuple[float, threading.Event]] = {}
         self.hits: dict[str, int] = defaultdict(int)
+        self._fetched: dict[str, threading.Event] = defaultdict(threading.Event)  # key -> a fetch of it arrived
         self._lock = threading.Lock()
         router = Router(not_found="no such route")
         for source in LIST_PATH:  # listings first: "sessions" is no session id
@@ -114,10 +115,23 @@ class SourceDouble:
             if seconds:
                 self.delays[(source, session_id)] = (seconds, threading.Event())
 
+    def hang(self, source: str, session_id: str) -> None:
+        """Answer fetches of the session only when the double stops (or `slow(..., 0)`): a source that does not
+        answer."""
+        self.slow(source, session_id, 24 * 3600)
+
+    def wait_for_fetch(self, key: str, timeout: float) -> None:
+        """Return once a fetch of `key` has arrived here (it is in flight while the session is slow or hung)."""
+        with self._lock:
+            arrived = self._fetched[key]
+        if not arrived.wait(timeout):
+            raise AssertionError(f"no fetch of {key} arrived within {timeout:.0f} s")
+
     def _fetch(self, source: str, session_id: str) -> Reply:
         key = (source, session_id)
         with self._lock:
             self.hits[f"{source}:{session_id}"] += 1
+            self._fetched[f"{source}:{session_id}"].set()
             fault = self.faults.get(key)
             if fault and fault.remaining > 0:
                 fault.remaining -= 1

@@ -110,6 +110,7 @@ def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     return body["data"]
 
 
+@pytest.mark.processes
 def test_three_processes_discover_export_and_answer_through_graphql(deployment: tuple[str, Path]) -> None:
     url, home = deployment
     key = {"path": ["signavio_export"]}

@@ -187,6 +187,7 @@ def test_reexport_is_idempotent_and_skips_unless_forced(pipeline: Pipeline, home
     assert len(ids) == 2 * len(set(ids)), "the re-upload carries exactly the same event ids"
 
 
+@pytest.mark.processes
 def test_status_and_sessions_survive_a_restart(
     pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble
 ):
@@ -290,6 +291,7 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(
     assert not third.run_requests, "exported after its last event: nothing more to do"
 
 
+@pytest.mark.processes
 def test_the_cli_in_another_shell_works_on_what_make_run_started_and_says_little(
     tmp_path: Path, source_double: SourceDouble
 ):

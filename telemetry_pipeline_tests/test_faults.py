@@ -11,7 +11,6 @@ and the Signavio double, and is killed with SIGKILL at a chosen stage (no cleanu
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -169,6 +168,7 @@ def add_good(source_double: SourceDouble, n: int, prefix: str) -> list[str]:
 # -- two real runs overlapping on the same sessions -----------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -212,6 +212,7 @@ def test_overlapping_runs_upload_each_session_once(pipeline: Pipeline,
     assert claims(home) == {}, "both runs released their claims"
 
 
+@pytest.mark.processes
 def test_export_wait_waits_for_the_run_holding_its_sessions(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -242,6 +243,7 @@ def test_export_wait_waits_for_the_run_holding_its_sessions(pipeline: Pipeline,
 # -- SIGKILL at each stage; the next export finishes the job ----------------------------------------------------
 
 
+@pytest.mark.processes
 def test_killed_while_fetching(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -267,6 +269,7 @@ def test_killed_while_fetching(pipeline: Pipeline,
     assert_marked_failed(instance, dead.run_id, proc.proc.pid)
 
 
+@pytest.mark.processes
 def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -293,6 +296,7 @@ def test_killed_after_the_upload_was_accepted_before_it_was_confirmed(pipeline: 
     assert len(posted_rows(signavio, RUNS)) == 2, "sent twice (at least once), loaded once per key"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("store", ["duckdb", "postgres"])
 def test_killed_with_the_case_table_loaded_and_the_event_log_not_the_next_run_sends_both_at_once(
     pipeline: Pipeline, signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance,
@@ -320,6 +324,7 @@ def test_killed_with_the_case_table_loaded_and_the_event_log_not_the_next_run_se
     assert_marked_failed(instance, dead.run_id, proc.proc.pid)
 
 
+@pytest.mark.processes
 def test_killed_while_recording_materialisations(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -355,6 +360,7 @@ def sensor_tick(pipeline: Pipeline, instance: dg.DagsterInstance, cursor: str | 
         return defs.resolve_sensor_def("new_sessions_sensor")(context)
 
 
+@pytest.mark.processes
 def test_the_sensor_exports_again_the_sessions_of_a_run_that_was_killed_without_waiting_a_lease(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -391,6 +397,7 @@ def test_the_sensor_exports_again_the_sessions_of_a_run_that_was_killed_without_
     )
 
 
+@pytest.mark.processes
 def test_the_sensor_exports_again_the_sessions_of_an_interrupted_run_not_those_of_a_failed_one(pipeline: Pipeline,
     signavio: SignavioDouble, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble,
     tmp_path: Path,
@@ -611,72 +618,6 @@ def test_an_upload_that_hangs_past_the_timeout_but_is_accepted_later_duplicates_
     assert signavio.executions[orphan].table == RUNS
     complete_orphans(signavio, [orphan])
     assert_delivered_exactly_once(signavio, instance, keys)
-
-
-# -- `make run` stopped with Ctrl-C mid-export, then started again ---------------------------------------------
-
-
-def start_make_run(home: Path, source_double: SourceDouble, log: Path) -> subprocess.Popen[bytes]:
-    """What `make run` starts once its sources are configured: `python -m telemetry_pipeline.instance dagster dev`,
-    in a process group of its own (a terminal's Ctrl-C reaches the whole group)."""
-    from telemetry_pipeline_tests.dagster_dev import ROOT, free_port
-
-    ours = ("DAGSTER_", "SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_", "TELEMETRY_", "WAREHOUSE_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)} | {
-        "TELEMETRY_PIPELINE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
-        "EXTRACT_SERVICE_URL": source_double.url, "AGENT_METRICS_SESSIONS_PATH": "",
-        "SENSOR_INTERVAL_SECONDS": "2", "SESSION_SETTLE_SECONDS": "0", "AGENT_NAME": "test-agent",
-    }
-    bin_dir = Path(sys.executable).parent
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "telemetry_pipeline.instance", str(bin_dir / "dagster"), "dev", "-h", "127.0.0.1",
-             "-p", str(free_port()), "-w", str(ROOT / "workspace.yaml")],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-
-def test_make_run_stopped_with_ctrl_c_mid_export_exports_those_sessions_when_started_again(
-    tmp_path: Path, source_double: SourceDouble
-):
-    home, log = tmp_path / "home", tmp_path / "make_run.log"
-    keys = add_good(source_double, 4, "ctrl-c")
-    source_double.slow("extract", "ctrl-c-003", 20)  # the sensor's run is mid-export while this answers
-    dev = start_make_run(home, source_double, log)
-    try:
-        wait_until(lambda: source_double.hits[keys[3]] >= 1, 240, "the sensor's run fetching", log)
-        os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C
-        dev.wait(timeout=120)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(dev.pid, signal.SIGKILL)
-    source_double.slow("extract", "ctrl-c-003", 0)
-    with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
-        assert instance.get_materialized_partitions(EXPORT) == set(), "nothing was exported before the Ctrl-C"
-        [cut_off] = instance.get_runs()
-        assert cut_off.status == dg.DagsterRunStatus.FAILURE, cut_off.status
-
-    dev = start_make_run(home, source_double, log)  # started again
-    try:
-        with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
-            def recovered() -> list[dg.DagsterRun]:
-                return instance.get_runs(dg.RunsFilter(
-                    tags={"telemetry_pipeline/recovers": cut_off.run_id}, statuses=[dg.DagsterRunStatus.SUCCESS]))
-            wait_until(lambda: bool(recovered()), 240, "the cut-off run's sessions exported again", log)
-            assert instance.get_materialized_partitions(EXPORT) == set(keys)
-            [recovering] = recovered()
-    finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        dev.wait(timeout=60)
-    assert recovering.tags["dagster/sensor_name"] == "new_sessions_sensor", "the sensor's next run, no lease waited"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
 
 
 def test_a_batch_cut_off_again_and_again_is_left_to_the_hourly_schedule(

@@ -32,6 +32,7 @@ def identity_of(proc: subprocess.Popen[bytes]) -> ProcessIdentity:
     return ProcessIdentity(host_identity(), proc.pid, psutil.Process(proc.pid).create_time())
 
 
+@pytest.mark.processes
 def test_a_process_is_running_until_it_is_gone(sleeper: subprocess.Popen[bytes]):
     me = ProcessIdentity.current()
     assert me.running() is True
@@ -49,6 +50,7 @@ def test_a_process_is_running_until_it_is_gone(sleeper: subprocess.Popen[bytes])
     assert other.running() is False, "reaped: no such process"
 
 
+@pytest.mark.processes
 def test_a_pid_that_now_belongs_to_another_process_is_not_the_run(sleeper: subprocess.Popen[bytes]):
     """Pids are reused: the run's process had this pid, but started earlier than the process that has it now."""
     now = identity_of(sleeper)
@@ -57,6 +59,7 @@ def test_a_pid_that_now_belongs_to_another_process_is_not_the_run(sleeper: subpr
     assert before.running() is False
 
 
+@pytest.mark.processes
 def test_a_process_on_another_host_cannot_be_judged_from_here(tmp_path: Path):
     """Another host, for real: a process in a UTS namespace of its own, with its own host name."""
     script = ("import json; from telemetry_pipeline.instance.liveness import ProcessIdentity; "
@@ -80,6 +83,7 @@ def started_run(instance: dg.DagsterInstance, tags: dict[str, str]) -> dg.Dagste
     return started
 
 
+@pytest.mark.processes
 def test_run_liveness_marks_a_run_whose_process_is_gone_failed(sleeper: subprocess.Popen[bytes]):
     with dg.instance_for_test() as instance:
         check = RunLiveness(instance)

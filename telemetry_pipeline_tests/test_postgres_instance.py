@@ -210,6 +210,7 @@ def test_driver_url() -> None:
     assert driver_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"
 
 
+@pytest.mark.processes
 def test_a_1000_session_export_opens_at_most_pool_size_connections(tmp_path: Path, postgres_url: str) -> None:
     pool_size = yaml.safe_load(SHIPPED.read_text())["storage"]["custom"]["config"]["pool"]["size"]
     with Simulator(SimulationConfig(sessions=1000, events_per_session=2, seed=3)) as sim:

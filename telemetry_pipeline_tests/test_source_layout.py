@@ -48,6 +48,7 @@ def example_copy(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.processes
 def test_a_fifth_source_is_its_folder_and_one_registry_line(example_copy: Path, tmp_path: Path):
     with SourceDouble() as double:
         key = double.add_good("agent_telemetry", "s1")  # the example source serves agent_telemetry's routes

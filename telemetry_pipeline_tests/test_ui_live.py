@@ -74,6 +74,7 @@ query ExportStatus($key: String!) {
 }"""
 
 
+@pytest.mark.processes
 def test_another_service_exports_a_session_and_a_batch(dagster_dev: DagsterDev):  # noqa: F811
     ids = dagster_dev.simulator.session_ids("extract")
     single, batch = f"extract:{ids[0]}", [f"extract:{i}" for i in ids[1:3]]
@@ -162,6 +163,8 @@ def dismiss_welcome(page: Page) -> None:
         pass  # not shown this time
 
 
+@pytest.mark.browser
+@pytest.mark.processes
 def test_the_ui_shows_sessions_process_map_and_checks(dagster_dev: DagsterDev):  # noqa: F811
     require_chromium()
     from playwright.sync_api import expect
@@ -243,6 +246,8 @@ def overlaps(a: list[float], b: list[float]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+@pytest.mark.browser
+@pytest.mark.processes
 def test_the_console_answers_what_the_agents_are_doing(dagster_dev: DagsterDev, tmp_path: Path):  # noqa: F811
     require_chromium()
     from playwright.sync_api import expect

@@ -112,6 +112,7 @@ def test_a_live_run_renews_its_lease_and_keeps_its_claims(make_store: MakeStore)
     assert claim_rows(other) == {"k1": "run-b", "k2": "run-b"}
 
 
+@pytest.mark.processes
 def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_store: MakeStore, tmp_path: Path):
     """Without a check that knows the holder (plain code, or a run on another host), a claim left by a process
     that is gone is judged by its lease alone."""
@@ -153,6 +154,7 @@ def test_claims_race_between_connections(make_store: MakeStore):
 # -- schema versions ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_several_processes_migrate_a_fresh_postgres_warehouse_at_once(postgres_url: str):
     script = (
         "import sys; from telemetry_pipeline.warehouse import PostgresWarehouse; "

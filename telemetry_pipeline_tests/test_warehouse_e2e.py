@@ -179,6 +179,7 @@ def assert_each_once(api: SignavioDouble, instance: dg.DagsterInstance, keys: li
 # -- two hosts ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_two_hosts_export_overlapping_sessions_at_once(
     hosts: tuple[Host, Host], source: SourceDouble, api: SignavioDouble, postgres_url: str
 ):
@@ -213,6 +214,7 @@ def test_two_hosts_export_overlapping_sessions_at_once(
         assert not Path(host.env["TELEMETRY_PIPELINE_HOME"]).exists()
 
 
+@pytest.mark.processes
 def test_a_host_killed_mid_batch_loses_its_sessions_to_the_other_once_its_lease_ran_out(
     hosts: tuple[Host, Host], source: SourceDouble, api: SignavioDouble, postgres_url: str
 ):
@@ -262,6 +264,7 @@ def test_a_host_killed_mid_batch_loses_its_sessions_to_the_other_once_its_lease_
 # -- PostgreSQL restarted in the middle of a run ---------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_everything(
     private_postgres: PrivateCluster, tmp_path: Path, source: SourceDouble, api: SignavioDouble
 ):
@@ -301,6 +304,7 @@ def test_postgres_going_away_mid_run_fails_it_clearly_and_the_next_run_exports_e
 # -- the embedded default: SIGKILL in the middle of a DuckDB write ---------------------------------------------------
 
 
+@pytest.mark.processes
 def test_killed_in_the_middle_of_a_duckdb_write_the_file_opens_and_nothing_confirmed_is_lost(
     pipeline: Pipeline, home: Path, instance: dg.DagsterInstance, source_double: SourceDouble, tmp_path: Path
 ):
