@@ -57,8 +57,13 @@ ALIASES: Mapping[GenAI, tuple[str, ...]] = MappingProxyType({
     GenAI.ENTITY_NAME: ("traceloop.entity.name",),
     # `agora.flow`: Agora's `{flow}.flow` spans; `flow_name`: its AuditedFlow (examples/Milvus RAG notebook)
     GenAI.WORKFLOW_NAME: ("traceloop.workflow.name", "agora.flow", "ai.telemetry.functionId", "flow_name"),
-    # `custom.session_id`: what Agora's SDK writes (agora/exports/chat.jsonl)
-    GenAI.CONVERSATION_ID: ("gen_ai.conversation.id", "session.id", "custom.session_id"),
+    # `custom.session_id`: what Agora's SDK writes (agora/exports/chat.jsonl); Pydantic AI gives a delegated agent's
+    # run a conversation of its own and names the one it serves `pydantic_ai.root_conversation_id`; OpenLLMetry
+    # carries the run's metadata as association properties; the Vercel AI SDK as telemetry metadata (traces/).
+    GenAI.CONVERSATION_ID: (
+        "pydantic_ai.root_conversation_id", "gen_ai.conversation.id", "session.id", "custom.session_id",
+        "traceloop.association.properties.session_id", "ai.telemetry.metadata.sessionId",
+    ),
 })
 
 #: Span kinds (lower-cased) and Vercel operation ids that say which GenAI operation a span is.

@@ -61,7 +61,7 @@ def main() -> None:
     OpenAIInstrumentor().instrument(tracer_provider=capture.provider)
     with fake_openai_server() as url:
         graph = build_graph(url)
-        for session_id, fail in sc.SESSIONS.items():
+        for session_id, fail in sc.sessions("langgraph").items():
             FAIL_REFUND["value"] = fail
             graph.invoke({"messages": [HumanMessage(sc.USER_PROMPT)]},
                          config={"metadata": {"session_id": session_id}, "run_name": "support_desk"})

@@ -59,7 +59,7 @@ triage_agent = Agent(name=sc.TRIAGE_NAME, instructions=sc.TRIAGE_INSTRUCTIONS, m
 
 async def run_sessions(base_url: str, capture: Capture) -> None:
     set_default_openai_client(AsyncOpenAI(base_url=base_url, api_key="sk-fake-not-a-real-key"), use_for_tracing=False)
-    for session_id, fail in sc.SESSIONS.items():
+    for session_id, fail in sc.sessions("openai-agents").items():
         FAIL_REFUND["value"] = fail
         with using_session(session_id):
             await Runner.run(triage_agent, sc.USER_PROMPT,

@@ -125,7 +125,7 @@ def main() -> None:
     tracer = capture.provider.get_tracer("support_desk", "0.1.0")
     with fake_openai_server() as url:
         client = OpenAI(base_url=url, api_key="sk-fake-not-a-real-key")
-        for session_id, fail in sc.SESSIONS.items():
+        for session_id, fail in sc.sessions("openai-v2").items():
             SupportDesk(client, tracer, fail).run(session_id, sc.USER_PROMPT)
             capture.end_session()
     capture.close()

@@ -52,7 +52,7 @@ def build_agents(base_url: str, fail_refund: bool) -> Agent[None, str]:
 
 async def run_sessions(base_url: str, capture: Capture) -> None:
     Agent.instrument_all(InstrumentationSettings(tracer_provider=capture.provider, version=6))
-    for session_id, fail in sc.SESSIONS.items():
+    for session_id, fail in sc.sessions("pydantic-ai").items():
         triage = build_agents(base_url, fail)
         await triage.run(sc.USER_PROMPT, conversation_id=session_id)
         capture.end_session()

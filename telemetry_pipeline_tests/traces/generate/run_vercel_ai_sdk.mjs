@@ -40,8 +40,8 @@ const BILLING_INSTRUCTIONS =
   "You are ACME's billing specialist. Look the customer's account up with lookup_account, then issue refunds " +
   'with refund_payment. Tell the customer the outcome in two sentences.';
 const SESSIONS = [
-  ['support-session-0001-refund-declined', true],
-  ['support-session-0002-refund-ok', false],
+  ['vercel-ai-session-0001-refund-declined', true],
+  ['vercel-ai-session-0002-refund-ok', false],
 ];
 
 class PaymentGatewayError extends Error {

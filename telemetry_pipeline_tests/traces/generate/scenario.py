@@ -43,11 +43,10 @@ BILLING_INSTRUCTIONS = (
 LOOKUP_DESCRIPTION = "Look up a customer's billing account by e-mail address."
 REFUND_DESCRIPTION = "Refund an amount (EUR) to the payment method on file of an account."
 
-# session id -> whether refund_payment fails in that session
-SESSIONS: dict[str, bool] = {
-    "support-session-0001-refund-declined": True,
-    "support-session-0002-refund-ok": False,
-}
+def sessions(framework: str) -> dict[str, bool]:
+    """Session id -> whether refund_payment fails in that session. The framework is in the id, so the files of
+    several frameworks in one inbox are separate sessions (a session id is a conversation across files)."""
+    return {f"{framework}-session-0001-refund-declined": True, f"{framework}-session-0002-refund-ok": False}
 
 
 class PaymentGatewayError(RuntimeError):
