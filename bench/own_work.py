@@ -27,7 +27,7 @@ def main() -> None:
         for begin in range(0, len(keys), settings.batch_size):
             outcome = export_batch(keys[begin:begin + settings.batch_size], sources=sources, warehouse=warehouse,
                                    destination=outbox, dataset=settings.signavio.dataset,
-                                   fallback_agent=settings.sources.agent_name)
+                                   fallback_agent=settings.sources.agent_name, governance=settings.content)
             exported += len(outcome.exported)
             failed += len(outcome.failures)
             batches += 1

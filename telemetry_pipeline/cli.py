@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from telemetry_pipeline.canonical.content import govern_logs
 from telemetry_pipeline.instance import dagster_settings, open_instance
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, PENDING_AS_OF_TAG, SESSION_EXPORT_STEP
 from telemetry_pipeline.settings import Settings, from_environment
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     configure_logging(args.verbose)
     try:
         args.settings = settings or from_environment(settings_file=True)
+        govern_logs(args.settings.content)  # what the command logs leaves governed, as its output does
         with dagster_settings(args.settings.run_bookkeeping), _stop_signals_interrupt():
             payload, code = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
@@ -122,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove partitions exported more than N days ago, and the export runs "
                        "left with none (their records archived in the warehouse, where `status` reads them)")
     p.add_argument("--older-than-days", type=float, required=True)
+    p.add_argument("--raw-older-than-days", type=float, metavar="DAYS",
+                   help="also delete the raw payloads of sessions exported more than DAYS ago (default "
+                        "RAW_RETENTION_DAYS)")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(run=cmd_prune)
 
@@ -337,10 +342,12 @@ def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.warehouse import configured_warehouse
 
     with open_instance(args.settings.dagster_home) as instance:
+        raw_days = args.settings.raw_retention_days if args.raw_older_than_days is None else args.raw_older_than_days
         out = apply_retention(instance, configured_warehouse(args.settings), args.older_than_days,
-                              dry_run=args.dry_run)
+                              dry_run=args.dry_run, raw_older_than_days=raw_days)
     return {"pruned_count": len(out.pruned_keys), "dry_run": args.dry_run, "pruned_keys": out.pruned_keys,
-            "deleted_runs": len(out.deleted_runs), "archived_records": out.archived}, EXIT_OK
+            "deleted_runs": len(out.deleted_runs), "archived_records": out.archived,
+            "raw_payloads_deleted": out.raw_pruned}, EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], int]:

@@ -6,8 +6,15 @@ from __future__ import annotations
 import dagster as dg
 
 from telemetry_pipeline import names
+from telemetry_pipeline.canonical.content import govern_logs
 from telemetry_pipeline.defs.assets import STAGE_SPECS, discovered_sessions, process_overview, session_export
-from telemetry_pipeline.defs.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.defs.resources import (
+    ContentResource,
+    MonitoringResource,
+    SignavioResource,
+    SourcesResource,
+    WarehouseResource,
+)
 from telemetry_pipeline.defs.schedules import build_hourly_export_schedule, build_retention_schedule, retention_job
 from telemetry_pipeline.defs.sensors import build_new_sessions_sensor
 from telemetry_pipeline.settings import Settings, from_environment
@@ -16,6 +23,7 @@ from telemetry_pipeline.settings import Settings, from_environment
 def build_definitions(settings: Settings) -> dg.Definitions:
     settings.signavio.check()
     settings.warehouse.check()
+    govern_logs(settings.content)  # this process's log records leave governed, as everything else does
     backfill = dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.batch_size)
     export_assets = session_export.with_attributes(backfill_policy=backfill)
     export_sessions = dg.define_asset_job(
@@ -35,7 +43,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         )],
         schedules=[
             build_hourly_export_schedule(settings.batch_size),
-            build_retention_schedule(settings.retention_days),
+            build_retention_schedule(settings.retention_days, settings.raw_retention_days),
         ],
         resources={
             "sources": SourcesResource.from_settings(settings.sources),
@@ -46,6 +54,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 overview_dir=str(settings.home / "overview"),
             ),
             "signavio": SignavioResource.from_settings(settings.signavio, settings.outbox_dir),
+            "content": ContentResource.from_settings(settings.content),
         },
     )
 

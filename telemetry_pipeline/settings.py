@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from telemetry_pipeline.canonical.content import ContentPolicy, Governance
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
 from telemetry_pipeline.sources.base import Variable
 from telemetry_pipeline.sources.registry import VARIABLES
@@ -53,6 +54,10 @@ CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
 RUN_BOOKKEEPING = "RUN_BOOKKEEPING"
 ACTIVITY_ALPHABET_LIMIT = "ACTIVITY_ALPHABET_LIMIT"
 PROCESS_OVERVIEW_WINDOW_HOURS = "PROCESS_OVERVIEW_WINDOW_HOURS"
+EXPORT_CONTENT = "EXPORT_CONTENT"
+EXPORT_ATTRIBUTES_MAX_CHARS = "EXPORT_ATTRIBUTES_MAX_CHARS"
+EXPORT_VALUE_MAX_CHARS = "EXPORT_VALUE_MAX_CHARS"
+RAW_RETENTION_DAYS = "RAW_RETENTION_DAYS"
 
 # `<home>/settings.env`: what `make run` / `make deploy` started the pipeline with, so that the CLI in another shell
 # works on the same sources, destination and warehouse. Secrets are named in it, never written.
@@ -167,6 +172,8 @@ class Settings:
     export_workers: int = 2
     sensor_interval_seconds: int = 30
     retention_days: float = 30.0
+    raw_retention_days: float = 30.0  # raw payloads of sessions exported this long ago are pruned (content's lifetime)
+    content: Governance = Governance()  # what leaves of people's and models' text (canonical/content.py)
     run_bookkeeping: str = "full"  # what Dagster records per run: full | lean (instance/__init__.py)
     activity_alphabet_limit: int = 200  # distinct activities per upload before the data-quality check warns
     overview_window_hours: float = 168.0  # sessions normalised this recently feed process_overview
@@ -260,6 +267,16 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         settle_seconds=number(SESSION_SETTLE_SECONDS, SourcesSettings.settle_seconds, float),
         agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or SourcesSettings.agent_name,
     )
+    policy = get(EXPORT_CONTENT) or Governance.policy
+    if policy not in tuple(ContentPolicy):
+        raise ConfigurationError(f"{EXPORT_CONTENT} must be one of {', '.join(ContentPolicy)}, not {policy!r}")
+    content = Governance(
+        policy=ContentPolicy(policy),
+        attributes_max_chars=int(number(EXPORT_ATTRIBUTES_MAX_CHARS, Governance.attributes_max_chars, int)),
+        value_max_chars=int(number(EXPORT_VALUE_MAX_CHARS, Governance.value_max_chars, int)),
+    )
+    if min(content.attributes_max_chars, content.value_max_chars) < 100:
+        raise ConfigurationError(f"{EXPORT_ATTRIBUTES_MAX_CHARS} and {EXPORT_VALUE_MAX_CHARS} must be 100 or more")
     bookkeeping = get(RUN_BOOKKEEPING) or Settings.run_bookkeeping
     workers = int(number(EXPORT_WORKERS, Settings.export_workers, int))
     if workers < 1:
@@ -279,6 +296,8 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         export_workers=workers,
         sensor_interval_seconds=int(number(SENSOR_INTERVAL_SECONDS, Settings.sensor_interval_seconds, int)),
         retention_days=number(RETENTION_DAYS, Settings.retention_days, float),
+        raw_retention_days=number(RAW_RETENTION_DAYS, Settings.raw_retention_days, float),
+        content=content,
         run_bookkeeping=bookkeeping,
         activity_alphabet_limit=int(number(ACTIVITY_ALPHABET_LIMIT, Settings.activity_alphabet_limit, int)),
         overview_window_hours=number(PROCESS_OVERVIEW_WINDOW_HOURS, Settings.overview_window_hours, float),
@@ -342,6 +361,10 @@ def to_environment(settings: Settings) -> dict[str, str]:
         EXPORT_WORKERS: settings.export_workers,
         SENSOR_INTERVAL_SECONDS: settings.sensor_interval_seconds,
         RETENTION_DAYS: settings.retention_days,
+        RAW_RETENTION_DAYS: settings.raw_retention_days,
+        EXPORT_CONTENT: settings.content.policy.value,
+        EXPORT_ATTRIBUTES_MAX_CHARS: settings.content.attributes_max_chars,
+        EXPORT_VALUE_MAX_CHARS: settings.content.value_max_chars,
         WAREHOUSE_URL: settings.warehouse.url.value if settings.warehouse.url else None,
         CLAIM_LEASE_SECONDS: settings.warehouse.lease_seconds,
         RUN_BOOKKEEPING: settings.run_bookkeeping,

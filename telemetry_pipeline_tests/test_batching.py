@@ -134,8 +134,9 @@ def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline
     assert prunable_keys(instance, 1) == [], "exported just now: not old enough"
     assert prunable_keys(instance, 1, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == [old]
 
-    code, out = pipeline.cli("prune", "--older-than-days", "0")
+    code, out = pipeline.cli("prune", "--older-than-days", "0", "--raw-older-than-days", "0")
     assert code == 0 and out["pruned_keys"] == [old]
+    assert out["raw_payloads_deleted"] == 1, "the exported session's payload: content's lifetime is over"
     assert (out["deleted_runs"], out["archived_records"]) == (1, 1), "its run exported nothing still known"
     assert instance.get_dynamic_partitions("agent_sessions") == [pending], "pending sessions are never pruned"
     assert not instance.get_run_records(dg.RunsFilter(job_name="export_sessions")), "the export run is deleted"

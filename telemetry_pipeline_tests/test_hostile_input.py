@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from telemetry_pipeline.canonical.content import ContentPolicy, Governance
 from telemetry_pipeline_tests.conftest import Pipeline, outbox_uploads
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
 
@@ -40,6 +41,13 @@ WEIRD_IDS = ["a/b", "../../etc/passwd", "x:y:z", "with space", "ünïcødé-会�
 @pytest.fixture(autouse=True)
 def no_csv_field_limit() -> None:
     csv.field_size_limit(sys.maxsize)  # the csv module's default 128 KiB limit is a reader's choice, not ours
+
+
+@pytest.fixture(autouse=True)
+def full_content(pipeline: Pipeline) -> None:
+    """Text is exported as captured (`EXPORT_CONTENT=full`): faithfulness is what these tests check. What the other
+    modes do to it: test_content.py."""
+    pipeline.configure(content=Governance(ContentPolicy.FULL))
 
 
 def read_tables(home: Path) -> dict[str, list[dict[str, str]]]:
@@ -226,7 +234,9 @@ def test_a_10_mb_prompt_and_a_100_000_event_session(pipeline: Pipeline,
     tables = read_tables(home)
     runs = {r["agent_run_id"]: r for r in tables["agent_telemetry_runs"]}
     [prompt] = events_of(tables, "big-prompt")
-    assert json.loads(prompt["attributes"])["prompt"] == big_prompt
+    bound = Governance.value_max_chars  # no cell Signavio would refuse: a value is cut, and says so
+    assert json.loads(prompt["attributes"])["prompt"] == (
+        big_prompt[:bound] + f"…[cut: {len(big_prompt) - bound} chars]")
     assert runs["big-prompt"]["task_description"] == big_prompt[:500]
     assert json.loads(runs["big-prompt"]["prompt_metrics"])["prompt_length"] == len(big_prompt)
 
@@ -234,7 +244,10 @@ def test_a_10_mb_prompt_and_a_100_000_event_session(pipeline: Pipeline,
     assert len(events) == 100_000 and len({e["event_id"] for e in events}) == 100_000
     assert [json.loads(e["attributes"])["n"] for e in events] == list(range(100_000)), "in order, none lost"
     assert runs["many-events"]["event_count"] == "100000"
-    assert len(json.loads(runs["many-events"]["process_steps"])) == 100_000
+    assert max(len(cell) for row in tables["agent_telemetry_runs"] for cell in row.values()) <= (
+        Governance.attributes_max_chars)
+    *steps, cut = json.loads(runs["many-events"]["process_steps"])  # the first steps, then how many more
+    assert steps[0]["step_name"] == "step 0" and cut == {"cut": f"{100_000 - len(steps)} more steps"}
     assert instance.get_materialized_partitions(EXPORT) == {big, many, plain}
 
 

@@ -58,6 +58,36 @@ def test_the_export_archive_keeps_each_sessions_newest_record(make_store: MakeSt
     assert store.archived_exports([]) == {}
 
 
+def test_raw_payloads_of_sessions_exported_long_ago_are_pruned_and_no_others(make_store: MakeStore):
+    store = make_store()
+    day = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+    def raw(key: str, fetched: dt.datetime) -> RawSession:
+        source, _, session_id = key.partition(":")
+        return RawSession(source, session_id, b'{"events": []}', "application/json", fetched, "test")
+
+    store.store_raw([raw("extract:old", day), raw("extract:archived", day), raw("extract:pending", day),
+                     raw("extract:refetched", day + dt.timedelta(days=20))])
+    store.archive_exports([ExportRecord("extract:archived", day, "e", "COMPLETED", "r")])
+    cutoff = day + dt.timedelta(days=10)
+    # exported before the cut-off: `old` (in Dagster's history), `archived` (in the archive), `refetched` (but
+    # fetched again since, for a later export: its payload is that one's)
+    assert store.prune_raw(["extract:old", "extract:refetched"], cutoff) == 2
+    assert store.prune_raw(["extract:old", "extract:refetched"], cutoff) == 0, "once"
+    left = {"pending", "refetched"}
+    assert store.probe()[0] and raw_keys(store) == {f"extract:{k}" for k in left}
+
+
+def raw_keys(store: Warehouse) -> set[str]:
+    if isinstance(store, DuckDBWarehouse):
+        with store.connect() as con:
+            return {k for (k,) in con.execute("SELECT session_key FROM raw_telemetry").fetchall()}
+    assert isinstance(store, PostgresWarehouse)
+    with store.transaction("reading raw payloads") as cur:
+        cur.execute("SELECT session_key FROM raw_telemetry")
+        return {k for (k,) in cur.fetchall()}
+
+
 def claim_rows(store: Warehouse) -> dict[str, str]:
     if isinstance(store, DuckDBWarehouse):
         with store.connect() as con:

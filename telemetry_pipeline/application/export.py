@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from telemetry_pipeline.canonical.content import Governance
+from telemetry_pipeline.canonical.govern import govern_batch
 from telemetry_pipeline.console.quality import CheckOutcome, check_upload
 from telemetry_pipeline.console.session_summary import SessionSummary, summarize
 from telemetry_pipeline.settings import Settings
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources.base import Normalizer, RawSession
-from telemetry_pipeline.sources.registry import SOURCES
+from telemetry_pipeline.sources.registry import SOURCES, parse_key
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import HolderCheck, Warehouse, lease_decides
 
@@ -64,6 +66,7 @@ def exporting(
     holder_check: HolderCheck = lease_decides,
     exported_meanwhile: ExportedMeanwhile = lambda keys: {},
     alphabet_limit: int = Settings.activity_alphabet_limit,
+    governance: Governance = Settings.content,
 ) -> Iterator[BatchOutcome]:
     """Export `keys`, except those another live run is exporting right now (`in_flight`), and hold their
     claims until the block ends: each key is claimed in the warehouse before anything is fetched, the claims are
@@ -86,7 +89,7 @@ def exporting(
             claimed = [k for k in claimed if k not in out.exported_meanwhile]
         with warehouse.leased(claimed, run_id):
             yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,
-                          alphabet_limit)
+                          alphabet_limit, governance)
     finally:
         try:
             warehouse.release(claimed, run_id)
@@ -116,10 +119,15 @@ def _export(
     dataset: str,
     fallback_agent: str,
     alphabet_limit: int,
+    governance: Governance,
 ) -> BatchOutcome:
+    # What fails is said in metadata and logs: a source's or a payload's text in it is governed too.
+    def failed(stage: str, problems: dict[str, str]) -> None:
+        out.failures.update({k: governance.message(f"{stage}: {e}") or stage for k, e in problems.items()})
+
     with _timed(out.timings, "fetch"):
         fetched = sources.fetch_many(keys)
-    out.failures.update({k: f"fetch: {e}" for k, e in fetched.errors.items()})
+    failed("fetch", fetched.errors)
     out.not_found = fetched.not_found
     with _timed(out.timings, "store_raw"):
         warehouse.store_raw(fetched.raw)
@@ -132,14 +140,17 @@ def _export(
     with _timed(out.timings, "normalize"), warehouse.workspace() as con:
         for normalize, batch in by_normalizer.items():
             problems = normalize(con, batch, fallback_agent)
-            out.failures.update({k: f"normalise: {e}" for k, e in problems.items()})
+            failed("normalise", problems)
             out.normalized += [r.key for r in batch if r.key not in problems]
+        with _timed(out.timings, "govern"):  # before anything reads the rows: what leaves is governed
+            tasks = [k for k in out.normalized if SOURCES[parse_key(k)[0]].task_is_content]
+            govern_batch(con, out.normalized, governance, tasks)
         with _timed(out.timings, "save_canonical"):
             warehouse.save_canonical(con, out.normalized)
         _drop_lost_claims(out, warehouse, run_id)
         if out.normalized:
             with _timed(out.timings, "render"):
-                rendered = render(con, out.normalized, dataset)
+                rendered = render(con, out.normalized, dataset, governance.attributes_max_chars)
             with _timed(out.timings, "summarise"):
                 out.summaries = summarize(con, out.normalized)
     if not out.normalized:
@@ -151,10 +162,10 @@ def _export(
 
     with _timed(out.timings, "load"):
         out.loads = destination.load(rendered.uploads)
-    failed = [r for r in out.loads if not r.ok]
-    if failed:
-        reason = "; ".join(f"{r.table}: {r.status}" + (f" ({r.message})" if r.message else "") for r in failed)
-        out.failures.update(dict.fromkeys(out.rendered, f"load: {reason}"))
+    refused = [r for r in out.loads if not r.ok]
+    if refused:
+        reason = "; ".join(f"{r.table}: {r.status}" + (f" ({r.message})" if r.message else "") for r in refused)
+        failed("load", dict.fromkeys(out.rendered, reason))
     else:
         out.exported = list(out.rendered)
     log.info(

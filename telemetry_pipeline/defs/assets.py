@@ -36,7 +36,13 @@ from telemetry_pipeline.defs.metadata import (
     stage_records,
 )
 from telemetry_pipeline.defs.partitions import agent_sessions
-from telemetry_pipeline.defs.resources import MonitoringResource, SignavioResource, SourcesResource, WarehouseResource
+from telemetry_pipeline.defs.resources import (
+    ContentResource,
+    MonitoringResource,
+    SignavioResource,
+    SourcesResource,
+    WarehouseResource,
+)
 from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.liveness import ProcessIdentity, RunLiveness
 from telemetry_pipeline.names import (
@@ -57,10 +63,12 @@ from telemetry_pipeline.names import TELEMETRY_EVENTS as EVENTS_ASSET
     description="Lists sessions of every configured source and registers new keys in `agent_sessions`; its latest "
     "record holds the watermarks `new_sessions_sensor` continues from (one store).",
 )
-def discovered_sessions(context: dg.AssetExecutionContext, sources: SourcesResource) -> dg.MaterializeResult:
+def discovered_sessions(
+    context: dg.AssetExecutionContext, sources: SourcesResource, content: ContentResource
+) -> dg.MaterializeResult:
     with sources.open() as source_set:
         found, metadata = register_new_sessions(
-            context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds)
+            context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds), content.governance()
         )
     for source, error in found.errors.items():
         context.log.warning("source %s could not be listed: %s", source, error)
@@ -106,6 +114,7 @@ def session_export(
     warehouse: WarehouseResource,
     signavio: SignavioResource,
     monitoring: MonitoringResource,
+    content: ContentResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckResult]:
     keys = context.partition_keys
     run_id = context.run.run_id
@@ -121,7 +130,7 @@ def session_export(
         keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
         fallback_agent=sources.agent_name, run_id=run_id, holder_check=RunLiveness(context.instance),
         exported_meanwhile=lambda claimed: exported_since(context.instance, claimed, asked_at, run_id),
-        alphabet_limit=monitoring.activity_alphabet_limit,
+        alphabet_limit=monitoring.activity_alphabet_limit, governance=content.governance(),
     ) as outcome:
         left = {name: dg.MetadataValue.json(value) for name, value in (
             (IN_FLIGHT_META, outcome.in_flight),  # another run is exporting these right now

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import dagster as dg
 
+from telemetry_pipeline.canonical.content import Governance
 from telemetry_pipeline.canonical.time import format_time, to_utc
 from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY
 from telemetry_pipeline.names import AGENT_SESSIONS
@@ -93,11 +94,13 @@ def register_new_sessions(
     instance: dg.DagsterInstance,
     sources: SourceSet,
     settle: dt.timedelta,
+    governance: Governance,
     deadline: dt.timedelta | None = None,
     fallback: Mapping[str, str] | None = None,
 ) -> tuple[Discovery, dict[str, Any]]:
     """One discovery pass: list since the stored watermarks (`fallback` for a source that has none there), add
-    the new keys to `agent_sessions`, and return the metadata the next record must carry."""
+    the new keys to `agent_sessions`, and return the metadata the next record must carry (what a source or a file
+    said of its failure governed, as everything that leaves is)."""
     stored = _stored_watermarks(instance)
     known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))
     found = discover(sources, {**(fallback or {}), **stored}, known, settle, deadline=deadline)
@@ -110,7 +113,8 @@ def register_new_sessions(
         "known_count": len(known) + len(found.new_keys),
         "watermarks": dg.MetadataValue.json(found.watermarks),
         "unsettled": found.unsettled,
-        "source_errors": dg.MetadataValue.json(found.errors),
-        "refused_keys": dg.MetadataValue.json(found.refused),
-        "unreadable_files": dg.MetadataValue.json([{"file": f, "error": e} for f, e in found.unreadable.items()]),
+        "source_errors": dg.MetadataValue.json({k: governance.message(e) for k, e in found.errors.items()}),
+        "refused_keys": dg.MetadataValue.json({k: governance.message(e) for k, e in found.refused.items()}),
+        "unreadable_files": dg.MetadataValue.json(
+            [{"file": f, "error": governance.message(e)} for f, e in found.unreadable.items()]),
     }

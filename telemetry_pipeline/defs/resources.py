@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, create_model
 
+from telemetry_pipeline.canonical.content import ContentPolicy, Governance
 from telemetry_pipeline.settings import (
     HttpSettings,
     Secret,
@@ -176,3 +177,22 @@ class MonitoringResource(dg.ConfigurableResource):
     activity_alphabet_limit: int = Field(description="distinct activities per upload before the check warns")
     overview_window_hours: float = Field(description="sessions normalised this recently feed process_overview")
     overview_dir: str = Field(description="where process_overview writes its picture (`<home>/overview`)")
+
+
+class ContentResource(dg.ConfigurableResource):
+    """What leaves of the text that people and models wrote (`EXPORT_CONTENT`; secrets never leave):
+    `canonical.content.Governance`."""
+
+    policy: str = Field(default=Governance.policy.value, description="none | redacted | full")
+    attributes_max_chars: int = Field(default=Governance.attributes_max_chars,
+                                      description="an event's attributes cell is cut to this, marked where cut")
+    value_max_chars: int = Field(default=Governance.value_max_chars,
+                                 description="one text value (in attributes, an error, a task) is cut to this")
+
+    @classmethod
+    def from_settings(cls, governance: Governance) -> ContentResource:
+        return cls(policy=governance.policy.value, attributes_max_chars=governance.attributes_max_chars,
+                   value_max_chars=governance.value_max_chars)
+
+    def governance(self) -> Governance:
+        return Governance(ContentPolicy(self.policy), self.attributes_max_chars, self.value_max_chars)

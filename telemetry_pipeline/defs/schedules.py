@@ -49,14 +49,19 @@ def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
 
 class RetentionConfig(dg.Config):
     older_than_days: float = Settings.retention_days  # the schedule passes RETENTION_DAYS
+    raw_older_than_days: float = Settings.raw_retention_days  # and RAW_RETENTION_DAYS
 
 
 @dg.op(name=RETENTION_OP, description="Removes partitions of `agent_sessions` exported more than N days ago, "
-       "and the export runs left with none (their export records are archived in the warehouse first).")
+       "and the export runs left with none (their export records are archived in the warehouse first); deletes the "
+       "raw payloads of sessions exported more than RAW_RETENTION_DAYS ago.")
 def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig, warehouse: WarehouseResource) -> None:
-    out = apply_retention(context.instance, warehouse.warehouse(), config.older_than_days)
-    context.log.info("pruned %d exported partitions older than %s days; deleted %d export runs, archived %d records",
-                     len(out.pruned_keys), config.older_than_days, len(out.deleted_runs), out.archived)
+    out = apply_retention(context.instance, warehouse.warehouse(), config.older_than_days,
+                          raw_older_than_days=config.raw_older_than_days)
+    context.log.info("pruned %d exported partitions older than %s days; deleted %d export runs, archived %d records; "
+                     "deleted %d raw payloads exported more than %s days ago", len(out.pruned_keys),
+                     config.older_than_days, len(out.deleted_runs), out.archived, out.raw_pruned,
+                     config.raw_older_than_days)
 
 
 @dg.job(name=RETENTION_JOB, description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).")
@@ -64,12 +69,14 @@ def retention_job() -> None:
     apply_retention_op()
 
 
-def build_retention_schedule(older_than_days: float) -> dg.ScheduleDefinition:
+def build_retention_schedule(older_than_days: float, raw_older_than_days: float) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name=RETENTION_SCHEDULE,
         job=retention_job,
         cron_schedule="30 3 * * *",
         default_status=dg.DefaultScheduleStatus.STOPPED,  # opt-in: deleting partitions is an operator's call
-        run_config={"ops": {RETENTION_OP: {"config": {"older_than_days": older_than_days}}}},
-        description="Daily, off by default: prunes sessions exported more than RETENTION_DAYS days ago.",
+        run_config={"ops": {RETENTION_OP: {"config": {"older_than_days": older_than_days,
+                                                      "raw_older_than_days": raw_older_than_days}}}},
+        description="Daily, off by default: prunes sessions exported more than RETENTION_DAYS days ago, and raw "
+                    "payloads exported more than RAW_RETENTION_DAYS ago.",
     )

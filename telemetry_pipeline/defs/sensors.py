@@ -14,7 +14,7 @@ import dagster as dg
 
 from telemetry_pipeline.defs.discovery import register_new_sessions
 from telemetry_pipeline.defs.partitions import batched_ranges
-from telemetry_pipeline.defs.resources import SourcesResource
+from telemetry_pipeline.defs.resources import ContentResource, SourcesResource
 from telemetry_pipeline.instance.history import latest_exports
 from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY, PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
 from telemetry_pipeline.instance.recovery import cut_off_runs, mark_dead_runs, recoveries
@@ -46,7 +46,9 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Discovers new finished sessions, adds them to `agent_sessions` and requests their export.",
     )
-    def new_sessions_sensor(context: dg.SensorEvaluationContext, sources: SourcesResource) -> dg.SensorResult:
+    def new_sessions_sensor(
+        context: dg.SensorEvaluationContext, sources: SourcesResource, content: ContentResource
+    ) -> dg.SensorResult:
         # The cursor holds what recovery has seen; the watermarks are in the `discovered_sessions` record, the one
         # store every discovery pass reads and moves (`discovery`). Older versions kept them in the cursor, alone
         # or under "watermarks": those count for a source the record does not know yet.
@@ -55,8 +57,8 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
             cursor_in = {"watermarks": cursor_in}
         with sources.open() as source_set:
             found, metadata = register_new_sessions(
-                context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds), LISTING_DEADLINE,
-                fallback=cursor_in.get("watermarks"),
+                context.instance, source_set, dt.timedelta(seconds=sources.settle_seconds), content.governance(),
+                LISTING_DEADLINE, fallback=cursor_in.get("watermarks"),
             )
         if found.moved:  # a record per tick that changed something, not per tick
             context.instance.report_runless_asset_event(dg.AssetMaterialization(

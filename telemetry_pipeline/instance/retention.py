@@ -30,6 +30,7 @@ class RetentionOutcome:
     pruned_keys: list[str] = field(default_factory=list)  # partitions removed
     deleted_runs: list[str] = field(default_factory=list)  # export runs deleted, their records archived
     archived: int = 0  # export records moved to the warehouse
+    raw_pruned: int = 0  # raw payloads deleted from the warehouse (exported sessions only)
 
 
 def prunable_keys(instance: dg.DagsterInstance, older_than_days: float, now: dt.datetime | None = None) -> list[str]:
@@ -43,12 +44,18 @@ def prunable_keys(instance: dg.DagsterInstance, older_than_days: float, now: dt.
 
 def apply_retention(
     instance: dg.DagsterInstance, warehouse: Warehouse, older_than_days: float, dry_run: bool = False,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, raw_older_than_days: float | None = None,
 ) -> RetentionOutcome:
+    """Prune partitions and export runs after `older_than_days`, and the raw payloads of sessions exported more than
+    `raw_older_than_days` ago (content's lifetime: the warehouse is where people's text lives; unset, raw payloads
+    are kept)."""
     now = now or dt.datetime.now(dt.UTC)
     outcome = RetentionOutcome(pruned_keys=prunable_keys(instance, older_than_days, now))
     if dry_run:
         return outcome
+    if raw_older_than_days is not None:  # first: the partitions pruned next still say when they were exported
+        outcome.raw_pruned = warehouse.prune_raw(
+            prunable_keys(instance, raw_older_than_days, now), now - dt.timedelta(days=raw_older_than_days))
     for key in outcome.pruned_keys:
         instance.delete_dynamic_partition(AGENT_SESSIONS, key)
     known = set(instance.get_dynamic_partitions(AGENT_SESSIONS))

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from telemetry_pipeline.canonical.content import Governance
 from telemetry_pipeline.signavio.models import TableUpload
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS, Table
 
@@ -44,15 +45,24 @@ llm AS (
           FROM ev WHERE model IS NOT NULL GROUP BY ALL)
     GROUP BY session_key
 ),
-steps AS (
+all_steps AS (
     SELECT session_key,
-           to_json(list(json_object(
+           list(json_object(
                'step_name', activity, 'start_time', epoch_ms(date_trunc('millisecond', event_time)),
                'end_time', epoch_ms(date_trunc('millisecond', end_time)),
-               'status', status, 'duration_ms', latency_ms) ORDER BY event_time, seq)) AS process_steps,
+               'status', status, 'duration_ms', latency_ms) ORDER BY event_time, seq) AS step_list,
            count(*) FILTER (WHERE event_type = 'model_change') AS model_changes,
            count(*) AS activities
     FROM ev GROUP BY session_key
+),
+steps AS (  -- a cell stays under $cell characters: the first steps, then how many more there were
+    SELECT session_key, model_changes, activities,
+           CASE WHEN length(to_json(step_list)::VARCHAR) <= $cell THEN to_json(step_list)
+                ELSE to_json(list_append(list_slice(step_list, 1, keep),
+                                         json_object('cut', printf('%d more steps', len(step_list) - keep))))
+           END AS process_steps
+    FROM (SELECT *, greatest(1, (len(step_list) * ($cell - 40) // length(to_json(step_list)::VARCHAR))::BIGINT) AS keep
+          FROM all_steps)
 )
 SELECT s.session_id AS agent_run_id, s.agent_name, s.session_id AS task_id, s.task_description,
        epoch_ms(date_trunc('millisecond', s.start_time)) AS start_time,
@@ -93,10 +103,12 @@ class RenderedBatch:
     events: pa.Table
 
 
-def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str) -> RenderedBatch:
-    """Both tables for the sessions in `keys` (which must already be normalised)."""
+def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str,
+           cell_max_chars: int = Governance.attributes_max_chars) -> RenderedBatch:
+    """Both tables for the sessions in `keys` (which must already be normalised); no JSON cell of the case table
+    over `cell_max_chars` (the event log's cells were bounded by `govern`)."""
     keys = list(keys)
-    runs = con.sql(_RUNS_SQL, params={"keys": keys}).to_arrow_table()
+    runs = con.sql(_RUNS_SQL, params={"keys": keys, "cell": cell_max_chars}).to_arrow_table()
     events = con.sql(_EVENTS_SQL, params={"keys": keys}).to_arrow_table()
     counts = dict(
         con.execute(

@@ -110,6 +110,9 @@ class SourceEntry:
     configure: Callable[[Values], Any]  # -> its settings, None when not configured
     build: Callable[[Any, SharedHttp], Source]  # (its settings, the run's HTTP client) -> the source
     normalize: Normalizer
+    # Whether its sessions' `task_description` is text a person wrote (a prompt, an execution's input): then
+    # `EXPORT_CONTENT` governs it as content. A trace's root span name is not.
+    task_is_content: bool = True
 
     @property
     def enabled_by(self) -> str:

@@ -149,6 +149,11 @@ class Warehouse(abc.ABC):
     def archived_exports(self, keys: Sequence[str]) -> dict[str, ExportRecord]:
         """The archived records of those of `keys` that have one."""
 
+    @abc.abstractmethod
+    def prune_raw(self, exported: Sequence[str], before: dt.datetime) -> int:
+        """Delete the raw payloads fetched before `before` of the sessions in `exported` and of every archived
+        session exported before it (content's lifetime: retention); how many were deleted (one transaction)."""
+
     @contextlib.contextmanager
     def leased(self, keys: Sequence[str], run_id: str) -> Iterator[None]:
         """Renew `run_id`'s claims on `keys` in the background, three times per lease, while the block runs.

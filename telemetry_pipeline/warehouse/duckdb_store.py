@@ -267,5 +267,15 @@ class DuckDBWarehouse(Warehouse):
             ).fetchall()
         return {row[0]: schema.ExportRecord(*row) for row in rows}
 
+    def prune_raw(self, exported: Sequence[str], before: dt.datetime) -> int:
+        with self.connect() as con:
+            deleted = con.execute(
+                "DELETE FROM raw_telemetry WHERE fetched_at < $before AND (session_key IN "
+                "(SELECT unnest($keys::VARCHAR[])) OR session_key IN "
+                "(SELECT session_key FROM export_archive WHERE exported_at < $before)) RETURNING session_key",
+                {"keys": list(exported), "before": before},
+            ).fetchall()
+        return len(deleted)
+
     def _lease_us(self) -> int:
         return round(self.lease_seconds * 1_000_000)

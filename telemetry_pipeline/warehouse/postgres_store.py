@@ -324,6 +324,15 @@ class PostgresWarehouse(Warehouse):
             rows = cur.fetchall()
         return {row[0]: schema.ExportRecord(*row) for row in rows}
 
+    def prune_raw(self, exported: Sequence[str], before: dt.datetime) -> int:
+        with self.transaction("pruning raw payloads") as cur:
+            cur.execute(
+                "DELETE FROM raw_telemetry WHERE fetched_at < %(before)s AND (session_key = ANY(%(keys)s) OR "
+                "session_key IN (SELECT session_key FROM export_archive WHERE exported_at < %(before)s))",
+                {"keys": list(exported), "before": before},
+            )
+            return int(cur.rowcount)
+
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

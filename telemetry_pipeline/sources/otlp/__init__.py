@@ -6,4 +6,6 @@ from telemetry_pipeline.sources.base import SourceEntry
 from telemetry_pipeline.sources.otlp import settings, source
 from telemetry_pipeline.sources.otlp.normalize import normalize_otlp_sessions
 
-SOURCE = SourceEntry(source.NAME, settings.VARIABLES, settings.configure, source.build, normalize_otlp_sessions)
+# The task description is the root span's name, which instrumentation code sets, not a person.
+SOURCE = SourceEntry(source.NAME, settings.VARIABLES, settings.configure, source.build, normalize_otlp_sessions,
+                     task_is_content=False)
