@@ -5,9 +5,11 @@ EXPORT_BATCH_SIZE to the outbox), through the same functions the assets call, wi
 """
 
 import json
+import socket
 import sys
 
 from telemetry_pipeline.application.export import export_batch
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.settings import from_environment
 from telemetry_pipeline.signavio.outbox import Outbox
 from telemetry_pipeline.sources.source_set import SourceSet
@@ -27,7 +29,8 @@ def main() -> None:
         for begin in range(0, len(keys), settings.batch_size):
             outcome = export_batch(keys[begin:begin + settings.batch_size], sources=sources, warehouse=warehouse,
                                    destination=outbox, dataset=settings.signavio.dataset,
-                                   fallback_agent=settings.sources.agent_name, governance=settings.content)
+                                   agents=AgentDefaults(settings.sources.agent_name, socket.gethostname()),
+                                   governance=settings.content)
             exported += len(outcome.exported)
             failed += len(outcome.failures)
             batches += 1

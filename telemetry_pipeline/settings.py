@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,7 @@ class SourcesSettings:
     http: HttpSettings = HttpSettings()
     fetch_concurrency: int = 16
     settle_seconds: float = 0.0  # a listed session is taken once its last event is this old
-    agent_name: str = "agent"  # when the data names none
+    agent_name: str | None = None  # AGENT_NAME, else SERVICE_NAME: the agent when the data names none (identity.py)
 
     @classmethod
     def of(cls, **fields: object) -> SourcesSettings:
@@ -265,7 +264,7 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         ),
         fetch_concurrency=int(number(FETCH_CONCURRENCY, SourcesSettings.fetch_concurrency, int)),
         settle_seconds=number(SESSION_SETTLE_SECONDS, SourcesSettings.settle_seconds, float),
-        agent_name=get(AGENT_NAME) or get(SERVICE_NAME) or socket.gethostname() or SourcesSettings.agent_name,
+        agent_name=get(AGENT_NAME) or get(SERVICE_NAME),
     )
     policy = get(EXPORT_CONTENT) or Governance.policy
     if policy not in tuple(ContentPolicy):

@@ -294,13 +294,14 @@ def test_agora_finished_executions_are_discovered_and_exported(pipeline: Pipelin
     ]
     plan, lookup, answer = (e for e in events if e["event_type"] == "node_execution")
     assert (plan["model"], plan["input_tokens"], plan["output_tokens"]) == ("gpt-4o-2024-08-06", "1200", "300")
-    assert plan["resource"] == "gpt-4o-2024-08-06" and plan["event_time"] == ms(0) and plan["end_time"] == ms(2)
+    assert plan["resource"] == "test-agent", "the execution's agent (AGENT_NAME: the data names none)"
+    assert plan["event_time"] == ms(0) and plan["end_time"] == ms(2)
     assert json.loads(plan["attributes"])["gen_ai.provider.name"] == "openai"
     assert (answer["model"], answer["input_tokens"], answer["output_tokens"]) == ("claude-sonnet-4", "800", "90")
     lookup_attrs = json.loads(lookup["attributes"])
     assert lookup_attrs["retry_count"] == 2 and lookup_attrs["prep_duration_ms"] == 100
     assert lookup_attrs["exec_duration_ms"] == 800 and lookup_attrs["post_duration_ms"] == 50
-    assert lookup["resource"] == "lookup_customer" and lookup["status"] == "success" and lookup["latency_ms"] == "5000"
+    assert lookup["resource"] == "test-agent" and lookup["status"] == "success" and lookup["latency_ms"] == "5000"
     calls = [e for e in events if e["activity"] == "Call tool lookup_customer"]
     assert [c["status"] for c in calls] == ["failed", "failed", "success"]
     assert calls[0]["error"] == "upstream returned 503" and calls[0]["latency_ms"] == "300"
@@ -595,8 +596,10 @@ def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path,
     assert conv["status"] == "partial", "a tool span failed, no root span did"
     assert conv["agent_name"] == "planner" and conv["service_name"] == "agent-svc"
     assert conv["start_time"] == ms(0) and conv["end_time"] == ms(22)
-    assert batch["event_count"] == "2" and batch["status"] == "completed"
-    assert batch["workflow_name"] == "nightly_report" and batch["agent_name"] == "batch-svc"
+    # The workflow span is the case (its workflow), not a step of it: the completion is the one event.
+    assert batch["event_count"] == "1" and batch["status"] == "completed"
+    # No agent named in the trace: AGENT_NAME, which the operator set, before the trace's service.
+    assert batch["workflow_name"] == "nightly_report" and batch["agent_name"] == "test-agent"
 
     events = {e["activity"]: e for e in tables["agent_telemetry_events"]}
     assert {a for a, e in events.items() if e["case_id"] == "conv-1"} == {
@@ -606,7 +609,7 @@ def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path,
         ("gpt-4o-2024-08-06", "120", "30"), ("gpt-4o-mini", "50", "10")]
     tool = events["Call tool search"]
     assert (tool["status"], tool["error"], tool["tool_name"], tool["resource"]) == (
-        "failed", "search backend timed out", "search", "search")
+        "failed", "search backend timed out", "search", "planner"), "the agent that called the tool"
     assert tool["event_time"] == ms(4) and tool["end_time"] == ms(5) and tool["latency_ms"] == "1000"
     open_span = events["Call tool web_fetch"]
     assert open_span["end_time"] == "" and open_span["status"] == "incomplete" and open_span["latency_ms"] == ""
@@ -619,9 +622,9 @@ def test_otlp_trace_files_end_to_end(pipeline: Pipeline, only_new_sources: Path,
     completion = events["Text completion"]
     assert (completion["model"], completion["input_tokens"], completion["output_tokens"]) == (
         "gpt-3.5-turbo-instruct", "7", "3")
-    assert events["Workflow nightly_report"]["case_id"] == t3
+    assert completion["case_id"] == t3 and completion["resource"] == "test-agent", "no agent named: the case's"
     ids = [e["event_id"] for e in tables["agent_telemetry_events"]]
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == 7
 
     # the cut-off line is visible in the raw payload of the sessions from that file
     (raw,) = warehouse_rows(home, "SELECT body FROM raw_telemetry WHERE session_key = ?", [f"otlp:{t3}"])
@@ -657,8 +660,9 @@ def test_otlp_reference_example_exports_from_default_inbox(pipeline: Pipeline, o
     assert (run["start_time"], run["end_time"], run["status"]) == ("1544712660000", "1544712661000", "completed")
     assert run["service_name"] == "my.service" and run["task_description"] == "I'm a server span"
     (event,) = tables["agent_telemetry_events"]
+    # No agent in the trace: the case's agent, AGENT_NAME (set here) before the service
     assert (event["activity"], event["event_type"], event["resource"], event["latency_ms"], event["status"]) == (
-        "I'm a server span", "span", "my.service", "1000", "success")
+        "I'm a server span", "span", "test-agent", "1000", "success")
     attributes = json.loads(event["attributes"])
     assert attributes["my.span.attr"] == "some value"
     assert attributes["scope.my.scope.attribute"] == "some scope attribute"

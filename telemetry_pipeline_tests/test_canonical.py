@@ -50,7 +50,7 @@ def test_rows_round_trip_through_the_derived_insert(con: duckdb.DuckDBPyConnecti
     con.execute(model.EVENTS.insert_sql("incoming"))
     (stored,) = con.execute(f"SELECT {model.EVENTS.column_list()} FROM events").fetchall()
     assert stored[:5] == ("e1", "s:1", 0, "User prompt", "user_prompt") and stored[5] == at
-    assert stored[-1] == '{"prompt":"hi"}' and stored[12] == 3
+    assert stored[model.EVENTS.names.index("attributes")] == '{"prompt":"hi"}' and stored[12] == 3
 
 
 def test_postgres_ddl_creates_the_same_columns(postgres_url: str) -> None:
@@ -95,14 +95,16 @@ def test_event_activity_is_one_rule(con: duckdb.DuckDBPyConnection, event_type: 
     assert sql.fetchone()[0] == activity.event_activity(event_type, step, response_only=response_only)
 
 
-@pytest.mark.parametrize(("event_type", "tool", "model_name"), [
-    ("user_prompt", "search", "gpt-4o"), ("reasoning", "search", "gpt-4o"), ("reasoning", None, "gpt-4o"),
-    ("reasoning", None, None), ("reasoning", "", "gpt-4o"),
+@pytest.mark.parametrize(("event_type", "tool", "agent"), [
+    ("user_prompt", "search", "Billing Specialist"), ("reasoning", "search", "Billing Specialist"),
+    ("tool_call_started", None, "triage"), ("reasoning", "", "triage"),
 ])
 def test_event_resource_is_one_rule(con: duckdb.DuckDBPyConnection, event_type: str, tool: str | None,
-                                    model_name: str | None) -> None:
-    sql = con.execute("SELECT event_resource($t, $tool, $m)", {"t": event_type, "tool": tool, "m": model_name})
-    assert sql.fetchone()[0] == activity.event_resource(event_type, tool, model_name)
+                                    agent: str) -> None:
+    """The agent that acted, not the tool or the model (they have their own columns); a prompt is the user's."""
+    sql = con.execute("SELECT event_resource($t, $agent)", {"t": event_type, "agent": agent})
+    resource = activity.event_resource(event_type, agent)
+    assert sql.fetchone()[0] == resource == ("user" if event_type == "user_prompt" else agent)
     assert con.execute("SELECT tool_call_activity($t)", {"t": tool}).fetchone()[0] == activity.tool_call_activity(tool)
 
 

@@ -69,7 +69,9 @@ def test_sensor_discovers_and_exports_to_outbox(
     ]
     tool = events[2]
     assert tool["event_time"] == "1736937002000" and tool["end_time"] == "1736937003000"
-    assert tool["status"] == "success" and tool["latency_ms"] == "900" and tool["resource"] == "tool_0"
+    assert tool["status"] == "success" and tool["latency_ms"] == "900" and tool["tool_name"] == "tool_0"
+    assert tool["resource"] == "test-agent", "the agent that called the tool (AGENT_NAME: the data names none)"
+    assert events[0]["resource"] == "user"
     failed = [e for e in tables["agent_telemetry_events"] if e["case_id"] == "at-0" and e["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error"] == "permission denied"
 

@@ -164,7 +164,7 @@ def test_hostile_payloads_are_exported_faithfully_or_rejected_by_name(pipeline: 
     [prompt, tool] = events_of(tables, "nasty-text")
     assert json.loads(prompt["attributes"])["prompt"] == NASTY
     assert runs["nasty-text"]["task_description"] == NASTY[:500]
-    assert tool["tool_name"] == NASTY and tool["resource"] == NASTY and tool["error"] == NASTY
+    assert tool["tool_name"] == NASTY and tool["resource"] == "test-agent" and tool["error"] == NASTY
     assert tool["activity"] == f"Call tool {NASTY}" and tool["status"] == "failed"
     assert json.loads(tool["attributes"])["parameters"] == {NASTY: [NASTY]}
     assert json.loads(runs["nasty-text"]["tools_used"])[0]["error_details"] == NASTY

@@ -50,7 +50,9 @@ def test_exported_session_shows_its_summary_and_timeline(
     assert values["duration_s"] == 7.0
     assert values["tool_calls"] == "3 (2 succeeded, 1 failed)"
     assert values["models"] == "gpt-4o"
-    assert (values["input_tokens"], values["output_tokens"]) == (140, 20)  # prompt 40 + model call 100
+    # The model calls' tokens (the prompt's 40 are part of the call's input, not counted twice), as the case table's
+    assert (values["input_tokens"], values["output_tokens"]) == (100, 20)
+    assert values["agents"] == "test-agent"
     assert values["first_error"] == "permission denied"
     assert values["errors"].splitlines()[2:] == ["| 5 | Call tool tool_2 | permission denied |"]
     assert values["event_counts"].startswith("8 source events → 5 event-log rows"), "tool calls are paired"
@@ -154,7 +156,8 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
 
     def flagged(label: str) -> bool:
         events = pa.table({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
-                               "end_time": [None]})
+                           "end_time": [None], "model": [None], "cost_usd": [None], "input_tokens": [None],
+                           "output_tokens": [None]})
         (alphabet,) = [o for o in quality.check_upload(pa.table({"agent_run_id": ["case-1"]}), events, 10)
                        if o.name == "activity_alphabet"]
         return bool(alphabet.metadata["id_like_sample"])
@@ -167,8 +170,10 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     runs = pa.table({"agent_run_id": ["a", "b"]})
     clean = pa.table({
         "event_id": ["e1", "e2", "e3"], "case_id": ["a", "a", "b"],
-        "activity": ["User prompt", "Call tool x", "User prompt"],
+        "activity": ["User prompt", "Chat", "User prompt"],
         "event_time": [1, 2, 3], "end_time": [None, 5, None],
+        "model": [None, "gpt-4o", None], "input_tokens": [None, 10, None], "output_tokens": [None, 2, None],
+        "cost_usd": [None, 0.00005, None],
     })
     assert all(o.passed for o in quality.check_upload(runs, clean, alphabet_limit=5))
 
@@ -176,9 +181,11 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
         "event_id": ["e1", "e1", "e3", "e4", "e5"],
         "case_id": ["a", "a", "ghost", "b", "b"],
         "activity": ["User prompt", "Call tool x", "Fetch 5f0c1e2a-9b7d-4c3e-8a1f-2b3c4d5e6f70", "Step b for case b",
-                     "Other"],
+                     "Chat"],
         "event_time": [1, 2, None, 9, 4],
         "end_time": [None, None, None, 3, None],
+        "model": [None, None, None, None, "in-house-llm"], "input_tokens": [None, None, None, None, 10],
+        "output_tokens": [None, None, None, None, 2], "cost_usd": [None, None, None, None, None],
     })
     outcomes = {o.name: o for o in quality.check_upload(runs, bad, alphabet_limit=4)}
     unique = outcomes["event_id_unique"].metadata
@@ -188,6 +195,8 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     assert (times["without_time"], times["end_before_start"]) == (1, 1)
     alphabet = outcomes["activity_alphabet"].metadata
     assert alphabet["distinct_activities"] == 5 and len(alphabet["id_like_sample"]) == 1
+    prices = outcomes["model_prices_known"].metadata
+    assert (prices["model_calls"], prices["without_cost"], prices["models_sample"]) == (1, 1, ["in-house-llm"])
     assert not any(o.passed for o in outcomes.values())
 
 
@@ -284,7 +293,8 @@ def test_process_overview_says_how_the_agents_did_and_which_sessions_to_open(
     assert meta["success_rate_pct"].value == 80.0
     by_agent = {r.data["agent"]: r.data for r in meta["outcomes_by_agent"].value.records}
     assert by_agent["planner"] == {"agent": "planner", "sessions": 3, "completed_pct": 66.7, "partial_pct": 0.0,
-                                   "failed_pct": 33.3, "success_pct": 66.7}
+                                   "failed_pct": 33.3, "success_pct": 66.7, "input_tokens": 0, "output_tokens": 0,
+                                   "cost_usd": None}
     assert by_agent["coder bot"]["partial_pct"] == 50.0 and by_agent["coder bot"]["success_pct"] == 100.0
     by_workflow = {r.data["workflow"]: r.data["sessions"] for r in meta["outcomes_by_workflow"].value.records}
     assert by_workflow == {"trips": 3, "fixes": 2}

@@ -21,6 +21,7 @@ import io
 import json
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ CORPUS = shared_path("real-telemetry")  # every test here reads it: missing, the
 EXTRACT_SAMPLE = CORPUS / "amodels" / "extract_agent_metrics_response_from_generate_test_extract_go.json"
 EXTRACT_SESSION = "test-session-1762775872"
 NO_PAYLOADS = "test-session-no-payloads"
-FALLBACK_AGENT = "real-corpus-agent"
+# No AGENT_NAME: a case's agent is what the data says (its agent, else its service or workflow), else the host's name.
+FALLBACK_AGENT = socket.gethostname()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def settings_for(home: Path, inbox: Path, extract_url: str | None = None) -> Set
     return for_home(home, sources=SourcesSettings.of(
         otlp_dir=inbox, extract_url=extract_url,
         extract_list_path="",  # the real Extract service lists nothing: its sessions are given by key
-        agent_name=FALLBACK_AGENT, http=HttpSettings(max_retries=1, retry_wait_initial=0.01),
+        http=HttpSettings(max_retries=1, retry_wait_initial=0.01),
     ))
 
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from telemetry_pipeline.canonical.content import Governance
+from telemetry_pipeline.canonical.cost import price_batch
 from telemetry_pipeline.canonical.govern import govern_batch
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.console.quality import CheckOutcome, check_upload
 from telemetry_pipeline.console.session_summary import SessionSummary, summarize
 from telemetry_pipeline.settings import Settings
@@ -61,7 +63,7 @@ def exporting(
     warehouse: Warehouse,
     destination: Destination,
     dataset: str,
-    fallback_agent: str,
+    agents: AgentDefaults,
     run_id: str | None = None,
     holder_check: HolderCheck = lease_decides,
     exported_meanwhile: ExportedMeanwhile = lambda keys: {},
@@ -88,7 +90,7 @@ def exporting(
             warehouse.release(list(out.exported_meanwhile), run_id)
             claimed = [k for k in claimed if k not in out.exported_meanwhile]
         with warehouse.leased(claimed, run_id):
-            yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, fallback_agent,
+            yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, agents,
                           alphabet_limit, governance)
     finally:
         try:
@@ -117,7 +119,7 @@ def _export(
     warehouse: Warehouse,
     destination: Destination,
     dataset: str,
-    fallback_agent: str,
+    agents: AgentDefaults,
     alphabet_limit: int,
     governance: Governance,
 ) -> BatchOutcome:
@@ -139,9 +141,11 @@ def _export(
         by_normalizer[SOURCES[r.source].normalize].append(r)  # fetched, so a registered source
     with _timed(out.timings, "normalize"), warehouse.workspace() as con:
         for normalize, batch in by_normalizer.items():
-            problems = normalize(con, batch, fallback_agent)
+            problems = normalize(con, batch, agents)
             failed("normalise", problems)
             out.normalized += [r.key for r in batch if r.key not in problems]
+        with _timed(out.timings, "cost"):  # what each model call cost (the trace's figure, else a price table's)
+            price_batch(con, out.normalized)
         with _timed(out.timings, "govern"):  # before anything reads the rows: what leaves is governed
             tasks = [k for k in out.normalized if SOURCES[parse_key(k)[0]].task_is_content]
             govern_batch(con, out.normalized, governance, tasks)

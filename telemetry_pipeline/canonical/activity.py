@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from telemetry_pipeline.canonical.identity import USER
 from telemetry_pipeline.canonical.model import Outcome
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, TOOL_CALL_STARTED
 from telemetry_pipeline.canonical.values import text
@@ -25,7 +26,6 @@ FIXED_ACTIVITIES = {MODEL_CHANGE: "Change model"}
 USER_PROMPT_ACTIVITY, AGENT_RESPONSE_ACTIVITY = "User prompt", "Agent response"
 TOOL_CALL_ACTIVITY = "Call tool"
 UNKNOWN_TOOL = "unknown"
-USER_RESOURCE, AGENT_RESOURCE = "user", "agent"
 MAX_LABEL = 200
 MAX_ERROR = 2000  # characters of an error the Python normalisers keep (as they did before)
 # Ids as they turn up in labels: UUIDs, long hex holding a digit (trace/span ids, hashes), runs of 6+ digits, inside
@@ -65,11 +65,10 @@ def event_activity(event_type: str, step_name: Any, *, response_only: bool) -> s
     return FIXED_ACTIVITIES.get(event_type) or step_label(step_name) or humanize(event_type)
 
 
-def event_resource(event_type: str, tool_name: str | None, model: str | None) -> str:
-    """Who did it: the user for prompts, else the tool, the model, or the agent."""
-    if event_type == USER_PROMPT:
-        return USER_RESOURCE
-    return next((v for v in (tool_name, model) if v is not None), AGENT_RESOURCE)
+def event_resource(event_type: str, agent: str) -> str:
+    """Who did it (`canonical.identity`): the user for a prompt, else the agent (tools and models are not actors:
+    they have their own columns)."""
+    return USER if event_type == USER_PROMPT else agent
 
 
 def event_status(success: Any, error: Any) -> str:
@@ -142,9 +141,8 @@ CREATE OR REPLACE TEMP MACRO event_activity(event_type, step_name, response_only
         THEN CASE WHEN response_only THEN {_sql(AGENT_RESPONSE_ACTIVITY)} ELSE {_sql(USER_PROMPT_ACTIVITY)} END
     {_FIXED_SQL}
     ELSE coalesce(step_label(step_name), humanize(event_type)) END;
-CREATE OR REPLACE TEMP MACRO event_resource(event_type, tool_name, model) AS CASE
-    WHEN event_type = {_sql(USER_PROMPT)} THEN {_sql(USER_RESOURCE)}
-    ELSE coalesce(tool_name, model, {_sql(AGENT_RESOURCE)}) END;
+CREATE OR REPLACE TEMP MACRO event_resource(event_type, agent) AS CASE
+    WHEN event_type = {_sql(USER_PROMPT)} THEN {_sql(USER)} ELSE agent END;
 CREATE OR REPLACE TEMP MACRO event_status(success, error) AS
     CASE WHEN success = false OR error IS NOT NULL THEN 'failed' ELSE 'success' END;
 CREATE OR REPLACE TEMP MACRO session_outcome(ended_on_failure, any_failure) AS CASE

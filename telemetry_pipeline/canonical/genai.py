@@ -8,12 +8,12 @@ writes `gen_ai.*`, old names included). See docs/SOURCES.md, `otlp`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from telemetry_pipeline.canonical.values import as_int, text
+from telemetry_pipeline.canonical.values import as_float, as_int, text
 
 
 class GenAI(StrEnum):
@@ -24,6 +24,12 @@ class GenAI(StrEnum):
     INPUT_TOKENS = "input_tokens"
     OUTPUT_TOKENS = "output_tokens"
     TOTAL_TOKENS = "total_tokens"
+    CACHE_READ_TOKENS = "cache_read_tokens"  # of the input tokens, read from the provider's prompt cache
+    CACHE_WRITE_TOKENS = "cache_write_tokens"  # of the input tokens, written to it
+    REASONING_TOKENS = "reasoning_tokens"  # of the output tokens, spent reasoning
+    COST = "cost"  # what the call cost, in USD, as the trace says
+    INPUT_COST = "input_cost"  # its parts, where a trace gives those instead
+    OUTPUT_COST = "output_cost"
     TOOL_NAME = "tool_name"
     TOOL_CALL_ID = "tool_call_id"
     AGENT_NAME = "agent_name"
@@ -33,7 +39,7 @@ class GenAI(StrEnum):
 
 
 ALIASES: Mapping[GenAI, tuple[str, ...]] = MappingProxyType({
-    GenAI.OPERATION: ("gen_ai.operation.name", "llm.request.type"),
+    GenAI.OPERATION: ("gen_ai.operation.name", "llm.request.type", "sentry.op"),
     GenAI.SPAN_KIND: ("traceloop.span.kind", "openinference.span.kind", "ai.operationId"),
     GenAI.PROVIDER: ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system", "ai.model.provider"),
     GenAI.MODEL: (
@@ -51,12 +57,36 @@ ALIASES: Mapping[GenAI, tuple[str, ...]] = MappingProxyType({
     GenAI.TOTAL_TOKENS: (
         "gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total", "ai.usage.totalTokens",
     ),
+    # OpenTelemetry GenAI (current, then the spellings before cache_read/cache_creation settled), Sentry, Pydantic
+    # AI's details, OpenInference, the Vercel AI SDK v6 and v5, LiteLLM/Anthropic's own names.
+    GenAI.CACHE_READ_TOKENS: (
+        "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
+        "gen_ai.usage.input_tokens.cached", "gen_ai.usage.details.cache_read_tokens",
+        "llm.token_count.prompt_details.cache_read", "ai.usage.inputTokenDetails.cacheReadTokens",
+        "ai.usage.cachedInputTokens",
+    ),
+    GenAI.CACHE_WRITE_TOKENS: (
+        "gen_ai.usage.cache_write.input_tokens", "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens", "gen_ai.usage.details.cache_write_tokens",
+        "llm.token_count.prompt_details.cache_write", "ai.usage.inputTokenDetails.cacheWriteTokens",
+    ),
+    GenAI.REASONING_TOKENS: (
+        "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens", "gen_ai.usage.output_tokens.reasoning",
+        "gen_ai.usage.details.reasoning_tokens", "llm.token_count.completion_details.reasoning",
+        "ai.usage.outputTokenDetails.reasoningTokens", "ai.usage.reasoningTokens",
+    ),
+    # Pydantic AI's `operation.cost`; OpenInference's `llm.cost.*`; Langfuse's and LiteLLM's `gen_ai.usage.cost`;
+    # any-agent's input/output parts.
+    GenAI.COST: ("gen_ai.usage.cost", "gen_ai.cost.total_cost", "operation.cost", "llm.cost.total"),
+    GenAI.INPUT_COST: ("gen_ai.usage.input_cost", "gen_ai.cost.input_cost", "llm.cost.prompt"),
+    GenAI.OUTPUT_COST: ("gen_ai.usage.output_cost", "gen_ai.cost.output_cost", "llm.cost.completion"),
     GenAI.TOOL_NAME: ("gen_ai.tool.name", "tool.name", "ai.toolCall.name"),
     GenAI.TOOL_CALL_ID: ("gen_ai.tool.call.id", "tool_call.id", "ai.toolCall.id"),
-    GenAI.AGENT_NAME: ("gen_ai.agent.name", "agent.name"),
+    # The Vercel AI SDK names no agent: its telemetry's function id is the name a team gives an agent's calls.
+    GenAI.AGENT_NAME: ("gen_ai.agent.name", "agent.name", "ai.telemetry.functionId"),
     GenAI.ENTITY_NAME: ("traceloop.entity.name",),
     # `agora.flow`: Agora's `{flow}.flow` spans; `flow_name`: its AuditedFlow (examples/Milvus RAG notebook)
-    GenAI.WORKFLOW_NAME: ("traceloop.workflow.name", "agora.flow", "ai.telemetry.functionId", "flow_name"),
+    GenAI.WORKFLOW_NAME: ("gen_ai.workflow.name", "traceloop.workflow.name", "agora.flow", "flow_name"),
     # `custom.session_id`: what Agora's SDK writes (agora/exports/chat.jsonl); Pydantic AI gives a delegated agent's
     # run a conversation of its own and names the one it serves `pydantic_ai.root_conversation_id`; OpenLLMetry
     # carries the run's metadata as association properties; the Vercel AI SDK as telemetry metadata (traces/).
@@ -77,16 +107,25 @@ OPERATION_OF_KIND: Mapping[str, str] = MappingProxyType({
 })
 
 
+#: The Vercel AI SDK's calls that run a model in steps (with tools): an agent's run when its telemetry names a
+#: function, else framework plumbing around the model calls inside.
+AI_SDK_RUNS = frozenset({"ai.generatetext", "ai.streamtext", "ai.generateobject", "ai.streamobject"})
+
 #: Operation names as instrumentations spell them -> the OpenTelemetry GenAI operation they are.
 OPERATION_SYNONYMS: Mapping[str, str] = MappingProxyType({
     "call_llm": "chat",  # any-agent (OpenAI Agents SDK, LangChain, LlamaIndex, Google ADK, smolagents…)
+    # Sentry's span ops (`sentry.op`) for its AI agents monitoring
+    "gen_ai.chat": "chat", "gen_ai.invoke_agent": "invoke_agent", "gen_ai.execute_tool": "execute_tool",
+    "gen_ai.handoff": "handoff", "gen_ai.create_agent": "create_agent",
     "completion": "text_completion", "embedding": "embeddings",  # Traceloop `llm.request.type`
 })
 #: Operations that are a call of a model (its model and usage are the call's own).
 LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
 #: OpenTelemetry GenAI span names are `{operation} {model}`, `execute_tool {tool}`, `invoke_agent {agent}`:
 #: the operation a span name starts with, for spans whose attributes do not say it (Strands, Spring AI).
-_NAMED_OPERATIONS = frozenset({*LLM_OPERATIONS, "execute_tool", "invoke_agent", "create_agent", "call_llm"})
+_NAMED_OPERATIONS = frozenset({
+    *LLM_OPERATIONS, "execute_tool", "invoke_agent", "create_agent", "invoke_workflow", "plan", "call_llm",
+})
 
 
 def first(attributes: Mapping[str, Any], concept: GenAI) -> Any:
@@ -102,6 +141,37 @@ def first_text(attributes: Mapping[str, Any], concept: GenAI, limit: int = 200) 
 def first_int(attributes: Mapping[str, Any], concept: GenAI) -> int | None:
     """The first alias of `concept` holding a number."""
     return next((n for k in ALIASES[concept] if (n := as_int(attributes.get(k))) is not None), None)
+
+
+def first_float(attributes: Mapping[str, Any], concept: GenAI) -> float | None:
+    """The first alias of `concept` holding a finite number."""
+    return next((n for k in ALIASES[concept] if (n := as_float(attributes.get(k))) is not None), None)
+
+
+def usage_of(calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The usage of model calls (each one's attributes), as `EventRow` fields: each kind of token summed, the first
+    provider named, and the cost the calls state (None unless each states one: `canonical.cost` prices the rest)."""
+    def total(concept: GenAI) -> int | None:
+        counts = [n for c in calls if (n := first_int(c, concept)) is not None]
+        return sum(counts) if counts else None
+
+    costs = [stated_cost(c) for c in calls]
+    return {
+        "input_tokens": total(GenAI.INPUT_TOKENS), "output_tokens": total(GenAI.OUTPUT_TOKENS),
+        "cache_read_tokens": total(GenAI.CACHE_READ_TOKENS), "cache_write_tokens": total(GenAI.CACHE_WRITE_TOKENS),
+        "reasoning_tokens": total(GenAI.REASONING_TOKENS),
+        "provider": next((p for c in calls if (p := first_text(c, GenAI.PROVIDER, 100))), None),
+        "cost_usd": sum(c for c in costs if c is not None) if costs and None not in costs else None,
+    }
+
+
+def stated_cost(attributes: Mapping[str, Any]) -> float | None:
+    """The cost in USD a span states for its call: in one figure, else as input and output parts."""
+    total = first_float(attributes, GenAI.COST)
+    if total is not None:
+        return total
+    parts = [first_float(attributes, GenAI.INPUT_COST), first_float(attributes, GenAI.OUTPUT_COST)]
+    return sum(p for p in parts if p is not None) if any(p is not None for p in parts) else None
 
 
 def span_kind(attributes: Mapping[str, Any]) -> str | None:

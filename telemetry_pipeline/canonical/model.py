@@ -21,16 +21,20 @@ import pyarrow as pa
 Json = NewType("Json", str)  # JSON text: stored in a JSON column
 Dialect = Literal["duckdb", "postgres"]
 
-_KINDS: dict[Any, str] = {str: "text", int: "long", dt.datetime: "timestamp", Json: "json", bytes: "bytes"}
+_KINDS: dict[Any, str] = {
+    str: "text", int: "long", float: "double", dt.datetime: "timestamp", Json: "json", bytes: "bytes",
+}
 SQL_TYPES: dict[str, dict[str, str]] = {
-    "duckdb": {"text": "VARCHAR", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSON", "bytes": "BLOB"},
+    "duckdb": {"text": "VARCHAR", "long": "BIGINT", "double": "DOUBLE", "timestamp": "TIMESTAMPTZ", "json": "JSON",
+               "bytes": "BLOB"},
     # JSON, not JSONB: it keeps the text as written (key order, duplicates) and accepts the escape \u0000,
     # which JSONB refuses (hostile input has it: one such attribute would fail a whole batch's COPY).
-    "postgres": {"text": "TEXT", "long": "BIGINT", "timestamp": "TIMESTAMPTZ", "json": "JSON", "bytes": "BYTEA"},
+    "postgres": {"text": "TEXT", "long": "BIGINT", "double": "DOUBLE PRECISION", "timestamp": "TIMESTAMPTZ",
+                 "json": "JSON", "bytes": "BYTEA"},
 }
 _ARROW_TYPES: dict[str, pa.DataType] = {
-    "text": pa.string(), "long": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "json": pa.string(),
-    "bytes": pa.binary(),
+    "text": pa.string(), "long": pa.int64(), "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC"),
+    "json": pa.string(), "bytes": pa.binary(),
 }
 
 
@@ -91,6 +95,13 @@ class EventRow:
     output_tokens: int | None
     error: str | None
     attributes: Json | None
+    # What a model call cost (migration 4): the usage that prices it, and the price, the trace's own when it has one,
+    # else a maintained price table's at the event's time (`canonical.cost`). `resource` is the agent that acted.
+    provider: str | None = None
+    cache_read_tokens: int | None = field(default=None, metadata=_doc("of input_tokens, read from a cache"))
+    cache_write_tokens: int | None = field(default=None, metadata=_doc("of input_tokens, written to a cache"))
+    reasoning_tokens: int | None = field(default=None, metadata=_doc("of output_tokens, spent reasoning"))
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)

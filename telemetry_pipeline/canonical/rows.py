@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, EventRow, SessionRow
 from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
 from telemetry_pipeline.sources.base import RawSession
@@ -22,7 +23,7 @@ class InvalidPayload(Exception):
 
 
 #: A Python normaliser of one session: its `sessions` row and `events` rows, or `InvalidPayload`.
-SessionParser = Callable[[RawSession, str], tuple[SessionRow, list[EventRow]]]
+SessionParser = Callable[[RawSession, AgentDefaults], tuple[SessionRow, list[EventRow]]]
 
 
 def parse_json(body: bytes) -> Any:
@@ -56,7 +57,7 @@ def replace_sessions(
 
 
 def normalize_each(
-    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str, parse: SessionParser
+    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], agents: AgentDefaults, parse: SessionParser
 ) -> dict[str, str]:
     """Parse every session with `parse` (which raises `InvalidPayload` for a session that must fail),
     then replace the good ones' rows in one transaction; return {key: why} for the others."""
@@ -65,7 +66,7 @@ def normalize_each(
     events: list[EventRow] = []
     for r in raw:
         try:
-            session, rows = parse(r, fallback_agent)
+            session, rows = parse(r, agents)
         except InvalidPayload as exc:
             errors[r.key] = f"{r.key}: {exc}"
             continue

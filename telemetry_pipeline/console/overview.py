@@ -1,7 +1,8 @@
 """What the agents did and the process as Signavio will mine it, from the canonical model over a recent
 window: outcomes (completed / partial / failed) overall, per agent and per workflow; the activities that
 fail, with their most common errors; the slowest and the latest failed sessions, by key; directly-follows
-relations (with the start and end of each case), per-activity figures, variants and per-model token sums.
+relations (with the start and end of each case), per-activity figures, variants, per-model tokens and cost,
+and the costliest sessions.
 Set-based DuckDB SQL over `sessions` and `events`; no Dagster here.
 """
 
@@ -26,7 +27,7 @@ cases AS (
 ),
 ev AS (
     SELECT e.session_key, e.activity, e.event_time, e.end_time, e.status, e.latency_ms, e.model,
-           e.input_tokens, e.output_tokens, e.error,
+           e.input_tokens, e.output_tokens, e.error, e.cost_usd,
            row_number() OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS pos
     FROM events e WHERE e.session_key IN (SELECT session_key FROM cases)
 )
@@ -89,16 +90,37 @@ WITH {_WINDOW}
 SELECT count(DISTINCT trace) FROM (SELECT list(activity ORDER BY pos) AS trace FROM ev GROUP BY session_key)
 """
 
+# What a session's model calls used and cost (cost: of the calls whose price is known).
+_USAGE = """
+usage AS (
+    SELECT session_key, sum(input_tokens) FILTER (WHERE model IS NOT NULL) AS input_tokens,
+           sum(output_tokens) FILTER (WHERE model IS NOT NULL) AS output_tokens, sum(cost_usd) AS cost_usd
+    FROM events WHERE session_key IN (SELECT session_key FROM sessions WHERE normalized_at >= $since)
+    GROUP BY session_key
+)
+"""
+
 # One row overall ("all"), one per agent, one per workflow: GROUPING SETS reads the window once.
 _OUTCOMES_SQL = f"""
+WITH {_USAGE}
 SELECT CASE WHEN grouping(agent) = 0 THEN 'agent' WHEN grouping(workflow) = 0 THEN 'workflow' ELSE 'all' END
            AS dimension,
        coalesce(agent, workflow, '') AS name, count(*) AS cases,
-       {", ".join(f"count(*) FILTER (WHERE status = '{o}')" for o in OUTCOMES)}
-FROM (SELECT coalesce(agent_name, '{NO_NAME}') AS agent, coalesce(workflow_name, '{NO_NAME}') AS workflow, status
-      FROM sessions WHERE normalized_at >= $since)
+       {", ".join(f"count(*) FILTER (WHERE status = '{o}')" for o in OUTCOMES)},
+       coalesce(sum(input_tokens), 0)::BIGINT, coalesce(sum(output_tokens), 0)::BIGINT, sum(cost_usd)
+FROM (SELECT coalesce(s.agent_name, '{NO_NAME}') AS agent, coalesce(s.workflow_name, '{NO_NAME}') AS workflow,
+             s.status, u.input_tokens, u.output_tokens, u.cost_usd
+      FROM sessions s LEFT JOIN usage u USING (session_key) WHERE s.normalized_at >= $since)
 GROUP BY GROUPING SETS ((), (agent), (workflow))
 ORDER BY dimension, cases DESC, name
+"""
+
+_COSTLIEST_SQL = f"""
+WITH {_USAGE}
+SELECT s.session_key, s.agent_name, s.workflow_name, s.status, u.cost_usd
+FROM sessions s JOIN usage u USING (session_key)
+WHERE s.normalized_at >= $since AND u.cost_usd IS NOT NULL
+ORDER BY u.cost_usd DESC, s.session_key LIMIT $top
 """
 
 # A failure is a failed step (status) or one that names an error; its message, else none given.
@@ -132,10 +154,14 @@ SELECT f.session_key, f.agent_name, f.workflow_name, f.end_time,
 FROM failed f ORDER BY f.end_time DESC NULLS LAST, f.session_key
 """
 
+# Per model: its calls, tokens and cost, and the calls no price was found for (a model the price table does not
+# know: their cost is left empty, and counted here and by the `model_prices_known` check).
 _MODELS_SQL = f"""
 WITH {_WINDOW}
 SELECT model, count(*) AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
-       coalesce(sum(output_tokens), 0) AS output_tokens
+       coalesce(sum(output_tokens), 0) AS output_tokens, sum(cost_usd) AS cost_usd,
+       count(*) FILTER (WHERE cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL))
+           AS unpriced_calls
 FROM ev WHERE model IS NOT NULL GROUP BY model
 ORDER BY coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) DESC, model
 """
@@ -173,6 +199,8 @@ class ModelTokens:
     calls: int
     input_tokens: int
     output_tokens: int
+    cost_usd: float | None = None  # of its calls whose price is known
+    unpriced_calls: int = 0  # calls with tokens and no known price
 
 
 @dataclass(frozen=True)
@@ -186,6 +214,9 @@ class Outcome:
     completed: int
     partial: int
     failed: int
+    input_tokens: int = 0  # of the sessions' model calls
+    output_tokens: int = 0
+    cost_usd: float | None = None  # of the calls whose price is known
 
     @property
     def success_rate(self) -> float:
@@ -212,6 +243,7 @@ class SessionRef:
     duration_ms: int | None = None
     end: dt.datetime | None = None
     error: str | None = None
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +260,7 @@ class ProcessOverview:
     failing: tuple[FailingActivity, ...] = ()
     slowest: tuple[SessionRef, ...] = ()
     failed_sessions: tuple[SessionRef, ...] = ()
+    costliest: tuple[SessionRef, ...] = ()
 
     @property
     def overall(self) -> Outcome:
@@ -272,6 +305,10 @@ def compute_overview(
             for key, agent, workflow, end, error in con.execute(
                 _FAILED_SESSIONS_SQL, {**window, "top": top}
             ).fetchall()
+        ),
+        costliest=tuple(
+            SessionRef(key, agent, workflow, status=status, cost_usd=cost)
+            for key, agent, workflow, status, cost in con.execute(_COSTLIEST_SQL, {**window, "top": top}).fetchall()
         ),
     )
 

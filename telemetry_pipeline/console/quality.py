@@ -19,12 +19,15 @@ EVENT_ID_UNIQUE = "event_id_unique"
 EVENTS_HAVE_CASE = "events_have_case"
 EVENT_TIMES_VALID = "event_times_valid"
 ACTIVITY_ALPHABET = "activity_alphabet"
+MODEL_PRICES_KNOWN = "model_prices_known"
 
 DESCRIPTIONS = {
     EVENT_ID_UNIQUE: "`event_id` is unique within each upload of the events table.",
     EVENTS_HAVE_CASE: "Every event's `case_id` has a row in the case table of the same upload.",
     EVENT_TIMES_VALID: "Every event has an `event_time`, and `event_time` <= `end_time` where an end is given.",
     ACTIVITY_ALPHABET: "Distinct activities per upload stay under the limit, and no activity label holds an id.",
+    MODEL_PRICES_KNOWN: "Every model call with tokens has a cost: the trace's own, or a price the table knows for its "
+    "model (an unknown model leaves `cost_usd` empty; the check names it).",
 }
 
 
@@ -36,7 +39,7 @@ class CheckOutcome:
 
 
 def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[CheckOutcome]:
-    """The four checks over one batch's `<dataset>_runs` and `<dataset>_events` frames."""
+    """The checks over one batch's `<dataset>_runs` and `<dataset>_events` frames."""
     con = duckdb.connect()
     try:
         con.register("up_runs", runs)
@@ -46,6 +49,7 @@ def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[
             _events_have_case(con),
             _times_valid(con),
             _alphabet(con, alphabet_limit),
+            _prices_known(con),
         ]
     finally:
         con.close()
@@ -93,6 +97,16 @@ def _alphabet(con: duckdb.DuckDBPyConnection, limit: int) -> CheckOutcome:
         ACTIVITY_ALPHABET, distinct <= limit and not id_like,
         {"distinct_activities": distinct, "limit": limit, "id_like_sample": id_like},
     )
+
+
+def _prices_known(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    unpriced = "model IS NOT NULL AND cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)"
+    calls, missing = _row(con, f"SELECT count(*) FILTER (WHERE model IS NOT NULL), count(*) FILTER (WHERE {unpriced}) "
+                               "FROM up_events")
+    models = _column(con, f"SELECT model FROM up_events WHERE {unpriced} GROUP BY model ORDER BY count(*) DESC, model "
+                          f"LIMIT {SAMPLE}")
+    return CheckOutcome(MODEL_PRICES_KNOWN, missing == 0,
+                        {"model_calls": calls, "without_cost": missing, "models_sample": models})
 
 
 def _row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:

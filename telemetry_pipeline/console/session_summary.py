@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from telemetry_pipeline.canonical.identity import USER
+
 #: Steps shown of a session's timeline: its first ones and its last ones (the final answer, the error
 #: it ended on); the full event log is in Signavio. Kept short so each materialisation stays small
 #: (README, Benchmark: bytes of metadata per session).
@@ -28,8 +30,10 @@ agg AS (
            count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'success') AS tool_calls_succeeded,
            count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'failed') AS tool_calls_failed,
            list_sort(list(DISTINCT model) FILTER (WHERE model IS NOT NULL)) AS models,
-           coalesce(sum(input_tokens), 0) AS input_tokens,
-           coalesce(sum(output_tokens), 0) AS output_tokens,
+           coalesce(sum(input_tokens) FILTER (WHERE model IS NOT NULL), 0) AS input_tokens,
+           coalesce(sum(output_tokens) FILTER (WHERE model IS NOT NULL), 0) AS output_tokens,
+           sum(cost_usd) AS cost_usd,
+           list_sort(list(DISTINCT resource) FILTER (WHERE resource IS NOT NULL AND resource <> $user)) AS agents,
            arg_min(error, (event_time, seq)) FILTER (WHERE error IS NOT NULL) AS first_error,
            count(*) AS event_log_rows,
            count(*) FILTER (WHERE status = 'failed' OR error IS NOT NULL) AS errors
@@ -38,7 +42,7 @@ agg AS (
 SELECT s.session_key, s.agent_name, s.workflow_name, s.status, s.start_time, s.end_time, s.event_count,
        coalesce(a.tool_calls, 0), coalesce(a.tool_calls_succeeded, 0), coalesce(a.tool_calls_failed, 0),
        coalesce(a.models, []), coalesce(a.input_tokens, 0), coalesce(a.output_tokens, 0), a.first_error,
-       coalesce(a.event_log_rows, 0), coalesce(a.errors, 0)
+       coalesce(a.event_log_rows, 0), coalesce(a.errors, 0), a.cost_usd, coalesce(a.agents, [])
 FROM sessions s LEFT JOIN agg a USING (session_key)
 WHERE s.session_key IN (SELECT session_key FROM batch)
 """
@@ -103,6 +107,8 @@ class SessionSummary:
     output_tokens: int
     first_error: str | None
     error_count: int = 0
+    cost_usd: float | None = None  # of the model calls whose price is known
+    agents: tuple[str, ...] = ()  # the agents that acted in it
     errors: tuple[Failure, ...] = field(default=())  # the first `MAX_ERRORS`
     timeline: tuple[Step, ...] = field(default=())  # the first and last steps, numbered among all
 
@@ -135,13 +141,15 @@ def summarize(
         if failed:
             failures.setdefault(key, []).append(Failure(step, offset, _clip(activity) or "", _clip(error)))
     summaries = {}
-    for row in con.execute(_SUMMARY_SQL, {"keys": keys}).fetchall():
-        key, agent, workflow, status, start, end, events, calls, ok, failed, models, tin, tout, error, rows, errs = row
+    for row in con.execute(_SUMMARY_SQL, {"keys": keys, "user": USER}).fetchall():
+        (key, agent, workflow, status, start, end, events, calls, ok, failed, models, tin, tout, error, rows, errs,
+         cost, agents) = row
         summaries[key] = SessionSummary(
             agent=agent, workflow=workflow, status=status, start=start, end=end, source_events=events,
             event_log_rows=rows, tool_calls=calls, tool_calls_succeeded=ok, tool_calls_failed=failed,
             models=tuple(models), input_tokens=tin, output_tokens=tout, first_error=_clip(error),
             error_count=errs, errors=tuple(failures.get(key, ())), timeline=tuple(timelines.get(key, ())),
+            cost_usd=cost, agents=tuple(agents),
         )
     return summaries
 

@@ -128,7 +128,7 @@ def session_export(
     # yielded): a run that finds a session released finds it recorded as exported too.
     with sources.open() as source_set, signavio.destination() as destination, exporting(
         keys, sources=source_set, warehouse=warehouse.warehouse(), destination=destination, dataset=dataset,
-        fallback_agent=sources.agent_name, run_id=run_id, holder_check=RunLiveness(context.instance),
+        agents=sources.agents(), run_id=run_id, holder_check=RunLiveness(context.instance),
         exported_meanwhile=lambda claimed: exported_since(context.instance, claimed, asked_at, run_id),
         alphabet_limit=monitoring.activity_alphabet_limit, governance=content.governance(),
     ) as outcome:

@@ -123,6 +123,10 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
         "input_tokens": s.input_tokens,
         "output_tokens": s.output_tokens,
     }
+    if s.cost_usd is not None:
+        meta["cost_usd"] = _usd(s.cost_usd)
+    if s.agents:
+        meta["agents"] = ", ".join(s.agents)
     if s.first_error:
         meta["first_error"] = s.first_error
     if s.errors:
@@ -191,6 +195,7 @@ def overview_metadata(
         "failed_sessions": _sessions_table(
             ov.failed_sessions, "last_error", "string", lambda s: cell(s.error or "", ERROR_CHARS)
         ),
+        "costliest_sessions": _sessions_table(ov.costliest, "cost_usd", "float", lambda s: _usd(s.cost_usd)),
         "process_map": dg.MetadataValue.md(
             f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
             f"The same picture, to open at full size: `{map_file}`\n\n"
@@ -217,12 +222,16 @@ def overview_metadata(
         ),
         "tokens_by_model": dg.MetadataValue.table(
             records=[dg.TableRecord({"model": m.model, "calls": m.calls, "input_tokens": m.input_tokens,
-                                     "output_tokens": m.output_tokens}) for m in ov.models],
+                                     "output_tokens": m.output_tokens, "cost_usd": _usd(m.cost_usd),
+                                     "unpriced_calls": m.unpriced_calls}) for m in ov.models],
             schema=dg.TableSchema(columns=[
                 dg.TableColumn("model", "string"), dg.TableColumn("calls", "int"),
                 dg.TableColumn("input_tokens", "int"), dg.TableColumn("output_tokens", "int"),
+                dg.TableColumn("cost_usd", "float"), dg.TableColumn("unpriced_calls", "int"),
             ]),
         ),
+        "cost_usd": _usd(overall.cost_usd),
+        "unpriced_models": dg.MetadataValue.json(sorted(m.model for m in ov.models if m.unpriced_calls)),
     }
 
 
@@ -230,12 +239,19 @@ def _outcome_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataVa
     return dg.MetadataValue.table(
         records=[dg.TableRecord({by: o.name, "sessions": o.cases,
                                  **{f"{name}_pct": pct(n / o.cases) for name, n in counts(o)},
-                                 "success_pct": pct(o.success_rate)}) for o in outcomes],
+                                 "success_pct": pct(o.success_rate), "input_tokens": o.input_tokens,
+                                 "output_tokens": o.output_tokens, "cost_usd": _usd(o.cost_usd)}) for o in outcomes],
         schema=dg.TableSchema(columns=[
             dg.TableColumn(by, "string"), dg.TableColumn("sessions", "int"),
             *(dg.TableColumn(f"{name}_pct", "float") for name in OUTCOMES), dg.TableColumn("success_pct", "float"),
+            dg.TableColumn("input_tokens", "int"), dg.TableColumn("output_tokens", "int"),
+            dg.TableColumn("cost_usd", "float"),
         ]),
     )
+
+
+def _usd(cost: float | None) -> float | None:
+    return None if cost is None else round(cost, 6)
 
 
 def _sessions_table(

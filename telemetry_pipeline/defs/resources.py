@@ -5,6 +5,7 @@ no network at construction."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import dagster as dg
 from pydantic import Field, create_model
 
 from telemetry_pipeline.canonical.content import ContentPolicy, Governance
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.settings import (
     HttpSettings,
     Secret,
@@ -59,7 +61,8 @@ class SourcesResource(_HttpResource):
 
     fetch_concurrency: int = SourcesSettings.fetch_concurrency
     settle_seconds: float = SourcesSettings.settle_seconds
-    agent_name: str = SourcesSettings.agent_name
+    agent_name: str | None = Field(default=None, description="AGENT_NAME / SERVICE_NAME: the agent when the data "
+                                   "names none (before the data's agent type or service, and the host name)")
 
     @classmethod
     def from_settings(cls, s: SourcesSettings) -> SourcesResource:
@@ -91,6 +94,10 @@ class SourcesResource(_HttpResource):
 
     def open(self) -> SourceSet:
         return SourceSet(self.settings)
+
+    def agents(self) -> AgentDefaults:
+        """The names a run falls back on when the data names no agent (`canonical.identity`)."""
+        return AgentDefaults(self.agent_name or None, socket.gethostname() or AgentDefaults.host)
 
 
 def _with_source_fields() -> type[SourcesResource]:

@@ -15,12 +15,13 @@ import duckdb
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.content import Governance
+from telemetry_pipeline.canonical.identity import USER
 from telemetry_pipeline.signavio.models import TableUpload
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS, Table
 
 # Times leave as epoch milliseconds, floored: epoch_ms() alone truncates some sub-millisecond instants
 # before 1970 toward zero (0514-03-17 15:07:26.001982 gave ...753998 instead of ...753999).
-_RUNS_SQL = """
+_RUNS_SQL = f"""
 WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
 ev AS (SELECT * FROM events WHERE session_key IN (SELECT session_key FROM batch)),
 tools AS (
@@ -55,6 +56,17 @@ all_steps AS (
            count(*) AS activities
     FROM ev GROUP BY session_key
 ),
+figures AS (  -- what a miner adds up: the model calls' tokens and cost, tool calls, the agents that acted
+    SELECT session_key,
+           coalesce(sum(input_tokens) FILTER (WHERE model IS NOT NULL), 0) AS input_tokens,
+           coalesce(sum(output_tokens) FILTER (WHERE model IS NOT NULL), 0) AS output_tokens,
+           sum(cost_usd) AS cost_usd,
+           count(*) FILTER (WHERE model IS NOT NULL AND tool_name IS NULL) AS llm_call_count,
+           count(*) FILTER (WHERE tool_name IS NOT NULL) AS tool_call_count,
+           count(*) FILTER (WHERE tool_name IS NOT NULL AND status = 'failed') AS tool_error_count,
+           count(DISTINCT resource) FILTER (WHERE resource <> '{USER}') AS agent_count
+    FROM ev GROUP BY session_key
+),
 steps AS (  -- a cell stays under $cell characters: the first steps, then how many more there were
     SELECT session_key, model_changes, activities,
            CASE WHEN length(to_json(step_list)::VARCHAR) <= $cell THEN to_json(step_list)
@@ -77,9 +89,13 @@ SELECT s.session_id AS agent_run_id, s.agent_name, s.session_id AS task_id, s.ta
        s.service_name, s.workflow_name, s.workflow_version, s.agent_type, s.agent_state,
        s.prompt_metrics::VARCHAR AS prompt_metrics, t.tools_used::VARCHAR AS tools_used,
        l.llm_calls::VARCHAR AS llm_calls, st.process_steps::VARCHAR AS process_steps,
-       s.source, s.event_count
+       s.source, s.event_count,
+       coalesce(f.input_tokens, 0) AS input_tokens, coalesce(f.output_tokens, 0) AS output_tokens, f.cost_usd,
+       coalesce(f.llm_call_count, 0) AS llm_call_count, coalesce(f.tool_call_count, 0) AS tool_call_count,
+       coalesce(f.tool_error_count, 0) AS tool_error_count, coalesce(f.agent_count, 0) AS agent_count
 FROM sessions s
 LEFT JOIN tools t USING (session_key) LEFT JOIN llm l USING (session_key) LEFT JOIN steps st USING (session_key)
+LEFT JOIN figures f USING (session_key)
 WHERE s.session_key IN (SELECT session_key FROM batch)
 ORDER BY s.session_key
 """
@@ -88,7 +104,8 @@ _EVENTS_SQL = """
 SELECT e.event_id, s.session_id AS case_id, e.activity,
        epoch_ms(date_trunc('millisecond', e.event_time)) AS event_time,
        epoch_ms(date_trunc('millisecond', e.end_time)) AS end_time, e.resource, e.event_type, e.status, e.tool_name,
-       e.model, e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source
+       e.model, e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source,
+       e.cost_usd
 FROM events e JOIN sessions s USING (session_key)
 WHERE e.session_key IN (SELECT unnest($keys::VARCHAR[]))
 ORDER BY e.session_key, e.event_time, e.seq

@@ -61,6 +61,14 @@ RUNS = Table(
         Column("process_steps", "string"),
         Column("source", "string", nullable=False),
         Column("event_count", "long", nullable=False),
+        # The mining log (issue 30), appended: a dataset that has the columns above keeps them as they are.
+        Column("input_tokens", "long"),
+        Column("output_tokens", "long"),
+        Column("cost_usd", "double"),
+        Column("llm_call_count", "long"),
+        Column("tool_call_count", "long"),
+        Column("tool_error_count", "long"),
+        Column("agent_count", "long"),
     ),
 )
 
@@ -84,6 +92,7 @@ EVENTS = Table(
         Column("error", "string"),
         Column("attributes", "string"),
         Column("source", "string", nullable=False),
+        Column("cost_usd", "double"),  # appended by the mining log (issue 30)
     ),
 )
 

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import duckdb
 import httpx
 
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.transport.http import RequestFailed, RetryPolicy, request_with_retries
 
 
@@ -83,9 +84,9 @@ class SharedHttp:
 #: source's `configure` reads.
 Values = Mapping[str, str | None]
 
-#: Replaces the canonical rows of the good sessions among `raw` (all of one source; the `str` is the
-#: agent name for data that names none) and returns {key: why} for the others.
-Normalizer = Callable[[duckdb.DuckDBPyConnection, Sequence[RawSession], str], dict[str, str]]
+#: Replaces the canonical rows of the good sessions among `raw` (all of one source; `AgentDefaults`: the names for
+#: data that names no agent) and returns {key: why} for the others.
+Normalizer = Callable[[duckdb.DuckDBPyConnection, Sequence[RawSession], AgentDefaults], dict[str, str]]
 
 
 @dataclass(frozen=True)

@@ -178,11 +178,30 @@ _V3_POSTGRES = (
 """,
 )
 
+# What a model call cost, and the usage that prices it (the mining log, issue 30). Nullable: rows written before keep
+# NULL there, and the next export of their session fills them.
+_V4_DUCKDB = (
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS provider VARCHAR",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_read_tokens BIGINT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_tokens BIGINT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS reasoning_tokens BIGINT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS cost_usd DOUBLE",
+)
+_V4_POSTGRES = (
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS provider TEXT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_read_tokens BIGINT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_tokens BIGINT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS reasoning_tokens BIGINT",
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS cost_usd DOUBLE PRECISION",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "raw payloads and the canonical model", {"duckdb": _V1_DUCKDB, "postgres": _V1_POSTGRES}),
     Migration(2, "export claims as leases", {"duckdb": _V2_DUCKDB, "postgres": _V2_POSTGRES}),
     Migration(3, "the export archive: records of the export runs retention deleted",
               {"duckdb": _V3_DUCKDB, "postgres": _V3_POSTGRES}),
+    Migration(4, "what a model call cost: provider, cache and reasoning tokens, cost in USD",
+              {"duckdb": _V4_DUCKDB, "postgres": _V4_POSTGRES}),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -47,12 +47,13 @@ from telemetry_pipeline.canonical.activity import (
     tool_call_activity,
 )
 from telemetry_pipeline.canonical.agora_tracer import TracerSpan
-from telemetry_pipeline.canonical.genai import GenAI, first_int, first_text, tool_name
+from telemetry_pipeline.canonical.genai import GenAI, first_text, tool_name, usage_of
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EventRow, Outcome, SessionRow
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, ToolEvent, call_key, pair_tool_calls
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, to_utc
-from telemetry_pipeline.canonical.values import as_int, event_id, json_text, text
+from telemetry_pipeline.canonical.values import as_float, as_int, event_id, json_text, text
 from telemetry_pipeline.sources.agora import spans as agora_spans
 from telemetry_pipeline.sources.base import RawSession
 
@@ -66,12 +67,12 @@ _SPAN_ATTRIBUTE_PREFIXES = ("gen_ai.", "llm.", "traceloop.")
 
 
 def normalize_agora_sessions(
-    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str
+    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], agents: AgentDefaults
 ) -> dict[str, str]:
-    return normalize_each(con, raw, fallback_agent, _execution)
+    return normalize_each(con, raw, agents, _execution)
 
 
-def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[EventRow]]:
+def _execution(raw: RawSession, agents: AgentDefaults) -> tuple[SessionRow, list[EventRow]]:
     doc = _load(raw.body)
     timeline_doc = doc.get("timeline")
     if not isinstance(timeline_doc, Mapping) or not isinstance(timeline_doc.get("timeline"), list):
@@ -84,17 +85,20 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
 
     spans = [s for s in spans if isinstance(s, Mapping)]
     entries = [e for e in timeline_doc["timeline"] if isinstance(e, Mapping)]
-    nodes, offset = _node_rows(raw.key, entries, spans, to_utc(execution.get("started_at")))
-    instants = _telemetry_rows(raw.key, telemetry, offset=len(entries))
+    flow = _flow_attributes(spans)
+    workflow = (
+        text(flow.get("agora.flow")) or first_text(flow, GenAI.WORKFLOW_NAME) or text(execution.get("workflow_name"))
+    )
+    # An execution runs one workflow of one agent: every node run is that agent's step.
+    agent = agents.case_agent(text(execution.get("agent_name")) or first_text(flow, GenAI.AGENT_NAME),
+                              text(execution.get("agent_type")), text(execution.get("service_name")), workflow)
+    nodes, offset = _node_rows(raw.key, entries, spans, to_utc(execution.get("started_at")), agent)
+    instants = _telemetry_rows(raw.key, telemetry, len(entries), agent)
     if any(e.tool_name for e in instants):
         for node_row in nodes:  # the calls carry the tool; a node keeping it too would count each call twice
             node_row.tool_name = None
     rows = nodes + instants
 
-    flow = _flow_attributes(spans)
-    workflow = (
-        text(flow.get("agora.flow")) or first_text(flow, GenAI.WORKFLOW_NAME) or text(execution.get("workflow_name"))
-    )
     start = to_utc(execution.get("started_at")) or min((e.event_time for e in rows), default=None)
     end = to_utc(execution.get("completed_at")) or max((e.end_time or e.event_time for e in rows), default=None)
     any_failed = any(e.status == "failed" for e in nodes)
@@ -110,7 +114,7 @@ def _execution(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[E
         })
     session = SessionRow(
         session_key=raw.key, source=raw.source, session_id=raw.session_id,
-        agent_name=text(execution.get("agent_name")) or workflow or fallback_agent,
+        agent_name=agent,
         task_description=(prompt or f"Agora execution {raw.session_id}")[:500],
         start_time=start, end_time=end, status=session_status,
         service_name=text(execution.get("service_name")),
@@ -152,7 +156,8 @@ def _load(body: bytes) -> Mapping[str, Any]:
 
 
 def _node_rows(
-    key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[str, Any]], execution_start: dt.datetime | None
+    key: str, entries: list[Mapping[str, Any]], spans: list[Mapping[str, Any]], execution_start: dt.datetime | None,
+    agent: str,
 ) -> tuple[list[EventRow], dt.timedelta]:
     windows = []
     for position, entry in enumerate(entries):
@@ -201,11 +206,9 @@ def _node_rows(
             event_id=event_id(key, "node_execution", anchor, n),
             session_key=key, seq=position, activity=humanize(node), event_type="node_execution",
             event_time=started, end_time=completed,
-            resource=tool or model or node, status=status, tool_name=tool, model=model,
+            resource=agent, status=status, tool_name=tool, model=model,
             latency_ms=ms_between(started, completed) if completed else None,
-            input_tokens=_sum(first_int(s.attributes, GenAI.INPUT_TOKENS) for s in usage),
-            output_tokens=_sum(first_int(s.attributes, GenAI.OUTPUT_TOKENS) for s in usage),
-            error=error, attributes=json_text(attrs),
+            error=error, attributes=json_text(attrs), **usage_of([s.attributes for s in usage]),
         ))
     return rows, offset
 
@@ -262,7 +265,7 @@ def _io_text(data: Any) -> str | None:
 _EVENT_COLUMNS = {"event_type", "timestamp", "data", "id", "execution_id", "node_execution_id", "created_at"}
 
 
-def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRow]:
+def _telemetry_rows(key: str, telemetry: list[Any], offset: int, agent: str) -> list[EventRow]:
     """Instants, except tool calls: a `tool_call_started` and its `tool_call_completed` (canonical.pairing)
     become one `Call tool <name>` activity, as for the other sources."""
     parsed: list[tuple[int, dt.datetime, str, Mapping[str, Any], Mapping[str, Any]]] = []
@@ -309,13 +312,13 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
                 status = event_status(result.get("success"), result.get("error"))
             activity = tool_call_activity(tool_name)
             error = error_message(result.get("error"), result.get("error_details")) if status == "failed" else None
-            resource = event_resource(kind, tool_name, None)
+            resource = event_resource(kind, text(data.get("agent_name"), 200) or agent)
         else:
             response_only = data.get("prompt") is None and data.get("response") is not None
             activity = event_activity(kind, data.get("step_name"), response_only=response_only)
             status = event_status(data.get("success"), data.get("error"))
             error = error_message(data.get("error"), data.get("error_details")) if status == "failed" else None
-            resource = event_resource(kind, tool, text(data.get("model"), 200))
+            resource = event_resource(kind, text(data.get("agent_name"), 200) or agent)
             latency = as_int(data.get("latency_ms"))
         anchor = json_text(event)
         n = seen[anchor] = seen.get(anchor, 0) + 1
@@ -324,5 +327,6 @@ def _telemetry_rows(key: str, telemetry: list[Any], offset: int) -> list[EventRo
             session_key=key, seq=offset + position, activity=activity, event_type=kind,
             event_time=at, end_time=end_time, resource=resource, status=status, tool_name=tool_name, model=None,
             latency_ms=latency, input_tokens=None, output_tokens=None, error=error, attributes=json_text(attrs),
+            cost_usd=as_float(data.get("cost")),
         ))
     return rows

@@ -56,7 +56,9 @@ from telemetry_pipeline.canonical.genai import (
     operation,
     span_kind,
     tool_name,
+    usage_of,
 )
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EventRow, SessionRow
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, nanos_to_datetime
@@ -76,6 +78,15 @@ from telemetry_pipeline.sources.otlp.otlp_json import (
     snake_case,
     unix_nanos,
 )
+from telemetry_pipeline.sources.otlp.steps import (
+    FOLDED,
+    Attribution,
+    Role,
+    attribute,
+    control_flow,
+    display_name,
+    handoff_target,
+)
 
 _MAPPED_SPAN_KEYS = {
     "traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id", "name", "kind",
@@ -87,9 +98,9 @@ _UNNAMED_SERVICE = re.compile(r"^unknown_service(:.*)?$")
 
 
 def normalize_otlp_sessions(
-    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str
+    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], agents: AgentDefaults
 ) -> dict[str, str]:
-    return normalize_each(con, raw, fallback_agent, _session)
+    return normalize_each(con, raw, agents, _session)
 
 
 @dataclass(eq=False)
@@ -117,6 +128,7 @@ class _Span:
     output_tokens: int | None = None
     llm: bool = False  # an LLM call whose usage counts (not a sum its descendants already reported)
     exported: bool = False  # from Agora's local export (no ids, no status)
+    scope: str | None = None  # the instrumentation's scope name
 
     @property
     def start(self) -> dt.datetime:
@@ -132,7 +144,7 @@ class _Span:
         return None if service is None or _UNNAMED_SERVICE.match(service) else service
 
 
-def _session(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[EventRow]]:
+def _session(raw: RawSession, agents: AgentDefaults) -> tuple[SessionRow, list[EventRow]]:
     doc = parse_json(raw.body)
     if not isinstance(doc, Mapping) or not isinstance(get(doc, "resourceSpans"), list):
         raise InvalidPayload('payload has no "resourceSpans" list')
@@ -141,37 +153,45 @@ def _session(raw: RawSession, fallback_agent: str) -> tuple[SessionRow, list[Eve
     repeated = _repeats(spans, exported)
     spans += [s for s in exported if id(s) not in repeated]
     _mark_llm_calls(spans)
-
-    rows: list[EventRow] = []
-    workflows: list[str] = []
-    flows: list[dict[str, Any]] = []
-    for trace_spans in _by_trace(spans).values():
-        folded = _fold(trace_spans)
-        if folded is None:
-            rows += [_span_row(raw.key, s) for s in trace_spans]
-            continue
-        if folded.workflow:
-            workflows.append(folded.workflow)
-        flows += [{"name": f.name, "attributes": f.attributes} for f in folded.flows]
-        rows += [_run_row(raw.key, run) for run in folded.runs]
-        rows += [_span_row(raw.key, s.ref) for s in folded.others]
-    rows.sort(key=lambda r: (r.event_time, r.seq))
+    who = attribute(spans)
 
     ids = {s.span_id for s in spans if s.span_id}
     roots = sorted((s for s in spans if not s.parent_id or s.parent_id not in ids), key=lambda s: (s.start, s.seq))
     by_start = sorted(spans, key=lambda s: (s.start, s.seq))
-    root_failed = any(s.failed for s in roots)
-    status = session_outcome(root_failed, any(s.failed for s in spans))
 
     def first(read: Callable[[_Span], str | None]) -> str | None:
         return next((value for s in by_start if (value := read(s))), None)
 
-    workflow = first(lambda s: first_text(s.attrs, GenAI.WORKFLOW_NAME)) or next(iter(workflows), None) or first(
-        lambda s: first_text(s.attrs, GenAI.ENTITY_NAME) if s.kind == "workflow" else None)
+    traces = [(trace_spans, _fold(trace_spans)) for trace_spans in _by_trace(spans).values()]
+    workflows = [folded.workflow for _, folded in traces if folded and folded.workflow]
+    workflow = (first(lambda s: first_text(s.attrs, GenAI.WORKFLOW_NAME)) or next(iter(workflows), None)
+                or first(lambda s: first_text(s.attrs, GenAI.ENTITY_NAME) if s.kind == "workflow" else None)
+                or first(lambda s: s.name if who.roles[id(s)] is Role.WORKFLOW else None))
+    agent = agents.case_agent(next(iter(who.agents), None) or first(lambda s: s.agent), first(lambda s: s.service),
+                              workflow)
+
+    rows: list[EventRow] = []
+    flows: list[dict[str, Any]] = []
+    for trace_spans, folded in traces:
+        if folded is None:
+            steps = [s for s in trace_spans if _is_step(s, who)]
+            # A trace of nothing but plumbing still happened: its root spans say so.
+            steps = steps or [s for s in trace_spans if not s.parent_id or s.parent_id not in ids]
+            rows += [_span_row(raw.key, s, who, agent) for s in steps]
+            continue
+        flows += [{"name": f.name, "attributes": f.attributes} for f in folded.flows]
+        rows += [_run_row(raw.key, run, who, agent) for run in folded.runs]
+        rows += [_span_row(raw.key, s.ref, who, agent) for s in folded.others if _is_step(s.ref, who)]
+    # At one instant, a parent before its child (a run before the calls it makes), then the payload's order.
+    depth = {s.seq: who.depths[id(s)] for s in spans}
+    rows.sort(key=lambda r: (r.event_time, depth.get(r.seq, 0), r.seq))
+
+    root_failed = any(s.failed for s in roots)
+    status = session_outcome(root_failed, any(s.failed for s in spans))
     task = roots[0].name if roots else None
     session = SessionRow(
         session_key=raw.key, source=raw.source, session_id=raw.session_id,
-        agent_name=first(lambda s: s.agent) or first(lambda s: s.service) or workflow or fallback_agent,
+        agent_name=agent,
         task_description=(task or f"OTLP session {raw.session_id}")[:500],
         start_time=min((r.event_time for r in rows), default=None),
         end_time=max((r.end_time or r.event_time for r in rows), default=None),
@@ -228,7 +248,8 @@ def _otlp_span(seq: int, span: Mapping[str, Any], trace_id: str | None, span_id:
     status_obj = get(span, "status") if isinstance(get(span, "status"), Mapping) else {}
     code = enum_name(get(status_obj, "code"), STATUS_CODES, "STATUS_CODE_") or "UNSET"
     events = [_event(e) for e in get(span, "events") or [] if isinstance(e, Mapping)]
-    failed = code == "ERROR"
+    handed_over = control_flow(attrs, events) if code == "ERROR" else None  # LangGraph's ParentCommand: no failure
+    failed = code == "ERROR" and handed_over is None
     error = None
     if failed:
         error = text(get(status_obj, "message"), 2000) or next(
@@ -247,6 +268,8 @@ def _otlp_span(seq: int, span: Mapping[str, Any], trace_id: str | None, span_id:
     })
     if get(status_obj, "message"):
         out["otel.status.message"] = get(status_obj, "message")
+    if handed_over:
+        out["otel.control_flow"] = handed_over
     if events:
         out["otel.events"] = events
     links = get(span, "links")
@@ -259,7 +282,8 @@ def _otlp_span(seq: int, span: Mapping[str, Any], trace_id: str | None, span_id:
         if k not in _MAPPED_SPAN_KEYS:
             out["otel." + snake_case(k)] = v
     return _classified(_Span(seq, name, trace_id, span_id, parent_id, attrs, resource_attrs, start_ns, end_ns,
-                             failed, error, {k: v for k, v in out.items() if v is not None}))
+                             failed, error, {k: v for k, v in out.items() if v is not None},
+                             scope=text(get(scope, "name"), 200)))
 
 
 def _export_spans(doc: Mapping[str, Any], offset: int) -> list[_Span]:
@@ -359,29 +383,41 @@ def _fold(spans: list[_Span]) -> FoldedTrace | None:
 # Rows
 
 
-def _span_row(key: str, s: _Span) -> EventRow:
-    activity = span_activity(s.op, s.kind, s.tool, s.agent, first_text(s.attrs, GenAI.ENTITY_NAME),
-                             first_text(s.attrs, GenAI.WORKFLOW_NAME), s.name)
+def _is_step(span: _Span, who: Attribution) -> bool:
+    """Workflows and plumbing fold into the steps they serve, unless they failed (no failure is hidden)."""
+    return who.roles[id(span)] not in FOLDED or span.failed
+
+
+def _span_row(key: str, s: _Span, who: Attribution, agent: str) -> EventRow:
+    role = who.roles[id(s)]
+    target = handoff_target(s) if role is Role.HANDOFF else None
+    if target:
+        activity = f"Hand off to {display_name(target, who.agents)}"
+    elif role is Role.AGENT:
+        activity = span_activity("invoke_agent", s.kind, None, who.invoked[id(s)], None, None, s.name)
+    else:
+        activity = span_activity(s.op, s.kind, s.tool, s.agent, first_text(s.attrs, GenAI.ENTITY_NAME),
+                                 first_text(s.attrs, GenAI.WORKFLOW_NAME), s.name)
     if s.exported:
         anchor: tuple[Any, ...] = ("agora-export", s.trace_id, s.name, s.end_ns, s.seq)
     else:
         anchor = (s.trace_id, s.span_id) if s.trace_id and s.span_id else (
             s.trace_id, s.name, s.start_ns, s.end_ns, s.seq)
     end = s.end
+    usage = usage_of([s.attrs] if s.llm else [])
     return EventRow(
         event_id=event_id(key, "span", *anchor),
-        session_key=key, seq=s.seq, activity=activity, event_type=s.op or s.kind or "span",
+        session_key=key, seq=s.seq, activity=activity, event_type="handoff" if target else s.op or s.kind or "span",
         event_time=s.start, end_time=end,
-        resource=s.tool or s.agent or s.model or first_text(s.attrs, GenAI.ENTITY_NAME) or s.service,
+        resource=who.actors[id(s)] or agent,
         status="failed" if s.failed else "success" if end is not None else "incomplete",
-        tool_name=s.tool, model=s.model if s.llm else None,
+        tool_name=None if target else s.tool, model=s.model if s.llm else None,  # a handoff is no tool call
         latency_ms=_latency(s.start_ns, s.end_ns),
-        input_tokens=s.input_tokens if s.llm else None, output_tokens=s.output_tokens if s.llm else None,
-        error=s.error, attributes=json_text(s.out),
+        error=s.error, attributes=json_text(s.out), **usage,
     )
 
 
-def _run_row(key: str, run: NodeRun) -> EventRow:
+def _run_row(key: str, run: NodeRun, who: Attribution, agent: str) -> EventRow:
     members: list[_Span] = [s.ref for s in run.spans]
     head: _Span = run.node_span.ref if run.node_span else members[0]
     inner: list[_Span] = [s.ref for s in run.inner]
@@ -407,22 +443,17 @@ def _run_row(key: str, run: NodeRun) -> EventRow:
         event_id=event_id(key, "node_run", *anchor),
         session_key=key, seq=min(s.seq for s in members), activity=humanize(run.node), event_type="node_execution",
         event_time=start, end_time=end if run.complete else None,
-        resource=tool or model or run.node,
+        resource=who.actors[id(head)] or agent,
         status="failed" if run.failed else "success" if run.complete else "incomplete",
         tool_name=tool, model=model,
         latency_ms=ms_between(start, end) if run.complete else None,
-        input_tokens=_sum(s.input_tokens for s in calls), output_tokens=_sum(s.output_tokens for s in calls),
         error=next((s.error for s in members if s.error), None), attributes=json_text(attrs),
+        **usage_of([s.attrs for s in calls]),
     )
 
 
 def _latency(start_ns: int | None, end_ns: int | None) -> int | None:
     return round((end_ns - start_ns) / 1e6) if start_ns is not None and end_ns is not None else None
-
-
-def _sum(values: Iterable[int | None]) -> int | None:
-    present = [v for v in values if v is not None]
-    return sum(present) if present else None
 
 
 def _event(event: Mapping[str, Any]) -> dict[str, Any]:

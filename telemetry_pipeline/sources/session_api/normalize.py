@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.activity import SQL_MACROS as ACTIVITY_MACROS
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EVENTS, SESSIONS
 from telemetry_pipeline.canonical.pairing import (
     CALL_KEYS,
@@ -48,7 +49,7 @@ _SESSION_FIELDS = ("agent_name", "service_name", "workflow_name", "workflow_vers
 _PAYLOAD_FIELDS = (
     *CALL_KEYS, "success", "error", "error_details", "model", "latency_ms",
     "input_tokens", "prompt_tokens", "output_tokens", "completion_tokens", "tokens", "prompt", "response",
-    "step_name", *_SESSION_FIELDS,
+    "step_name", "provider", "cost", *_SESSION_FIELDS,
 )
 
 
@@ -140,6 +141,8 @@ SELECT session_key, seq, e,
        to_long(coalesce({_P["input_tokens"]}, {_P["prompt_tokens"]},
                         CASE WHEN type_text = 'user_prompt' THEN {_P["tokens"]} END)) AS input_tokens,
        to_long(coalesce({_P["output_tokens"]}, {_P["completion_tokens"]})) AS output_tokens,
+       {_P["provider"]} AS provider, CASE WHEN isfinite(try_cast({_P["cost"]} AS DOUBLE))
+                                          THEN try_cast({_P["cost"]} AS DOUBLE) END AS cost_usd,
        {_P["prompt"]} AS prompt, {_P["response"]} AS response, nullif({_P["step_name"]}, '') AS step_name,
        {_P["agent_name"]} AS agent_name, {_P["service_name"]} AS service_name,
        {_P["workflow_name"]} AS workflow_name, {_P["workflow_version"]} AS workflow_version,
@@ -151,6 +154,24 @@ _BAD_TIMESTAMPS = """
 SELECT session_key, count(*) AS bad, min(seq) AS first_seq,
        arg_min(coalesce(ts_json::VARCHAR, 'missing'), seq) AS first_value
 FROM ev WHERE ts IS NULL GROUP BY session_key
+"""
+
+# Who acted (canonical.identity): the case's agent is the document's agent name, else its events', else the
+# operator's, else the agent type or service the document or its events give, else the host; an event's is its own
+# agent name, else the case's (a prompt is the user's).
+_WHO = f"""
+CREATE OR REPLACE TEMP TABLE who AS
+WITH named AS (
+    SELECT session_key,
+           arg_min(agent_name, seq) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
+           arg_min(agent_type, seq) FILTER (WHERE agent_type IS NOT NULL) AS agent_type,
+           arg_min(service_name, seq) FILTER (WHERE service_name IS NOT NULL) AS service_name
+    FROM ev GROUP BY session_key
+)
+SELECT nj.session_key,
+       coalesce({_S["agent_name"]}, named.agent_name, $operator, {_S["agent_type"]}, named.agent_type,
+                {_S["service_name"]}, named.service_name, $host) AS agent
+FROM nj LEFT JOIN named USING (session_key);
 """
 
 # Activities: tool calls paired (canonical.pairing); every other event is an instant. The anchor event
@@ -171,7 +192,7 @@ tools AS (
            tool_call_activity(coalesce(s.tool_name, c.tool_name)) AS activity,
            coalesce(s.ts, try(c.ts - to_milliseconds(coalesce(c.latency_ms, 0))), c.ts) AS event_time,
            c.ts AS end_time,
-           coalesce(s.tool_name, c.tool_name) AS resource,
+           coalesce(s.agent_name, c.agent_name, who.agent) AS resource,
            CASE WHEN c.seq IS NULL THEN 'incomplete' ELSE event_status(c.success, c.error) END AS status,
            coalesce(c.model, s.model) AS model,
            coalesce(c.latency_ms, CASE WHEN s.ts IS NOT NULL AND c.ts IS NOT NULL
@@ -179,25 +200,28 @@ tools AS (
            coalesce(c.input_tokens, s.input_tokens) AS input_tokens,
            coalesce(c.output_tokens, s.output_tokens) AS output_tokens,
            c.error AS error,
-           json_merge_patch(coalesce(s.attrs, '{{}}'::JSON), coalesce(c.attrs, '{{}}'::JSON)) AS attributes
+           json_merge_patch(coalesce(s.attrs, '{{}}'::JSON), coalesce(c.attrs, '{{}}'::JSON)) AS attributes,
+           coalesce(c.provider, s.provider) AS provider, coalesce(c.cost_usd, s.cost_usd) AS cost_usd
     FROM s FULL OUTER JOIN c
       ON s.session_key = c.session_key AND s.call_key IS NOT DISTINCT FROM c.call_key AND s.n = c.n
+    JOIN who ON who.session_key = coalesce(s.session_key, c.session_key)
 ),
 instants AS (
     SELECT session_key, seq, e AS anchor, event_type, tool_name,
            event_activity(event_type, step_name, prompt IS NULL AND response IS NOT NULL) AS activity,
            ts AS event_time, NULL::TIMESTAMPTZ AS end_time,
-           event_resource(event_type, tool_name, model) AS resource,
+           event_resource(event_type, coalesce(agent_name, who.agent)) AS resource,
            event_status(success, error) AS status,
-           model, latency_ms, input_tokens, output_tokens, error, attrs AS attributes
-    FROM ok WHERE event_type NOT IN ('{TOOL_CALL_STARTED}', '{TOOL_CALL_COMPLETED}')
+           model, latency_ms, input_tokens, output_tokens, error, attrs AS attributes, provider, cost_usd
+    FROM ok JOIN who USING (session_key) WHERE event_type NOT IN ('{TOOL_CALL_STARTED}', '{TOOL_CALL_COMPLETED}')
 ),
 a AS (SELECT * FROM tools UNION ALL SELECT * FROM instants)
 SELECT md5(concat_ws(chr(31), session_key, event_type, anchor::VARCHAR,
                      row_number() OVER (PARTITION BY session_key, event_type, anchor::VARCHAR ORDER BY seq)::VARCHAR))
            AS event_id,
        session_key, seq, activity, event_type, event_time, end_time, resource, status, tool_name, model,
-       latency_ms, input_tokens, output_tokens, error, attributes
+       latency_ms, input_tokens, output_tokens, error, attributes, provider,
+       NULL::BIGINT AS cache_read_tokens, NULL::BIGINT AS cache_write_tokens, NULL::BIGINT AS reasoning_tokens, cost_usd
 FROM a;
 """
 
@@ -205,7 +229,6 @@ _SESSIONS = f"""
 CREATE OR REPLACE TEMP TABLE sess AS
 WITH src AS (
     SELECT session_key,
-           arg_min(agent_name, seq) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
            arg_min(service_name, seq) FILTER (WHERE service_name IS NOT NULL) AS service_name,
            arg_min(workflow_name, seq) FILTER (WHERE workflow_name IS NOT NULL) AS workflow_name,
            arg_min(workflow_version, seq) FILTER (WHERE workflow_version IS NOT NULL) AS workflow_version,
@@ -227,7 +250,7 @@ WITH src AS (
     FROM act GROUP BY session_key
 )
 SELECT nj.session_key, nj.source, nj.session_id,
-       coalesce({_S["agent_name"]}, src.agent_name, $fallback_agent) AS agent_name,
+       who.agent AS agent_name,
        left(coalesce(src.first_prompt, {_S["last_user_prompt"]}, 'Agent session ' || nj.session_id), 500)
            AS task_description,
        acts.start_time, acts.end_time,
@@ -251,7 +274,7 @@ SELECT nj.session_key, nj.source, nj.session_id,
        END AS prompt_metrics,
        nj.metrics AS source_metrics,
        now() AS normalized_at
-FROM nj JOIN ok_sessions USING (session_key)
+FROM nj JOIN ok_sessions USING (session_key) JOIN who USING (session_key)
 LEFT JOIN src USING (session_key) LEFT JOIN acts USING (session_key);
 """
 
@@ -261,7 +284,7 @@ def _insert(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def normalize_agent_sessions(
-    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], fallback_agent: str
+    con: duckdb.DuckDBPyConnection, raw: Sequence[RawSession], agents: AgentDefaults
 ) -> dict[str, str]:
     """Replace the canonical rows of every good session in `raw`; return {key: why} for the rest."""
     if not raw:
@@ -296,11 +319,12 @@ def normalize_agent_sessions(
         "CREATE OR REPLACE TEMP TABLE ok_sessions AS SELECT session_key FROM nj WHERE session_key NOT IN "
         "(SELECT session_key FROM ev WHERE ts IS NULL)"
     )
+    con.execute(_WHO, {"operator": agents.operator, "host": agents.host})
     con.execute(_ACTIVITIES)
-    con.execute(_SESSIONS, {"fallback_agent": fallback_agent})
+    con.execute(_SESSIONS)
     ok = [key for (key,) in con.execute("SELECT session_key FROM ok_sessions").fetchall()]
     replace_rows(duckdb_transaction(con), (EVENTS, SESSIONS), ok, _insert)
-    for table in ("ok_sessions", "act", "sess", "ev", "nj", "nb"):
+    for table in ("ok_sessions", "act", "sess", "who", "ev", "nj", "nb"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.unregister("batch_in")
     return errors
