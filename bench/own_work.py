@@ -10,6 +10,7 @@ import sys
 
 from telemetry_pipeline.application.export import export_batch
 from telemetry_pipeline.canonical.identity import AgentDefaults
+from telemetry_pipeline.policy.playbooks import load_playbooks
 from telemetry_pipeline.settings import from_environment
 from telemetry_pipeline.signavio.outbox import Outbox
 from telemetry_pipeline.sources.source_set import SourceSet
@@ -20,6 +21,7 @@ def main() -> None:
     settings = from_environment()
     warehouse = configured_warehouse(settings)
     outbox = Outbox(settings.outbox_dir)
+    playbooks = load_playbooks(settings.playbooks_file)  # PLAYBOOKS_FILE, e.g. bench/playbooks.yaml
     exported = failed = batches = 0
     with SourceSet(settings.sources) as sources:
         listed, errors = sources.list_sessions({})
@@ -30,7 +32,7 @@ def main() -> None:
             outcome = export_batch(keys[begin:begin + settings.batch_size], sources=sources, warehouse=warehouse,
                                    destination=outbox, dataset=settings.signavio.dataset,
                                    agents=AgentDefaults(settings.sources.agent_name, socket.gethostname()),
-                                   governance=settings.content)
+                                   governance=settings.content, playbooks=playbooks)
             exported += len(outcome.exported)
             failed += len(outcome.failures)
             batches += 1

@@ -112,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --wait: give up waiting after this long (default: no limit)")
     p.set_defaults(run=cmd_export)
 
+    p = sub.add_parser("recheck", help="check exported sessions against the playbooks as they are now (PLAYBOOKS_FILE) "
+                       "and upload both tables again (upserts by key): from the warehouse, nothing fetched")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="<source>:<session_id>")
+    p.add_argument("--all", action="store_true", help="every exported session")
+    p.add_argument("--source", help="with --all: only this source")
+    p.set_defaults(run=cmd_recheck)
+
     p = sub.add_parser("status", help="export status of sessions, from materialisation history")
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.set_defaults(run=cmd_status)
@@ -177,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.instance.history import exported_keys
     from telemetry_pipeline.instance.liveness import RunLiveness
-    from telemetry_pipeline.instance.runs import Exporter, ExportInterrupted, unregister_unknown
+    from telemetry_pipeline.instance.runs import Exporter, unregister_unknown
     from telemetry_pipeline.sources.registry import key_problem, parse_key
     from telemetry_pipeline.warehouse import configured_warehouse
 
@@ -229,16 +236,63 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                 # Those the holder exported meanwhile are skipped by the exporter (`PENDING_AS_OF_TAG`), unless --force.
                 results.update(exporter.export(free))
         except KeyboardInterrupt as stopped:  # Ctrl-C or SIGTERM: say what was done, and what was not
-            results.update(stopped.results if isinstance(stopped, ExportInterrupted) else {})
-            for key in keys:
-                results.setdefault(key, {"session_id": key, "status": "failed", "error": INTERRUPTED})
-            return _export_summary([results[k] for k in keys], interrupted=True)
+            return _interrupted(stopped, keys, results)
         _describe_holders(warehouse, liveness, [k for k in keys if "held_by" in results[k]], results)
+    return _export_summary([results[k] for k in keys])
+
+
+def cmd_recheck(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """Each exported session's verdict against the current playbooks, in runs of `export_sessions` with `recheck`
+    set (recorded in its history as exports are), each to the dataset it was last exported to."""
+    from telemetry_pipeline.definitions import build_definitions
+    from telemetry_pipeline.instance.history import export_datasets
+    from telemetry_pipeline.instance.runs import Exporter
+    from telemetry_pipeline.sources.registry import parse_key
+
+    if bool(args.keys) == bool(args.all):
+        raise ValueError("give session keys or --all (not both)")
+    job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)  # an invalid playbook is refused here
+    with open_instance(args.settings.dagster_home) as instance:
+        known = instance.get_dynamic_partitions(AGENT_SESSIONS)
+        if args.all:
+            keys = [k for k in known if not args.source or parse_key(k)[0] == args.source]
+        else:
+            keys = list(dict.fromkeys(args.keys))
+        datasets = export_datasets(instance, keys)
+        known_set = set(known)
+        results: dict[str, dict[str, Any]] = {
+            k: {"session_id": k, "status": "failed", "error": "not a known session"} if k not in known_set
+            else {"session_id": k, "status": "skipped", "reason": "not exported yet: `export` checks it"}
+            for k in keys if k not in datasets
+        }
+        by_dataset: dict[str, list[str]] = {}
+        for key in keys:
+            if key in datasets:
+                by_dataset.setdefault(datasets[key], []).append(key)
+        try:
+            for dataset, batch in by_dataset.items():
+                run_config = _run_config(args.verbose)
+                run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": dataset, "recheck": True}}}
+                exporter = Exporter(args.settings, job, instance, run_config,
+                                    prepare_helper=functools.partial(configure_logging, args.verbose))
+                results.update(exporter.export(batch))
+        except KeyboardInterrupt as stopped:
+            return _interrupted(stopped, keys, results)
     return _export_summary([results[k] for k in keys])
 
 
 INTERRUPTED = ("interrupted: the command was stopped (Ctrl-C or SIGTERM) before this session's run finished; its "
                "run is recorded failed, and the next export or sensor tick takes the session")
+
+
+def _interrupted(stopped: KeyboardInterrupt, keys: list[str],
+                 results: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    from telemetry_pipeline.instance.runs import ExportInterrupted
+
+    results.update(stopped.results if isinstance(stopped, ExportInterrupted) else {})
+    for key in keys:
+        results.setdefault(key, {"session_id": key, "status": "failed", "error": INTERRUPTED})
+    return _export_summary([results[k] for k in keys], interrupted=True)
 
 
 def _export_summary(ordered: list[dict[str, Any]], interrupted: bool = False) -> tuple[dict[str, Any], int]:
@@ -355,8 +409,14 @@ def cmd_check(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.definitions import build_definitions
     from telemetry_pipeline.instance.runs import open_resources
 
-    with open_resources(build_definitions(args.settings)) as resources, resources.sources.open() as sources:
-        checks = run_checks(sources, resources.warehouse.warehouse(), resources.signavio.destination)
+    settings: Settings = args.settings
+    # The playbooks are checked as one of the checks (an invalid file fails it), not refused before the others run.
+    definitions = build_definitions(settings.replace(playbooks_file=None))
+    with open_resources(definitions) as resources, resources.sources.open() as sources:
+        checks = run_checks(sources, resources.warehouse.warehouse(), resources.signavio.destination,
+                            settings.playbooks_file)
+    for warning in next((c.get("warnings", []) for c in checks if c["name"] == "playbooks"), []):
+        log.warning("playbooks: %s", warning)
     healthy = all(c["ok"] for c in checks)
     return {"healthy": healthy, "checks": checks}, _code(healthy)
 

@@ -11,18 +11,21 @@ from telemetry_pipeline.defs.assets import STAGE_SPECS, discovered_sessions, pro
 from telemetry_pipeline.defs.resources import (
     ContentResource,
     MonitoringResource,
+    PlaybooksResource,
     SignavioResource,
     SourcesResource,
     WarehouseResource,
 )
 from telemetry_pipeline.defs.schedules import build_hourly_export_schedule, build_retention_schedule, retention_job
 from telemetry_pipeline.defs.sensors import build_new_sessions_sensor
+from telemetry_pipeline.policy.playbooks import load_playbooks
 from telemetry_pipeline.settings import Settings, from_environment
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     settings.signavio.check()
     settings.warehouse.check()
+    load_playbooks(settings.playbooks_file)  # an invalid file is refused here, naming the playbook and the rule
     govern_logs(settings.content)  # this process's log records leave governed, as everything else does
     backfill = dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.batch_size)
     export_assets = session_export.with_attributes(backfill_policy=backfill)
@@ -55,6 +58,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             ),
             "signavio": SignavioResource.from_settings(settings.signavio, settings.outbox_dir),
             "content": ContentResource.from_settings(settings.content),
+            "playbooks": PlaybooksResource(path=str(settings.playbooks_file) if settings.playbooks_file else None),
         },
     )
 

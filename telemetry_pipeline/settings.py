@@ -57,6 +57,7 @@ EXPORT_CONTENT = "EXPORT_CONTENT"
 EXPORT_ATTRIBUTES_MAX_CHARS = "EXPORT_ATTRIBUTES_MAX_CHARS"
 EXPORT_VALUE_MAX_CHARS = "EXPORT_VALUE_MAX_CHARS"
 RAW_RETENTION_DAYS = "RAW_RETENTION_DAYS"
+PLAYBOOKS_FILE = "PLAYBOOKS_FILE"
 
 # `<home>/settings.env`: what `make run` / `make deploy` started the pipeline with, so that the CLI in another shell
 # works on the same sources, destination and warehouse. Secrets are named in it, never written.
@@ -173,6 +174,7 @@ class Settings:
     retention_days: float = 30.0
     raw_retention_days: float = 30.0  # raw payloads of sessions exported this long ago are pruned (content's lifetime)
     content: Governance = Governance()  # what leaves of people's and models' text (canonical/content.py)
+    playbooks_file: Path | None = None  # what each agent may do (policy/playbooks.py); None: every case unchecked
     run_bookkeeping: str = "full"  # what Dagster records per run: full | lean (instance/__init__.py)
     activity_alphabet_limit: int = 200  # distinct activities per upload before the data-quality check warns
     overview_window_hours: float = 168.0  # sessions normalised this recently feed process_overview
@@ -297,6 +299,7 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         retention_days=number(RETENTION_DAYS, Settings.retention_days, float),
         raw_retention_days=number(RAW_RETENTION_DAYS, Settings.raw_retention_days, float),
         content=content,
+        playbooks_file=Path(playbooks).resolve() if (playbooks := get(PLAYBOOKS_FILE)) else None,
         run_bookkeeping=bookkeeping,
         activity_alphabet_limit=int(number(ACTIVITY_ALPHABET_LIMIT, Settings.activity_alphabet_limit, int)),
         overview_window_hours=number(PROCESS_OVERVIEW_WINDOW_HOURS, Settings.overview_window_hours, float),
@@ -364,6 +367,7 @@ def to_environment(settings: Settings) -> dict[str, str]:
         EXPORT_CONTENT: settings.content.policy.value,
         EXPORT_ATTRIBUTES_MAX_CHARS: settings.content.attributes_max_chars,
         EXPORT_VALUE_MAX_CHARS: settings.content.value_max_chars,
+        PLAYBOOKS_FILE: settings.playbooks_file,
         WAREHOUSE_URL: settings.warehouse.url.value if settings.warehouse.url else None,
         CLAIM_LEASE_SECONDS: settings.warehouse.lease_seconds,
         RUN_BOOKKEEPING: settings.run_bookkeeping,

@@ -160,9 +160,9 @@ def test_the_new_columns_are_appended_and_the_old_ones_stay(tables: dict[str, li
         "agent_run_id", "agent_name", "task_id", "task_description", "start_time", "end_time", "status",
         "outcome_summary", "latency_ms", "notes", "service_name", "workflow_name", "workflow_version", "agent_type",
         "agent_state", "prompt_metrics", "tools_used", "llm_calls", "process_steps", "source", "event_count"]
-    assert RUNS.column_names[21:] == ["input_tokens", "output_tokens", "cost_usd", "llm_call_count",
-                                      "tool_call_count", "tool_error_count", "agent_count"]
-    assert EVENTS.column_names[-2:] == ["source", "cost_usd"]
+    assert RUNS.column_names[21:28] == ["input_tokens", "output_tokens", "cost_usd", "llm_call_count",
+                                        "tool_call_count", "tool_error_count", "agent_count"]
+    assert EVENTS.column_names[15:17] == ["source", "cost_usd"]
     types = {c.name: c.type for c in (*RUNS.columns, *EVENTS.columns)}
     assert types["cost_usd"] == "double" and types["agent_count"] == "long"
     assert list(tables["agent_telemetry_runs"][0]) == RUNS.column_names

@@ -158,7 +158,7 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
         events = pa.table({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
                            "end_time": [None], "model": [None], "cost_usd": [None], "input_tokens": [None],
                            "output_tokens": [None]})
-        (alphabet,) = [o for o in quality.check_upload(pa.table({"agent_run_id": ["case-1"]}), events, 10)
+        (alphabet,) = [o for o in quality.check_upload(_runs(["case-1"]), events, 10)
                        if o.name == "activity_alphabet"]
         return bool(alphabet.metadata["id_like_sample"])
 
@@ -166,8 +166,17 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
     assert not flagged(named), named
     assert flagged(name) == (named != name), named
 
+def _runs(ids: list[str], conformance: list[str] | None = None, deviations: list[str | None] | None = None) -> pa.Table:
+    """A case table with the columns the checks read."""
+    deviations = deviations or [None] * len(ids)
+    return pa.table({"agent_run_id": ids, "source": ["extract"] * len(ids),
+                     "conformance": conformance or ["unchecked"] * len(ids),
+                     "deviation_count": [(d or "").count('"rule"') for d in deviations],
+                     "deviations": pa.array(deviations, pa.string())})
+
+
 def test_quality_checks_find_each_defect_and_pass_clean_uploads():
-    runs = pa.table({"agent_run_id": ["a", "b"]})
+    runs = _runs(["a", "b"], ["conforming", "unchecked"], ["[]", None])
     clean = pa.table({
         "event_id": ["e1", "e2", "e3"], "case_id": ["a", "a", "b"],
         "activity": ["User prompt", "Chat", "User prompt"],
@@ -187,7 +196,10 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
         "model": [None, None, None, None, "in-house-llm"], "input_tokens": [None, None, None, None, 10],
         "output_tokens": [None, None, None, None, 2], "cost_usd": [None, None, None, None, None],
     })
-    outcomes = {o.name: o for o in quality.check_upload(runs, bad, alphabet_limit=4)}
+    deviating = _runs(["a", "b"], ["deviating", "conforming"], [
+        '[{"playbook": "p", "rule": "allowed_tools", "detail": "tool x is not allowed"}, '
+        '{"playbook": "p", "rule": "max_steps", "detail": "steps 3, over the limit of 2"}]', "[]"])
+    outcomes = {o.name: o for o in quality.check_upload(deviating, bad, alphabet_limit=4)}
     unique = outcomes["event_id_unique"].metadata
     assert unique["duplicates"] == 1 and unique["sample"] == ["e1"]
     assert outcomes["events_have_case"].metadata["sample"] == ["ghost"]
@@ -197,6 +209,10 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     assert alphabet["distinct_activities"] == 5 and len(alphabet["id_like_sample"]) == 1
     prices = outcomes["model_prices_known"].metadata
     assert (prices["model_calls"], prices["without_cost"], prices["models_sample"]) == (1, 1, ["in-house-llm"])
+    conformance = outcomes["playbook_conformance"].metadata
+    assert (conformance["deviating"], conformance["conforming"], conformance["unchecked"]) == (1, 1, 0)
+    assert conformance["sessions_sample"] == ["extract:a"]
+    assert conformance["rules_broken"] == {"allowed_tools": 1, "max_steps": 1}
     assert not any(o.passed for o in outcomes.values())
 
 

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
 from telemetry_pipeline.sources.base import RawSession
@@ -99,7 +100,7 @@ def test_any_text_and_numbers_round_trip_through_the_csv(
         for sid, s in zip(session_ids, batch, strict=False)
     ]
     with warehouse.connect() as con:
-        problems = normalize_agent_sessions(con, raw, "fallback-agent")
+        problems = normalize_agent_sessions(con, raw, AgentDefaults("fallback-agent"))
         assert problems == {}
         rendered = render(con, [r.key for r in raw], "props")
     runs_upload, events_upload = rendered.uploads

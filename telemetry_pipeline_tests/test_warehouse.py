@@ -19,7 +19,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Dialect
+from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Dialect
 from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import DuckDBWarehouse, Holder, PostgresWarehouse, Warehouse, open_warehouse
@@ -226,7 +226,7 @@ def test_a_duckdb_file_from_before_versioning_is_migrated_in_place(tmp_path: Pat
 
 # A database as an older release left it, migrated forward by this code, must hold the tables this code's row types
 # describe (`schema.py`, `canonical.model`): a row type changed without a migration fails here, on either store.
-CURRENT_TABLES = (RAW_TELEMETRY, SESSIONS, EVENTS, EXPORT_CLAIMS, EXPORT_ARCHIVE)
+CURRENT_TABLES = (RAW_TELEMETRY, SESSIONS, EVENTS, DEVIATIONS, EXPORT_CLAIMS, EXPORT_ARCHIVE)
 Shape = dict[str, tuple[list[tuple[str, str, bool]], list[str]]]  # table -> ([(column, type, nullable)], primary key)
 
 

@@ -369,9 +369,9 @@ def test_copy_a_duckdb_home_into_postgres_idempotently_then_run_there(
 
     code, out = pipeline.cli("warehouse", "copy", "--to", postgres_url)
     assert code == 0 and out["copied"] == {"raw_telemetry": 3, "sessions": 3, "events": len(duck_events),
-                                           "export_archive": 1}, out
+                                           "deviations": 0, "export_archive": 1}, out
     code, again = pipeline.cli("warehouse", "copy", "--to", postgres_url)
-    assert code == 0 and again["copied"] == {"raw_telemetry": 0, "sessions": 0, "events": 0,
+    assert code == 0 and again["copied"] == {"raw_telemetry": 0, "sessions": 0, "events": 0, "deviations": 0,
                                              "export_archive": 0}, "idempotent"
     assert again["already_there"] == {"raw_telemetry": 3, "sessions": 3}
     pg_events = warehouse_rows(postgres_url, "SELECT event_id, session_key, event_time, attributes::text FROM events "

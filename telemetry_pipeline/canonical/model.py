@@ -52,6 +52,15 @@ def _doc(text: str, *, key: bool = False) -> dict[str, Any]:
     return {"doc": text, "primary_key": key}
 
 
+class Conformance(StrEnum):
+    """A session's verdict against the playbooks (`policy.conformance`): `conformance` of `sessions` and of the
+    runs table."""
+
+    CONFORMING = "conforming"  # one or more playbooks matched it, and it broke none of their rules
+    DEVIATING = "deviating"  # it broke a rule of a playbook that matched it
+    UNCHECKED = "unchecked"  # no playbook matched it
+
+
 @dataclass
 class SessionRow:
     """One agent session (a case)."""
@@ -73,6 +82,8 @@ class SessionRow:
     prompt_metrics: Json | None = None
     source_metrics: Json | None = field(default=None, metadata=_doc("the source's own summary, kept as is"))
     normalized_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # Checked against the playbooks at export (migration 5): a `Conformance`; what it broke is in `deviations`.
+    conformance: str | None = None
 
 
 @dataclass
@@ -102,6 +113,18 @@ class EventRow:
     cache_write_tokens: int | None = field(default=None, metadata=_doc("of input_tokens, written to a cache"))
     reasoning_tokens: int | None = field(default=None, metadata=_doc("of output_tokens, spent reasoning"))
     cost_usd: float | None = None
+
+
+@dataclass
+class DeviationRow:
+    """A rule of a playbook that a session broke (`policy.conformance`), at one of its events or as a whole."""
+
+    deviation_id: str = field(metadata=_doc("deterministic: the session, playbook, rule, event and detail", key=True))
+    session_key: str
+    playbook: str
+    rule: str
+    detail: str
+    event_id: str | None = field(default=None, metadata=_doc("the event that broke it; NULL: the session did"))
 
 
 @dataclass(frozen=True)
@@ -175,7 +198,8 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
 
 SESSIONS = Table.of("sessions", SessionRow)
 EVENTS = Table.of("events", EventRow)
-TABLES = (SESSIONS, EVENTS)
+DEVIATIONS = Table.of("deviations", DeviationRow)
+TABLES = (SESSIONS, EVENTS, DEVIATIONS)
 
 
 def ddl(dialect: Dialect = "duckdb") -> str:

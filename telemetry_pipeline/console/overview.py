@@ -2,7 +2,7 @@
 window: outcomes (completed / partial / failed) overall, per agent and per workflow; the activities that
 fail, with their most common errors; the slowest and the latest failed sessions, by key; directly-follows
 relations (with the start and end of each case), per-activity figures, variants, per-model tokens and cost,
-and the costliest sessions.
+the costliest sessions, and conformance to the playbooks per agent and per rule, with the deviating sessions.
 Set-based DuckDB SQL over `sessions` and `events`; no Dagster here.
 """
 
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
+
+from telemetry_pipeline.canonical.model import Conformance
 
 START, END = "▶ start", "■ end"  # pseudo-activities: where cases begin and end on the map
 OUTCOMES = ("completed", "partial", "failed")  # a session's `status`: `partial` recovered from failures
@@ -167,6 +169,62 @@ ORDER BY coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) DESC, 
 """
 
 
+# Conformance per agent: its sessions a playbook checked, those that deviated (by key), the rules they broke.
+_CONFORMANCE_SQL = f"""
+WITH cases AS (
+    SELECT session_key, coalesce(agent_name, '{NO_NAME}') AS agent,
+           coalesce(conformance, '{Conformance.UNCHECKED}') AS conformance
+    FROM sessions WHERE normalized_at >= $since
+),
+broken AS (
+    SELECT session_key, list(DISTINCT rule) AS rules FROM deviations
+    WHERE session_key IN (SELECT session_key FROM cases) GROUP BY session_key
+)
+SELECT agent, count(*) AS cases, count(*) FILTER (WHERE conformance <> '{Conformance.UNCHECKED}') AS checked,
+       count(*) FILTER (WHERE conformance = '{Conformance.DEVIATING}') AS deviating,
+       coalesce(list_sort(list_distinct(flatten(list(b.rules) FILTER (WHERE b.rules IS NOT NULL)))), []) AS rules,
+       coalesce(list_sort(list(session_key) FILTER (WHERE conformance = '{Conformance.DEVIATING}')), []) AS sessions
+FROM cases c LEFT JOIN broken b USING (session_key)
+GROUP BY agent ORDER BY deviating DESC, checked DESC, agent
+"""
+
+# Per rule of each playbook: the sessions that broke it (by key), how often, and its commonest detail.
+_RULES_SQL = """
+SELECT playbook, rule, count(DISTINCT session_key) AS sessions, count(*) AS breaches, mode(detail) AS example,
+       list_sort(list_distinct(list(session_key))) AS session_keys
+FROM deviations WHERE session_key IN (SELECT session_key FROM sessions WHERE normalized_at >= $since)
+GROUP BY playbook, rule ORDER BY sessions DESC, breaches DESC, playbook, rule
+"""
+
+
+@dataclass(frozen=True)
+class AgentConformance:
+    """How one agent's sessions in the window stood against the playbooks."""
+
+    agent: str
+    cases: int
+    checked: int  # matched by a playbook
+    deviating: int
+    rules: tuple[str, ...]  # the rules its sessions broke
+    sessions: tuple[str, ...]  # the deviating ones, by key
+
+    @property
+    def unchecked(self) -> int:
+        return self.cases - self.checked
+
+
+@dataclass(frozen=True)
+class RuleDeviations:
+    """A rule of a playbook and the sessions in the window that broke it."""
+
+    playbook: str
+    rule: str
+    sessions: int
+    breaches: int  # a rule broken at several events counts each
+    example: str  # its commonest detail
+    session_keys: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Edge:
     source: str
@@ -261,6 +319,8 @@ class ProcessOverview:
     slowest: tuple[SessionRef, ...] = ()
     failed_sessions: tuple[SessionRef, ...] = ()
     costliest: tuple[SessionRef, ...] = ()
+    conformance: tuple[AgentConformance, ...] = ()
+    deviations: tuple[RuleDeviations, ...] = ()
 
     @property
     def overall(self) -> Outcome:
@@ -309,6 +369,14 @@ def compute_overview(
         costliest=tuple(
             SessionRef(key, agent, workflow, status=status, cost_usd=cost)
             for key, agent, workflow, status, cost in con.execute(_COSTLIEST_SQL, {**window, "top": top}).fetchall()
+        ),
+        conformance=tuple(
+            AgentConformance(agent, cases, checked, deviating, tuple(rules), tuple(sessions))
+            for agent, cases, checked, deviating, rules, sessions in con.execute(_CONFORMANCE_SQL, window).fetchall()
+        ),
+        deviations=tuple(
+            RuleDeviations(playbook, rule, n, breaches, example, tuple(keys))
+            for playbook, rule, n, breaches, example, keys in con.execute(_RULES_SQL, window).fetchall()
         ),
     )
 

@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.activity import looks_like_id
+from telemetry_pipeline.canonical.model import Conformance
 
 SAMPLE = 5  # offending values named in a check's metadata
 
@@ -20,6 +21,7 @@ EVENTS_HAVE_CASE = "events_have_case"
 EVENT_TIMES_VALID = "event_times_valid"
 ACTIVITY_ALPHABET = "activity_alphabet"
 MODEL_PRICES_KNOWN = "model_prices_known"
+PLAYBOOK_CONFORMANCE = "playbook_conformance"
 
 DESCRIPTIONS = {
     EVENT_ID_UNIQUE: "`event_id` is unique within each upload of the events table.",
@@ -28,6 +30,8 @@ DESCRIPTIONS = {
     ACTIVITY_ALPHABET: "Distinct activities per upload stay under the limit, and no activity label holds an id.",
     MODEL_PRICES_KNOWN: "Every model call with tokens has a cost: the trace's own, or a price the table knows for its "
     "model (an unknown model leaves `cost_usd` empty; the check names it).",
+    PLAYBOOK_CONFORMANCE: "No session of the upload broke a rule of its agent's playbook (`PLAYBOOKS_FILE`); the "
+    "check names the deviating sessions and the rules they broke (`conformance` and `deviations` in the case table).",
 }
 
 
@@ -50,6 +54,7 @@ def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[
             _times_valid(con),
             _alphabet(con, alphabet_limit),
             _prices_known(con),
+            _conformance(con),
         ]
     finally:
         con.close()
@@ -107,6 +112,22 @@ def _prices_known(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
                           f"LIMIT {SAMPLE}")
     return CheckOutcome(MODEL_PRICES_KNOWN, missing == 0,
                         {"model_calls": calls, "without_cost": missing, "models_sample": models})
+
+
+def _conformance(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    verdicts = dict(con.execute("SELECT conformance, count(*) FROM up_runs GROUP BY ALL").fetchall())
+    deviating = f"conformance = '{Conformance.DEVIATING}'"
+    sessions = _column(con, f"SELECT source || ':' || agent_run_id FROM up_runs WHERE {deviating} "
+                            f"ORDER BY deviation_count DESC, 1 LIMIT {SAMPLE}")
+    rules = dict(con.execute(
+        "SELECT d->>'rule', count(DISTINCT id) FROM (SELECT agent_run_id AS id, unnest(deviations::JSON[]) AS d "
+        f"FROM up_runs WHERE {deviating}) WHERE d->>'rule' IS NOT NULL GROUP BY ALL ORDER BY 2 DESC, 1"
+    ).fetchall())
+    return CheckOutcome(PLAYBOOK_CONFORMANCE, not verdicts.get(Conformance.DEVIATING), {
+        **{v.value: verdicts.get(v, 0) for v in Conformance},
+        "sessions_sample": sessions,
+        "rules_broken": rules,  # rule -> deviating sessions that broke it
+    })
 
 
 def _row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import re
 
-from telemetry_pipeline.console.overview import Outcome
-from telemetry_pipeline.console.session_summary import Failure, SessionSummary, Step
+from telemetry_pipeline.canonical.model import Conformance
+from telemetry_pipeline.console.overview import AgentConformance, Outcome
+from telemetry_pipeline.console.session_summary import Deviation, Failure, SessionSummary, Step
 
 # The UI renders markdown under 1,000 characters inline (longer opens behind a dialog), and a markdown
 # table serialises to a fifth of the bytes of a `TableMetadataValue` with the same rows.
@@ -19,9 +20,11 @@ _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def session_tags(s: SessionSummary) -> dict[str, str]:
-    """`agent`, `workflow` and `outcome` as tags of the session's materialisation. Dagster takes tag values
-    of at most 63 characters of `[A-Za-z0-9_.-]`: anything else becomes `_`."""
-    values = {"agent": s.agent, "workflow": s.workflow, "outcome": s.status}
+    """`agent`, `workflow`, `outcome` and (when a playbook matched it) `conformance` as tags of the session's
+    materialisation. Dagster takes tag values of at most 63 characters of `[A-Za-z0-9_.-]`: anything else
+    becomes `_`."""
+    checked = s.conformance if s.conformance != Conformance.UNCHECKED else None  # a playbook matched it
+    values = {"agent": s.agent, "workflow": s.workflow, "outcome": s.status, "conformance": checked}
     return {name: _TAG_UNSAFE.sub("_", value)[:63] for name, value in values.items() if value}
 
 
@@ -86,6 +89,21 @@ def errors_markdown(errors: tuple[Failure, ...], total: int) -> str:
         rows.pop()
 
 
+def deviations_markdown(deviations: tuple[Deviation, ...]) -> str:
+    """The rules a session broke as a markdown table short enough to render inline ("… N more" says what did
+    not fit; the case table's `deviations` has them all)."""
+    header = ["| playbook | rule | detail |", "|---|---|---|"]
+    rows = [f"| {cell(d.playbook, 30)} | {d.rule} | {cell(d.detail, ERROR_CHARS)}"
+            f"{f' ({d.times}×)' if d.times > 1 else ''} |" for d in deviations]
+    while True:
+        hidden = len(deviations) - len(rows)
+        more = [f"| | … {hidden} more | |"] if hidden else []
+        text = "\n".join(header + rows + more)
+        if len(text) <= MAX_INLINE_MARKDOWN or not rows:
+            return text
+        rows.pop()
+
+
 def _steps(numbers: list[int], shown: int = 4) -> str:
     head = ", ".join(str(n) for n in numbers[:shown])
     return head if len(numbers) <= shown else f"{head} +{len(numbers) - shown}"
@@ -110,6 +128,23 @@ def counts(o: Outcome) -> list[tuple[str, int]]:
 
 def top_errors(errors: tuple[tuple[str, int], ...]) -> str:
     return "; ".join(f"{n}× {cell(message or '(no message)', ERROR_CHARS)}" for message, n in errors)
+
+
+def conformance_text(agents: tuple[AgentConformance, ...]) -> str:
+    """`12 of 40 sessions checked against a playbook deviate (30.0%); 5 unchecked (no playbook matches them)`."""
+    cases, checked = sum(a.cases for a in agents), sum(a.checked for a in agents)
+    deviating = sum(a.deviating for a in agents)
+    if not checked:
+        return f"no playbook matched any of the {cases} sessions (PLAYBOOKS_FILE)" if cases else "no sessions"
+    unchecked = f"; {cases - checked} unchecked (no playbook matches them)" if cases > checked else ""
+    share = pct(deviating / checked)
+    return f"{deviating} of {checked} sessions checked against a playbook deviate ({share}%){unchecked}"
+
+
+def keys_text(keys: tuple[str, ...], shown: int = 10) -> str:
+    """Session keys to open (each is a partition of signavio_export), the first `shown` of them."""
+    more = f" … +{len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def pct(share: float) -> float:

@@ -42,7 +42,7 @@ agg AS (
 SELECT s.session_key, s.agent_name, s.workflow_name, s.status, s.start_time, s.end_time, s.event_count,
        coalesce(a.tool_calls, 0), coalesce(a.tool_calls_succeeded, 0), coalesce(a.tool_calls_failed, 0),
        coalesce(a.models, []), coalesce(a.input_tokens, 0), coalesce(a.output_tokens, 0), a.first_error,
-       coalesce(a.event_log_rows, 0), coalesce(a.errors, 0), a.cost_usd, coalesce(a.agents, [])
+       coalesce(a.event_log_rows, 0), coalesce(a.errors, 0), a.cost_usd, coalesce(a.agents, []), s.conformance
 FROM sessions s LEFT JOIN agg a USING (session_key)
 WHERE s.session_key IN (SELECT session_key FROM batch)
 """
@@ -69,6 +69,21 @@ WHERE step <= $head OR step > steps - $tail
    OR ((status = 'failed' OR error IS NOT NULL) AND nth_error <= $max_errors)
 ORDER BY session_key, step
 """
+
+
+# The rules each session broke, each once with how often (`policy.conformance`).
+_DEVIATIONS_SQL = """
+SELECT session_key, playbook, rule, detail, count(*) AS times FROM deviations
+WHERE session_key IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL ORDER BY session_key, playbook, rule, detail
+"""
+
+
+@dataclass(frozen=True)
+class Deviation:
+    playbook: str
+    rule: str
+    detail: str
+    times: int = 1  # events that broke it this way (a limit, a required activity: once)
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,8 @@ class SessionSummary:
     error_count: int = 0
     cost_usd: float | None = None  # of the model calls whose price is known
     agents: tuple[str, ...] = ()  # the agents that acted in it
+    conformance: str | None = None  # against the playbooks: conforming | deviating | unchecked
+    deviations: tuple[Deviation, ...] = ()  # the rules it broke
     errors: tuple[Failure, ...] = field(default=())  # the first `MAX_ERRORS`
     timeline: tuple[Step, ...] = field(default=())  # the first and last steps, numbered among all
 
@@ -140,16 +157,20 @@ def summarize(
             timelines.setdefault(key, []).append(Step(step, offset, _clip(activity) or "", status, latency))
         if failed:
             failures.setdefault(key, []).append(Failure(step, offset, _clip(activity) or "", _clip(error)))
+    deviations: dict[str, list[Deviation]] = {}
+    for key, *deviation in con.execute(_DEVIATIONS_SQL, {"keys": keys}).fetchall():
+        deviations.setdefault(key, []).append(Deviation(*deviation))
     summaries = {}
     for row in con.execute(_SUMMARY_SQL, {"keys": keys, "user": USER}).fetchall():
         (key, agent, workflow, status, start, end, events, calls, ok, failed, models, tin, tout, error, rows, errs,
-         cost, agents) = row
+         cost, agents, conformance) = row
         summaries[key] = SessionSummary(
             agent=agent, workflow=workflow, status=status, start=start, end=end, source_events=events,
             event_log_rows=rows, tool_calls=calls, tool_calls_succeeded=ok, tool_calls_failed=failed,
             models=tuple(models), input_tokens=tin, output_tokens=tout, first_error=_clip(error),
             error_count=errs, errors=tuple(failures.get(key, ())), timeline=tuple(timelines.get(key, ())),
-            cost_usd=cost, agents=tuple(agents),
+            cost_usd=cost, agents=tuple(agents), conformance=conformance,
+            deviations=tuple(deviations.get(key, ())),
         )
     return summaries
 

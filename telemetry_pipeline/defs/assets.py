@@ -39,6 +39,7 @@ from telemetry_pipeline.defs.partitions import agent_sessions
 from telemetry_pipeline.defs.resources import (
     ContentResource,
     MonitoringResource,
+    PlaybooksResource,
     SignavioResource,
     SourcesResource,
     WarehouseResource,
@@ -79,6 +80,9 @@ def discovered_sessions(
 
 class ExportConfig(dg.Config):
     dataset: str | None = None  # overrides SIGNAVIO_DATASET for this run
+    # Re-check exported sessions against the playbooks as they are now: from the warehouse's rows, nothing fetched;
+    # both tables uploaded again (upserts by key). `telemetry-pipeline recheck` sets it.
+    recheck: bool = False
 
 
 def _stage(name: str, deps: list[str], description: str) -> dg.AssetSpec:
@@ -115,6 +119,7 @@ def session_export(
     signavio: SignavioResource,
     monitoring: MonitoringResource,
     content: ContentResource,
+    playbooks: PlaybooksResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckResult]:
     keys = context.partition_keys
     run_id = context.run.run_id
@@ -123,7 +128,8 @@ def session_export(
     context.instance.add_run_tags(run_id, ProcessIdentity.current().tags())
     asked_at = _asked_at(context)
     dataset = config.dataset or signavio.dataset
-    context.log.info("exporting %d sessions (%s .. %s) to dataset %s", len(keys), keys[0], keys[-1], dataset)
+    context.log.info("%s %d sessions (%s .. %s) to dataset %s", "re-checking" if config.recheck else "exporting",
+                     len(keys), keys[0], keys[-1], dataset)
     # The claims are held until the materialisations are recorded (Dagster writes each event as it is
     # yielded): a run that finds a session released finds it recorded as exported too.
     with sources.open() as source_set, signavio.destination() as destination, exporting(
@@ -131,6 +137,7 @@ def session_export(
         agents=sources.agents(), run_id=run_id, holder_check=RunLiveness(context.instance),
         exported_meanwhile=lambda claimed: exported_since(context.instance, claimed, asked_at, run_id),
         alphabet_limit=monitoring.activity_alphabet_limit, governance=content.governance(),
+        playbooks=playbooks.playbooks(), recheck=config.recheck,
     ) as outcome:
         left = {name: dg.MetadataValue.json(value) for name, value in (
             (IN_FLIGHT_META, outcome.in_flight),  # another run is exporting these right now

@@ -27,9 +27,12 @@ from telemetry_pipeline.console.quality import CheckOutcome
 from telemetry_pipeline.console.render import (
     ERROR_CHARS,
     cell,
+    conformance_text,
     counts,
+    deviations_markdown,
     errors_markdown,
     event_counts_text,
+    keys_text,
     outcome_text,
     pct,
     session_tags,
@@ -64,7 +67,7 @@ def stage_records(out: BatchOutcome, dataset: str) -> Iterator[dg.AssetMateriali
     if out.normalized:
         yield dg.AssetMaterialization(asset_key=EVENTS_ASSET, metadata={
             "sessions": len(out.normalized), "events_rows": events_rows,
-            "normalise_failures": failed_at["normalise"],
+            "normalise_failures": failed_at["normalise"], **({"rechecked": True} if out.recheck else {}),
         })
     if out.rendered:
         yield dg.AssetMaterialization(asset_key=CSV_ASSET, metadata={
@@ -89,6 +92,8 @@ def export_materializations(out: BatchOutcome, dataset: str, destination: str) -
         "destination": destination,
         "dataset": dataset,
     }
+    if out.recheck:  # taken from the warehouse and checked against the playbooks afresh, not fetched again
+        shared["rechecked"] = True
     for key in out.exported:
         session_runs, session_events = out.rows.get(key, (0, 0))
         summary = out.summaries.get(key)
@@ -127,6 +132,10 @@ def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
         meta["cost_usd"] = _usd(s.cost_usd)
     if s.agents:
         meta["agents"] = ", ".join(s.agents)
+    if s.conformance:
+        meta["conformance"] = s.conformance
+    if s.deviations:
+        meta["deviations"] = dg.MetadataValue.md(deviations_markdown(s.deviations))
     if s.first_error:
         meta["first_error"] = s.first_error
     if s.errors:
@@ -196,6 +205,28 @@ def overview_metadata(
             ov.failed_sessions, "last_error", "string", lambda s: cell(s.error or "", ERROR_CHARS)
         ),
         "costliest_sessions": _sessions_table(ov.costliest, "cost_usd", "float", lambda s: _usd(s.cost_usd)),
+        "conformance": conformance_text(ov.conformance),
+        "deviations_by_agent": dg.MetadataValue.table(
+            records=[dg.TableRecord({"agent": a.agent, "checked": a.checked, "deviating": a.deviating,
+                                     "deviating_pct": pct(a.deviating / a.checked if a.checked else 0.0),
+                                     "rules_broken": ", ".join(a.rules), "deviating_sessions": keys_text(a.sessions)})
+                     for a in ov.conformance if a.checked],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("agent", "string"), dg.TableColumn("checked", "int"),
+                dg.TableColumn("deviating", "int"), dg.TableColumn("deviating_pct", "float"),
+                dg.TableColumn("rules_broken", "string"), dg.TableColumn("deviating_sessions", "string"),
+            ]),
+        ),
+        "deviations_by_rule": dg.MetadataValue.table(
+            records=[dg.TableRecord({"playbook": r.playbook, "rule": r.rule, "sessions": r.sessions,
+                                     "breaches": r.breaches, "example": cell(r.example, ERROR_CHARS),
+                                     "deviating_sessions": keys_text(r.session_keys)}) for r in ov.deviations],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("playbook", "string"), dg.TableColumn("rule", "string"),
+                dg.TableColumn("sessions", "int"), dg.TableColumn("breaches", "int"),
+                dg.TableColumn("example", "string"), dg.TableColumn("deviating_sessions", "string"),
+            ]),
+        ),
         "process_map": dg.MetadataValue.md(
             f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
             f"The same picture, to open at full size: `{map_file}`\n\n"

@@ -15,6 +15,7 @@ from pydantic import Field, create_model
 
 from telemetry_pipeline.canonical.content import ContentPolicy, Governance
 from telemetry_pipeline.canonical.identity import AgentDefaults
+from telemetry_pipeline.policy.playbooks import Playbook, load_playbooks
 from telemetry_pipeline.settings import (
     HttpSettings,
     Secret,
@@ -203,3 +204,13 @@ class ContentResource(dg.ConfigurableResource):
 
     def governance(self) -> Governance:
         return Governance(ContentPolicy(self.policy), self.attributes_max_chars, self.value_max_chars)
+
+
+class PlaybooksResource(dg.ConfigurableResource):
+    """What each agent may do (`PLAYBOOKS_FILE`, `policy.playbooks`). The file is read when a run starts, so a
+    changed playbook applies to the exports after it (definitions refuse an invalid one when they load)."""
+
+    path: str | None = Field(default=None, description="the YAML file of playbooks; unset: every case unchecked")
+
+    def playbooks(self) -> tuple[Playbook, ...]:
+        return load_playbooks(Path(self.path) if self.path else None)

@@ -60,17 +60,30 @@ def pending_keys(instance: dg.DagsterInstance, all_keys: Sequence[str]) -> list[
 
 
 def latest_exports(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, ExportRecord]:
-    """The newest materialisation of each of `keys` that has one, paging through their history."""
-    latest: dict[str, ExportRecord] = {}
+    """The newest materialisation of each of `keys` that has one."""
+    return {key: record for key, entry in _latest(instance, keys).items() if (record := _record(entry))}
+
+
+def export_datasets(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, str]:
+    """The dataset (table-name prefix) each of `keys` was last exported to: where a re-check must upload it."""
+    found = {key: _text(mat.metadata.get("dataset")) for key, entry in _latest(instance, keys).items()
+             if (mat := entry.asset_materialization)}
+    return {key: dataset for key, dataset in found.items() if dataset}
+
+
+def _latest(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, dg.EventLogEntry]:
+    """The newest `signavio_export` materialisation event of each of `keys` that has one, paging through their
+    history."""
+    latest: dict[str, dg.EventLogEntry] = {}
     for begin in range(0, len(keys), _PAGE):
         records_filter = dg.AssetRecordsFilter(asset_key=EXPORT_KEY, asset_partitions=list(keys[begin:begin + _PAGE]))
         cursor = None
         while True:
             page = instance.fetch_materializations(records_filter, limit=_PAGE, cursor=cursor, ascending=False)
             for record in page.records:
-                export = _record(record.event_log_entry)
-                if export is not None and export.session_key not in latest:
-                    latest[export.session_key] = export
+                partition = record.partition_key
+                if partition is not None and partition not in latest:
+                    latest[partition] = record.event_log_entry
             if not page.has_more:
                 break
             cursor = page.cursor

@@ -16,8 +16,20 @@ import pyarrow as pa
 
 from telemetry_pipeline.canonical.content import Governance
 from telemetry_pipeline.canonical.identity import USER
+from telemetry_pipeline.canonical.model import Conformance
 from telemetry_pipeline.signavio.models import TableUpload
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS, Table
+
+
+def _bounded(items: str, what: str) -> str:
+    """A JSON list cell of the case table kept under $cell characters: its first items, then
+    `{"cut": "N more <what>"}`."""
+    whole = f"length(to_json({items})::VARCHAR)"
+    keep = f"greatest(1, (len({items}) * ($cell - 40) // {whole})::BIGINT)"
+    cut = f"json_object('cut', printf('%d more {what}', len({items}) - {keep}))"
+    kept = f"list_append(list_slice({items}, 1, {keep}), {cut})"
+    return f"CASE WHEN {whole} <= $cell THEN to_json({items}) ELSE to_json({kept}) END"
+
 
 # Times leave as epoch milliseconds, floored: epoch_ms() alone truncates some sub-millisecond instants
 # before 1970 toward zero (0514-03-17 15:07:26.001982 gave ...753998 instead of ...753999).
@@ -67,14 +79,24 @@ figures AS (  -- what a miner adds up: the model calls' tokens and cost, tool ca
            count(DISTINCT resource) FILTER (WHERE resource <> '{USER}') AS agent_count
     FROM ev GROUP BY session_key
 ),
+breaches AS (  -- the rules it broke, each once (with how often), bounded as the steps are
+    SELECT session_key, sum(n) AS deviation_count,
+           list(json_object('playbook', playbook, 'rule', rule,
+                            'detail', CASE WHEN n > 1 THEN printf('%s (%d times)', detail, n) ELSE detail END)
+                ORDER BY playbook, rule, detail) AS breach_list
+    FROM (SELECT session_key, playbook, rule, detail, count(*) AS n FROM deviations
+          WHERE session_key IN (SELECT session_key FROM batch) GROUP BY ALL)
+    GROUP BY session_key
+),
+deviated AS (
+    SELECT session_key, deviation_count,
+           {_bounded("breach_list", "deviations")} AS deviations
+    FROM breaches
+),
 steps AS (  -- a cell stays under $cell characters: the first steps, then how many more there were
     SELECT session_key, model_changes, activities,
-           CASE WHEN length(to_json(step_list)::VARCHAR) <= $cell THEN to_json(step_list)
-                ELSE to_json(list_append(list_slice(step_list, 1, keep),
-                                         json_object('cut', printf('%d more steps', len(step_list) - keep))))
-           END AS process_steps
-    FROM (SELECT *, greatest(1, (len(step_list) * ($cell - 40) // length(to_json(step_list)::VARCHAR))::BIGINT) AS keep
-          FROM all_steps)
+           {_bounded("step_list", "steps")} AS process_steps
+    FROM all_steps
 )
 SELECT s.session_id AS agent_run_id, s.agent_name, s.session_id AS task_id, s.task_description,
        epoch_ms(date_trunc('millisecond', s.start_time)) AS start_time,
@@ -92,10 +114,14 @@ SELECT s.session_id AS agent_run_id, s.agent_name, s.session_id AS task_id, s.ta
        s.source, s.event_count,
        coalesce(f.input_tokens, 0) AS input_tokens, coalesce(f.output_tokens, 0) AS output_tokens, f.cost_usd,
        coalesce(f.llm_call_count, 0) AS llm_call_count, coalesce(f.tool_call_count, 0) AS tool_call_count,
-       coalesce(f.tool_error_count, 0) AS tool_error_count, coalesce(f.agent_count, 0) AS agent_count
+       coalesce(f.tool_error_count, 0) AS tool_error_count, coalesce(f.agent_count, 0) AS agent_count,
+       coalesce(s.conformance, '{Conformance.UNCHECKED}') AS conformance,
+       coalesce(d.deviation_count, 0) AS deviation_count,
+       coalesce(d.deviations::VARCHAR, CASE WHEN s.conformance = '{Conformance.CONFORMING}' THEN '[]' END)
+           AS deviations
 FROM sessions s
 LEFT JOIN tools t USING (session_key) LEFT JOIN llm l USING (session_key) LEFT JOIN steps st USING (session_key)
-LEFT JOIN figures f USING (session_key)
+LEFT JOIN figures f USING (session_key) LEFT JOIN deviated d USING (session_key)
 WHERE s.session_key IN (SELECT session_key FROM batch)
 ORDER BY s.session_key
 """
@@ -105,8 +131,11 @@ SELECT e.event_id, s.session_id AS case_id, e.activity,
        epoch_ms(date_trunc('millisecond', e.event_time)) AS event_time,
        epoch_ms(date_trunc('millisecond', e.end_time)) AS end_time, e.resource, e.event_type, e.status, e.tool_name,
        e.model, e.latency_ms, e.input_tokens, e.output_tokens, e.error, e.attributes::VARCHAR AS attributes, s.source,
-       e.cost_usd
+       e.cost_usd, d.deviation
 FROM events e JOIN sessions s USING (session_key)
+LEFT JOIN (SELECT event_id, string_agg(DISTINCT rule, ', ' ORDER BY rule) AS deviation FROM deviations
+           WHERE event_id IS NOT NULL AND session_key IN (SELECT unnest($keys::VARCHAR[])) GROUP BY event_id) d
+  USING (event_id)
 WHERE e.session_key IN (SELECT unnest($keys::VARCHAR[]))
 ORDER BY e.session_key, e.event_time, e.seq
 """

@@ -69,6 +69,10 @@ RUNS = Table(
         Column("tool_call_count", "long"),
         Column("tool_error_count", "long"),
         Column("agent_count", "long"),
+        # Conformance to the playbooks (issue 31), appended after the mining log's.
+        Column("conformance", "string"),
+        Column("deviation_count", "long"),
+        Column("deviations", "string"),
     ),
 )
 
@@ -93,6 +97,7 @@ EVENTS = Table(
         Column("attributes", "string"),
         Column("source", "string", nullable=False),
         Column("cost_usd", "double"),  # appended by the mining log (issue 30)
+        Column("deviation", "string"),  # appended by the playbooks (issue 31)
     ),
 )
 

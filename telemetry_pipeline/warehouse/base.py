@@ -104,8 +104,9 @@ class Warehouse(abc.ABC):
         """Keep payloads verbatim, replacing an earlier fetch of the same session (one transaction)."""
 
     @abc.abstractmethod
-    def workspace(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
-        """A DuckDB connection, in UTC, holding the tables `sessions` and `events`, for one batch's compute."""
+    def workspace(self, keys: Sequence[str] = ()) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection, in UTC, holding the canonical tables, for one batch's compute; with the store's rows
+        of the sessions `keys` in them (to work on them again: a re-check against the playbooks)."""
 
     @abc.abstractmethod
     def recent(self, since: dt.datetime) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
@@ -148,6 +149,11 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def archived_exports(self, keys: Sequence[str]) -> dict[str, ExportRecord]:
         """The archived records of those of `keys` that have one."""
+
+    @abc.abstractmethod
+    def seen_names(self) -> dict[str, set[str]]:
+        """Every activity, tool and model the canonical events hold: {"activity": ..., "tool": ..., "model": ...}
+        (what a playbook's rules may name; `check` warns of a name never seen)."""
 
     @abc.abstractmethod
     def prune_raw(self, exported: Sequence[str], before: dt.datetime) -> int:

@@ -176,8 +176,8 @@ class DuckDBWarehouse(Warehouse):
             columns = RAW_TELEMETRY.column_list()
             con.execute(f"INSERT OR REPLACE INTO raw_telemetry ({columns}) SELECT {columns} FROM incoming_raw")
 
-    def workspace(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return self.connect()
+    def workspace(self, keys: Sequence[str] = ()) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self.connect()  # the file itself: it holds every session
 
     def recent(self, since: dt.datetime) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         return self.connect()  # the file holds every session; readers filter by `normalized_at`
@@ -266,6 +266,10 @@ class DuckDBWarehouse(Warehouse):
                 {"keys": list(keys)},
             ).fetchall()
         return {row[0]: schema.ExportRecord(*row) for row in rows}
+
+    def seen_names(self) -> dict[str, set[str]]:
+        with self.connect() as con:
+            return schema.seen_names(con.execute(schema.SEEN_NAMES_SQL).fetchall())
 
     def prune_raw(self, exported: Sequence[str], before: dt.datetime) -> int:
         with self.connect() as con:

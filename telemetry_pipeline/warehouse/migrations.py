@@ -195,6 +195,33 @@ _V4_POSTGRES = (
     "ALTER TABLE events ADD COLUMN IF NOT EXISTS cost_usd DOUBLE PRECISION",
 )
 
+# Conformance to the playbooks (issue 31): the session's verdict, and the rules it broke.
+_V5_DUCKDB = (
+    "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS conformance VARCHAR",
+    """CREATE TABLE IF NOT EXISTS deviations (
+    deviation_id VARCHAR PRIMARY KEY,  -- deterministic: the session, playbook, rule, event and detail
+    session_key VARCHAR NOT NULL,
+    playbook VARCHAR NOT NULL,
+    rule VARCHAR NOT NULL,
+    detail VARCHAR NOT NULL,
+    event_id VARCHAR  -- the event that broke it; NULL: the session did
+);
+""",
+)
+_V5_POSTGRES = (
+    "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS conformance TEXT",
+    """CREATE TABLE IF NOT EXISTS deviations (
+    deviation_id TEXT PRIMARY KEY,  -- deterministic: the session, playbook, rule, event and detail
+    session_key TEXT NOT NULL,
+    playbook TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    event_id TEXT  -- the event that broke it; NULL: the session did
+);
+""",
+    "CREATE INDEX IF NOT EXISTS deviations_session_key ON deviations (session_key)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "raw payloads and the canonical model", {"duckdb": _V1_DUCKDB, "postgres": _V1_POSTGRES}),
     Migration(2, "export claims as leases", {"duckdb": _V2_DUCKDB, "postgres": _V2_POSTGRES}),
@@ -202,6 +229,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               {"duckdb": _V3_DUCKDB, "postgres": _V3_POSTGRES}),
     Migration(4, "what a model call cost: provider, cache and reasoning tokens, cost in USD",
               {"duckdb": _V4_DUCKDB, "postgres": _V4_POSTGRES}),
+    Migration(5, "conformance to the playbooks: each session's verdict and the rules it broke",
+              {"duckdb": _V5_DUCKDB, "postgres": _V5_POSTGRES}),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -26,7 +26,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import pyarrow.csv as pacsv
 
-from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Table
+from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Table
 from telemetry_pipeline.canonical.replace import replace_rows
 from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import migrations, schema
@@ -190,31 +190,36 @@ class PostgresWarehouse(Warehouse):
             )
 
     @contextlib.contextmanager
-    def workspace(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An in-memory DuckDB database of this batch alone."""
+    def workspace(self, keys: Sequence[str] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB database of this batch alone (with the stored rows of `keys`)."""
         with duckdb.connect() as con:
             con.execute("SET TimeZone = 'UTC'")
             create_canonical(con)
+            if keys:
+                self._copy_out(con, "session_key = ANY(%s)", [list(keys)])
             yield con
 
     @contextlib.contextmanager
     def recent(self, since: dt.datetime) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An in-memory DuckDB database holding the sessions normalised since `since` and their events,
-        copied out with one `COPY ... TO STDOUT` per table (CSV, typed again by DuckDB's insert)."""
-        window = "session_key IN (SELECT session_key FROM sessions WHERE normalized_at >= %s)"
-        with self.workspace() as con, tempfile.TemporaryDirectory(prefix="recent-") as tmp:
-            with self.transaction("reading recent sessions") as cur:
-                for table in schema.CANONICAL:
-                    path = f"{tmp}/{table.name}.csv"
-                    query = cur.mogrify(f"SELECT {table.column_list()} FROM {table.name} WHERE {window}", [since])
-                    with open(path, "wb") as out:
-                        cur.copy_expert(f"COPY ({query.decode()}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
-                    con.execute(
-                        f"INSERT INTO {table.name} ({table.column_list()}) "
-                        "SELECT * FROM read_csv($path, header = true, all_varchar = true)",
-                        {"path": path},
-                    )
+        """An in-memory DuckDB database holding the sessions normalised since `since` and their rows."""
+        with self.workspace() as con:
+            self._copy_out(con, "session_key IN (SELECT session_key FROM sessions WHERE normalized_at >= %s)", [since])
             yield con
+
+    def _copy_out(self, con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> None:
+        """The canonical rows `where` selects into `con`, with one `COPY ... TO STDOUT` per table (CSV, typed again
+        by DuckDB's insert)."""
+        with tempfile.TemporaryDirectory(prefix="canonical-") as tmp, self.transaction("reading sessions") as cur:
+            for table in schema.CANONICAL:
+                path = f"{tmp}/{table.name}.csv"
+                query = cur.mogrify(f"SELECT {table.column_list()} FROM {table.name} WHERE {where}", params)
+                with open(path, "wb") as out:
+                    cur.copy_expert(f"COPY ({query.decode()}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
+                con.execute(
+                    f"INSERT INTO {table.name} ({table.column_list()}) "
+                    "SELECT * FROM read_csv($path, header = true, all_varchar = true)",
+                    {"path": path},
+                )
 
     def save_canonical(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> None:
         if not keys:
@@ -226,7 +231,7 @@ class PostgresWarehouse(Warehouse):
             for table in schema.CANONICAL:
                 copy_rows(cur, table, con, export_select(table, table.name, where), {"keys": keys})
 
-        replace_rows(self.transaction("saving the canonical model"), (EVENTS, SESSIONS), keys, insert, "%s")
+        replace_rows(self.transaction("saving the canonical model"), (DEVIATIONS, EVENTS, SESSIONS), keys, insert, "%s")
 
     def claim(
         self, keys: Sequence[str], run_id: str, check: HolderCheck = lease_decides
@@ -323,6 +328,11 @@ class PostgresWarehouse(Warehouse):
             cur.execute(f"SELECT {table.column_list()} FROM {table.name} WHERE session_key = ANY(%s)", [list(keys)])
             rows = cur.fetchall()
         return {row[0]: schema.ExportRecord(*row) for row in rows}
+
+    def seen_names(self) -> dict[str, set[str]]:
+        with self.transaction("reading the names events hold") as cur:
+            cur.execute(schema.SEEN_NAMES_SQL)
+            return schema.seen_names(cur.fetchall())
 
     def prune_raw(self, exported: Sequence[str], before: dt.datetime) -> int:
         with self.transaction("pruning raw payloads") as cur:

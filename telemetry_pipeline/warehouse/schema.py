@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, Table
+from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Table
 from telemetry_pipeline.sources.base import RawSession
 
 _KEY = {"primary_key": True}
@@ -65,7 +65,7 @@ class ExportRecord:
 RAW_TELEMETRY = Table.of("raw_telemetry", RawRow)
 EXPORT_CLAIMS = Table.of("export_claims", ClaimRow)
 EXPORT_ARCHIVE = Table.of("export_archive", ExportRecord)
-CANONICAL = (SESSIONS, EVENTS)
+CANONICAL = (SESSIONS, EVENTS, DEVIATIONS)
 
 
 # The upsert both stores use: a session keeps its newest record, whichever order records arrive in.
@@ -92,3 +92,18 @@ def raw_table(raw: Sequence[RawSession]) -> pa.Table:
                r.location, r.fetched_at)
         for r in raw
     ])
+
+
+
+# What `seen_names` reads, in SQL both stores run: each kind's distinct names.
+SEEN_NAMES_SQL = " UNION ALL ".join(
+    f"SELECT DISTINCT '{kind}', {column} FROM events WHERE {column} IS NOT NULL"
+    for kind, column in (("activity", "activity"), ("tool", "tool_name"), ("model", "model"))
+)
+
+
+def seen_names(rows: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    names: dict[str, set[str]] = {"activity": set(), "tool": set(), "model": set()}
+    for kind, name in rows:
+        names[kind].add(name)
+    return names

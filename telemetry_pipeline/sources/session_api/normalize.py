@@ -273,7 +273,8 @@ SELECT nj.session_key, nj.source, nj.session_id,
            'prompt_latency_ms', date_diff('millisecond', src.first_prompt_at, src.first_response_at))
        END AS prompt_metrics,
        nj.metrics AS source_metrics,
-       now() AS normalized_at
+       now() AS normalized_at,
+       NULL::VARCHAR AS conformance  -- checked against the playbooks after normalising (policy.conformance)
 FROM nj JOIN ok_sessions USING (session_key) JOIN who USING (session_key)
 LEFT JOIN src USING (session_key) LEFT JOIN acts USING (session_key);
 """
