@@ -29,7 +29,7 @@ run: install
 	  export EXTRACT_SERVICE_URL=http://127.0.0.1:$(SIM_PORT) AGENT_METRICS_BASE_URL=http://127.0.0.1:$(SIM_PORT); \
 	fi; \
 	export TELEMETRY_PIPELINE_HOME=$(HOME_DIR) DAGSTER_HOME=$${DAGSTER_HOME:-$(HOME_DIR)/dagster_home}; \
-	$(BIN)/python -m telemetry_pipeline.instance $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/python -m telemetry_pipeline.instance $(BIN)/dg dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Production: the PostgreSQL instance (deploy/dagster.yaml, DAGSTER_POSTGRES_URL) and Dagster as three
 # processes (gRPC code server, daemon, webserver on WEBSERVER_PORT, default 3000). Sources as configured.

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from telemetry_pipeline.canonical.content import govern_logs
@@ -185,7 +185,8 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.instance.history import exported_keys
     from telemetry_pipeline.instance.liveness import RunLiveness
     from telemetry_pipeline.instance.runs import Exporter, unregister_unknown
-    from telemetry_pipeline.sources.registry import key_problem, parse_key
+    from telemetry_pipeline.sources.registry import parse_key
+    from telemetry_pipeline.sources.source_set import SourceSet
     from telemetry_pipeline.warehouse import configured_warehouse
 
     if bool(args.keys) == bool(args.pending):
@@ -194,29 +195,24 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)
     warehouse = configured_warehouse(args.settings)
     results: dict[str, dict[str, Any]] = {}
-    with open_instance(args.settings.dagster_home) as instance:
+    with open_instance(args.settings.dagster_home) as instance, SourceSet(args.settings.sources) as sources:
         known = instance.get_dynamic_partitions(AGENT_SESSIONS)
         if args.pending:
             keys = [k for k in known if not args.source or parse_key(k)[0] == args.source]
         else:
             keys = list(dict.fromkeys(args.keys))
-        for key in keys:
-            problem = key_problem(key)
-            if problem:
-                results[key] = {"session_id": key, "status": "failed", "error": problem}
-        valid = [k for k in keys if k not in results]
+            _refuse_bad_keys(keys, sources.sources)
         known_set = set(known)
-        missing = [k for k in valid if k not in known_set]
+        missing = [k for k in keys if k not in known_set]
         # A key retention pruned was exported: its record is in the archive once its run was deleted.
-        archived = set(warehouse.archived_exports(missing)) if missing else set()
+        archived = warehouse.archived_exports(missing) if missing else {}
         register = [k for k in missing if args.force or k not in archived]
         if register:  # sessions can be exported by hand: register them first
             instance.add_dynamic_partitions(AGENT_SESSIONS, register)
         pending_as_of = time.time()  # a session exported after this is not exported again (PENDING_AS_OF_TAG)
-        done = exported_keys(instance, valid) | archived
-        for key in valid:
-            if key in done and not args.force:
-                results[key] = {"session_id": key, "status": "skipped"}
+        if not args.force:
+            done = exported_keys(instance, [k for k in keys if k not in results]) | set(archived)
+            results |= {k: {"session_id": k, "status": "skipped", "reason": ALREADY_EXPORTED} for k in done}
         run_config = _run_config(args.verbose)
         if args.dataset:
             run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}
@@ -224,7 +220,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                             tags={} if args.force else {PENDING_AS_OF_TAG: repr(pending_as_of)},
                             prepare_helper=functools.partial(configure_logging, args.verbose))
         try:
-            results.update(exporter.export([k for k in valid if k not in results]))
+            results.update(exporter.export([k for k in keys if k not in results]))
             if register and not args.register:  # a typo must not leave a partition behind, red for ever
                 unregister_unknown(instance, [k for k in register if k in exporter.not_found], results)
             liveness = RunLiveness(instance)
@@ -258,6 +254,7 @@ def cmd_recheck(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             keys = [k for k in known if not args.source or parse_key(k)[0] == args.source]
         else:
             keys = list(dict.fromkeys(args.keys))
+            _refuse_bad_keys(keys)
         datasets = export_datasets(instance, keys)
         known_set = set(known)
         results: dict[str, dict[str, Any]] = {
@@ -281,6 +278,20 @@ def cmd_recheck(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     return _export_summary([results[k] for k in keys])
 
 
+def _refuse_bad_keys(keys: list[str], configured: Collection[str] | None = None) -> None:
+    """Bad usage (exit 2) before anything changes: a key that cannot be one (no source prefix, an unknown source, a
+    character Dagster refuses), or of a source that is not `configured`."""
+    from telemetry_pipeline.sources.registry import key_problem, parse_key
+
+    problems = [problem for key in keys if (problem := key_problem(key))]
+    if configured is not None:
+        problems += [f"{key}: source {parse_key(key)[0]!r} is not configured" for key in keys
+                     if not key_problem(key) and parse_key(key)[0] not in configured]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+ALREADY_EXPORTED = "already exported (`status KEY` says when and where); `--force` exports it again"
 INTERRUPTED = ("interrupted: the command was stopped (Ctrl-C or SIGTERM) before this session's run finished; its "
                "run is recorded failed, and the next export or sensor tick takes the session")
 

@@ -8,6 +8,7 @@ import dagster as dg
 from telemetry_pipeline import names
 from telemetry_pipeline.canonical.content import govern_logs
 from telemetry_pipeline.defs.assets import STAGE_SPECS, discovered_sessions, process_overview, session_export
+from telemetry_pipeline.defs.loggers import LOGGER_CONFIG, one_line_console
 from telemetry_pipeline.defs.resources import (
     ContentResource,
     MonitoringResource,
@@ -33,10 +34,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         names.EXPORT_JOB,
         selection=dg.AssetSelection.assets(export_assets),  # partitioned by agent_sessions, as the job is
         description="raw_telemetry -> signavio_export for a set of sessions (a contiguous range per run).",
+        config=LOGGER_CONFIG,
     )
     refresh_overview = dg.define_asset_job(
         names.OVERVIEW_JOB, selection=dg.AssetSelection.assets(process_overview),
         description="process_overview alone (the sensor's first one; the hourly schedule refreshes it).",
+        config=LOGGER_CONFIG,
     )
     return dg.Definitions(
         assets=[discovered_sessions, *STAGE_SPECS, export_assets, process_overview],
@@ -48,6 +51,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_hourly_export_schedule(settings.batch_size),
             build_retention_schedule(settings.retention_days, settings.raw_retention_days),
         ],
+        loggers={"console": one_line_console},  # every run's: one line per event, stack traces in the UI only
         resources={
             "sources": SourcesResource.from_settings(settings.sources),
             "warehouse": WarehouseResource.from_settings(settings),

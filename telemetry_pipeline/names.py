@@ -29,8 +29,8 @@ PID_TAG = "telemetry_pipeline/pid"
 PROCESS_STARTED_TAG = "telemetry_pipeline/process_started"
 RECOVERS_TAG = "telemetry_pipeline/recovers"  # on a run that exports again the sessions of a cut-off run
 # Metadata the export step writes and the CLI reads back from its runs' events (`instance/runs.py`): on the
-# step's failure, {key: error} and the keys their source does not have; on its observation of `signavio_export`,
-# {key: run id} of the sessions it left to another run.
+# step's failure, {key: error}; on its observation of `signavio_export`, {key: run id} of the sessions it left to
+# another run, and {key: error} of those their source does not have (not a failure of the run: nothing to export).
 FAILED_SESSIONS_META = "failed_sessions"
 SESSIONS_NOT_FOUND_META = "sessions_not_found"
 IN_FLIGHT_META = "in_flight"

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from telemetry_pipeline.cli import ALREADY_EXPORTED
 from telemetry_pipeline.defs.partitions import KeyRange, agent_sessions, batched_ranges
 from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.instance.history import exported_keys, pending_keys
@@ -119,7 +120,8 @@ def test_a_failed_re_export_leaves_the_session_exported(
     assert code == 1 and out["failed_count"] == 1, out
     assert instance.get_status_by_partition(EXPORT, [key], agent_sessions) == {key: dg.AssetPartitionStatus.FAILED}
     assert pending_keys(instance, [key]) == []
-    assert pipeline.cli("export", key)[1]["results"] == [{"session_id": key, "status": "skipped"}]
+    assert pipeline.cli("export", key)[1]["results"] == [{"session_id": key, "status": "skipped",
+                                                          "reason": ALREADY_EXPORTED}]
     assert pipeline.cli("sessions", "--pending")[1] == []
 
 
@@ -144,7 +146,8 @@ def test_prune_removes_old_exported_partitions_and_status_still_answers(pipeline
     code, status = pipeline.cli("status", old)
     assert status[0]["exported"] is True and status[0]["ingestion_status"] == "OUTBOX", "the archive answers"
     code, again = pipeline.cli("export", old)
-    assert again["results"] == [{"session_id": old, "status": "skipped"}], "an archived export counts as done"
+    assert again["results"] == [{"session_id": old, "status": "skipped", "reason": ALREADY_EXPORTED}], (
+        "an archived export counts as done")
     assert instance.get_dynamic_partitions("agent_sessions") == [pending], "and is not registered again"
 
 

@@ -75,19 +75,27 @@ def test_sensor_discovers_and_exports_to_outbox(
     failed = [e for e in tables["agent_telemetry_events"] if e["case_id"] == "at-0" and e["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error"] == "permission denied"
 
-    # Sessions are exported and process_overview was never materialised: the next tick asks for it once
-    # (a new user sees it now, not at the first hourly refresh); the first tick had nothing to show yet.
+    # Sessions were exported after process_overview's last materialisation (never, here) and no export is running:
+    # the next tick refreshes it once (a new user sees it now, not at the hourly refresh); the first tick had nothing
+    # to show yet.
     assert [r.job_name for r in result.run_requests] == ["export_sessions"]
     assert instance.get_latest_materialization_event(dg.AssetKey("process_overview")) is None
     again, runs = run_sensor_tick(pipeline, instance, result.cursor)
-    assert [(r.job_name, r.run_key) for r in again.run_requests] == [("refresh_process_overview", "overview:first")]
+    [refresh] = again.run_requests
+    assert refresh.job_name == "refresh_process_overview" and refresh.run_key.startswith("overview:")
     assert all(r.success for r in runs) and not again.dynamic_partitions_requests
     overview = instance.get_latest_materialization_event(dg.AssetKey("process_overview")).asset_materialization
     assert overview.metadata["cases"].value == 5
 
-    # the sensor's cursor, the known keys and the overview's existence mean the next tick requests nothing
+    # the sensor's cursor, the known keys and an overview newer than every export mean the next tick requests nothing
     last, _ = run_sensor_tick(pipeline, instance, again.cursor)
     assert not last.run_requests and not last.dynamic_partitions_requests
+
+    # A later export (here by hand) makes the overview stale: the tick after it refreshes it, with a new run key.
+    assert pipeline.cli("export", "--force", "extract:ex-0")[0] == 0
+    later, _ = run_sensor_tick(pipeline, instance, last.cursor)
+    assert [r.job_name for r in later.run_requests] == ["refresh_process_overview"]
+    assert later.run_requests[0].run_key != refresh.run_key
 
 
 def test_outbox_upload_is_exactly_the_request(
@@ -236,7 +244,8 @@ def test_transient_source_errors_are_retried(
     assert source_double.hits[down] == 3, "SOURCE_MAX_RETRIES=2: three attempts, then a clear error"
 
 
-def test_discover_command_and_manual_keys(pipeline: Pipeline, home: Path, source_double: SourceDouble):
+def test_discover_command_and_manual_keys(pipeline: Pipeline, home: Path, source_double: SourceDouble,
+                                         instance: dg.DagsterInstance):
     for i in range(5):
         source_double.add_good("agent_telemetry", f"d{i}")
     code, out = pipeline.cli("discover")
@@ -244,9 +253,23 @@ def test_discover_command_and_manual_keys(pipeline: Pipeline, home: Path, source
     code, out = pipeline.cli("discover")
     assert code == 0 and out["new_count"] == 0, "the watermark and known keys make discovery incremental"
 
-    code, out = pipeline.cli("export", "nosource:abc", "extract:")
-    assert code == 1 and all("invalid session key" in r["error"] for r in out["results"])
+    code, out = pipeline.cli("export", "nosource:abc", "extract:", "no-prefix", "agora:not-configured")
+    assert code == 2, "bad usage, refused before anything changes"
+    assert out["error"].count("invalid session key") == 3 and "'no-prefix'" in out["error"]
+    assert "source 'agora' is not configured" in out["error"]
     assert pipeline.cli("export")[0] == 2, "no keys and no --pending is bad usage"
+    assert not instance.get_runs(dg.RunsFilter(job_name="export_sessions"))
+    assert instance.get_dynamic_partitions("agent_sessions") == sorted(
+        f"agent_telemetry:d{i}" for i in range(5))
+
+    code, out = pipeline.cli("export", "agent_telemetry:typo")
+    assert code == 1 and out["results"][0]["error"].startswith("not registered: ")
+    assert "agent_telemetry:typo" not in instance.get_dynamic_partitions("agent_sessions")
+    [run] = instance.get_runs(dg.RunsFilter(job_name="export_sessions"))
+    assert run.status == dg.DagsterRunStatus.SUCCESS, "a key its source does not know is no failure of the run"
+    seen = [r.asset_observation.metadata for r in instance.fetch_observations(dg.AssetKey("signavio_export"), limit=9)
+            .records]
+    assert any("agent_telemetry:typo" in m["sessions_not_found"].value for m in seen if "sessions_not_found" in m)
     code, out = pipeline.cli("export", "--pending")
     assert code == 0 and out["exported_count"] == 5
 
@@ -281,8 +304,7 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(
     source_double.add("agent_telemetry", "ongoing", {"events": good_events(n_tools=4)},
                       last_event_at=format_time(dt.datetime.now(dt.UTC)))
     second, runs = run_sensor_tick(pipeline, instance, first.cursor)
-    # (with the first process_overview, now that a session is exported)
-    assert [r.job_name for r in second.run_requests] == ["export_sessions", "refresh_process_overview"]
+    assert [r.job_name for r in second.run_requests] == ["export_sessions"], "the overview waits for the export"
     assert all(r.success for r in runs)
     assert not second.dynamic_partitions_requests, "a known key is not added again"
     rows = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "ongoing"]
@@ -290,7 +312,8 @@ def test_sensor_reexports_a_session_that_continued_after_its_export(
     assert len({e["event_id"] for e in rows}) == exported_events + 3, "earlier events keep their ids"
 
     third, _ = run_sensor_tick(pipeline, instance, second.cursor)
-    assert not third.run_requests, "exported after its last event: nothing more to do"
+    assert [r.job_name for r in third.run_requests] == ["refresh_process_overview"], (
+        "exported after its last event: nothing more to export, the overview refreshed now that it is done")
 
 
 @pytest.mark.processes
@@ -311,7 +334,8 @@ def test_the_cli_in_another_shell_works_on_what_make_run_started_and_says_little
     assert f"EXTRACT_SERVICE_URL={source_double.url}" in written
 
     good = source_double.add_good("extract", "from-another-shell")
-    done = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "export", good, "extract:typo"],
+    broken = source_double.add("extract", "broken", b'{"events": [')
+    done = subprocess.run([sys.executable, "-m", "telemetry_pipeline", "export", good, broken],
                           env=shell, capture_output=True, text=True, timeout=120)
     out = json.loads(done.stdout)
     assert done.returncode == 1 and out["exported_count"] == 1, (out, done.stderr[-2000:])

@@ -403,7 +403,8 @@ def test_the_sensor_exports_again_the_sessions_of_an_interrupted_run_not_those_o
     tmp_path: Path,
 ):
     first = sensor_tick(pipeline, instance, None)
-    code, out = pipeline.cli("export", "extract:i-missing")  # its session fails: the run fails, Dagster's way
+    broken = source_double.add("extract", "i-broken", b'{"events": [')
+    code, out = pipeline.cli("export", broken)  # its session fails: the run fails, Dagster's way
     assert code == 1 and out["failed_count"] == 1
     [failed] = instance.get_runs()
     assert failed.tags["dagster/failure_reason"] == "STEP_FAILURE"

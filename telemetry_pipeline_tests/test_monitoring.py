@@ -17,7 +17,13 @@ from telemetry_pipeline import cli
 from telemetry_pipeline.canonical.activity import span_activity
 from telemetry_pipeline.console import quality
 from telemetry_pipeline.console.overview import END, START, ActivityFigures, Edge
-from telemetry_pipeline.console.process_map import Box, MapLayout, draw_process_map, layout_process_map
+from telemetry_pipeline.console.process_map import (
+    MAX_WIDTH,
+    Box,
+    MapLayout,
+    draw_process_map,
+    layout_process_map,
+)
 from telemetry_pipeline.console.render import MAX_INLINE_MARKDOWN, errors_markdown, timeline_markdown
 from telemetry_pipeline.console.session_summary import Failure, Step
 from telemetry_pipeline.defs.assets import process_overview
@@ -68,6 +74,17 @@ def test_exported_session_shows_its_summary_and_timeline(
     assert "first_error" not in latest_metadata(instance, other), "only what is known is shown"
     assert "errors" not in latest_metadata(instance, other)
 
+    # Exported, both; the agent's outcome in words first on each page, and the run's check WARNs, naming the failure.
+    assert next(iter(meta)) == "agent_outcome"
+    assert values["agent_outcome"] == "✗ the agent's run failed: permission denied"
+    assert latest_metadata(instance, other)["agent_outcome"].value == "✓ the agent completed its run"
+    [history] = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(EXPORT, "agent_outcome"), limit=1)
+    evaluation = history.event.dagster_event.event_specific_data
+    assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert (evaluation.metadata["failed"].value, evaluation.metadata["completed"].value) == (1, 1)
+    assert evaluation.metadata["failed_sessions_sample"].value == [key]
+
 
 def test_a_long_session_shows_how_it_started_how_it_ended_and_every_error(
     pipeline: Pipeline, instance: dg.DagsterInstance, source_double: SourceDouble
@@ -97,10 +114,13 @@ def test_a_long_session_shows_how_it_started_how_it_ended_and_every_error(
     assert values["first_error"] == "TimeoutError: search_web timed out after 30 s", "the kind and its message"
 
     timeline = values["timeline"].splitlines()[2:]
-    assert [row.split("|")[1].strip() for row in timeline] == ["1", "2", "3", "4", "5", "", "12", "13", "14"]
-    assert "… 6 more steps" in timeline[5]
+    # The first steps, every failed one (5, 9, 12) with the step before and after it, the last steps.
+    assert [row.split("|")[1].strip() for row in timeline] == [
+        "1", "2", "3", "4", "5", "6", "", "8", "9", "10", "11", "12", "13", "14"]
+    assert "… 1 more step |" in timeline[6]
+    assert [row.split("|")[1].strip() for row in timeline if "**failed**" in row] == ["5", "9", "12"]
     assert "Agent response" in timeline[-1], "the final answer is on the page"
-    assert "PermissionError" not in values["timeline"] and "failed" in timeline[6]
+    assert "PermissionError" not in values["timeline"], "the error's text is in `errors`"
 
     errors = values["errors"].splitlines()[2:]
     assert errors == [
@@ -126,10 +146,31 @@ def test_errors_and_timeline_fit_inline_and_say_what_was_left_out():
     text = timeline_markdown(steps, total=100)
     rows = text.splitlines()[2:]
     assert len(text) <= MAX_INLINE_MARKDOWN, text
-    assert [r.split("|")[1].strip() for r in rows][-3:] == ["98", "99", "100"], "the end is never cut"
+    assert [r.split("|")[1].strip() for r in rows][-1] == "100", "the end is never cut"
     shown = [int(n) for r in rows if (n := r.split("|")[1].strip())]
-    hidden = int(re.search(r"… (\d+) more steps", text).group(1))
+    hidden = sum(int(n) for n in re.findall(r"… (\d+) more steps?", text))
     assert shown[0] == 1 and len(shown) + hidden == 100
+
+
+def test_a_long_timeline_keeps_every_failure_and_says_what_it_cut():
+    """Too long to render inline: the plain first and last steps go first, then the neighbours of failures; every
+    failure stays, and a model call shows its tokens and cost."""
+    failed = {40, 41, 70}
+    around = sorted({n + d for n in failed for d in (-1, 0, 1)})
+    kept = (*range(1, 6), *around, 98, 99, 100)
+    steps = tuple(Step(n, n * 1000, "Call tool " + "w" * 60 if n not in (1, 100) else "Chat", "failed" if n in failed
+                       else "success", 5, n in failed, *((300, 20, 0.0012) if n in (1, 100) else (None, None, None)))
+                  for n in kept)
+    text = timeline_markdown(steps, total=100)
+    rows = text.splitlines()
+    assert len(text) <= MAX_INLINE_MARKDOWN, text
+    assert rows[0] == "| # | s | activity | status | ms | tokens | USD |"
+    numbers = [int(n) for r in rows[2:] if (n := r.split("|")[1].strip())]
+    assert numbers[0] == 1 and numbers[-1] == 100 and failed <= set(numbers), text
+    assert "| 300→20 | 0.0012 |" in rows[2] and rows[-1].endswith("| 300→20 | 0.0012 |")
+    hidden = sum(int(n) for n in re.findall(r"… (\d+) more steps?", text))
+    assert len(numbers) + hidden == 100, "every step counted, shown or not"
+    assert "failed: see errors" not in text, "no failure was cut"
 
 
 def test_cli_export_shows_progress_on_stderr_and_json_on_stdout(
@@ -166,10 +207,12 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
     assert not flagged(named), named
     assert flagged(name) == (named != name), named
 
-def _runs(ids: list[str], conformance: list[str] | None = None, deviations: list[str | None] | None = None) -> pa.Table:
+def _runs(ids: list[str], conformance: list[str] | None = None, deviations: list[str | None] | None = None,
+          status: list[str] | None = None) -> pa.Table:
     """A case table with the columns the checks read."""
     deviations = deviations or [None] * len(ids)
     return pa.table({"agent_run_id": ids, "source": ["extract"] * len(ids),
+                     "status": status or ["completed"] * len(ids),
                      "conformance": conformance or ["unchecked"] * len(ids),
                      "deviation_count": [(d or "").count('"rule"') for d in deviations],
                      "deviations": pa.array(deviations, pa.string())})
@@ -198,7 +241,8 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     })
     deviating = _runs(["a", "b"], ["deviating", "conforming"], [
         '[{"playbook": "p", "rule": "allowed_tools", "detail": "tool x is not allowed"}, '
-        '{"playbook": "p", "rule": "max_steps", "detail": "steps 3, over the limit of 2"}]', "[]"])
+        '{"playbook": "p", "rule": "max_steps", "detail": "steps 3, over the limit of 2"}]', "[]"],
+        status=["partial", "failed"])
     outcomes = {o.name: o for o in quality.check_upload(deviating, bad, alphabet_limit=4)}
     unique = outcomes["event_id_unique"].metadata
     assert unique["duplicates"] == 1 and unique["sample"] == ["e1"]
@@ -213,6 +257,8 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     assert (conformance["deviating"], conformance["conforming"], conformance["unchecked"]) == (1, 1, 0)
     assert conformance["sessions_sample"] == ["extract:a"]
     assert conformance["rules_broken"] == {"allowed_tools": 1, "max_steps": 1}
+    outcome = outcomes["agent_outcome"].metadata
+    assert (outcome["partial"], outcome["failed"], outcome["failed_sessions_sample"]) == (1, 1, ["extract:b"])
     assert not any(o.passed for o in outcomes.values())
 
 
@@ -229,6 +275,7 @@ def test_checks_run_with_every_export_and_only_warn(
         evaluation = history[0].event.dagster_event.event_specific_data
         results[name] = (evaluation.passed, evaluation.severity)
     assert results.pop("activity_alphabet") == (False, dg.AssetCheckSeverity.WARN)
+    assert results.pop("agent_outcome") == (True, dg.AssetCheckSeverity.WARN), "the agent completed"
     assert all(passed for passed, _ in results.values()), results
 
 
@@ -254,15 +301,21 @@ def test_process_overview_figures_and_picture(
     assert variants[0].data["variant"].startswith("User prompt → Change model")
     assert variants[0].data["example_session"] in keys
     models = meta["tokens_by_model"].value.records
-    assert [(m.data["model"], m.data["input_tokens"]) for m in models] == [("gpt-4o", 300)]
+    assert [(m.data["model"], m.data["tokens"]) for m in models] == [("gpt-4o", "300→60")]
+    # gpt-4o's list price, $2.50 in and $10 out per million tokens: 100 in, 20 out per session
+    price = (100 * 2.50 + 20 * 10.0) / 1e6
+    assert models[0].data["cost_usd"] == pytest.approx(3 * price) and meta["unpriced_models"].value == []
+    costliest = meta["costliest_sessions"].value.splitlines()[2:]
+    assert len(costliest) == 3 and all(f"| {price:.4f} |" in row for row in costliest)
+    assert {re.search(r"\[([^\]]+)\]", row).group(1) for row in costliest} == set(keys)
 
-    # The map: an SVG at least 1600 px wide, in the markdown and as a file under the home.
+    # The map: an SVG that fits the UI (1,200 px), in the markdown and as a file under the home.
     assert meta["activities_shown"].value == "4 of 4"
     image = re.search(r"!\[[^\]]*\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", meta["process_map"].value)
     assert image, "markdown holding one SVG as a data: URL"
     assert "4 of 4 activities shown" in meta["process_map"].value
     svg = base64.b64decode(image.group(1)).decode()
-    assert float(re.search(r'<svg[^>]* width="([\d.]+)"', svg).group(1)) >= 1600
+    assert float(re.search(r'<svg[^>]* width="([\d.]+)"', svg).group(1)) <= MAX_WIDTH
     map_file = home / "overview" / "process_map.svg"
     assert meta["process_map_file"].value == str(map_file) and map_file.read_text() == svg
     assert str(map_file) in meta["process_map"].value, "the path is shown beside the picture"
@@ -308,21 +361,25 @@ def test_process_overview_says_how_the_agents_did_and_which_sessions_to_open(
                                       "success rate 80.0% (completed or partial)")
     assert meta["success_rate_pct"].value == 80.0
     by_agent = {r.data["agent"]: r.data for r in meta["outcomes_by_agent"].value.records}
-    assert by_agent["planner"] == {"agent": "planner", "sessions": 3, "completed_pct": 66.7, "partial_pct": 0.0,
-                                   "failed_pct": 33.3, "success_pct": 66.7, "input_tokens": 0, "output_tokens": 0,
-                                   "cost_usd": None}
-    assert by_agent["coder bot"]["partial_pct"] == 50.0 and by_agent["coder bot"]["success_pct"] == 100.0
+    assert by_agent["planner"] == {"agent": "planner", "sessions": 3, "failed_pct": 33.3, "partial_pct": 0.0}
+    cost = {r.data["agent"]: r.data for r in meta["cost_by_agent"].value.records}
+    assert cost["planner"] == {"agent": "planner", "tokens": "0→0", "cost_usd": None}
+    assert by_agent["coder bot"]["partial_pct"] == 50.0 and by_agent["coder bot"]["failed_pct"] == 0.0
     by_workflow = {r.data["workflow"]: r.data["sessions"] for r in meta["outcomes_by_workflow"].value.records}
     assert by_workflow == {"trips": 3, "fixes": 2}
 
     [failing] = [r.data for r in meta["failing_activities"].value.records]
-    assert failing == {"activity": "Call tool search", "failures": 3, "failure_pct": 60.0,
+    assert failing == {"activity": "Call tool search", "failed": "3 (60.0 %)",
                        "most_common_errors": f"3× TimeoutError: {slow}"}
-    slowest = [r.data for r in meta["slowest_sessions"].value.records]
-    assert [r["session_key"] for r in slowest[:2]] == [keys["c-long"], keys["c-partial"]]
-    assert slowest[0]["duration_s"] == pytest.approx(300 * 1.5 / 2, abs=0.1) and slowest[0]["outcome"] == "completed"
-    [failed] = [r.data for r in meta["failed_sessions"].value.records]
-    assert failed["session_key"] == keys["p-fail"] and failed["last_error"] == f"TimeoutError: {slow}"
+    # The sessions to open: links to their pages, in tables that render inline.
+    slowest = meta["slowest_sessions"].value.splitlines()
+    assert slowest[:2] == ["| session | agent | s |", "|---|---|---|"]
+    link = "[{0}](/assets/signavio_export?view=partitions&partition={0})"
+    assert slowest[2] == f"| {link.format(keys['c-long'])} | coder bot | {300 * 1.5 / 2:.1f} |"
+    assert slowest[3].startswith(f"| {link.format(keys['c-partial'])} |")
+    assert meta["failed_sessions"].value.splitlines()[2:] == [
+        f"| {link.format(keys['p-fail'])} | planner | TimeoutError: {slow} |"]
+    assert all(len(meta[name].value) <= MAX_INLINE_MARKDOWN for name in ("slowest_sessions", "failed_sessions"))
     names = list(meta)
     assert names.index("outcomes") < names.index("process_map"), "what the agents did comes first"
 
@@ -343,10 +400,10 @@ def assert_readable(layout: MapLayout) -> None:
     for route in layout.routes:
         for (x1, y1), (x2, y2) in itertools.pairwise(route.points):
             e = 0.01  # px: where an arc meets a box's side (float noise, not a crossing)
-            if abs(y1 - y2) < 0.5:
-                area = Box(min(x1, x2) + e, y1 - 0.5, abs(x2 - x1) - 2 * e, 1.0)
+            if abs(x1 - x2) < 0.5:  # straight down (or up)
+                area = Box(x1 - 0.5, min(y1, y2) + e, 1.0, abs(y2 - y1) - 2 * e)
             else:
-                area = Box(min(x1, x2) + e, min(y1, y2), abs(x2 - x1) - 2 * e, abs(y2 - y1))
+                area = Box(min(x1, x2), min(y1, y2) + e, abs(x2 - x1), abs(y2 - y1) - 2 * e)
             crossed = [b.text for b in labels if area.overlaps(b)]
             assert not crossed, f"arc {route.source} -> {route.target} runs through {crossed}"
 
@@ -364,7 +421,7 @@ def test_process_map_draws_loops_and_pseudo_activities_readably():
     assert layout.title.text == ("2 of 2 activities shown (the busiest), 4 of their transitions",)
     assert_readable(layout)
     assert drawn.svg.startswith("<svg") and drawn.svg.count("<rect") == 5  # background + 4 boxes
-    assert layout_process_map([], []).width >= 1600, "an empty window still draws (an empty map)"
+    assert layout_process_map([], []).width <= MAX_WIDTH, "an empty window still draws (an empty map)"
 
 
 def test_a_busy_process_map_shows_the_busiest_activities_and_stays_readable():
@@ -380,6 +437,24 @@ def test_a_busy_process_map_shows_the_busiest_activities_and_stays_readable():
     assert layout.activities_shown == 12 and layout.activities_total == 28
     assert layout.nodes[START].text[1] == "120 cases", "every case, though not every arc from the start is drawn"
     assert layout.title.text[0].startswith("12 of 28 activities shown")
-    assert layout.width >= 1600
+    assert layout.width <= MAX_WIDTH, "it fits the UI's dialog at 100 %"
     assert any(r.back for r in layout.routes) and len(layout.routes) > 20
+    for name in layout.nodes:  # every activity drawn has its arrows
+        assert name == END or any(r.source == name for r in layout.routes), f"nothing leaves {name}"
+        assert name == START or any(r.target == name for r in layout.routes), f"nothing reaches {name}"
     assert_readable(layout)
+
+
+def test_failing_activities_and_arrows_out_of_failures_are_marked():
+    edges = [Edge(START, "Plan", 10, None), Edge("Plan", "Call tool pay", 10, 300.0),
+             Edge("Call tool pay", "Call tool pay", 4, 50.0), Edge("Call tool pay", "Apologise", 3, 90.0, failures=3),
+             Edge("Call tool pay", END, 7, 0.0), Edge("Apologise", END, 3, 0.0)]
+    activities = [ActivityFigures("Plan", 10, 10, 0.0, 100.0), ActivityFigures("Call tool pay", 14, 10, 3 / 14, 40.0),
+                  ActivityFigures("Apologise", 3, 3, 0.0, 10.0)]
+    drawn = draw_process_map(edges, activities)
+    assert drawn.layout.failing == {"Call tool pay"}
+    assert drawn.layout.nodes["Call tool pay"].text[2] == "✗ 3 failed (21.4 %)"
+    [out] = [r for r in drawn.layout.routes if r.target == "Apologise"]
+    assert out.failures == 3 and out.label.text == ("3", "90 ms · ✗ 3")
+    assert drawn.svg.count('stroke="#b3261e"') == 1, "one failing box"
+    assert_readable(drawn.layout)

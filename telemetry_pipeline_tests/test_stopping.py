@@ -85,7 +85,7 @@ def killed_at_exit(process: subprocess.Popen[bytes]) -> Iterator[None]:
 
 
 def start_make_run(home: Path, source_double: SourceDouble, log: Path) -> subprocess.Popen[bytes]:
-    """What `make run` starts once its sources are configured: `python -m telemetry_pipeline.instance dagster dev`,
+    """What `make run` starts once its sources are configured: `python -m telemetry_pipeline.instance dg dev`,
     in a process group of its own (a terminal's Ctrl-C reaches the whole group)."""
     ours = ("DAGSTER_", "SIGNAVIO_", "EXTRACT_", "AGENT_", "AGORA_", "TELEMETRY_", "WAREHOUSE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)} | {
@@ -96,7 +96,7 @@ def start_make_run(home: Path, source_double: SourceDouble, log: Path) -> subpro
     bin_dir = Path(sys.executable).parent
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "telemetry_pipeline.instance", str(bin_dir / "dagster"), "dev", "-h", "127.0.0.1",
+            [sys.executable, "-m", "telemetry_pipeline.instance", str(bin_dir / "dg"), "dev", "-h", "127.0.0.1",
              "-p", str(free_port()), "-w", str(ROOT / "workspace.yaml")],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -112,10 +112,15 @@ def test_make_run_stopped_with_ctrl_c_mid_fetch_ends_within_the_bound_and_export
     with killed_at_exit(dev):
         source_double.wait_for_fetch(keys[3], START_S)
         tree = the_tree(dev.pid)
+        before = log.stat().st_size
         started = time.monotonic()
         os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C
         assert_all_gone_within_bound(dev, tree, started, log)
     assert dev.returncode == 128 + signal.SIGINT, "as a shell reports a command ended by Ctrl-C"
+    after = log.read_bytes()[before:].decode(errors="replace")
+    assert "Traceback" not in after and "Stack Trace" not in after and '  File "' not in after, after
+    [failed] = [line for line in after.splitlines() if "RUN_FAILURE" in line]  # the interrupted run, one line
+    assert "interrupted" in failed, after
     with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
         assert instance.get_materialized_partitions(EXPORT) == set(), "nothing was exported before the Ctrl-C"
         [cut_off] = instance.get_runs()

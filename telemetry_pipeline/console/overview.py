@@ -42,18 +42,18 @@ _TOTALS_SQL = f"WITH {_WINDOW} SELECT (SELECT count(*) FROM cases), (SELECT coun
 _EDGES_SQL = f"""
 WITH {_WINDOW},
 steps AS (
-    SELECT session_key, activity, event_time,
+    SELECT session_key, activity, event_time, status = 'failed' AS failed,
            lead(activity, 1, '{END}') OVER w AS next_activity,
            lead(event_time) OVER w AS next_time,
            pos
     FROM ev WINDOW w AS (PARTITION BY session_key ORDER BY pos)
 ),
 pairs AS (
-    SELECT '{START}' AS source, activity AS target, NULL::DOUBLE AS ms FROM steps WHERE pos = 1
+    SELECT '{START}' AS source, activity AS target, NULL::DOUBLE AS ms, false AS failed FROM steps WHERE pos = 1
     UNION ALL
-    SELECT activity, next_activity, date_diff('millisecond', event_time, next_time)::DOUBLE FROM steps
+    SELECT activity, next_activity, date_diff('millisecond', event_time, next_time)::DOUBLE, failed FROM steps
 )
-SELECT source, target, count(*) AS n, median(ms) AS median_ms
+SELECT source, target, count(*) AS n, median(ms) AS median_ms, count(*) FILTER (WHERE failed) AS failures
 FROM pairs GROUP BY ALL ORDER BY n DESC, source, target
 """
 
@@ -231,6 +231,7 @@ class Edge:
     target: str
     count: int
     median_ms: float | None
+    failures: int = 0  # of these transitions, those out of a failed step
 
 
 @dataclass(frozen=True)

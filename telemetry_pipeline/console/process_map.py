@@ -1,16 +1,19 @@
-"""The directly-follows process map as an SVG drawn at readable size, with our own layered layout.
+"""The directly-follows process map as an SVG drawn at readable size, with our own layered layout, top down.
 
 Graphviz `dot` would need a system package (no PyPI wheel ships a Linux x86_64 binary), so the layout is
-the same idea done here, small: activities in columns by their longest distance from the start (arcs that
-go back to an earlier activity are reversed for this), columns ordered by barycentre sweeps to keep arcs
-short and uncrossed. Every arc gets a slot for its label in the column right after its source, and a
-reserved slot in every column it passes, so text sits only in slots, arcs run through columns only along
-their own slot, and between columns nothing but arcs is drawn: no label over a box, no arc through text.
-`MapLayout.labels` are the boxes of every piece of text, for tests to check that.
+the same idea done here, small: activities in rows by their longest distance from the start (arcs that
+go back to an earlier activity are reversed for this), rows ordered by barycentre sweeps to keep arcs
+short and uncrossed. Every arc gets a slot for its label in the row right after its source, and a
+reserved slot in every row it passes, so text sits only in slots, arcs run through rows only along
+their own slot, and between rows nothing but arcs is drawn: no label over a box, no arc through text.
+`MapLayout.labels` are the boxes of every piece of text, for tests to check that. Top down, because a
+process is long and the UI is narrow: the picture grows downwards and stays within `MAX_WIDTH` (the UI's
+dialog is 1,240 px wide).
 
 Only the busiest activities and relations are drawn (a map with every rare path is unreadable), and the
-picture says how many; the tables beside it hold every figure. Repeats of an activity (a self-loop) are
-counted in its box (`↻ n`, explained in the legend) rather than drawn as arcs.
+picture says how many; the tables beside it hold every figure. Every activity drawn has its busiest arrow in and
+out. Repeats of an activity (a self-loop) are counted in its box (`↻ n`, explained in the legend) rather than drawn
+as arcs. Failing activities are red, with their failed steps (`✗ n`); an arrow out of failed steps says how many.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from telemetry_pipeline.console.overview import END, START, ActivityFigures, Edg
 
 MAX_ACTIVITIES = 12
 MAX_EDGES = 30
-MIN_WIDTH = 1600  # px: the picture is drawn for 100 % zoom
+MAX_WIDTH = 1200  # px: the picture is drawn for 100 % zoom; wider content is scaled to this
 FONT = 15  # px, activity names; figures and arc labels one smaller
 LINE = 20  # px per line of text
 PAD = 10  # px inside a box
-GAP = 16  # px between slots of a column
-CHANNEL = 40  # px between columns, where only arcs run
+GAP = 16  # px between slots of a row
+CHANNEL = 40  # px between rows, where only arcs run
 MARGIN = 32
+LABEL_OFFSET = 8  # px from an arc's line to its label, in the label's slot
+PASS_WIDTH = 4  # px of a row an arc passes through
 MAX_NAME = 34  # characters of an activity name in its box
 # Glyph widths per font size, on the generous side of DejaVu Sans (what Debian's browsers use for sans-serif):
 # (regular, bold) for wide, capital, narrow and other characters.
@@ -42,6 +47,7 @@ _WIDE, _CAPS, _NARROW = set("mwMW@%"), set("ABCDEFGHIJKLNOPQRSTUVXYZ&"), set("il
 _EM = {"wide": (0.95, 1.05), "caps": (0.74, 0.8), "narrow": (0.36, 0.42), "other": (0.62, 0.7)}
 _FILL, _PSEUDO, _STROKE, _EDGE, _BACK, _TEXT, _MUTED = (
     "#dbe9f6", "#eeeeee", "#4a6f94", "#4a6f94", "#b0653a", "#1b2b3a", "#55606b")
+_FAIL_FILL, _FAIL = "#fbe1dd", "#b3261e"  # a failing activity, and what failed
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Route:
     points: tuple[tuple[float, float], ...]
     label: Box
     back: bool
+    failures: int = 0  # transitions out of a failed step
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class MapLayout:
     legend: Box
     activities_shown: int
     activities_total: int
+    failing: frozenset[str] = frozenset()  # activities with failed steps
 
     @property
     def labels(self) -> list[Box]:
@@ -125,6 +133,7 @@ class _Node:
     name: str
     text: tuple[str, ...]
     repeats: int = 0
+    failures: int = 0
 
 
 @dataclass
@@ -133,6 +142,7 @@ class _Arc:
     target: str
     count: int
     median_ms: float | None
+    failures: int = 0
     back: bool = False
 
 
@@ -142,8 +152,15 @@ def _graph(edges: Sequence[Edge], activities: Sequence[ActivityFigures]) -> tupl
     figures = {a.activity: a for a in activities}
     drawn = [e for e in edges if e.source in kept and e.target in kept]
     loops = {e.source: e.count for e in drawn if e.source == e.target}
-    arcs = [_Arc(e.source, e.target, e.count, e.median_ms)
-            for e in sorted((e for e in drawn if e.source != e.target), key=lambda e: -e.count)[:MAX_EDGES]]
+    between = sorted((e for e in drawn if e.source != e.target), key=lambda e: (-e.count, e.source, e.target))
+    chosen = between[:MAX_EDGES]
+    for side in ("source", "target"):  # every activity drawn keeps its busiest arrow out and in
+        have = {getattr(e, side) for e in chosen}
+        for e in between:
+            if getattr(e, side) not in have:
+                have.add(getattr(e, side))
+                chosen.append(e)
+    arcs = [_Arc(e.source, e.target, e.count, e.median_ms, e.failures) for e in dict.fromkeys(chosen)]
     names = [START, *(a.activity for a in busiest), END]
     used = {START, END} & ({a.source for a in arcs} | {a.target for a in arcs})
     nodes = {}
@@ -157,7 +174,11 @@ def _graph(edges: Sequence[Edge], activities: Sequence[ActivityFigures]) -> tupl
         f = figures[name]
         median = f" · median {_duration(f.median_ms)}" if f.median_ms is not None else ""
         repeats = f" · ↻ {loops[name]:,}" if loops.get(name) else ""
-        nodes[name] = _Node(name, (_clip(name, MAX_NAME), f"{f.count:,}×{median}{repeats}"), loops.get(name, 0))
+        failed = round(f.failure_rate * f.count)
+        text: tuple[str, ...] = (_clip(name, MAX_NAME), f"{f.count:,}×{median}{repeats}")
+        if failed:
+            text += (f"✗ {failed:,} failed ({100 * f.failure_rate:.1f} %)",)
+        nodes[name] = _Node(name, text, loops.get(name, 0), failed)
     return nodes, arcs
 
 
@@ -183,19 +204,32 @@ def _mark_back_arcs(nodes: dict[str, _Node], arcs: list[_Arc]) -> None:
             visit(node)
 
 
-def _ranks(nodes: dict[str, _Node], arcs: list[_Arc]) -> dict[str, int]:
-    """Longest distance from a source over the acyclic graph; the end alone in the last rank."""
+def _ranks(nodes: dict[str, _Node], arcs: list[_Arc], budget: float) -> dict[str, int]:
+    """Rows: each activity in the first row below all its predecessors (over the acyclic graph) that has room
+    for its box within `budget` px, so a wide layer wraps into the next row; the end alone in the last row."""
     forward = [(a.target, a.source) if a.back else (a.source, a.target) for a in arcs]
-    rank = dict.fromkeys(nodes, 0)
+    longest = dict.fromkeys(nodes, 0)
     for _ in nodes:  # Bellman-Ford style relaxation: at most |nodes| passes on an acyclic graph
         changed = False
         for u, v in forward:
-            if v != END and rank[v] < rank[u] + 1:
-                rank[v], changed = rank[u] + 1, True
+            if v != END and longest[v] < longest[u] + 1:
+                longest[v], changed = longest[u] + 1, True
         if not changed:
             break
-    if END in rank:
-        rank[END] = max((r for n, r in rank.items() if n != END), default=0) + 1
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    for u, v in forward:
+        preds[v].append(u)
+    rank: dict[str, int] = {}
+    used: dict[int, float] = {}
+    for name in sorted((n for n in nodes if n != END), key=lambda n: longest[n]):  # predecessors first
+        width = _text_size(nodes[name].text)[0] + GAP
+        row = max((rank[p] + 1 for p in preds[name] if p in rank), default=0)
+        while used.get(row) and used[row] + width > budget:
+            row += 1
+        rank[name] = row
+        used[row] = used.get(row, 0.0) + width
+    if END in nodes:
+        rank[END] = max(rank.values(), default=-1) + 1
     return rank
 
 
@@ -209,95 +243,101 @@ class _Slot:
     key: str | int  # node name, or arc index
     width: float
     height: float
-    y: float = 0.0
+    x: float = 0.0
     order: float = 0.0
 
 
 def layout_process_map(edges: Sequence[Edge], activities: Sequence[ActivityFigures]) -> MapLayout:
+    """Top down: the start on top, each rank a row of boxes, and between two rows of boxes a row of arc slots
+    (labels, passages). A row is as wide as its slots side by side, so the picture stays narrow (`MAX_WIDTH`)
+    however long the process, and grows downwards."""
     nodes, arcs = _graph(edges, activities)
     _mark_back_arcs(nodes, arcs)
-    rank = _ranks(nodes, arcs)
+    rank = _ranks(nodes, arcs, 0.7 * (MAX_WIDTH - 2 * MARGIN))  # the rest for arcs passing the row
 
-    # Columns: nodes at even positions, arc labels and passages in between.
-    columns: dict[int, list[_Slot]] = {}
+    # Rows: boxes at even positions, arc labels and passages in between.
+    rows: dict[int, list[_Slot]] = {}
     for name in nodes:
         w, h = _text_size(nodes[name].text)
-        columns.setdefault(2 * rank[name], []).append(_Slot("node", name, w, h))
+        rows.setdefault(2 * rank[name], []).append(_Slot("node", name, w, h))
     chains: list[list[tuple[int, _Slot]]] = []
-    for i, arc in enumerate(arcs):
+    labelled: dict[int, float] = {}  # row -> width of the labels in it
+    for i, arc in enumerate(arcs):  # the busiest first
         a, b = (arc.target, arc.source) if arc.back else (arc.source, arc.target)
+        between = range(2 * rank[a] + 1, 2 * rank[b], 2)  # the rows of slots it crosses
+        lw, lh = _label_size(_arc_label(arc))
+        at = min(between, key=lambda r: (labelled.get(r, 0.0), r))  # its label where labels are fewest
+        labelled[at] = labelled.get(at, 0.0) + lw + LABEL_OFFSET + GAP
         chain: list[tuple[int, _Slot]] = []
-        for col in range(2 * rank[a] + 1, 2 * rank[b]):
-            if not chain:
-                lw, lh = _label_size(_arc_label(arc))
-                slot = _Slot("label", i, lw, lh)
-            else:
-                slot = _Slot("pass", i, 0.0, 6.0)
-            columns.setdefault(col, []).append(slot)
-            chain.append((col, slot))
+        for row in range(2 * rank[a] + 1, 2 * rank[b]):
+            # The line runs down the slot's left edge, its label beside it; a node row it passes, along a slot.
+            slot = _Slot("label", i, lw + LABEL_OFFSET, lh) if row == at else _Slot("pass", i, PASS_WIDTH, 0.0)
+            rows.setdefault(row, []).append(slot)
+            chain.append((row, slot))
         chains.append(chain)
 
-    _order(columns, arcs, chains)
+    _order(rows, arcs, chains)
 
-    # Sizes and places: columns left to right, slots stacked top to bottom and centred.
-    widths = {c: max((s.width for s in slots), default=0.0) for c, slots in columns.items()}
-    heights = {c: sum(s.height for s in slots) + GAP * (len(slots) - 1) for c, slots in columns.items()}
+    # Sizes and places: rows top to bottom, slots side by side and centred.
+    heights = {r: max(max((s.height for s in slots), default=0.0), 12.0) for r, slots in rows.items()}
+    widths = {r: sum(s.width for s in slots) + GAP * (len(slots) - 1) for r, slots in rows.items()}
     title = _title(len([n for n in nodes if n not in (START, END)]), len(activities), len(arcs))
     legend = _legend()
-    top = MARGIN + title.height + GAP * 2
-    content_h = max(heights.values(), default=0.0)
-    left: dict[int, float] = {}
-    x = 0.0
-    for c in sorted(columns):
-        left[c] = x
-        x += max(widths[c], 12.0) + CHANNEL
-    content_w = max(x - CHANNEL, 0.0)
-    width = max(MIN_WIDTH, content_w + 2 * MARGIN, title.width + 2 * MARGIN, legend.width + 2 * MARGIN)
-    shift = (width - content_w) / 2
-    for c, slots in columns.items():
-        y = top + (content_h - heights[c]) / 2
+    content_w = max(widths.values(), default=0.0)
+    width = max(content_w, title.width, legend.width) + 2 * MARGIN
+    top: dict[int, float] = {}
+    y = MARGIN + title.height + GAP * 2
+    for r in sorted(rows):
+        top[r] = y
+        y += heights[r] + CHANNEL
+    content_bottom = y - CHANNEL
+    for r, slots in rows.items():
+        x = (width - widths[r]) / 2
         for slot in slots:
-            slot.y = y
-            y += slot.height + GAP
-    col_box = {c: (shift + left[c], shift + left[c] + max(widths[c], 12.0)) for c in columns}
+            slot.x = x
+            x += slot.width + GAP
+    row_box = {r: (top[r], top[r] + heights[r]) for r in rows}
 
     boxes: dict[str, Box] = {}
-    for c, slots in columns.items():
-        lo, hi = col_box[c]
+    for r, slots in rows.items():
         for slot in slots:
             if slot.kind == "node":
                 name = str(slot.key)
-                boxes[name] = Box((lo + hi - slot.width) / 2, slot.y, slot.width, slot.height, nodes[name].text)
+                boxes[name] = Box(slot.x, top[r] + (heights[r] - slot.height) / 2, slot.width, slot.height,
+                                  nodes[name].text)
 
     routes = []
     for i, arc in enumerate(arcs):
         a, b = (arc.target, arc.source) if arc.back else (arc.source, arc.target)
         start, end = _port(boxes[a], "out", i, arcs, a, boxes), _port(boxes[b], "in", i, arcs, b, boxes)
-        # Level runs to the edges of the two boxes' columns, inside the boxes' own slots.
-        points = [start, (col_box[2 * rank[a]][1], start[1])]
+        # Straight down to the bottom of the first box's row and up from the top of the last one's, inside the
+        # boxes' own slots; through each row between along its own slot.
+        points = [start, (start[0], row_box[2 * rank[a]][1])]
         label_box = None
-        for col, slot in chains[i]:
-            lo, hi = col_box[col]
-            line_y = slot.y + slot.height - 3 if slot.kind == "label" else slot.y + slot.height / 2
-            points += [(lo, line_y), (hi, line_y)]
+        for row, slot in chains[i]:
+            lo, hi = row_box[row]
+            points += [(slot.x + 2, lo), (slot.x + 2, hi)]
             if slot.kind == "label":
-                label_box = Box((lo + hi - slot.width) / 2, slot.y, slot.width, slot.height - 6, (_arc_label(arc),))
-        points += [(col_box[2 * rank[b]][0], end[1]), end]
-        assert label_box is not None, "every arc spans at least one label column"
+                label_box = Box(slot.x + LABEL_OFFSET, lo + (hi - lo - slot.height) / 2, slot.width - LABEL_OFFSET,
+                                slot.height, _arc_label(arc))
+        points += [(end[0], row_box[2 * rank[b]][0]), end]
+        assert label_box is not None, "every arc crosses at least one row of slots"
         if arc.back:
             points.reverse()
-        routes.append(Route(arc.source, arc.target, arc.count, tuple(points), label_box, arc.back))
+        routes.append(Route(arc.source, arc.target, arc.count, tuple(points), label_box, arc.back,
+                            arc.failures))
 
-    bottom = top + content_h + GAP * 2
+    bottom = content_bottom + GAP * 2
     title = dataclasses.replace(title, x=MARGIN, y=MARGIN)
     legend = dataclasses.replace(legend, x=MARGIN, y=bottom)
     return MapLayout(width, bottom + legend.height + MARGIN, boxes, tuple(routes), title, legend,
-                     len([n for n in nodes if n not in (START, END)]), len(activities))
+                     len([n for n in nodes if n not in (START, END)]), len(activities),
+                     frozenset(n for n, node in nodes.items() if node.failures))
 
 
 def _order(columns: dict[int, list[_Slot]], arcs: list[_Arc], chains: list[list[tuple[int, _Slot]]]) -> None:
-    """Order every column by the mean position of its neighbours (barycentre), sweeping left to right and
-    back a few times; arcs weigh by their count so the busy paths run straightest."""
+    """Order every row (`columns`: the layers) by the mean position of its neighbours (barycentre), sweeping
+    down and up a few times; arcs weigh by their count so the busy paths run straightest."""
     node_slot = {str(s.key): s for slots in columns.values() for s in slots if s.kind == "node"}
     links: list[tuple[_Slot, _Slot, int]] = []  # (left, right, weight) between adjacent columns
     for i, arc in enumerate(arcs):
@@ -327,18 +367,18 @@ def _order(columns: dict[int, list[_Slot]], arcs: list[_Arc], chains: list[list[
 
 
 def _port(box: Box, side: str, index: int, arcs: list[_Arc], node: str, boxes: dict[str, Box]) -> tuple[float, float]:
-    """Where arc `index` leaves (`out`, right side) or enters (`in`, left side) `box`: the arcs of one side
+    """Where arc `index` leaves (`out`, the bottom) or enters (`in`, the top) `box`: the arcs of one side
     are spread along it in the order of the boxes at their other ends, so they do not bundle."""
     mine = []
     for i, arc in enumerate(arcs):
         a, b = (arc.target, arc.source) if arc.back else (arc.source, arc.target)
         if (a if side == "out" else b) == node:
             other = boxes.get(b if side == "out" else a)
-            mine.append((other.y if other else 0.0, i))
+            mine.append((other.x if other else 0.0, i))
     mine.sort()
     k = [i for _, i in mine].index(index)
-    y = box.y + box.height * (k + 1) / (len(mine) + 1)
-    return (box.right, y) if side == "out" else (box.x, y)
+    x = box.x + box.width * (k + 1) / (len(mine) + 1)
+    return (x, box.bottom) if side == "out" else (x, box.y)
 
 
 # -- text ----------------------------------------------------------------------------------------------------
@@ -356,8 +396,8 @@ def _text_size(lines: tuple[str, ...]) -> tuple[float, float]:
     return max(widths) + 2 * PAD, LINE * len(lines) + 2 * PAD - 4
 
 
-def _label_size(text: str) -> tuple[float, float]:
-    return text_width(text, FONT - 1) + 8, LINE + 6
+def _label_size(lines: tuple[str, ...]) -> tuple[float, float]:
+    return max(text_width(t, FONT - 1) for t in lines) + 8, LINE * len(lines) + 6
 
 
 def _title(shown: int, total: int, arcs: int) -> Box:
@@ -366,10 +406,10 @@ def _title(shown: int, total: int, arcs: int) -> Box:
 
 
 LEGEND = (
-    "Box: activity · how often it happened (×) · its median duration · ↻ n = it directly repeated itself "
-    "n times (a self-loop, not drawn as an arrow)",
-    "Arrow: cases that went from one activity directly to the next · median time between their starts; "
-    "brown = back to an earlier activity",
+    "Box: activity · how often it happened (×) · its median duration · ↻ n = it directly repeated itself",
+    "n times (a self-loop, not drawn as an arrow) · red, ✗ n = n of its steps failed",
+    "Arrow: cases that went from one activity directly to the next · median time between their starts ·",
+    "✗ n = n of them left a failed step · brown = back to an earlier activity",
 )
 
 
@@ -378,8 +418,11 @@ def _legend() -> Box:
     return Box(0, 0, width, LINE * len(LEGEND) + 4, LEGEND)
 
 
-def _arc_label(arc: _Arc) -> str:
-    return f"{arc.count:,}" + (f" · {_duration(arc.median_ms)}" if arc.median_ms is not None else "")
+def _arc_label(arc: _Arc) -> tuple[str, ...]:
+    """Cases, then their median time and failures: two short lines keep a row of labels narrow."""
+    second = " · ".join([*([_duration(arc.median_ms)] if arc.median_ms is not None else []),
+                         *([f"✗ {arc.failures:,}"] if arc.failures else [])])
+    return (f"{arc.count:,}", second) if second else (f"{arc.count:,}",)
 
 
 def _clip(text: str, width: int) -> str:
@@ -400,9 +443,11 @@ def _duration(ms: float) -> str:
 
 def render_svg(layout: MapLayout) -> str:
     top = max((r.count for r in layout.routes), default=1)
+    scale = min(1.0, MAX_WIDTH / layout.width)  # a row too wide for the UI: the whole picture smaller
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{layout.width:.0f}" height="{layout.height:.0f}" '
-        f'viewBox="0 0 {layout.width:.0f} {layout.height:.0f}" font-family="DejaVu Sans, Verdana, Arial, sans-serif">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{layout.width * scale:.0f}" '
+        f'height="{layout.height * scale:.0f}" viewBox="0 0 {layout.width:.0f} {layout.height:.0f}" '
+        'font-family="DejaVu Sans, Verdana, Arial, sans-serif">',
         "<defs>",
         # Arrowheads of one size whatever the arc's width (userSpaceOnUse), the tip on the box's side.
         *(f'<marker id="{name}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="11" markerHeight="11" '
@@ -417,34 +462,37 @@ def render_svg(layout: MapLayout) -> str:
         stroke = 1.2 + 3.8 * math.log1p(route.count) / math.log1p(top)
         parts.append(f'<path d="{_path(route.points)}" fill="none" stroke="{color}" stroke-opacity="0.8" '
                      f'stroke-width="{stroke:.1f}" marker-end="url(#{marker})"/>')
-        parts.append(_text(route.label, FONT - 1, color=color, centred=True))
+        parts.append(_text(route.label, FONT - 1, color=_FAIL if route.failures else color))
     for name, box in layout.nodes.items():
-        fill = _PSEUDO if name in (START, END) else _FILL
+        failing = name in layout.failing
+        fill = _PSEUDO if name in (START, END) else _FAIL_FILL if failing else _FILL
         parts.append(f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.width:.1f}" height="{box.height:.1f}" '
-                     f'rx="8" fill="{fill}" stroke="{_STROKE}" stroke-width="1.2"/>')
-        parts.append(_text(box, FONT, bold=True, centred=True, inset=PAD))
+                     f'rx="8" fill="{fill}" stroke="{_FAIL if failing else _STROKE}" '
+                     f'stroke-width="{2.0 if failing else 1.2}"/>')
+        parts.append(_text(box, FONT, bold=True, centred=True, inset=PAD, last=_FAIL if failing else None))
     parts += [_text(layout.legend, FONT - 1, color=_MUTED), "</svg>"]
     return "\n".join(parts)
 
 
 def _path(points: tuple[tuple[float, float], ...]) -> str:
-    """Straight along slots and box sides; between columns a curve with level ends, which stays between
-    the two columns (its control points do)."""
+    """Straight down slots and out of boxes; between rows a curve with upright ends, which stays between
+    the two rows (its control points do)."""
     (x, y), *rest = points
     d = [f"M{x:.1f},{y:.1f}"]
     for nx, ny in rest:
-        if abs(ny - y) < 0.5:
+        if abs(nx - x) < 0.5:
             d.append(f"L{nx:.1f},{ny:.1f}")
         else:
-            mid = (x + nx) / 2
-            d.append(f"C{mid:.1f},{y:.1f} {mid:.1f},{ny:.1f} {nx:.1f},{ny:.1f}")
+            mid = (y + ny) / 2
+            d.append(f"C{x:.1f},{mid:.1f} {nx:.1f},{mid:.1f} {nx:.1f},{ny:.1f}")
         x, y = nx, ny
     return " ".join(d)
 
 
 def _text(box: Box, size: int, *, bold: bool = False, color: str = _TEXT, centred: bool = False,
-          inset: float = 0.0) -> str:
-    """The box's lines, the first one bold when asked, the others a size smaller."""
+          inset: float = 0.0, last: str | None = None) -> str:
+    """The box's lines, the first one bold when asked, the others a size smaller (the last in `last`'s colour
+    when given: what failed)."""
     x = box.x + box.width / 2 if centred else box.x
     anchor = "middle" if centred else "start"
     spans = []
@@ -452,7 +500,7 @@ def _text(box: Box, size: int, *, bold: bool = False, color: str = _TEXT, centre
         y = box.y + inset + LINE * (i + 1) - 5
         weight = ' font-weight="bold"' if bold and i == 0 else ""
         font = size if i == 0 else size - 1
-        fill = color if i == 0 else _MUTED
+        fill = color if i == 0 else last if last and i == len(box.text) - 1 and i > 1 else _MUTED
         spans.append(f'<tspan x="{x:.1f}" y="{y:.1f}" font-size="{font}"{weight} fill="{fill}">'
                      f"{escape(line)}</tspan>")
     # data-box: the layout's box for this text, for a browser to compare with what it drew.

@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.activity import looks_like_id
-from telemetry_pipeline.canonical.model import Conformance
+from telemetry_pipeline.canonical.model import Conformance, Outcome
 
 SAMPLE = 5  # offending values named in a check's metadata
 
@@ -22,8 +22,12 @@ EVENT_TIMES_VALID = "event_times_valid"
 ACTIVITY_ALPHABET = "activity_alphabet"
 MODEL_PRICES_KNOWN = "model_prices_known"
 PLAYBOOK_CONFORMANCE = "playbook_conformance"
+AGENT_OUTCOME = "agent_outcome"
 
 DESCRIPTIONS = {
+    AGENT_OUTCOME: "Not about the data: how the agents' runs ended. Every session of the upload was exported (its "
+    "materialisation says so); this check WARNs when an agent's run ended on a failure, and names those sessions "
+    "(`agent_outcome` on each session's page says it in words).",
     EVENT_ID_UNIQUE: "`event_id` is unique within each upload of the events table.",
     EVENTS_HAVE_CASE: "Every event's `case_id` has a row in the case table of the same upload.",
     EVENT_TIMES_VALID: "Every event has an `event_time`, and `event_time` <= `end_time` where an end is given.",
@@ -49,6 +53,7 @@ def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[
         con.register("up_runs", runs)
         con.register("up_events", events)
         return [
+            _agent_outcome(con),
             _unique_ids(con),
             _events_have_case(con),
             _times_valid(con),
@@ -58,6 +63,14 @@ def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[
         ]
     finally:
         con.close()
+
+
+def _agent_outcome(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    counts = dict(con.execute("SELECT status, count(*) FROM up_runs GROUP BY ALL").fetchall())
+    failed = _column(con, "SELECT source || ':' || agent_run_id FROM up_runs WHERE status = 'failed' ORDER BY 1 "
+                          f"LIMIT {SAMPLE}")
+    return CheckOutcome(AGENT_OUTCOME, not counts.get(Outcome.FAILED), {
+        **{o.value: counts.get(o, 0) for o in Outcome}, "failed_sessions_sample": failed})
 
 
 def _unique_ids(con: duckdb.DuckDBPyConnection) -> CheckOutcome:

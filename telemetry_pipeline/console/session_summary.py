@@ -47,29 +47,33 @@ FROM sessions s LEFT JOIN agg a USING (session_key)
 WHERE s.session_key IN (SELECT session_key FROM batch)
 """
 
-# The steps shown (first and last ones) and the failed ones, in one pass. Offsets from the session's start
-# (not absolute times) keep each row short and readable.
+# The steps shown: the first and last ones, every failed one (up to MAX_ERRORS) with the step before and after it
+# (what led to it, what the agent did next), in one pass. Offsets from the session's start (not absolute times) keep
+# each row short and readable; a model call carries its tokens and cost.
 _STEPS_SQL = """
 WITH batch AS (SELECT unnest($keys::VARCHAR[]) AS session_key),
 ranked AS (
-    SELECT e.session_key, e.activity, e.status, e.latency_ms, e.error,
-           date_diff('millisecond', coalesce(s.start_time, e.event_time), e.event_time) AS offset_ms,
-           row_number() OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS step,
-           count(*) OVER (PARTITION BY e.session_key) AS steps,
-           count(*) FILTER (WHERE e.status = 'failed' OR e.error IS NOT NULL)
-               OVER (PARTITION BY e.session_key ORDER BY e.event_time, e.seq) AS nth_error
+    SELECT e.session_key, e.activity, e.status, e.latency_ms, e.error, e.model, e.input_tokens, e.output_tokens,
+           e.cost_usd, date_diff('millisecond', coalesce(s.start_time, e.event_time), e.event_time) AS offset_ms,
+           row_number() OVER w AS step, count(*) OVER (PARTITION BY e.session_key) AS steps,
+           e.status = 'failed' OR e.error IS NOT NULL AS is_failed,
+           count(*) FILTER (WHERE e.status = 'failed' OR e.error IS NOT NULL) OVER w AS nth_error
     FROM events e JOIN sessions s USING (session_key)
     WHERE e.session_key IN (SELECT session_key FROM batch)
+    WINDOW w AS (PARTITION BY e.session_key ORDER BY e.event_time, e.seq)
+),
+marked AS (
+    SELECT *, is_failed AND nth_error <= $max_errors AS failed,
+           bool_or(is_failed AND nth_error <= $max_errors) OVER (
+               PARTITION BY session_key ORDER BY step ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS near_failure
+    FROM ranked
 )
-SELECT session_key, step, offset_ms, activity, status, latency_ms, error,
-       step <= $head OR step > steps - $tail AS shown,
-       (status = 'failed' OR error IS NOT NULL) AND nth_error <= $max_errors AS failed
-FROM ranked
-WHERE step <= $head OR step > steps - $tail
-   OR ((status = 'failed' OR error IS NOT NULL) AND nth_error <= $max_errors)
+SELECT session_key, step, offset_ms, activity, status, latency_ms, error, model, input_tokens, output_tokens, cost_usd,
+       step <= $head OR step > steps - $tail OR near_failure AS shown, failed
+FROM marked
+WHERE step <= $head OR step > steps - $tail OR near_failure
 ORDER BY session_key, step
 """
-
 
 # The rules each session broke, each once with how often (`policy.conformance`).
 _DEVIATIONS_SQL = """
@@ -93,6 +97,10 @@ class Step:
     activity: str
     status: str | None
     latency_ms: int | None
+    failed: bool = False
+    input_tokens: int | None = None  # of a model call
+    output_tokens: int | None = None
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,7 @@ class SessionSummary:
     conformance: str | None = None  # against the playbooks: conforming | deviating | unchecked
     deviations: tuple[Deviation, ...] = ()  # the rules it broke
     errors: tuple[Failure, ...] = field(default=())  # the first `MAX_ERRORS`
-    timeline: tuple[Step, ...] = field(default=())  # the first and last steps, numbered among all
+    timeline: tuple[Step, ...] = field(default=())  # the first and last steps and the failed ones, numbered
 
     @property
     def steps(self) -> int:
@@ -150,11 +158,13 @@ def summarize(
     timelines: dict[str, list[Step]] = {}
     failures: dict[str, list[Failure]] = {}
     params = {"keys": keys, "head": head, "tail": tail, "max_errors": MAX_ERRORS}
-    for key, step, offset, activity, status, latency, error, shown, failed in con.execute(
+    for key, step, offset, activity, status, latency, error, model, tin, tout, cost, shown, failed in con.execute(
         _STEPS_SQL, params
     ).fetchall():
         if shown:
-            timelines.setdefault(key, []).append(Step(step, offset, _clip(activity) or "", status, latency))
+            timelines.setdefault(key, []).append(Step(
+                step, offset, _clip(activity) or "", status, latency, bool(failed),
+                *((tin, tout, cost) if model else (None, None, None))))
         if failed:
             failures.setdefault(key, []).append(Failure(step, offset, _clip(activity) or "", _clip(error)))
     deviations: dict[str, list[Deviation]] = {}

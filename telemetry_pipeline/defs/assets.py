@@ -52,6 +52,7 @@ from telemetry_pipeline.names import (
     PENDING_AS_OF_TAG,
     PROCESS_OVERVIEW,
     SESSION_EXPORT_STEP,
+    SESSIONS_NOT_FOUND_META,
 )
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
@@ -142,6 +143,7 @@ def session_export(
         left = {name: dg.MetadataValue.json(value) for name, value in (
             (IN_FLIGHT_META, outcome.in_flight),  # another run is exporting these right now
             (EXPORTED_MEANWHILE_META, outcome.exported_meanwhile),  # another run exported these since this was asked
+            (SESSIONS_NOT_FOUND_META, {k: outcome.failures[k] for k in outcome.not_found}),  # their source has none
         ) if value}
         if left:  # `exporting` logged them
             yield dg.AssetObservation(asset_key=EXPORT, metadata=left)
@@ -151,7 +153,8 @@ def session_export(
         yield from check_results([check for check in outcome.quality if check.name in selected])
         if outcome.failures:
             yield from failure_observations(outcome)
-            raise batch_failure(outcome)
+            if failure := batch_failure(outcome):
+                raise failure
 
 
 def _asked_at(context: dg.AssetExecutionContext) -> float:

@@ -21,26 +21,28 @@ from typing import Any
 import dagster as dg
 
 from telemetry_pipeline.application.export import BatchOutcome
-from telemetry_pipeline.console.overview import OUTCOMES, Outcome, ProcessOverview, SessionRef, Variant
+from telemetry_pipeline.console.overview import Outcome, ProcessOverview, SessionRef, Variant
 from telemetry_pipeline.console.process_map import ProcessMap
 from telemetry_pipeline.console.quality import CheckOutcome
 from telemetry_pipeline.console.render import (
-    ERROR_CHARS,
     cell,
+    compact,
     conformance_text,
-    counts,
     deviations_markdown,
     errors_markdown,
     event_counts_text,
-    keys_text,
+    links_text,
+    markdown_table,
     outcome_text,
+    outcome_words,
+    partition_link,
     pct,
     session_tags,
     timeline_markdown,
     top_errors,
 )
 from telemetry_pipeline.console.session_summary import SessionSummary
-from telemetry_pipeline.names import FAILED_SESSIONS_META, SESSIONS_NOT_FOUND_META
+from telemetry_pipeline.names import FAILED_SESSIONS_META
 from telemetry_pipeline.names import RAW_TELEMETRY as RAW
 from telemetry_pipeline.names import SIGNAVIO_CSV as CSV_ASSET
 from telemetry_pipeline.names import SIGNAVIO_EXPORT as EXPORT
@@ -111,6 +113,7 @@ def export_materializations(out: BatchOutcome, dataset: str, destination: str) -
 def summary_metadata(s: SessionSummary) -> dict[str, dg.RawMetadataValue]:
     """The session at a glance, in the order the UI lists it; only what is known."""
     meta: dict[str, dg.RawMetadataValue] = {
+        "agent_outcome": outcome_words(s),  # first: "Materialized" above it says exported, this says how it went
         "agent": s.agent or "",
         "workflow": s.workflow or "",
         "run_status": s.status,
@@ -160,15 +163,18 @@ def check_results(outcomes: list[CheckOutcome]) -> Iterator[dg.AssetCheckResult]
         )
 
 
-def batch_failure(out: BatchOutcome) -> dg.Failure:
-    listed = sorted(out.failures.items())
+def batch_failure(out: BatchOutcome) -> dg.Failure | None:
+    """The run's failure, naming each session that failed; None when the only ones left undone are sessions their
+    source does not have (a key typed by hand, a session deleted since it was listed): nothing failed to export."""
+    listed = sorted((k, e) for k, e in out.failures.items() if k not in out.not_found)
+    if not listed:
+        return None
     lines = "\n".join(f"- {error}" for _, error in listed[:MAX_LISTED_IN_METADATA])
     more = f"\n(and {len(listed) - MAX_LISTED_IN_METADATA} more)" if len(listed) > MAX_LISTED_IN_METADATA else ""
     return dg.Failure(
-        description=f"{len(out.failures)} of {len(out.keys)} sessions failed "
+        description=f"{len(listed)} of {len(out.keys)} sessions failed "
         f"({len(out.exported)} exported):\n{lines}{more}",
-        metadata={FAILED_SESSIONS_META: dg.MetadataValue.json(dict(listed)),
-                  SESSIONS_NOT_FOUND_META: dg.MetadataValue.json(sorted(out.not_found))},
+        metadata={FAILED_SESSIONS_META: dg.MetadataValue.json(dict(listed))},
         allow_retries=False,
     )
 
@@ -188,45 +194,32 @@ def overview_metadata(
         "success_rate_pct": pct(overall.success_rate),
         "outcomes_by_agent": _outcome_table(ov.outcomes_by("agent"), "agent"),
         "outcomes_by_workflow": _outcome_table(ov.outcomes_by("workflow"), "workflow"),
+        "cost_by_agent": _cost_table(ov.outcomes_by("agent"), "agent"),
+        "cost_by_workflow": _cost_table(ov.outcomes_by("workflow"), "workflow"),
         "failing_activities": dg.MetadataValue.table(
-            records=[dg.TableRecord({"activity": f.activity, "failures": f.failures,
-                                     "failure_pct": pct(f.failures / f.count if f.count else 0.0),
-                                     "most_common_errors": top_errors(f.top_errors)}) for f in ov.failing],
+            records=[dg.TableRecord({"activity": f.activity, "failed": f"{f.failures} ({pct(f.failures / f.count)} %)"
+                                     if f.count else str(f.failures), "most_common_errors": top_errors(f.top_errors)})
+                     for f in ov.failing],
             schema=dg.TableSchema(columns=[
-                dg.TableColumn("activity", "string"), dg.TableColumn("failures", "int"),
-                dg.TableColumn("failure_pct", "float"), dg.TableColumn("most_common_errors", "string"),
+                dg.TableColumn("activity", "string"), dg.TableColumn("failed", "string"),
+                dg.TableColumn("most_common_errors", "string"),
             ]),
         ),
-        "slowest_sessions": _sessions_table(
-            ov.slowest, "duration_s", "float",
-            lambda s: round(s.duration_ms / 1000, 1) if s.duration_ms is not None else None,
-        ),
-        "failed_sessions": _sessions_table(
-            ov.failed_sessions, "last_error", "string", lambda s: cell(s.error or "", ERROR_CHARS)
-        ),
-        "costliest_sessions": _sessions_table(ov.costliest, "cost_usd", "float", lambda s: _usd(s.cost_usd)),
+        # The sessions to open, each a link to its page: the failed ones, the slowest, the costliest.
+        "failed_sessions": _session_links(ov.failed_sessions, "last error", lambda s: cell(s.error or "", 60)),
+        "slowest_sessions": _session_links(
+            ov.slowest, "s", lambda s: f"{s.duration_ms / 1000:.1f}" if s.duration_ms is not None else ""),
+        "costliest_sessions": _session_links(
+            ov.costliest, "USD", lambda s: f"{s.cost_usd:.4f}" if s.cost_usd is not None else ""),
         "conformance": conformance_text(ov.conformance),
-        "deviations_by_agent": dg.MetadataValue.table(
-            records=[dg.TableRecord({"agent": a.agent, "checked": a.checked, "deviating": a.deviating,
-                                     "deviating_pct": pct(a.deviating / a.checked if a.checked else 0.0),
-                                     "rules_broken": ", ".join(a.rules), "deviating_sessions": keys_text(a.sessions)})
-                     for a in ov.conformance if a.checked],
-            schema=dg.TableSchema(columns=[
-                dg.TableColumn("agent", "string"), dg.TableColumn("checked", "int"),
-                dg.TableColumn("deviating", "int"), dg.TableColumn("deviating_pct", "float"),
-                dg.TableColumn("rules_broken", "string"), dg.TableColumn("deviating_sessions", "string"),
-            ]),
-        ),
-        "deviations_by_rule": dg.MetadataValue.table(
-            records=[dg.TableRecord({"playbook": r.playbook, "rule": r.rule, "sessions": r.sessions,
-                                     "breaches": r.breaches, "example": cell(r.example, ERROR_CHARS),
-                                     "deviating_sessions": keys_text(r.session_keys)}) for r in ov.deviations],
-            schema=dg.TableSchema(columns=[
-                dg.TableColumn("playbook", "string"), dg.TableColumn("rule", "string"),
-                dg.TableColumn("sessions", "int"), dg.TableColumn("breaches", "int"),
-                dg.TableColumn("example", "string"), dg.TableColumn("deviating_sessions", "string"),
-            ]),
-        ),
+        "deviations_by_agent": dg.MetadataValue.md(markdown_table(
+            ("agent", "deviating", "rules broken", "sessions"),
+            [(cell(a.agent, 30), f"{a.deviating} of {a.checked}", cell(", ".join(a.rules), 50), links_text(a.sessions))
+             for a in ov.conformance if a.checked])),
+        "deviations_by_rule": dg.MetadataValue.md(markdown_table(
+            ("playbook", "rule", "sessions", "for example", "deviating"),
+            [(cell(r.playbook, 30), r.rule, str(r.sessions), cell(r.example, 50), links_text(r.session_keys))
+             for r in ov.deviations])),
         "process_map": dg.MetadataValue.md(
             f"**{shown} activities shown** (the busiest); the legend under the map explains its figures and ↻. "
             f"The same picture, to open at full size: `{map_file}`\n\n"
@@ -252,12 +245,13 @@ def overview_metadata(
             ]),
         ),
         "tokens_by_model": dg.MetadataValue.table(
-            records=[dg.TableRecord({"model": m.model, "calls": m.calls, "input_tokens": m.input_tokens,
-                                     "output_tokens": m.output_tokens, "cost_usd": _usd(m.cost_usd),
-                                     "unpriced_calls": m.unpriced_calls}) for m in ov.models],
+            records=[dg.TableRecord({"model": m.model, "calls": m.calls,
+                                     "tokens": f"{compact(m.input_tokens)}→{compact(m.output_tokens)}",
+                                     "cost_usd": _usd(m.cost_usd), "unpriced_calls": m.unpriced_calls})
+                     for m in ov.models],
             schema=dg.TableSchema(columns=[
                 dg.TableColumn("model", "string"), dg.TableColumn("calls", "int"),
-                dg.TableColumn("input_tokens", "int"), dg.TableColumn("output_tokens", "int"),
+                dg.TableColumn("tokens", "string", description="input→output"),
                 dg.TableColumn("cost_usd", "float"), dg.TableColumn("unpriced_calls", "int"),
             ]),
         ),
@@ -267,15 +261,26 @@ def overview_metadata(
 
 
 def _outcome_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataValue:
+    """How each agent's (or workflow's) sessions ended; narrow enough for the UI's metadata column (what they cost
+    is `_cost_table`)."""
     return dg.MetadataValue.table(
-        records=[dg.TableRecord({by: o.name, "sessions": o.cases,
-                                 **{f"{name}_pct": pct(n / o.cases) for name, n in counts(o)},
-                                 "success_pct": pct(o.success_rate), "input_tokens": o.input_tokens,
-                                 "output_tokens": o.output_tokens, "cost_usd": _usd(o.cost_usd)}) for o in outcomes],
+        records=[dg.TableRecord({by: o.name, "sessions": o.cases, "failed_pct": pct(o.failed / o.cases),
+                                 "partial_pct": pct(o.partial / o.cases)}) for o in outcomes],
         schema=dg.TableSchema(columns=[
             dg.TableColumn(by, "string"), dg.TableColumn("sessions", "int"),
-            *(dg.TableColumn(f"{name}_pct", "float") for name in OUTCOMES), dg.TableColumn("success_pct", "float"),
-            dg.TableColumn("input_tokens", "int"), dg.TableColumn("output_tokens", "int"),
+            dg.TableColumn("failed_pct", "float", description="its run ended on a failure"),
+            dg.TableColumn("partial_pct", "float", description="recovered from failures"),
+        ]),
+    )
+
+
+def _cost_table(outcomes: tuple[Outcome, ...], by: str) -> dg.TableMetadataValue:
+    """What each agent's (or workflow's) model calls used and cost."""
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({by: o.name, "tokens": f"{compact(o.input_tokens)}→{compact(o.output_tokens)}",
+                                 "cost_usd": _usd(o.cost_usd)}) for o in outcomes],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn(by, "string"), dg.TableColumn("tokens", "string", description="input→output"),
             dg.TableColumn("cost_usd", "float"),
         ]),
     )
@@ -285,18 +290,13 @@ def _usd(cost: float | None) -> float | None:
     return None if cost is None else round(cost, 6)
 
 
-def _sessions_table(
-    sessions: tuple[SessionRef, ...], detail: str, kind: str, value: Callable[[SessionRef], str | float | None]
-) -> dg.TableMetadataValue:
-    """Sessions by key (the partition to open: *signavio_export → Partitions*), with a `detail` column."""
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({"session_key": s.session_key, "agent": s.agent or "", "workflow": s.workflow or "",
-                                 "outcome": s.status or "", detail: value(s)}) for s in sessions],
-        schema=dg.TableSchema(columns=[
-            dg.TableColumn("session_key", "string"), dg.TableColumn("agent", "string"),
-            dg.TableColumn("workflow", "string"), dg.TableColumn("outcome", "string"), dg.TableColumn(detail, kind),
-        ]),
-    )
+def _session_links(
+    sessions: tuple[SessionRef, ...], detail: str, value: Callable[[SessionRef], str]
+) -> dg.MarkdownMetadataValue:
+    """Sessions as links to their pages (one click, no key to copy), with their agent and a `detail`."""
+    return dg.MetadataValue.md(markdown_table(
+        ("session", "agent", detail),
+        [(partition_link(s.session_key), cell(s.agent or "", 24), value(s)) for s in sessions], "sessions"))
 
 
 def _variants_table(variants: tuple[Variant, ...]) -> dg.TableMetadataValue:

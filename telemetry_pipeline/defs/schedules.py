@@ -5,6 +5,7 @@ run by hand), so a slow source never delays the schedule's tick;
 
 import dagster as dg
 
+from telemetry_pipeline.defs.loggers import LOGGER_CONFIG
 from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.defs.resources import WarehouseResource
 from telemetry_pipeline.instance.history import pending_keys
@@ -35,12 +36,13 @@ def build_hourly_export_schedule(batch_size: int) -> dg.ScheduleDefinition:
         all_keys = context.instance.get_dynamic_partitions(AGENT_SESSIONS)
         pending = pending_keys(context.instance, all_keys)
         tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
-        refresh = dg.RunRequest(run_key=f"overview:{tick}", asset_selection=[PROCESS_OVERVIEW_KEY])
+        refresh = dg.RunRequest(run_key=f"overview:{tick}", asset_selection=[PROCESS_OVERVIEW_KEY],
+                                run_config=LOGGER_CONFIG)
         if not pending:
             return [refresh]
         return [
             dg.RunRequest(run_key=f"hourly:{tick}:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags,
-                          asset_selection=[SIGNAVIO_EXPORT_KEY])
+                          asset_selection=[SIGNAVIO_EXPORT_KEY], run_config=LOGGER_CONFIG)
             for r in batched_ranges(all_keys, pending, batch_size)
         ] + [refresh]
 
@@ -64,7 +66,8 @@ def apply_retention_op(context: dg.OpExecutionContext, config: RetentionConfig, 
                      config.raw_older_than_days)
 
 
-@dg.job(name=RETENTION_JOB, description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).")
+@dg.job(name=RETENTION_JOB, description="Retention for `agent_sessions` (run by `retention_schedule`, or by hand).",
+        config=LOGGER_CONFIG)
 def retention_job() -> None:
     apply_retention_op()
 
@@ -75,7 +78,7 @@ def build_retention_schedule(older_than_days: float, raw_older_than_days: float)
         job=retention_job,
         cron_schedule="30 3 * * *",
         default_status=dg.DefaultScheduleStatus.STOPPED,  # opt-in: deleting partitions is an operator's call
-        run_config={"ops": {RETENTION_OP: {"config": {"older_than_days": older_than_days,
+        run_config={**LOGGER_CONFIG, "ops": {RETENTION_OP: {"config": {"older_than_days": older_than_days,
                                                       "raw_older_than_days": raw_older_than_days}}}},
         description="Daily, off by default: prunes sessions exported more than RETENTION_DAYS days ago, and raw "
                     "payloads exported more than RAW_RETENTION_DAYS ago.",

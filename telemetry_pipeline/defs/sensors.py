@@ -1,6 +1,6 @@
 """`new_sessions_sensor`, the one place that discovers on its own: add only really new keys, request their export in
-batches; export again the sessions of export runs that were cut off (`recovery`); and the first `process_overview`
-as soon as there is something to show (the hourly schedule refreshes it afterwards)."""
+batches; export again the sessions of export runs that were cut off (`recovery`); and `process_overview` once the
+exports since its last materialisation have finished (the hourly schedule refreshes it too)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from telemetry_pipeline.defs.discovery import register_new_sessions
+from telemetry_pipeline.defs.loggers import LOGGER_CONFIG
 from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.defs.resources import ContentResource, SourcesResource
 from telemetry_pipeline.instance.history import latest_exports
@@ -79,46 +80,59 @@ def build_new_sessions_sensor(batch_size: int, interval: int, jobs: Sequence[Any
         all_keys = context.instance.get_dynamic_partitions(AGENT_SESSIONS) if cut_off or updated else []
         again = recoveries(context.instance, cut_off, all_keys, batch_size)
         cursor = json.dumps({"failed_runs_after": failed_after})
-        first_overview = _first_overview(context.instance)
         if not new_keys and not updated and not again:
-            if first_overview:
-                return dg.SensorResult(run_requests=first_overview, cursor=cursor)
+            overview = _overview_refresh(context.instance)
+            if overview:
+                return dg.SensorResult(run_requests=overview, cursor=cursor)
             return dg.SensorResult(cursor=cursor, skip_reason="no new sessions")
         # New keys were appended in this order, so they form contiguous ranges at the end of the list. Were this
         # tick cut off before its runs are launched, the keys are known and pending: the hourly schedule's.
         runs = [
-            dg.RunRequest(run_key=f"new:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags, job_name=EXPORT_JOB)
+            dg.RunRequest(run_key=f"new:{r.start}..{r.end}:{len(r.keys)}", tags=r.tags, job_name=EXPORT_JOB,
+                          run_config=LOGGER_CONFIG)
             for r in batched_ranges(new_keys, new_keys, batch_size)
         ]
         if updated:  # exported before their last events: export again (rows are replaced, not added)
             stamp = max(updated.values())
             runs += [
                 dg.RunRequest(run_key=f"updated:{r.start}..{r.end}:{len(r.keys)}:{stamp}", tags=r.tags,
-                              job_name=EXPORT_JOB)
+                              job_name=EXPORT_JOB, run_config=LOGGER_CONFIG)
                 for r in batched_ranges(all_keys, updated, batch_size)
             ]
         runs += [  # one run key per cut-off run: it is exported again once, whatever happens to this tick
             dg.RunRequest(run_key=f"recover:{r.run_id}:{n}",
                           tags={**key_range.tags, RECOVERS_TAG: r.run_id, RECOVERY_ATTEMPT_TAG: str(r.attempt)},
-                          job_name=EXPORT_JOB)
+                          job_name=EXPORT_JOB, run_config=LOGGER_CONFIG)
             for r in again for n, key_range in enumerate(r.ranges)
         ]
         context.log.info("%d new and %d updated sessions, %d cut-off runs to export again -> %d runs",
                          len(new_keys), len(updated), len(again), len(runs))
-        return dg.SensorResult(run_requests=runs + first_overview, cursor=cursor)
+        return dg.SensorResult(run_requests=runs, cursor=cursor)
 
     return new_sessions_sensor
 
 
-def _first_overview(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-    """`process_overview` once the first sessions are exported, if it was never materialised: a new user
-    sees it within a tick or two, not at the first hourly refresh. The fixed run key makes the daemon
-    launch it once (it skips a key it has launched before)."""
-    if instance.get_latest_materialization_event(PROCESS_OVERVIEW_KEY) is not None:
-        return []
-    if instance.get_latest_materialization_event(SIGNAVIO_EXPORT_KEY) is None:
+_IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
+
+
+def _overview_refresh(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    """`process_overview` when sessions were exported after its last materialisation and neither an export nor an
+    overview is queued or running: the overview says what the exports did once they are done (not every tick of a
+    long backfill, and never taking a run slot from an export). Its run key, the newest export's storage id, makes
+    the daemon launch it once."""
+    exports = instance.fetch_materializations(SIGNAVIO_EXPORT_KEY, limit=1).records
+    if not exports:
         return []  # nothing to show yet
-    return [dg.RunRequest(run_key="overview:first", job_name=OVERVIEW_JOB)]
+    overviews = instance.fetch_materializations(PROCESS_OVERVIEW_KEY, limit=1).records
+    newest = exports[0].storage_id
+    if overviews and overviews[0].storage_id > newest:
+        return []  # it counts every export there is
+    busy = instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT))
+    if any(run.job_name in (EXPORT_JOB, OVERVIEW_JOB)
+           or {SIGNAVIO_EXPORT_KEY, PROCESS_OVERVIEW_KEY} & set(run.asset_selection or ()) for run in busy):
+        return []
+    return [dg.RunRequest(run_key=f"overview:{newest}", job_name=OVERVIEW_JOB, run_config=LOGGER_CONFIG)]
 
 
 def _updated_since_export(instance: dg.DagsterInstance, relisted: list[SessionRef]) -> dict[str, str]:

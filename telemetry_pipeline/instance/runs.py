@@ -193,15 +193,15 @@ def _run_once(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: d
                                     raise_on_error=False)
     if _interrupted(result):  # Dagster recorded the run failed ("interrupted"); the command stops here
         raise KeyboardInterrupt
-    failed, whole_run_error, not_found = _failed_sessions(result)
+    failed, whole_run_error = _failed_sessions(result)
     if not result.success:
         log.warning("run %s failed (%s); its whole log: that run in the Dagster UI (DAGSTER_HOME=%s), "
                     "or run again with -v", result.run_id, whole_run_error or f"{len(failed)} sessions",
                     instance.root_directory)
-    confirmed, in_flight, exported_meanwhile = _run_outcome(result)
+    confirmed, in_flight, exported_meanwhile, not_found = _run_outcome(result)
     results: dict[str, dict[str, Any]] = {}
     for key in key_range.keys:
-        error = whole_run_error or failed.get(key)
+        error = whole_run_error or failed.get(key) or not_found.get(key)
         if error:
             results[key] = {"session_id": key, "status": "failed", "error": error}
         elif key in confirmed:
@@ -242,20 +242,22 @@ def _run_in_helper(run_config: dict[str, Any], key_range: KeyRange, tags: dict[s
     return run_range(*_helper, run_config, key_range, tags)
 
 
-def _run_outcome(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str], dict[str, str]]:
+def _run_outcome(
+    result: dg.ExecuteInProcessResult,
+) -> tuple[set[str], dict[str, str], dict[str, str], dict[str, str]]:
     """(the partitions the run materialised, i.e. confirmed loaded; {key: run id} it left in flight; {key: run id}
-    that exported it since the run was asked for)."""
+    that exported it since the run was asked for; {key: error} of those their source does not have)."""
     confirmed = {
         m.partition for m in result.asset_materializations_for_node(SESSION_EXPORT_STEP)
         if m.asset_key == SIGNAVIO_EXPORT_KEY and m.partition
     }
-    left: dict[str, dict[str, str]] = {IN_FLIGHT_META: {}, EXPORTED_MEANWHILE_META: {}}
+    left: dict[str, dict[str, str]] = {IN_FLIGHT_META: {}, EXPORTED_MEANWHILE_META: {}, SESSIONS_NOT_FOUND_META: {}}
     for observation in result.asset_observations_for_node(SESSION_EXPORT_STEP):
         if observation.asset_key == SIGNAVIO_EXPORT_KEY:
             for name, keys in left.items():
                 if name in observation.metadata:
                     keys.update(cast(dict[str, str], observation.metadata[name].value))
-    return confirmed, left[IN_FLIGHT_META], left[EXPORTED_MEANWHILE_META]
+    return confirmed, left[IN_FLIGHT_META], left[EXPORTED_MEANWHILE_META], left[SESSIONS_NOT_FOUND_META]
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -270,19 +272,17 @@ def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
 _INTERRUPTS = frozenset({"DagsterExecutionInterruptedError", "KeyboardInterrupt"})
 
 
-def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None, list[str]]:
-    """(per-session errors, None, the keys their source does not have), or ({}, the run's error, []) when the
-    step died before any per-session outcome existed, in which case every session of the run failed with it."""
+def _failed_sessions(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], str | None]:
+    """(per-session errors, None), or ({}, the run's error) when the step died before any per-session outcome
+    existed, in which case every session of the run failed with it."""
     if result.success:
-        return {}, None, []
+        return {}, None
     for event in result.all_events:
         data = event.step_failure_data if event.is_step_failure else None
         user = data.user_failure_data if data else None
         if user and FAILED_SESSIONS_META in user.metadata:
-            not_found = user.metadata.get(SESSIONS_NOT_FOUND_META)
-            return (cast(dict[str, str], user.metadata[FAILED_SESSIONS_META].value), None,
-                    cast(list[str], not_found.value) if not_found else [])
-    return {}, run_error(result), []
+            return cast(dict[str, str], user.metadata[FAILED_SESSIONS_META].value), None
+    return {}, run_error(result)
 
 
 def run_error(result: dg.ExecuteInProcessResult) -> str:
