@@ -32,7 +32,8 @@ def main() -> None:
             outcome = export_batch(keys[begin:begin + settings.batch_size], sources=sources, warehouse=warehouse,
                                    destination=outbox, dataset=settings.signavio.dataset,
                                    agents=AgentDefaults(settings.sources.agent_name, socket.gethostname()),
-                                   governance=settings.content, playbooks=playbooks)
+                                   governance=settings.content, playbooks=playbooks,
+                                   max_bytes=settings.sources.chunk_max_bytes)
             exported += len(outcome.exported)
             failed += len(outcome.failures)
             batches += 1

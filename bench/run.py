@@ -224,13 +224,17 @@ def _cli(env: dict[str, str], *argv: str) -> tuple[dict | list, float, float]:
 
 class _TreeRss(threading.Thread):
     """Samples, every 20 ms, the RSS of a process and all its descendants (the export's helper processes) summed:
-    its peak is what the command holds at once, where ru_maxrss gives the largest single process."""
+    its peak is what the command holds at once, where ru_maxrss gives the largest single process. The RSS sum
+    counts the pages the processes share (the libraries' code) once per process; with `pss`, the peak of their
+    PSS summed is taken as well, which counts a shared page once (what a container's memory limit charges)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, pss: bool = False) -> None:
         super().__init__(daemon=True)
         self._root = psutil.Process(pid)
         self._done = threading.Event()
+        self._pss = pss
         self.peak_mb = 0.0
+        self.peak_pss_mb = 0.0
 
     def __enter__(self) -> _TreeRss:
         self.start()
@@ -242,13 +246,24 @@ class _TreeRss(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(0.02):
-            total = 0
+            total = pss = 0
             try:
                 for process in [self._root, *self._root.children(recursive=True)]:
                     total += process.memory_info().rss
-            except psutil.Error:  # a process ended between listing and reading
+                    pss += _pss(process.pid) if self._pss else 0
+            except (psutil.Error, OSError):  # a process ended between listing and reading
                 continue
             self.peak_mb = max(self.peak_mb, total / 2**20)
+            self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
+
+
+def _pss(pid: int) -> int:
+    """A process's PSS in bytes, from the kernel's one-line summary (psutil reads the whole smaps: too slow)."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+        for line in rollup:
+            if line.startswith(b"Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _pipeline(home: Path, url: str, args: argparse.Namespace, extra: dict[str, str]) -> dict:

@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     try:
         args.settings = settings or from_environment(settings_file=True)
         govern_logs(args.settings.content)  # what the command logs leaves governed, as its output does
-        with dagster_settings(args.settings.run_bookkeeping), _stop_signals_interrupt():
+        with dagster_settings(args.settings.run_bookkeeping), _stop_signals_interrupt(), _stdout_is_json_only():
             payload, code = args.run(args)
     except ValueError as exc:  # configuration and usage problems found past argparse
         print(json.dumps({"error": str(exc)}), file=sys.stdout)
@@ -54,6 +55,21 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
         return EXIT_INTERRUPTED
     print(json.dumps(payload, indent=2, default=str))
     return code
+
+
+@contextlib.contextmanager
+def _stdout_is_json_only() -> Iterator[None]:
+    """Whatever the command's work writes to stdout (file descriptor 1: DuckDB's progress bar, a library's print, in
+    this process or a helper it starts) goes to stderr; stdout gets the JSON alone, printed after."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextlib.contextmanager

@@ -45,11 +45,13 @@ SIGNAVIO_POLL_INTERVAL = "SIGNAVIO_POLL_INTERVAL"
 SIGNAVIO_POLL_DEADLINE = "SIGNAVIO_POLL_DEADLINE"
 SIGNAVIO_MAX_BODY_MB = "SIGNAVIO_MAX_BODY_MB"
 EXPORT_BATCH_SIZE = "EXPORT_BATCH_SIZE"
+EXPORT_BATCH_MAX_MB = "EXPORT_BATCH_MAX_MB"
 EXPORT_WORKERS = "EXPORT_WORKERS"
 SENSOR_INTERVAL_SECONDS = "SENSOR_INTERVAL_SECONDS"
 RETENTION_DAYS = "RETENTION_DAYS"
 WAREHOUSE_URL = "WAREHOUSE_URL"
 CLAIM_LEASE_SECONDS = "CLAIM_LEASE_SECONDS"
+DUCKDB_MEMORY_LIMIT = "DUCKDB_MEMORY_LIMIT"
 RUN_BOOKKEEPING = "RUN_BOOKKEEPING"
 ACTIVITY_ALPHABET_LIMIT = "ACTIVITY_ALPHABET_LIMIT"
 PROCESS_OVERVIEW_WINDOW_HOURS = "PROCESS_OVERVIEW_WINDOW_HOURS"
@@ -104,6 +106,7 @@ class SourcesSettings:
     http: HttpSettings = HttpSettings()
     fetch_concurrency: int = 16
     settle_seconds: float = 0.0  # a listed session is taken once its last event is this old
+    chunk_max_bytes: int = 32 * MB  # a run fetches about this much payload, exports it, then fetches more
     agent_name: str | None = None  # AGENT_NAME, else SERVICE_NAME: the agent when the data names none (identity.py)
 
     @classmethod
@@ -151,6 +154,7 @@ class WarehouseSettings:
 
     url: Secret | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # how long a claim lasts unrenewed (warehouse/base.py says why)
+    memory_limit: str = "512MB"  # each DuckDB database a run computes in; it spills to disk beyond (warehouse/engine)
 
     def check(self) -> None:
         if self.url and not is_postgres_url(self.url.value):  # never echo the URL: it may hold a password
@@ -266,6 +270,7 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         ),
         fetch_concurrency=int(number(FETCH_CONCURRENCY, SourcesSettings.fetch_concurrency, int)),
         settle_seconds=number(SESSION_SETTLE_SECONDS, SourcesSettings.settle_seconds, float),
+        chunk_max_bytes=int(number(EXPORT_BATCH_MAX_MB, SourcesSettings.chunk_max_bytes / MB, float) * MB),
         agent_name=get(AGENT_NAME) or get(SERVICE_NAME),
     )
     policy = get(EXPORT_CONTENT) or Governance.policy
@@ -292,6 +297,7 @@ def from_environment(environ: Mapping[str, str] | None = None, *, settings_file:
         warehouse=WarehouseSettings(
             url=secret(WAREHOUSE_URL),
             lease_seconds=number(CLAIM_LEASE_SECONDS, WarehouseSettings.lease_seconds, float),
+            memory_limit=get(DUCKDB_MEMORY_LIMIT) or WarehouseSettings.memory_limit,
         ),
         batch_size=int(number(EXPORT_BATCH_SIZE, Settings.batch_size, int)),
         export_workers=workers,
@@ -348,6 +354,7 @@ def to_environment(settings: Settings) -> dict[str, str]:
         HTTP_RETRY_WAIT_INITIAL: src.http.retry_wait_initial,
         FETCH_CONCURRENCY: src.fetch_concurrency,
         SESSION_SETTLE_SECONDS: src.settle_seconds,
+        EXPORT_BATCH_MAX_MB: src.chunk_max_bytes / MB,
         AGENT_NAME: src.agent_name,
         SIGNAVIO_API_URL: sig.api_url,
         SIGNAVIO_API_KEY: sig.api_key.value if sig.api_key else None,
@@ -370,6 +377,7 @@ def to_environment(settings: Settings) -> dict[str, str]:
         PLAYBOOKS_FILE: settings.playbooks_file,
         WAREHOUSE_URL: settings.warehouse.url.value if settings.warehouse.url else None,
         CLAIM_LEASE_SECONDS: settings.warehouse.lease_seconds,
+        DUCKDB_MEMORY_LIMIT: settings.warehouse.memory_limit,
         RUN_BOOKKEEPING: settings.run_bookkeeping,
         ACTIVITY_ALPHABET_LIMIT: settings.activity_alphabet_limit,
         PROCESS_OVERVIEW_WINDOW_HOURS: settings.overview_window_hours,

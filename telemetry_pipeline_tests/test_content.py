@@ -259,7 +259,7 @@ def plant_otlp(inbox: Path) -> None:
 def leaves(home: Path, logged: str) -> dict[str, bytes]:
     """Every file under the home but the warehouse's, and what the commands logged."""
     files = {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
-             if p.is_file() and not p.name.startswith("warehouse.duckdb")}
+             if p.is_file() and not p.name.startswith("warehouse")}  # its files: the DuckDB, claims, raw ones
     return {**files, "<logs>": logged.encode()}
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from telemetry_pipeline_tests.conftest import Pipeline, outbox_uploads, read_upload, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble, agent_event, good_events
+from telemetry_pipeline_tests.test_agora_otlp import raw_rows
 
 EXPORT = dg.AssetKey("signavio_export")
 
@@ -161,11 +162,9 @@ def test_bad_payloads_fail_alone_and_keep_raw(
     assert raw.metadata["sessions"].value == 5 and raw.metadata["fetch_failures"].value == 1
     normalised = instance.get_latest_materialization_event(dg.AssetKey("telemetry_events")).asset_materialization
     assert normalised.metadata["sessions"].value == 2 and normalised.metadata["normalise_failures"].value == 3
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        stored = {k for (k,) in con.execute("SELECT session_key FROM raw_telemetry").fetchall()}
-        assert stored == {good, unknown, not_json, no_events, bad_time}, "raw kept even when parsing fails"
-        body = con.execute("SELECT body FROM raw_telemetry WHERE session_key = ?", [not_json]).fetchone()[0]
-        assert body == b'{"events": ['
+    stored = {k for (k,) in raw_rows(home, "SELECT session_key FROM raw_telemetry")}
+    assert stored == {good, unknown, not_json, no_events, bad_time}, "raw kept even when parsing fails"
+    assert raw_rows(home, "SELECT body FROM raw_telemetry WHERE session_key = ?", [not_json]) == [(b'{"events": [',)]
     events = [e for e in uploads_by_table(home)["agent_telemetry_events"] if e["case_id"] == "unknown-type"]
     kinds = {e["event_type"]: e for e in events}
     assert kinds["memory_write"]["activity"] == "Store memory"

@@ -110,7 +110,7 @@ def assert_marked_failed(instance: dg.DagsterInstance, run_id: str, pid: int) ->
 
 
 def claims(home: Path) -> dict[str, str]:
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(home / "warehouse-claims.duckdb"), read_only=True) as con:  # the claims' own file
         return dict(con.execute("SELECT session_key, run_id FROM export_claims").fetchall())
 
 

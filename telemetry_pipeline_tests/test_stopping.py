@@ -176,7 +176,7 @@ def test_a_cli_export_stopped_mid_fetch_ends_within_the_bound_and_says_what_it_d
     result = json.loads(out.read_text())
     assert result["status"] == "interrupted" and result["total_count"] == 4
     assert {r["session_id"]: r["status"] for r in result["results"]} == dict.fromkeys(keys, "failed")
-    assert all(r["error"].startswith("interrupted:") for r in result["results"])
+    assert all(r["error"].startswith("interrupted:") for r in result["results"]), result["results"]
     with dg.DagsterInstance.from_config(str(pipeline.settings.dagster_home)) as instance:
         runs = instance.get_runs()
         assert len(runs) == 2, "no run was started after the signal"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -80,8 +81,7 @@ def test_raw_payloads_of_sessions_exported_long_ago_are_pruned_and_no_others(mak
 
 def raw_keys(store: Warehouse) -> set[str]:
     if isinstance(store, DuckDBWarehouse):
-        with store.connect() as con:
-            return {k for (k,) in con.execute("SELECT session_key FROM raw_telemetry").fetchall()}
+        return set(store.raw.keys())  # the payloads' own SQLite file
     assert isinstance(store, PostgresWarehouse)
     with store.transaction("reading raw payloads") as cur:
         cur.execute("SELECT session_key FROM raw_telemetry")
@@ -90,7 +90,7 @@ def raw_keys(store: Warehouse) -> set[str]:
 
 def claim_rows(store: Warehouse) -> dict[str, str]:
     if isinstance(store, DuckDBWarehouse):
-        with store.connect() as con:
+        with duckdb.connect(str(store.claims_path)) as con:  # the claims' own file
             return dict(con.execute("SELECT session_key, run_id FROM export_claims").fetchall())
     assert isinstance(store, PostgresWarehouse)
     with store.transaction("reading claims") as cur:
@@ -216,12 +216,16 @@ def test_a_duckdb_file_from_before_versioning_is_migrated_in_place(tmp_path: Pat
 
     wh = DuckDBWarehouse(path)
     assert wh.probe() == (True, f"DuckDB file {path}, schema version {LATEST_VERSION}")
+    [moved] = wh.raw.read(["extract:a"])
+    assert (moved.session_key, moved.body, moved.sha256) == ("extract:a", b"x", "h"), "data kept"
     with wh.connect() as con:
-        assert con.execute("SELECT session_key FROM raw_telemetry").fetchall() == [("extract:a",)], "data kept"
+        tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert not tables & {"export_claims", "raw_telemetry"}, "claims and payloads in files of their own (migration 6)"
+    assert wh.claim(["extract:a"], "new-run") == (["extract:a"], {})
+    with duckdb.connect(str(wh.claims_path)) as con:
         columns = [c for (c,) in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = "
                                              "'export_claims'").fetchall()]
-    assert columns == ["session_key", "run_id", "claimed_at", "lease_until"], "claims are leases now"
-    assert wh.claim(["extract:a"], "new-run") == (["extract:a"], {})
+    assert columns == ["session_key", "run_id", "claimed_at", "lease_until"], "claims are leases"
 
 
 # A database as an older release left it, migrated forward by this code, must hold the tables this code's row types
@@ -241,6 +245,15 @@ def duckdb_shape(path: Path) -> Shape:
                                 "WHERE constraint_type = 'PRIMARY KEY' AND database_name = current_database()"
                                 ).fetchall())
     return _shape(columns, keys)
+
+
+def sqlite_shape(path: Path) -> Shape:
+    with sqlite3.connect(path) as con:
+        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        info = {t: con.execute(f"PRAGMA table_info({t})").fetchall() for t in tables}
+    con.close()
+    return {t: ([(c[1], c[2], not c[3] and not c[5]) for c in cols], [c[1] for c in cols if c[5]])
+            for t, cols in info.items()}
 
 
 def postgres_shape(url: str) -> Shape:
@@ -281,10 +294,22 @@ def test_a_warehouse_from_migration_1_migrated_forward_matches_a_fresh_one_and_t
                 con.execute(statement)
         with duckdb.connect(str(described)) as con:
             for table in CURRENT_TABLES:
-                con.execute(table.ddl("duckdb"))
+                if table is not RAW_TELEMETRY:
+                    con.execute(table.ddl("duckdb"))
+        with sqlite3.connect(tmp_path / "described.sqlite") as lite:
+            lite.execute(RAW_TELEMETRY.ddl("sqlite"))
+        lite.close()
         for path in (old, fresh):
-            assert DuckDBWarehouse(path).probe() == (True, f"DuckDB file {path}, schema version {LATEST_VERSION}")
+            store = DuckDBWarehouse(path)
+            assert store.probe() == (True, f"DuckDB file {path}, schema version {LATEST_VERSION}")
+            store.claim(["extract:x"], "run")  # the claims' own file, made at its first use
+            store.raw.keys()  # the payloads' file, made at its first use
         shapes = [duckdb_shape(path) for path in (old, fresh, described)]
+        for path, shape in zip((old, fresh), shapes, strict=False):  # each claims file beside its warehouse
+            shape.update(duckdb_shape(DuckDBWarehouse(path).claims_path))
+        for raw_path, shape in zip((*(DuckDBWarehouse(p).raw.path for p in (old, fresh)),
+                                    tmp_path / "described.sqlite"), shapes, strict=True):
+            shape.update(sqlite_shape(raw_path))  # and its payloads' SQLite file
     else:
         old = request.getfixturevalue("postgres_url")
         fresh, described = create_database(), create_database()

@@ -4,6 +4,11 @@ warehouse's canonical rows on (`recheck`: nothing fetched). Plain code (no Dagst
 partition keys in an `exporting` block and records the `BatchOutcome` as materialisations inside it, before the
 claims are released. Every stage reports which sessions it carried, so a session that failed early never reaches
 a later stage and a failed load marks nothing exported.
+
+A batch goes through in chunks of about `max_bytes` of payload (EXPORT_BATCH_MAX_MB), each fetched, computed in a
+workspace of its own and uploaded before the next is fetched: what a run holds at once is set by configuration,
+not by the size of its sessions (a LangGraph trace is 600 KB; 500 of them had taken 4.6 GB, issue 33). Each chunk
+is one upload of the two tables; a batch of small sessions is one chunk, as before.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from telemetry_pipeline.canonical.content import Governance
 from telemetry_pipeline.canonical.cost import price_batch
 from telemetry_pipeline.canonical.govern import govern_batch
 from telemetry_pipeline.canonical.identity import AgentDefaults
-from telemetry_pipeline.console.quality import CheckOutcome, check_upload
+from telemetry_pipeline.console.quality import CheckOutcome, check_upload, combine
 from telemetry_pipeline.console.session_summary import SessionSummary, summarize
 from telemetry_pipeline.policy.conformance import check_conformance
 from telemetry_pipeline.policy.playbooks import Playbook
-from telemetry_pipeline.settings import Settings
+from telemetry_pipeline.settings import Settings, SourcesSettings
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
 from telemetry_pipeline.sources.base import Normalizer, RawSession
@@ -77,6 +82,7 @@ def exporting(
     governance: Governance = Settings.content,
     playbooks: Sequence[Playbook] = (),
     recheck: bool = False,
+    max_bytes: float = SourcesSettings.chunk_max_bytes,
 ) -> Iterator[BatchOutcome]:
     """Export `keys`, except those another live run is exporting right now (`in_flight`), and hold their
     claims until the block ends: each key is claimed in the warehouse before anything is fetched, the claims are
@@ -99,8 +105,9 @@ def exporting(
             warehouse.release(list(out.exported_meanwhile), run_id)
             claimed = [k for k in claimed if k not in out.exported_meanwhile]
         with warehouse.leased(claimed, run_id):
-            yield _export(out, claimed, run_id, sources, warehouse, destination, dataset, agents,
-                          alphabet_limit, governance, tuple(playbooks))
+            batch = _Batch(out, run_id, sources, warehouse, destination, dataset, agents, alphabet_limit,
+                           governance, tuple(playbooks))
+            yield batch.export(claimed, max_bytes)
     finally:
         try:
             warehouse.release(claimed, run_id)
@@ -120,93 +127,112 @@ def _log_in_flight(in_flight: dict[str, str]) -> None:
                     dict(list(in_flight.items())[:20]))
 
 
-def _export(
-    out: BatchOutcome,
-    keys: list[str],
-    run_id: str,
-    sources: SourceSet,
-    warehouse: Warehouse,
-    destination: Destination,
-    dataset: str,
-    agents: AgentDefaults,
-    alphabet_limit: int,
-    governance: Governance,
-    playbooks: tuple[Playbook, ...],
-) -> BatchOutcome:
-    # What fails is said in metadata and logs: a source's or a payload's text in it is governed too.
-    def failed(stage: str, problems: dict[str, str]) -> None:
-        out.failures.update({k: governance.message(f"{stage}: {e}") or stage for k, e in problems.items()})
+@dataclass
+class _Batch:
+    """One run's batch as it goes through, chunk by chunk, into `out`."""
 
-    fetched = None if out.recheck else _fetch(out, keys, sources, warehouse, failed)
-    with _timed(out.timings, "normalize"), warehouse.workspace(keys if out.recheck else ()) as con:
-        if fetched is None:
-            out.normalized = _in_warehouse(con, keys)
-            missing = "the warehouse holds no rows of this session: export it (it is fetched from its source again)"
-            failed("recheck", {k: missing for k in keys if k not in set(out.normalized)})
+    out: BatchOutcome
+    run_id: str
+    sources: SourceSet
+    warehouse: Warehouse
+    destination: Destination
+    dataset: str
+    agents: AgentDefaults
+    alphabet_limit: int
+    governance: Governance
+    playbooks: tuple[Playbook, ...]
+
+    def export(self, keys: list[str], max_bytes: float) -> BatchOutcome:
+        out = self.out
+        if out.recheck:  # the canonical rows the warehouse holds: governed, small beside the payloads
+            self._chunk(keys, None)
         else:
-            _normalize(out, con, fetched, agents, governance, failed)
-        with _timed(out.timings, "conformance"):  # every time: a session's old verdict goes with its old rows
-            check_conformance(con, out.normalized, playbooks)
-        with _timed(out.timings, "save_canonical"):
-            warehouse.save_canonical(con, out.normalized)
-        _drop_lost_claims(out, warehouse, run_id)
-        if out.normalized:
-            with _timed(out.timings, "render"):
-                rendered = render(con, out.normalized, dataset, governance.attributes_max_chars)
-            with _timed(out.timings, "summarise"):
-                out.summaries = summarize(con, out.normalized)
-    if not out.normalized:
+            fetching = self.sources.fetch_chunks(keys, max_bytes)
+            while True:
+                with _timed(out.timings, "fetch"):
+                    fetched = next(fetching, None)
+                if fetched is None:
+                    break
+                self._failed("fetch", fetched.errors)
+                out.not_found += fetched.not_found
+                with _timed(out.timings, "store_raw"):
+                    self.warehouse.store_raw(fetched.raw)
+                out.stored += [r.key for r in fetched.raw]
+                out.bytes_fetched += sum(len(r.body) for r in fetched.raw)
+                self._chunk([r.key for r in fetched.raw], fetched.raw)
+        log.info(
+            "batch of %d: %d exported, %d failed, %d in flight elsewhere; %d uploads; timings %s",
+            len(out.keys), len(out.exported), len(out.failures), len(out.in_flight), len(out.loads) // 2,
+            {k: round(v, 3) for k, v in out.timings.items()},
+        )
         return out
-    with _timed(out.timings, "quality"):
-        out.quality = check_upload(rendered.runs, rendered.events, alphabet_limit)
-    out.rendered = list(out.normalized)
-    out.rows = rendered.rows_by_session
 
-    with _timed(out.timings, "load"):
-        out.loads = destination.load(rendered.uploads)
-    refused = [r for r in out.loads if not r.ok]
-    if refused:
-        reason = "; ".join(f"{r.table}: {r.status}" + (f" ({r.message})" if r.message else "") for r in refused)
-        failed("load", dict.fromkeys(out.rendered, reason))
-    else:
-        out.exported = list(out.rendered)
-    log.info(
-        "batch of %d: %d exported, %d failed, %d in flight elsewhere; timings %s",
-        len(out.keys), len(out.exported), len(out.failures), len(out.in_flight),
-        {k: round(v, 3) for k, v in out.timings.items()},
-    )
-    return out
+    def _failed(self, stage: str, problems: dict[str, str]) -> None:
+        # What fails is said in metadata and logs: a source's or a payload's text in it is governed too.
+        self.out.failures.update({k: self.governance.message(f"{stage}: {e}") or stage for k, e in problems.items()})
 
+    def _chunk(self, keys: list[str], raw: list[RawSession] | None) -> None:
+        """Normalise (or, for a re-check, take from the warehouse) `keys`, check, save, render and upload them."""
+        out = self.out
+        with _timed(out.timings, "normalize"), self.warehouse.workspace(keys if raw is None else ()) as con:
+            if raw is None:
+                done = _in_warehouse(con, keys)
+                missing = "the warehouse holds no rows of this session: export it (it is fetched from its source again)"
+                self._failed("recheck", {k: missing for k in keys if k not in set(done)})
+            else:
+                done = self._normalize(con, raw)
+            with _timed(out.timings, "conformance"):  # every time: a session's old verdict goes with its old rows
+                check_conformance(con, done, self.playbooks)
+            with _timed(out.timings, "save_canonical"):
+                self.warehouse.save_canonical(con, done)
+            done = self._still_held(done)
+            out.normalized += done
+            if not done:
+                return
+            with _timed(out.timings, "render"):
+                rendered = render(con, done, self.dataset, self.governance.attributes_max_chars)
+            with _timed(out.timings, "summarise"):
+                out.summaries |= summarize(con, done)
+        with _timed(out.timings, "quality"):
+            out.quality = combine(out.quality, check_upload(rendered.runs, rendered.events, self.alphabet_limit))
+        out.rendered += done
+        out.rows |= rendered.rows_by_session
+        with _timed(out.timings, "load"):
+            loads = self.destination.load(rendered.uploads)
+        out.loads += loads
+        refused = [r for r in loads if not r.ok]
+        if refused:
+            reason = "; ".join(f"{r.table}: {r.status}" + (f" ({r.message})" if r.message else "") for r in refused)
+            self._failed("load", dict.fromkeys(done, reason))
+        else:
+            out.exported += done
 
-def _fetch(out: BatchOutcome, keys: list[str], sources: SourceSet, warehouse: Warehouse,
-           failed: Callable[[str, dict[str, str]], None]) -> list[RawSession]:
-    """Each session's payload from its source, kept verbatim before anything parses it."""
-    with _timed(out.timings, "fetch"):
-        fetched = sources.fetch_many(keys)
-    failed("fetch", fetched.errors)
-    out.not_found = fetched.not_found
-    with _timed(out.timings, "store_raw"):
-        warehouse.store_raw(fetched.raw)
-    out.stored = [r.key for r in fetched.raw]
-    out.bytes_fetched = sum(len(r.body) for r in fetched.raw)
-    return fetched.raw
+    def _normalize(self, con: duckdb.DuckDBPyConnection, raw: list[RawSession]) -> list[str]:
+        """The canonical rows of `raw`, priced and governed before anything reads them; the keys normalised."""
+        by_normalizer: dict[Normalizer, list[RawSession]] = defaultdict(list)
+        for r in raw:
+            by_normalizer[SOURCES[r.source].normalize].append(r)  # fetched, so a registered source
+        done: list[str] = []
+        for normalize, batch in by_normalizer.items():
+            problems = normalize(con, batch, self.agents)
+            self._failed("normalise", problems)
+            done += [r.key for r in batch if r.key not in problems]
+        with _timed(self.out.timings, "cost"):  # what each model call cost (the trace's figure, else a price table's)
+            price_batch(con, done)
+        with _timed(self.out.timings, "govern"):  # before anything reads the rows: what leaves is governed
+            tasks = [k for k in done if SOURCES[parse_key(k)[0]].task_is_content]
+            govern_batch(con, done, self.governance, tasks)
+        return done
 
-
-def _normalize(out: BatchOutcome, con: duckdb.DuckDBPyConnection, raw: list[RawSession], agents: AgentDefaults,
-               governance: Governance, failed: Callable[[str, dict[str, str]], None]) -> None:
-    """The canonical rows of `raw`, priced and governed before anything reads them."""
-    by_normalizer: dict[Normalizer, list[RawSession]] = defaultdict(list)
-    for r in raw:
-        by_normalizer[SOURCES[r.source].normalize].append(r)  # fetched, so a registered source
-    for normalize, batch in by_normalizer.items():
-        problems = normalize(con, batch, agents)
-        failed("normalise", problems)
-        out.normalized += [r.key for r in batch if r.key not in problems]
-    with _timed(out.timings, "cost"):  # what each model call cost (the trace's figure, else a price table's)
-        price_batch(con, out.normalized)
-    with _timed(out.timings, "govern"):  # before anything reads the rows: what leaves is governed
-        tasks = [k for k in out.normalized if SOURCES[parse_key(k)[0]].task_is_content]
-        govern_batch(con, out.normalized, governance, tasks)
+    def _still_held(self, keys: list[str]) -> list[str]:
+        """A run that was away longer than its lease (paused, cut off from the warehouse) may have lost sessions
+        to another run by now: it renders and uploads only what it still holds."""
+        still = set(self.warehouse.renew(keys, self.run_id))
+        lost = {k: "another run (this run's claim had expired)" for k in keys if k not in still}
+        if lost:
+            _log_in_flight(lost)
+            self.out.in_flight.update(lost)
+        return [k for k in keys if k in still]
 
 
 def _in_warehouse(con: duckdb.DuckDBPyConnection, keys: list[str]) -> list[str]:
@@ -215,17 +241,6 @@ def _in_warehouse(con: duckdb.DuckDBPyConnection, keys: list[str]) -> list[str]:
         "SELECT session_key FROM sessions WHERE session_key IN (SELECT unnest($keys::VARCHAR[]))", {"keys": keys}
     ).fetchall()}
     return [k for k in keys if k in found]
-
-
-def _drop_lost_claims(out: BatchOutcome, warehouse: Warehouse, run_id: str) -> None:
-    """A run that was away longer than its lease (paused, cut off from the warehouse) may have lost sessions
-    to another run by now: it renders and uploads only what it still holds."""
-    still = set(warehouse.renew(out.normalized, run_id))
-    lost = {k: "another run (this run's claim had expired)" for k in out.normalized if k not in still}
-    if lost:
-        _log_in_flight(lost)
-        out.in_flight.update(lost)
-        out.normalized = [k for k in out.normalized if k in still]
 
 
 @contextlib.contextmanager

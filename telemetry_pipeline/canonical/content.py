@@ -249,7 +249,7 @@ class _Walk:
                 return f"[stack trace omitted: {value.count(chr(10)) + 1} lines]"
             if len(value) >= FREE_TEXT_MIN_CHARS and _FREE_TEXT.search(value):
                 return self.summary(value)  # free text under a key no table names
-        if self.redact_leaves:
+        if self.redact_leaves and self.governance._gate.search(value):  # the leaves of a row that has something
             value = redact(value, self.governance.personal)
         return self.governance._cut(value)
 
@@ -258,8 +258,8 @@ class _Walk:
         stripped = value.strip()
         if stripped[:1] in ("[", "{"):
             try:
-                parsed = json.loads(stripped)
-            except ValueError:
+                parsed = _loads(stripped)
+            except ValueError:  # orjson's decode error too
                 return _omitted(value)
             return _dumps(self(parsed, None, True))
         return _omitted(value)

@@ -19,7 +19,7 @@ from typing import Any, Literal, NewType
 import pyarrow as pa
 
 Json = NewType("Json", str)  # JSON text: stored in a JSON column
-Dialect = Literal["duckdb", "postgres"]
+Dialect = Literal["duckdb", "postgres", "sqlite"]
 
 _KINDS: dict[Any, str] = {
     str: "text", int: "long", float: "double", dt.datetime: "timestamp", Json: "json", bytes: "bytes",
@@ -31,6 +31,9 @@ SQL_TYPES: dict[str, dict[str, str]] = {
     # which JSONB refuses (hostile input has it: one such attribute would fail a whole batch's COPY).
     "postgres": {"text": "TEXT", "long": "BIGINT", "double": "DOUBLE PRECISION", "timestamp": "TIMESTAMPTZ",
                  "json": "JSON", "bytes": "BYTEA"},
+    # The embedded warehouse's payload file (`warehouse.raw_file`): times as ISO 8601 text in UTC.
+    "sqlite": {"text": "TEXT", "long": "INTEGER", "double": "REAL", "timestamp": "TEXT", "json": "TEXT",
+               "bytes": "BLOB"},
 }
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(), "long": pa.int64(), "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC"),

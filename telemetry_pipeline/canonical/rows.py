@@ -6,11 +6,11 @@ them in for those sessions (Arrow tables in, `replace.replace_rows` with the col
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
+import orjson
 
 from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, EventRow, SessionRow
@@ -27,13 +27,13 @@ SessionParser = Callable[[RawSession, AgentDefaults], tuple[SessionRow, list[Eve
 
 
 def parse_json(body: bytes) -> Any:
-    """The payload as JSON; `InvalidPayload` when it is not UTF-8 or not JSON."""
+    """The payload as JSON (orjson: a 600 KB trace parses several times faster than with `json`); `InvalidPayload`
+    when it is not UTF-8 or not JSON."""
     try:
-        return json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidPayload("payload is not valid UTF-8") from None
-    except ValueError:
-        raise InvalidPayload("payload is not valid JSON") from None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        utf8 = "utf-8" in str(exc).lower()
+        raise InvalidPayload("payload is not valid UTF-8" if utf8 else "payload is not valid JSON") from None
 
 
 def replace_sessions(

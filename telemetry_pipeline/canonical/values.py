@@ -7,6 +7,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from telemetry_pipeline.canonical.model import Json
 
 
@@ -41,8 +43,13 @@ def text(value: Any, limit: int = 500) -> str | None:
 
 
 def json_text(value: Any) -> Json:
-    """Valid JSON text for a JSON column (NaN/inf and odd types become strings)."""
-    return Json(json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":")))
+    """Valid JSON text for a JSON column (NaN/inf and odd types become strings). orjson writes it, several times
+    faster; an integer past 64 bits, which it refuses, takes `json`."""
+    plain = _jsonable(value)
+    try:
+        return Json(orjson.dumps(plain).decode())
+    except TypeError:
+        return Json(json.dumps(plain, ensure_ascii=False, separators=(",", ":")))
 
 
 def _jsonable(value: Any) -> Any:

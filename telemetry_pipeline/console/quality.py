@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from telemetry_pipeline.canonical.activity import looks_like_id
 from telemetry_pipeline.canonical.model import Conformance, Outcome
+from telemetry_pipeline.warehouse import engine
 
 SAMPLE = 5  # offending values named in a check's metadata
 
@@ -48,7 +49,7 @@ class CheckOutcome:
 
 def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[CheckOutcome]:
     """The checks over one batch's `<dataset>_runs` and `<dataset>_events` frames."""
-    con = duckdb.connect()
+    con = engine.connect()
     try:
         con.register("up_runs", runs)
         con.register("up_events", events)
@@ -63,6 +64,31 @@ def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[
         ]
     finally:
         con.close()
+
+
+def combine(earlier: list[CheckOutcome], later: list[CheckOutcome]) -> list[CheckOutcome]:
+    """One outcome per check over a run's uploads (its chunks): passed when it passed on each; counts added (the
+    distinct activities: the most of one upload, as the check is per upload), samples and maps joined."""
+    if not earlier:
+        return later
+    before = {o.name: o for o in earlier}
+    return [CheckOutcome(o.name, o.passed and before[o.name].passed,
+                         {k: _joined(k, before[o.name].metadata.get(k), v) for k, v in o.metadata.items()})
+            if o.name in before else o for o in later]
+
+
+def _joined(name: str, a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if name in ("distinct_activities", "limit"):
+        return max(a, b)
+    if isinstance(b, bool) or not isinstance(b, int | list | dict):
+        return b
+    if isinstance(b, int):
+        return a + b
+    if isinstance(b, list):
+        return list(dict.fromkeys(a + b))[:SAMPLE]
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
 def _agent_outcome(con: duckdb.DuckDBPyConnection) -> CheckOutcome:

@@ -138,7 +138,7 @@ def session_export(
         agents=sources.agents(), run_id=run_id, holder_check=RunLiveness(context.instance),
         exported_meanwhile=lambda claimed: exported_since(context.instance, claimed, asked_at, run_id),
         alphabet_limit=monitoring.activity_alphabet_limit, governance=content.governance(),
-        playbooks=playbooks.playbooks(), recheck=config.recheck,
+        playbooks=playbooks.playbooks(), recheck=config.recheck, max_bytes=sources.settings.chunk_max_bytes,
     ) as outcome:
         left = {name: dg.MetadataValue.json(value) for name, value in (
             (IN_FLIGHT_META, outcome.in_flight),  # another run is exporting these right now

@@ -17,11 +17,13 @@ from telemetry_pipeline.canonical.content import ContentPolicy, Governance
 from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.policy.playbooks import Playbook, load_playbooks
 from telemetry_pipeline.settings import (
+    MB,
     HttpSettings,
     Secret,
     Settings,
     SignavioSettings,
     SourcesSettings,
+    WarehouseSettings,
 )
 from telemetry_pipeline.signavio.models import Destination
 from telemetry_pipeline.signavio.outbox import Outbox
@@ -62,6 +64,8 @@ class SourcesResource(_HttpResource):
 
     fetch_concurrency: int = SourcesSettings.fetch_concurrency
     settle_seconds: float = SourcesSettings.settle_seconds
+    chunk_max_mb: float = Field(default=SourcesSettings.chunk_max_bytes / MB, description="EXPORT_BATCH_MAX_MB: a "
+                                "run fetches about this much payload, exports it, then fetches more")
     agent_name: str | None = Field(default=None, description="AGENT_NAME / SERVICE_NAME: the agent when the data "
                                    "names none (before the data's agent type or service, and the host name)")
 
@@ -76,6 +80,7 @@ class SourcesResource(_HttpResource):
             **_http_fields(s.http),
             fetch_concurrency=s.fetch_concurrency,
             settle_seconds=s.settle_seconds,
+            chunk_max_mb=s.chunk_max_bytes / MB,
             agent_name=s.agent_name,
         )
 
@@ -90,6 +95,7 @@ class SourcesResource(_HttpResource):
             http=self.http,
             fetch_concurrency=self.fetch_concurrency,
             settle_seconds=self.settle_seconds,
+            chunk_max_bytes=int(self.chunk_max_mb * MB),
             agent_name=self.agent_name,
         )
 
@@ -117,6 +123,8 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str = Field(description="the DuckDB file, <home>/warehouse.duckdb (used when url is unset)")
     url: str | None = Field(default=None, description="postgresql://... (secret: bound with EnvVar)")
     lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, description="a claim lasts this long unless renewed")
+    memory_limit: str = Field(default=WarehouseSettings.memory_limit,
+                              description="DUCKDB_MEMORY_LIMIT: each DuckDB database a run computes in")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WarehouseResource:
@@ -124,10 +132,12 @@ class WarehouseResource(dg.ConfigurableResource):
             path=str(settings.warehouse_path),
             url=_bound(settings.warehouse.url),  # an EnvVar when read from the environment
             lease_seconds=settings.warehouse.lease_seconds,
+            memory_limit=settings.warehouse.memory_limit,
         )
 
     def warehouse(self) -> Warehouse:
-        return open_warehouse(self.url or None, Path(self.path), lease_seconds=self.lease_seconds)
+        return open_warehouse(self.url or None, Path(self.path), lease_seconds=self.lease_seconds,
+                              memory_limit=self.memory_limit)
 
 
 class SignavioResource(_HttpResource):

@@ -69,6 +69,9 @@ def unregister_unknown(instance: dg.DagsterInstance, keys: list[str], results: d
                                  "(`export --register` keeps a key its source does not know)")
 
 
+_SIGNAL_GRACE_S = 5.0  # how long a helper's interrupt waits for the command's own before it counts as a failure
+
+
 class Exporter:
     """Runs `export_sessions` over keys in batched runs and reads each key's outcome. The runs go to
     `settings.export_workers` processes side by side: this one, and helpers started for the first batch beyond
@@ -111,7 +114,9 @@ class Exporter:
                 try:
                     record(pool.submit(_run_in_helper, self.run_config, item[1], self.tags).result())
                 except (Exception, KeyboardInterrupt) as exc:  # the helper died or was stopped: this batch failed
-                    if stopping.is_set():  # stopped by the command itself (`ExportInterrupted` says so)
+                    # Stopped with the command (`ExportInterrupted` says so): a Ctrl-C reaches the helper and this
+                    # process together, and the helper's interrupt may come back before this process's own.
+                    if stopping.is_set() or (isinstance(exc, KeyboardInterrupt) and stopping.wait(_SIGNAL_GRACE_S)):
                         return
                     error = f"export worker process failed: {type(exc).__name__}: {exc}"
                     log.warning("run %d/%d: %s", item[0], len(ranges), error)
@@ -140,10 +145,10 @@ class Exporter:
                 for thread in threads:
                     thread.join()
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no new run; the helpers' runs stop within the bound
+                stopping.set()
                 with lock:
                     todo.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
-                stopping.set()
                 mark_interrupted(self.instance, stop(helper_processes, signal.SIGTERM), "`telemetry-pipeline export`")
                 raise ExportInterrupted(dict(results)) from None
             pool.shutdown(wait=True)

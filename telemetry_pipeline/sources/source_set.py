@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -58,27 +59,28 @@ class SourceSet:
             raise SourceError(f"source {name!r} is not configured (set {hint})")
         return source
 
-    def fetch_many(self, keys: Iterable[str]) -> FetchResult:
-        """Fetch every key, at most `fetch_concurrency` at once. One failure never stops the others."""
-
-        def fetch_one(key: str) -> RawSession:
-            source_name, session_id = parse_key(key)
-            return self.get(source_name).fetch(session_id)
-
+    def fetch_chunks(self, keys: Iterable[str], max_bytes: float = float("inf")) -> Iterator[FetchResult]:
+        """Every key, fetched at most `fetch_concurrency` at once, in chunks of about `max_bytes` of payload: no new
+        fetch starts once a chunk holds that much (those under way finish in it), so what a run holds at once is
+        bounded by configuration, not by the size of the sessions. One failure never stops the others."""
         keys = list(keys)
-        raw: list[RawSession] = []
-        errors: dict[str, str] = {}
-        not_found: list[str] = []
-        outcomes = fan_out(fetch_one, keys, self.settings.fetch_concurrency, catch=(SourceError, ValueError))
-        for key in keys:
-            outcome = outcomes[key]
-            if isinstance(outcome, Exception):
-                errors[key] = str(outcome)
-                if isinstance(outcome, SessionNotFound):
-                    not_found.append(key)
-            else:
-                raw.append(outcome)
-        return FetchResult(raw, errors, not_found)
+        while keys:
+            fetched = _Tally()
+            outcomes = fan_out(functools.partial(self._fetch_one, fetched), keys, self.settings.fetch_concurrency,
+                               catch=(SourceError, ValueError), enough=functools.partial(fetched.reached, max_bytes))
+            chunk, keys = keys[:len(outcomes)], keys[len(outcomes):]  # the items are taken in order
+            yield _fetch_result(chunk, outcomes)
+
+    def _fetch_one(self, fetched: _Tally, key: str) -> RawSession:
+        source_name, session_id = parse_key(key)
+        raw = self.get(source_name).fetch(session_id)
+        fetched.add(len(raw.body))
+        return raw
+
+    def fetch_many(self, keys: Iterable[str]) -> FetchResult:
+        """Every key in one chunk (`fetch_chunks`)."""
+        keys = list(keys)
+        return next(self.fetch_chunks(keys), FetchResult([], {}, []))
 
     def unreadable_files(self) -> dict[str, str]:
         """The inbox's files with nothing readable in them (path -> why): reported, never silently ignored."""
@@ -116,10 +118,42 @@ class SourceSet:
         return found, errors
 
 
+class _Tally:
+    """Bytes fetched so far, added to by the fetching threads."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+    def reached(self, limit: float) -> bool:
+        return self.total >= limit
+
+
+def _fetch_result(keys: list[str], outcomes: Mapping[str, RawSession | Exception]) -> FetchResult:
+    raw: list[RawSession] = []
+    errors: dict[str, str] = {}
+    not_found: list[str] = []
+    for key in keys:
+        outcome = outcomes[key]
+        if isinstance(outcome, Exception):
+            errors[key] = str(outcome)
+            if isinstance(outcome, SessionNotFound):
+                not_found.append(key)
+        else:
+            raw.append(outcome)
+    return FetchResult(raw, errors, not_found)
+
+
 def fan_out(work: Callable[[T], R], items: Sequence[T], workers: int, deadline: dt.timedelta | None = None,
-            catch: type[Exception] | tuple[type[Exception], ...] = ()) -> dict[T, R | Exception]:
-    """`work` on every item in at most `workers` threads; {item: its result, or the exception of `catch` it
-    raised} for the items done by `deadline` (every item when None). Any other exception is raised here.
+            catch: type[Exception] | tuple[type[Exception], ...] = (),
+            enough: Callable[[], bool] = lambda: False) -> dict[T, R | Exception]:
+    """`work` on the items in order, in at most `workers` threads; {item: its result, or the exception of `catch`
+    it raised} for the items done by `deadline` (every item when None). Once `enough()` says so, no further item is
+    taken: the result then holds a prefix of `items`. Any other exception is raised here.
 
     The threads are daemons, so an interrupt (Ctrl-C, SIGTERM) ends the caller at once: a `ThreadPoolExecutor`'s
     threads are joined before its process may exit, so a fetch waiting on a source that does not answer held a
@@ -133,7 +167,7 @@ def fan_out(work: Callable[[T], R], items: Sequence[T], workers: int, deadline: 
         nonlocal taken
         while True:
             with lock:
-                if taken == len(items) or failure:
+                if taken == len(items) or failure or enough():
                     return
                 item, taken = items[taken], taken + 1
             try:

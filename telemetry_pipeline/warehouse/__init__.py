@@ -40,16 +40,19 @@ __all__ = [
 ]
 
 
-def open_warehouse(url: str | None, path: Path, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Warehouse:
-    """PostgreSQL when `url` (WAREHOUSE_URL) is given, else the DuckDB file at `path`."""
+def open_warehouse(url: str | None, path: Path, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                   memory_limit: str | None = None) -> Warehouse:
+    """PostgreSQL when `url` (WAREHOUSE_URL) is given, else the DuckDB file at `path`; `memory_limit` bounds each
+    DuckDB database a run computes in (DUCKDB_MEMORY_LIMIT)."""
     if not url:
-        return DuckDBWarehouse(path, lease_seconds=lease_seconds)
+        return DuckDBWarehouse(path, lease_seconds=lease_seconds, memory_limit=memory_limit)
     if not is_postgres_url(url):  # the message never repeats the URL: it may hold a password
         raise ValueError("WAREHOUSE_URL must be a postgresql:// URL (postgresql://user:password@host:port/database)")
-    return PostgresWarehouse(url, lease_seconds=lease_seconds)
+    return PostgresWarehouse(url, lease_seconds=lease_seconds, memory_limit=memory_limit)
 
 
 def configured_warehouse(settings: Settings) -> Warehouse:
     """The warehouse `settings` name (what the runs' `WarehouseResource` opens), for the CLI's own commands."""
     url = settings.warehouse.url.value if settings.warehouse.url else None
-    return open_warehouse(url, settings.warehouse_path, lease_seconds=settings.warehouse.lease_seconds)
+    return open_warehouse(url, settings.warehouse_path, lease_seconds=settings.warehouse.lease_seconds,
+                          memory_limit=settings.warehouse.memory_limit)

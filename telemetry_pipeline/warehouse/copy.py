@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from telemetry_pipeline.canonical.model import Table
 from telemetry_pipeline.warehouse import schema
+from telemetry_pipeline.warehouse.duckdb_store import DuckDBWarehouse
 from telemetry_pipeline.warehouse.postgres_store import PostgresWarehouse, copy_rows, export_select
 
 CHUNK_SESSIONS = 1000
@@ -33,16 +34,26 @@ def copy_duckdb_to_postgres(path: Path, target: PostgresWarehouse, chunk: int = 
     if not path.is_file():
         raise FileNotFoundError(f"no DuckDB warehouse at {path}")
     report = CopyReport(copied={t.name: 0 for t in (schema.RAW_TELEMETRY, *schema.CANONICAL)})
+    home = DuckDBWarehouse(path)
+    with home.connect():  # migrated first: its payloads are in the SQLite file beside it (`raw_file`)
+        pass
     # Read-only: a run still writing the file makes this wait for nothing and fail clearly instead.
     with duckdb.connect(str(path), read_only=True) as duck:
         duck.execute("SET TimeZone = 'UTC'")
-        for table, parts in ((schema.RAW_TELEMETRY, (schema.RAW_TELEMETRY,)), (schema.SESSIONS, schema.CANONICAL)):
-            keys = [k for (k,) in duck.execute(f"SELECT session_key FROM {table.name} ORDER BY 1").fetchall()]
+        raw = schema.RAW_TELEMETRY
+        for table, parts, keys in (
+            (raw, (raw,), home.raw.keys()),
+            (schema.SESSIONS, schema.CANONICAL,
+             [k for (k,) in duck.execute("SELECT session_key FROM sessions ORDER BY 1").fetchall()]),
+        ):
             present = _present(target, table, keys)
             report.already_there[table.name] = len(present)
             missing = [k for k in keys if k not in present]
             for start in range(0, len(missing), chunk):
-                for name, rows in _copy_chunk(duck, target, parts, missing[start : start + chunk]).items():
+                some = missing[start : start + chunk]
+                if table is raw:  # a chunk's payloads at a time, staged under the table's name
+                    duck.register(raw.name, raw.to_arrow(home.raw.read(some)))
+                for name, rows in _copy_chunk(duck, target, parts, some).items():
                     report.copied[name] += rows
         report.copied[schema.EXPORT_ARCHIVE.name] = _copy_archive(duck, target)
     return report

@@ -231,6 +231,11 @@ MIGRATIONS: tuple[Migration, ...] = (
               {"duckdb": _V4_DUCKDB, "postgres": _V4_POSTGRES}),
     Migration(5, "conformance to the playbooks: each session's verdict and the rules it broke",
               {"duckdb": _V5_DUCKDB, "postgres": _V5_POSTGRES}),
+    # A DuckDB warehouse keeps its claims in a file of their own (a claim never waits for a write) and its payloads
+    # in a SQLite file (`raw_file`); `duckdb_store` copies the payloads there before this drops them.
+    Migration(6, "export claims and raw payloads in files of their own (DuckDB)",
+              {"duckdb": ("DROP TABLE IF EXISTS export_claims", "DROP TABLE IF EXISTS raw_telemetry"),
+               "postgres": ()}),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Table
 from telemetry_pipeline.canonical.replace import replace_rows
 from telemetry_pipeline.sources.base import RawSession
-from telemetry_pipeline.warehouse import migrations, schema
+from telemetry_pipeline.warehouse import engine, migrations, schema
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
     Claim,
@@ -118,9 +118,11 @@ def copy_rows(
 
 
 class PostgresWarehouse(Warehouse):
-    def __init__(self, url: str, lease_seconds: float = DEFAULT_LEASE_SECONDS, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, lease_seconds: float = DEFAULT_LEASE_SECONDS, connect_timeout: float = 10.0,
+                 memory_limit: str | None = None) -> None:
         self._url = libpq_url(url)
         self.lease_seconds = lease_seconds
+        self.memory_limit = memory_limit  # of the in-memory DuckDB a batch computes in (spills to the temp dir)
         self.connect_timeout = connect_timeout
         self._ready = False
 
@@ -182,18 +184,20 @@ class PostgresWarehouse(Warehouse):
         if not raw:
             return
         table = schema.RAW_TELEMETRY
-        with duckdb.connect() as duck:
-            duck.register("incoming_raw", raw_table(raw))
-            replace_rows(
-                self.transaction("storing raw payloads"), (table,), [r.key for r in raw],
-                lambda cur: copy_rows(cur, table, duck, export_select(table, "incoming_raw")), "%s",
-            )
+        with engine.connect(memory_limit=self.memory_limit) as duck:
+
+            def insert(cur: psycopg2.extensions.cursor) -> None:
+                for part in schema.raw_parts(raw):  # a part at a time: the copies are of a part
+                    duck.register("incoming_raw", raw_table(part))
+                    copy_rows(cur, table, duck, export_select(table, "incoming_raw"))
+                    duck.unregister("incoming_raw")
+
+            replace_rows(self.transaction("storing raw payloads"), (table,), [r.key for r in raw], insert, "%s")
 
     @contextlib.contextmanager
     def workspace(self, keys: Sequence[str] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
         """An in-memory DuckDB database of this batch alone (with the stored rows of `keys`)."""
-        with duckdb.connect() as con:
-            con.execute("SET TimeZone = 'UTC'")
+        with engine.connect(memory_limit=self.memory_limit) as con:
             create_canonical(con)
             if keys:
                 self._copy_out(con, "session_key = ANY(%s)", [list(keys)])

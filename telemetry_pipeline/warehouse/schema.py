@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -85,13 +85,32 @@ def newest_records(records: Sequence[ExportRecord]) -> list[ExportRecord]:
     return [newest[k] for k in sorted(newest)]
 
 
-def raw_table(raw: Sequence[RawSession]) -> pa.Table:
+RAW_PART_BYTES = 8 * 2**20
+
+
+def raw_parts(raw: Sequence[RawSession], max_bytes: int = RAW_PART_BYTES) -> Iterator[list[RawSession]]:
+    """`raw` in parts of about `max_bytes` of payload: a store writes a part at a time, so the copies an insert makes
+    (an Arrow table, the database's own) are of a part, never of the whole batch."""
+    part: list[RawSession] = []
+    size = 0
+    for r in raw:
+        part.append(r)
+        size += len(r.body)
+        if size >= max_bytes:
+            yield part
+            part, size = [], 0
+    if part:
+        yield part
+
+
+def raw_rows(raw: Sequence[RawSession]) -> list[RawRow]:
     """The payloads as they are stored: verbatim body, its size and digest."""
-    return RAW_TELEMETRY.to_arrow([
-        RawRow(r.key, r.source, r.session_id, r.body, r.content_type, len(r.body), hashlib.sha256(r.body).hexdigest(),
-               r.location, r.fetched_at)
-        for r in raw
-    ])
+    return [RawRow(r.key, r.source, r.session_id, r.body, r.content_type, len(r.body),
+                   hashlib.sha256(r.body).hexdigest(), r.location, r.fetched_at) for r in raw]
+
+
+def raw_table(raw: Sequence[RawSession]) -> pa.Table:
+    return RAW_TELEMETRY.to_arrow(raw_rows(raw))
 
 
 

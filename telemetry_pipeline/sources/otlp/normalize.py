@@ -313,6 +313,8 @@ def _export_spans(doc: Mapping[str, Any], offset: int) -> list[_Span]:
 def _repeats(spans: list[_Span], exported: list[_Span]) -> set[int]:
     """Export spans that repeat a span of an OTLP capture of the same trace (same name, same attributes;
     matched in order, so a node that ran five times is matched five times, not once)."""
+    if not exported:
+        return set()
     available: Counter[tuple[Any, ...]] = Counter(_fingerprint(s) for s in spans if s.trace_id)
     repeated: set[int] = set()
     for span in exported:

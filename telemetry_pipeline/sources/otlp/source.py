@@ -20,11 +20,14 @@ trace (the one carried by the trace's earliest span that has one), else its trac
 So a conversation spread over several traces and files is one session, and a trace whose root alone
 carries the conversation id stays whole.
 
-Indexing. The inbox is scanned and parsed once per `OtlpSource` (one per run, built by `SourceSet`),
-on first use; listing and every fetch of the run read that snapshot, so no session id ever builds a
-path. A line that is neither (e.g. a file cut off mid-write) is skipped with a warning naming file and
-line; the session payloads of that file carry it in `skipped_lines`, the rest is exported. A `.json`
-file that is not JSON (still being written) is unreadable as a whole; the next run's scan reads it again.
+Indexing. The inbox is scanned once per `OtlpSource` (one per run, built by `SourceSet`), on first use, as a
+stream: each line is parsed (orjson) and let go, and the index keeps where each session's spans are (file, byte
+offset, length of the line) and what it needs to tell them apart, never the spans themselves. A fetch reads, parses
+and regroups the lines of its session alone. So a file of any size is listed and fetched in memory bounded by its
+longest line (a `.json` file that is one pretty-printed document is read whole: the SDKs write those, small). A
+line that is neither (e.g. a file cut off mid-write) is skipped with a warning naming file and line; the session
+payloads of that file carry it in `skipped_lines`, the rest is exported. A file with nothing readable (a `.json`
+still being written) is unreadable as a whole; the next run's scan reads it again.
 
 Finished sessions and late spans. A session's `last_event_at` is its newest span end (or start when a
 span has no end). Discovery takes a session once that is `settle_seconds` old (SESSION_SETTLE_SECONDS)
@@ -45,7 +48,7 @@ and the session's Agora export spans, verbatim, under `"agoraSpans"`.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import hashlib
 import logging
 import os
 import threading
@@ -54,12 +57,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from telemetry_pipeline.canonical.genai import ALIASES, GenAI
 from telemetry_pipeline.canonical.time import nanos_to_datetime
 from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, SourceError
 from telemetry_pipeline.sources.otlp.agora_export import agora_export_times, is_agora_export_span
 from telemetry_pipeline.sources.otlp.otlp_json import (
-    attributes_of,
+    decode_value,
     get,
     hex_id,
     resource_spans,
@@ -80,11 +85,20 @@ WHOLE_FILE_SUFFIX = ".json"  # one document per file; any other file is read as 
 # The per-run index of the inbox
 
 
-@dataclass
-class _Span:
+@dataclass(frozen=True)
+class _Line:
+    """Where one document (an `ExportTraceServiceRequest`, or one Agora export span) is: read again to fetch."""
+
     file: int  # index into _Index.files
-    group: tuple[int, int, int, int] | None  # (file, line, resource span #, scope span #); None: an Agora export span
-    span: Mapping[str, Any]
+    offset: int  # in bytes
+    length: int
+    number: int  # its line in the file (1-based); 0: the file is one document
+
+
+@dataclass(frozen=True)
+class _SpanKey:
+    """What the index keeps of a span: enough to say which session it belongs to, and when."""
+
     trace_id: str | None
     own_session: str | None
     start: int | None
@@ -93,7 +107,7 @@ class _Span:
 
 @dataclass
 class _Session:
-    spans: list[_Span] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # into _Index.lines, in file order
     last_ns: int = 0
     newest_file_mtime: float = 0.0
 
@@ -102,13 +116,20 @@ class _Session:
 class _Index:
     files: list[str] = field(default_factory=list)  # relative paths, sorted
     mtimes: list[float] = field(default_factory=list)
-    groups: dict[tuple[int, int, int, int], tuple[Any, Any, Any]] = field(
-        default_factory=dict
-    )  # resource span, scope span
+    lines: list[_Line] = field(default_factory=list)
+    trace_sessions: dict[str, str] = field(default_factory=dict)  # trace -> the session its labelled spans name
     sessions: dict[str, _Session] = field(default_factory=dict)
     skipped: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # file -> skipped lines
     unreadable: dict[str, str] = field(default_factory=dict)  # file (relative) -> why nothing in it was read
     dropped_spans: int = 0
+
+    def session_of(self, key: _SpanKey) -> str | None:
+        """A span's own session, else its trace's, else its trace id; None: neither (the span is dropped)."""
+        if key.own_session:
+            return key.own_session
+        if key.trace_id:
+            return self.trace_sessions.get(key.trace_id, key.trace_id)
+        return None
 
 
 class OtlpSource:
@@ -140,12 +161,12 @@ class OtlpSource:
         session = index.sessions.get(session_id)
         if session is None:
             raise SessionNotFound(f"otlp session {session_id!r}: no span of this session in {self.directory}")
-        body = _session_document(index, session_id, session)
-        files = sorted({s.file for s in session.spans})
+        body = orjson.dumps(_session_document(self.directory, index, session_id, session))
+        files = sorted({index.lines[n].file for n in session.lines})
         return RawSession(
             source=NAME,
             session_id=session_id,
-            body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            body=body,
             content_type="application/json",
             fetched_at=dt.datetime.now(dt.UTC),
             location="; ".join(str(self.directory / index.files[f]) for f in files)[:1000],
@@ -180,150 +201,265 @@ def _trace_files(directory: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
+INDEX_DIR = ".telemetry-pipeline-index"  # in the inbox, hidden: what each file's scan found, reused while it stays
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class _FileScan:
+    """What one file's scan found: its documents (offset, length, line number), each span's key by the document it
+    is in, the lines that could not be read, or why nothing in it could."""
+
+    lines: list[tuple[int, int, int]] = field(default_factory=list)
+    spans: list[tuple[int, _SpanKey]] = field(default_factory=list)  # (document #, span)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: str | None = None
+
+
 def _build_index(directory: Path) -> _Index:
     if not directory.is_dir():
         raise SourceError(f"otlp inbox {directory} is not a directory (OTLP_INBOX_DIR)")
     index = _Index()
-    spans: list[_Span] = []
+    spans: list[tuple[int, _SpanKey]] = []  # (line, span): all the scan keeps
+    cache = _Cache(directory / INDEX_DIR)
     for path in _trace_files(directory):
         relative = path.relative_to(directory).as_posix()
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            mtime = path.stat().st_mtime
+            stat = path.stat()
+            scan = cache.get(relative, stat)
+            if scan is None:
+                scan = _scan(path, relative)
+                cache.put(relative, stat, scan)
         except OSError as exc:
             log.warning("otlp: cannot read %s: %s", path, exc.strerror)
             index.unreadable[relative] = f"cannot be read: {exc.strerror}"
             continue
         f = len(index.files)
         index.files.append(relative)
-        index.mtimes.append(mtime)
-        if path.suffix == WHOLE_FILE_SUFFIX:
-            documents: list[tuple[int, str]] = [(0, text)]
-        else:
-            # "\n" only: str.splitlines() would also split at U+2028 etc., which JSON strings may hold.
-            documents = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-        problems: list[dict[str, Any]] = []
-        found = 0
-        for line, doc in documents:
-            try:
-                document = json.loads(doc)
-                if not isinstance(document, Mapping):
-                    raise ValueError("not a JSON object")
-                if get(document, "resourceSpans") is not None:
-                    new = list(_spans_of(index, f, line, document))
-                elif is_agora_export_span(document):
-                    new = [_agora_export_span(f, document)]
-                else:
-                    raise ValueError('neither OTLP/JSON ("resourceSpans") nor an Agora export span')
-            except ValueError as exc:  # JSONDecodeError included
-                error = "not JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)[:300]
-                problems.append({"file": relative, "line": line or None, "error": error})
-                continue
-            found += 1
-            spans.extend(new)
-        if problems and not found:
-            first = problems[0]
-            where = f"line {first['line']}: " if first["line"] else ""
-            why = f"not OTLP/JSON and not an Agora export ({where}{first['error']})"
-            log.warning("otlp: cannot read %s: %s", relative, why)
-            index.unreadable[relative] = why
-        elif problems:
-            for problem in problems:
+        index.mtimes.append(stat.st_mtime)
+        first = len(index.lines)
+        index.lines += [_Line(f, offset, length, number) for offset, length, number in scan.lines]
+        spans += [(first + n, key) for n, key in scan.spans]
+        if scan.unreadable:
+            log.warning("otlp: cannot read %s: %s", relative, scan.unreadable)
+            index.unreadable[relative] = scan.unreadable
+        elif scan.problems:
+            for problem in scan.problems:
                 log.warning("otlp: skipped %s line %s: %s", relative, problem["line"], problem["error"])
-            index.skipped[f] = problems
+            index.skipped[f] = scan.problems
     _assign_sessions(index, spans)
     if index.dropped_spans:
         log.warning("otlp: %d spans had neither a trace id nor a session id and were ignored", index.dropped_spans)
     return index
 
 
-def _agora_export_span(f: int, record: Mapping[str, Any]) -> _Span:
+def _scan(path: Path, relative: str) -> _FileScan:
+    """One pass over the file, a document at a time: where each is, and its spans' keys."""
+    scan = _FileScan()
+    for number, offset, length, document in _documents(path):
+        try:
+            if isinstance(document, Exception):
+                raise document
+            if not isinstance(document, Mapping):
+                raise ValueError("not a JSON object")
+            if get(document, "resourceSpans") is not None:
+                keys = [key for _, _, key in _spans_of(document)]
+            elif is_agora_export_span(document):
+                keys = [_agora_export_key(document)]
+            else:
+                raise ValueError('neither OTLP/JSON ("resourceSpans") nor an Agora export span')
+        except ValueError as exc:  # orjson's decode error included
+            error = "not JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)[:300]
+            scan.problems.append({"file": relative, "line": number or None, "error": error})
+            continue
+        scan.spans += [(len(scan.lines), key) for key in keys]
+        scan.lines.append((offset, length, number))
+    if scan.problems and not scan.lines:
+        first = scan.problems[0]
+        where = f"line {first['line']}: " if first["line"] else ""
+        scan.unreadable = f"not OTLP/JSON and not an Agora export ({where}{first['error']})"
+    return scan
+
+
+class _Cache:
+    """Each file's scan, kept in the inbox's hidden `INDEX_DIR` and used while the file has the size and modification
+    time it was scanned at: a run (each run builds its index) reads a file again only when it changed, and a file of
+    600 MB is scanned once, by the discovery that found it. Where the inbox cannot be written, nothing is kept."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def get(self, relative: str, stat: os.stat_result) -> _FileScan | None:
+        try:
+            entry = orjson.loads(self._path(relative).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if entry.get("key") != self._key(relative, stat):
+            return None
+        return _FileScan(lines=[(offset, length, number) for offset, length, number in entry["lines"]],
+                         spans=[(n, _SpanKey(*key)) for n, key in entry["spans"]], problems=entry["problems"],
+                         unreadable=entry["unreadable"])
+
+    def put(self, relative: str, stat: os.stat_result, scan: _FileScan) -> None:
+        entry = {"key": self._key(relative, stat), "lines": scan.lines, "problems": scan.problems,
+                 "spans": [(n, (k.trace_id, k.own_session, k.start, k.end)) for n, k in scan.spans],
+                 "unreadable": scan.unreadable}
+        path = self._path(relative)
+        try:
+            self.directory.mkdir(exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            partial.write_bytes(orjson.dumps(entry))
+            os.replace(partial, path)  # whole or not at all, whoever reads it
+        except OSError as exc:
+            log.debug("otlp: the scan of %s is not kept (%s): the next run scans it again", relative, exc)
+
+    def _path(self, relative: str) -> Path:
+        return self.directory / (hashlib.sha1(relative.encode()).hexdigest() + ".json")
+
+    @staticmethod
+    def _key(relative: str, stat: os.stat_result) -> list[Any]:
+        return [_CACHE_FORMAT, relative, stat.st_size, stat.st_mtime_ns]
+
+
+def _documents(path: Path) -> Iterator[tuple[int, int, int, Any]]:
+    """(line number, byte offset, length, the parsed document or the error it raised) of each non-empty line, read
+    as a stream. A `.json` file whose first line is not a whole document is one pretty-printed document: it is read
+    whole (line number 0). Lines end at "\n" only (JSON strings may hold U+2028 and the like)."""
+    with path.open("rb") as stream:
+        offset = 0
+        for number, raw in enumerate(stream, start=1):
+            length = len(raw)
+            if raw.strip():
+                document = _parsed(raw)
+                if number == 1 and path.suffix == WHOLE_FILE_SUFFIX and isinstance(document, Exception):
+                    yield 0, 0, path.stat().st_size, _parsed(path.read_bytes())
+                    return
+                yield number, offset, length, document
+            offset += length
+
+
+def _parsed(raw: bytes) -> Any:
+    """The JSON document in `raw`, or the error it raises (text that is not UTF-8 is read with replacements, as
+    the index always did)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "utf-8" not in str(exc).lower():
+            return exc
+    try:
+        return orjson.loads(raw.decode("utf-8", errors="replace"))
+    except orjson.JSONDecodeError as exc:
+        return exc
+
+
+def _read(directory: Path, index: _Index, line: _Line) -> Any:
+    """A document the scan found, read and parsed again (the file is as the scan saw it within a run)."""
+    with (directory / index.files[line.file]).open("rb") as stream:
+        stream.seek(line.offset)
+        document = _parsed(stream.read(line.length))
+    if isinstance(document, Exception):
+        raise SourceError(f"otlp: {index.files[line.file]} line {line.number} changed since it was listed: "
+                          "export the session again") from None
+    return document
+
+
+def _agora_export_key(record: Mapping[str, Any]) -> _SpanKey:
     start, end = agora_export_times(record)
     attributes = record.get("attributes") or {}
-    return _Span(file=f, group=None, span=record, trace_id=hex_id(record["trace_id"]),
-                 own_session=_session_attr(attributes), start=start, end=end)
+    return _SpanKey(hex_id(record["trace_id"]), _session_attr(attributes), start, end)
 
 
-def _spans_of(index: _Index, f: int, line: int, request: Any) -> Iterator[_Span]:
+def _spans_of(request: Any) -> Iterator[tuple[tuple[int, int], Any, _SpanKey]]:
+    """((resource span #, scope span #), the span, its key) of every span of an `ExportTraceServiceRequest`."""
     for r, rs in enumerate(resource_spans(request)):
-        resource_attrs = attributes_of(get(rs, "resource"))
-        resource_session = _session_attr(resource_attrs)
+        resource_session = _session_attr(get(get(rs, "resource"), "attributes"))
         for s, ss in enumerate(scope_spans(rs)):
-            group = (f, line, r, s)
-            index.groups[group] = (rs, ss, scope_of(ss))
             for span in get(ss, "spans") or []:
                 if not isinstance(span, Mapping):
                     continue
-                yield _Span(
-                    file=f,
-                    group=group,
-                    span=span,
+                yield (r, s), span, _SpanKey(
                     trace_id=hex_id(get(span, "traceId")),
-                    own_session=_session_attr(attributes_of(span)) or resource_session,
+                    own_session=_session_attr(get(span, "attributes")) or resource_session,
                     start=unix_nanos(get(span, "startTimeUnixNano")),
                     end=unix_nanos(get(span, "endTimeUnixNano")),
                 )
 
 
-def _session_attr(attributes: Mapping[str, Any]) -> str | None:
-    for key in ALIASES[GenAI.CONVERSATION_ID]:
-        value = attributes.get(key)
+_SESSION_KEYS = frozenset(ALIASES[GenAI.CONVERSATION_ID])
+
+
+def _session_attr(attributes: Any) -> str | None:
+    """The conversation id among `attributes` (OTLP's `[{key, value}]` or a plain dict), decoding only that value."""
+    if isinstance(attributes, Mapping):
+        found = {k: attributes[k] for k in _SESSION_KEYS if k in attributes}
+    else:
+        found = {item["key"]: decode_value(item.get("value")) for item in attributes or []
+                 if isinstance(item, Mapping) and item.get("key") in _SESSION_KEYS}
+    for key in ALIASES[GenAI.CONVERSATION_ID]:  # in the aliases' order of preference
+        value = found.get(key)
         if value is not None and str(value).strip():
             return str(value).strip()
     return None
 
 
-def _assign_sessions(index: _Index, spans: list[_Span]) -> None:
-    trace_session: dict[str, tuple[int, str]] = {}  # trace -> (start, session) of its earliest labelled span
-    for span in spans:
-        if span.own_session and span.trace_id:
-            candidate = (span.start or 0, span.own_session)
-            if span.trace_id not in trace_session or candidate < trace_session[span.trace_id]:
-                trace_session[span.trace_id] = candidate
-    for span in spans:
-        session_id = span.own_session
-        if session_id is None and span.trace_id:
-            session_id = trace_session[span.trace_id][1] if span.trace_id in trace_session else span.trace_id
+def _assign_sessions(index: _Index, spans: list[tuple[int, _SpanKey]]) -> None:
+    earliest: dict[str, tuple[int, str]] = {}  # trace -> (start, session) of its earliest labelled span
+    for _, key in spans:
+        if key.own_session and key.trace_id:
+            candidate = (key.start or 0, key.own_session)
+            if key.trace_id not in earliest or candidate < earliest[key.trace_id]:
+                earliest[key.trace_id] = candidate
+    index.trace_sessions = {trace: session for trace, (_, session) in earliest.items()}
+    for line, key in spans:
+        session_id = index.session_of(key)
         if session_id is None:
             index.dropped_spans += 1
             continue
         session = index.sessions.setdefault(session_id, _Session())
-        session.spans.append(span)
-        session.last_ns = max(session.last_ns, span.end or span.start or 0)
-        session.newest_file_mtime = max(session.newest_file_mtime, index.mtimes[span.file])
+        if not session.lines or session.lines[-1] != line:
+            session.lines.append(line)
+        session.last_ns = max(session.last_ns, key.end or key.start or 0)
+        session.newest_file_mtime = max(session.newest_file_mtime, index.mtimes[index.lines[line].file])
 
 
-def _session_document(index: _Index, session_id: str, session: _Session) -> dict[str, Any]:
-    """The session's spans regrouped under their own resource and scope, in file order."""
-    by_resource: dict[tuple[int, int, int], dict[str, Any]] = {}
-    by_scope: dict[tuple[int, int, int, int], list[Any]] = {}
+def _session_document(directory: Path, index: _Index, session_id: str, session: _Session) -> dict[str, Any]:
+    """The session's spans regrouped under their own resource and scope, in file order: its lines read again, one
+    at a time, and only its spans kept."""
+    resources: list[dict[str, Any]] = []
     agora: list[Any] = []
-    for span in session.spans:
-        if span.group is None:
-            agora.append(span.span)
+    for n in session.lines:
+        document = _read(directory, index, index.lines[n])
+        if is_agora_export_span(document):
+            if index.session_of(_agora_export_key(document)) == session_id:
+                agora.append(document)
             continue
-        f, line, r, _s = span.group
-        rs, ss, scope = index.groups[span.group]
-        if span.group not in by_scope:
-            resource_doc = by_resource.get((f, line, r))
-            if resource_doc is None:
-                resource_doc = {"resource": get(rs, "resource") or {}, "scopeSpans": []}
-                if get(rs, "schemaUrl"):
-                    resource_doc["schemaUrl"] = get(rs, "schemaUrl")
-                by_resource[(f, line, r)] = resource_doc
-            scope_doc: dict[str, Any] = {"scope": scope, "spans": []}
-            if get(ss, "schemaUrl"):
-                scope_doc["schemaUrl"] = get(ss, "schemaUrl")
-            resource_doc["scopeSpans"].append(scope_doc)
-            by_scope[span.group] = scope_doc["spans"]
-        by_scope[span.group].append(span.span)
-    files = sorted({s.file for s in session.spans})
+        by_resource: dict[int, dict[str, Any]] = {}
+        by_scope: dict[tuple[int, int], list[Any]] = {}
+        rss = resource_spans(document)
+        for (r, s), span, key in _spans_of(document):
+            if index.session_of(key) != session_id:
+                continue
+            if (r, s) not in by_scope:
+                rs = rss[r]
+                ss = scope_spans(rs)[s]
+                if r not in by_resource:
+                    by_resource[r] = {"resource": get(rs, "resource") or {}, "scopeSpans": []}
+                    if get(rs, "schemaUrl"):
+                        by_resource[r]["schemaUrl"] = get(rs, "schemaUrl")
+                    resources.append(by_resource[r])
+                scope_doc: dict[str, Any] = {"scope": scope_of(ss), "spans": []}
+                if get(ss, "schemaUrl"):
+                    scope_doc["schemaUrl"] = get(ss, "schemaUrl")
+                by_resource[r]["scopeSpans"].append(scope_doc)
+                by_scope[(r, s)] = scope_doc["spans"]
+            by_scope[(r, s)].append(span)
+    files = sorted({index.lines[n].file for n in session.lines})
     document = {
         "format": FORMAT,
         "session_id": session_id,
         "files": [index.files[f] for f in files],
         "skipped_lines": [entry for f in files for entry in index.skipped.get(f, [])],
-        "resourceSpans": list(by_resource.values()),
+        "resourceSpans": resources,
     }
     if agora:
         document["agoraSpans"] = agora
