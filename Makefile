@@ -36,10 +36,12 @@ run: install
 deploy: install
 	BIN=$(BIN) TELEMETRY_PIPELINE_HOME=$(HOME_DIR) deploy/start.sh
 
-# Style and types first (seconds), then the whole suite.
+# Style, types and the layers (imports point down: pyproject.toml, [tool.importlinter]) first, in seconds; then the
+# whole suite.
 lint: install
 	$(BIN)/ruff check telemetry_pipeline telemetry_pipeline_tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -21,9 +21,9 @@ from telemetry_pipeline.application.export import BatchOutcome
 from telemetry_pipeline.console.session_summary import Failure, SessionSummary, Step
 from telemetry_pipeline.defs.assets import CHECK_SPECS, EXPORT_SPEC, STAGE_SPECS
 from telemetry_pipeline.defs.metadata import export_materializations, stage_records
-from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.instance import dagster_settings, open_instance
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.partitions import batched_ranges
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB
 from telemetry_pipeline.settings import from_environment
 from telemetry_pipeline.signavio.models import OUTBOX, LoadResult

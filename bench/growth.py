@@ -52,10 +52,10 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import export_nothing
 
-from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.instance import dagster_settings
 from telemetry_pipeline.instance.history import export_records, pending_keys
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.partitions import batched_ranges
 from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB
 from telemetry_pipeline.warehouse import DuckDBWarehouse, Warehouse

@@ -11,10 +11,9 @@ import sys
 from telemetry_pipeline.application.export import export_batch
 from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.policy.playbooks import load_playbooks
-from telemetry_pipeline.settings import from_environment
+from telemetry_pipeline.settings import configured_warehouse, from_environment
 from telemetry_pipeline.signavio.outbox import Outbox
 from telemetry_pipeline.sources.source_set import SourceSet
-from telemetry_pipeline.warehouse import configured_warehouse
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from telemetry_pipeline.canonical.content import govern_logs
 from telemetry_pipeline.instance import dagster_settings, open_instance
-from telemetry_pipeline.names import AGENT_SESSIONS, EXPORT_JOB, PENDING_AS_OF_TAG, SESSION_EXPORT_STEP
+from telemetry_pipeline.names import AGENT_SESSIONS, PENDING_AS_OF_TAG, SESSION_EXPORT_STEP
 from telemetry_pipeline.settings import Settings, from_environment
 
 if TYPE_CHECKING:
@@ -197,18 +197,18 @@ def cmd_discover(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    from telemetry_pipeline.definitions import build_definitions
+    from telemetry_pipeline.definitions import export_job
     from telemetry_pipeline.instance.history import exported_keys
     from telemetry_pipeline.instance.liveness import RunLiveness
     from telemetry_pipeline.instance.runs import Exporter, unregister_unknown
+    from telemetry_pipeline.settings import configured_warehouse
     from telemetry_pipeline.sources.registry import parse_key
     from telemetry_pipeline.sources.source_set import SourceSet
-    from telemetry_pipeline.warehouse import configured_warehouse
 
     if bool(args.keys) == bool(args.pending):
         raise ValueError("give session keys or --pending (not both)")
     # Configuration errors (e.g. an endpoint without a token) refuse the command before anything changes.
-    job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)
+    job = export_job(args.settings)
     warehouse = configured_warehouse(args.settings)
     results: dict[str, dict[str, Any]] = {}
     with open_instance(args.settings.dagster_home) as instance, SourceSet(args.settings.sources) as sources:
@@ -232,7 +232,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         run_config = _run_config(args.verbose)
         if args.dataset:
             run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": args.dataset}}}
-        exporter = Exporter(args.settings, job, instance, run_config,
+        exporter = Exporter(args.settings, job, export_job, instance, run_config,
                             tags={} if args.force else {PENDING_AS_OF_TAG: repr(pending_as_of)},
                             prepare_helper=functools.partial(configure_logging, args.verbose))
         try:
@@ -256,14 +256,14 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 def cmd_recheck(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Each exported session's verdict against the current playbooks, in runs of `export_sessions` with `recheck`
     set (recorded in its history as exports are), each to the dataset it was last exported to."""
-    from telemetry_pipeline.definitions import build_definitions
+    from telemetry_pipeline.definitions import export_job
     from telemetry_pipeline.instance.history import export_datasets
     from telemetry_pipeline.instance.runs import Exporter
     from telemetry_pipeline.sources.registry import parse_key
 
     if bool(args.keys) == bool(args.all):
         raise ValueError("give session keys or --all (not both)")
-    job = build_definitions(args.settings).resolve_job_def(EXPORT_JOB)  # an invalid playbook is refused here
+    job = export_job(args.settings)  # an invalid playbook is refused here
     with open_instance(args.settings.dagster_home) as instance:
         known = instance.get_dynamic_partitions(AGENT_SESSIONS)
         if args.all:
@@ -286,7 +286,7 @@ def cmd_recheck(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             for dataset, batch in by_dataset.items():
                 run_config = _run_config(args.verbose)
                 run_config["ops"] = {SESSION_EXPORT_STEP: {"config": {"dataset": dataset, "recheck": True}}}
-                exporter = Exporter(args.settings, job, instance, run_config,
+                exporter = Exporter(args.settings, job, export_job, instance, run_config,
                                     prepare_helper=functools.partial(configure_logging, args.verbose))
                 results.update(exporter.export(batch))
         except KeyboardInterrupt as stopped:
@@ -379,7 +379,7 @@ def _describe_holders(warehouse: Warehouse, liveness: RunLiveness, keys: list[st
 
 def cmd_status(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
     from telemetry_pipeline.instance.history import export_records
-    from telemetry_pipeline.warehouse import configured_warehouse
+    from telemetry_pipeline.settings import configured_warehouse
 
     with open_instance(args.settings.dagster_home) as instance:
         records = export_records(instance, configured_warehouse(args.settings), list(args.keys))
@@ -420,7 +420,7 @@ def cmd_sessions(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 
 def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     from telemetry_pipeline.instance.retention import apply_retention
-    from telemetry_pipeline.warehouse import configured_warehouse
+    from telemetry_pipeline.settings import configured_warehouse
 
     with open_instance(args.settings.dagster_home) as instance:
         raw_days = args.settings.raw_retention_days if args.raw_older_than_days is None else args.raw_older_than_days

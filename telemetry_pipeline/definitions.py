@@ -67,6 +67,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
+def export_job(settings: Settings) -> dg.JobDefinition:
+    """`export_sessions` as `settings` build it: what a CLI export runs, in its process and in its helpers."""
+    return build_definitions(settings).resolve_job_def(names.EXPORT_JOB)
+
+
 def __getattr__(name: str) -> dg.Definitions:
     """`defs` is built when Dagster asks for it (workspace.yaml names the attribute), not on import:
     importing this module must not fail on an unrelated setting."""

@@ -11,18 +11,19 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from telemetry_pipeline.canonical.content import ContentPolicy, Governance
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
 from telemetry_pipeline.sources.base import Variable
 from telemetry_pipeline.sources.registry import VARIABLES
-from telemetry_pipeline.transport.http import RetryPolicy, parse_duration
-from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, is_postgres_url
+from telemetry_pipeline.sources.settings import SourcesSettings
+from telemetry_pipeline.transport.config import MB, HttpSettings, Secret
+from telemetry_pipeline.transport.http import parse_duration
+from telemetry_pipeline.warehouse import DEFAULT_LEASE_SECONDS, Warehouse, is_postgres_url, open_warehouse
 
 DEFAULT_HOME = "./.telemetry_pipeline"
-MB = 1024 * 1024
 
 # Every variable, named once (README "Configuration" documents each); a source's own are in its folder.
 HOME = "TELEMETRY_PIPELINE_HOME"
@@ -67,64 +68,12 @@ SETTINGS_FILE = "settings.env"
 _NOT_WRITTEN = "<secret: not written here>"
 
 
-_FIELDS: tuple[str, ...] = tuple(v.field for v in VARIABLES)  # every source's variables, by field
 # Never written to a file (a URL may hold a password).
 SECRETS = (SIGNAVIO_API_KEY, WAREHOUSE_URL, *(v.env for v in VARIABLES if v.secret))
 
 
 class ConfigurationError(ValueError):
     """A setting is missing or unreadable; the message names the variable (never a secret's value)."""
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A token. `env_var` names the variable it came from (None when given directly, e.g. in tests)."""
-
-    value: str = field(repr=False)
-    env_var: str | None = None
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    """How one kind of outbound call behaves: per-request timeout and bounded retries."""
-
-    timeout: float = 30.0  # seconds
-    max_retries: int = RetryPolicy.max_retries
-    retry_wait_initial: float = RetryPolicy.wait_initial  # seconds; doubles per attempt, with jitter
-
-    @property
-    def retry(self) -> RetryPolicy:
-        return RetryPolicy(max_retries=self.max_retries, wait_initial=self.retry_wait_initial)
-
-
-@dataclass(frozen=True)
-class SourcesSettings:
-    """The telemetry sources. `values` holds each source's own variables (declared in `sources/<name>/`), by field
-    name, e.g. `agora_url`; a source is enabled by its first one (its URL or inbox directory). The rest is shared."""
-
-    values: Mapping[str, str | Secret | None] = field(default_factory=lambda: dict.fromkeys(_FIELDS))
-    http: HttpSettings = HttpSettings()
-    fetch_concurrency: int = 16
-    settle_seconds: float = 0.0  # a listed session is taken once its last event is this old
-    chunk_max_bytes: int = 32 * MB  # a run fetches about this much payload, exports it, then fetches more
-    agent_name: str | None = None  # AGENT_NAME, else SERVICE_NAME: the agent when the data names none (identity.py)
-
-    @classmethod
-    def of(cls, **fields: object) -> SourcesSettings:
-        """The defaults with `fields` changed: see `replace`."""
-        return cls().replace(**fields)
-
-    def replace(self, **changes: object) -> SourcesSettings:
-        """Shared fields by name, a source's variables by their field (`extract_url=...`; a path is kept as text)."""
-        declared = {k: v if v is None or isinstance(v, Secret) else str(v) for k, v in changes.items() if k in _FIELDS}
-        values = {**self.values, **declared}
-        shared = {k: v for k, v in changes.items() if k not in _FIELDS}
-        return dataclasses.replace(self, values=values, **shared)  # type: ignore[arg-type]
-
-    def plain(self) -> dict[str, str | None]:
-        """Each variable's value as text (a secret's too): what a source's `configure` reads."""
-        return {k: v.value if isinstance(v, Secret) else v for k, v in self.values.items()}
-
 
 
 @dataclass(frozen=True)
@@ -385,3 +334,10 @@ def to_environment(settings: Settings) -> dict[str, str]:
     plain = src.plain()
     values.update({v.env: plain[v.field] for v in VARIABLES})
     return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def configured_warehouse(settings: Settings) -> Warehouse:
+    """The warehouse `settings` name (what the runs' `WarehouseResource` opens), for the CLI's own commands."""
+    url = settings.warehouse.url.value if settings.warehouse.url else None
+    return open_warehouse(url, settings.warehouse_path, lease_seconds=settings.warehouse.lease_seconds,
+                          memory_limit=settings.warehouse.memory_limit)

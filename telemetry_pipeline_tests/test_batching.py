@@ -14,13 +14,13 @@ import dagster as dg
 import pytest
 
 from telemetry_pipeline.cli import ALREADY_EXPORTED
-from telemetry_pipeline.defs.partitions import KeyRange, agent_sessions, batched_ranges
 from telemetry_pipeline.instance import open_instance
 from telemetry_pipeline.instance.history import exported_keys, pending_keys
+from telemetry_pipeline.instance.partitions import KeyRange, agent_sessions, batched_ranges
 from telemetry_pipeline.instance.retention import apply_retention, prunable_keys
 from telemetry_pipeline.instance.runs import run_range
 from telemetry_pipeline.names import PENDING_AS_OF_TAG, PID_TAG
-from telemetry_pipeline.warehouse import configured_warehouse
+from telemetry_pipeline.settings import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline, uploads_by_table
 from telemetry_pipeline_tests.source_double import SourceDouble
 from telemetry_pipeline_tests.test_faults import RUNS

@@ -256,8 +256,8 @@ def test_odd_agora_and_otlp_payloads_fail_alone(pipeline: Pipeline, tmp_path: Pa
     import datetime as dt
     import json as _json
 
+    from telemetry_pipeline.canonical.raw import RawSession
     from telemetry_pipeline.sources.agora.normalize import normalize_agora_sessions
-    from telemetry_pipeline.sources.base import RawSession
     from telemetry_pipeline.sources.otlp.normalize import normalize_otlp_sessions
     from telemetry_pipeline.warehouse import DuckDBWarehouse
 

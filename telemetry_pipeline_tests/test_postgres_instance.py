@@ -28,9 +28,8 @@ from telemetry_pipeline.instance.pooled_postgres import (
     pooled_engine,
 )
 from telemetry_pipeline.instance.retention import apply_retention
-from telemetry_pipeline.settings import ConfigurationError, Settings, from_environment
+from telemetry_pipeline.settings import ConfigurationError, Settings, configured_warehouse, from_environment
 from telemetry_pipeline.simulate import SimulationConfig, Simulator
-from telemetry_pipeline.warehouse import configured_warehouse
 from telemetry_pipeline_tests.conftest import Pipeline
 from telemetry_pipeline_tests.postgres import SERVER, create_database, drop_database
 from telemetry_pipeline_tests.storage_events import ASSET_KEYS_ROWS, history_events, storage_event

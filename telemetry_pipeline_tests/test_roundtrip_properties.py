@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telemetry_pipeline.canonical.identity import AgentDefaults
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.schema import EVENTS, RUNS
-from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.sources.session_api.normalize import normalize_agent_sessions
 from telemetry_pipeline.warehouse import DuckDBWarehouse
 

@@ -21,8 +21,8 @@ import psycopg2.errors
 import pytest
 
 from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Dialect
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
-from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import DuckDBWarehouse, Holder, PostgresWarehouse, Warehouse, open_warehouse
 from telemetry_pipeline.warehouse.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
 from telemetry_pipeline.warehouse.schema import EXPORT_ARCHIVE, EXPORT_CLAIMS, RAW_TELEMETRY, ExportRecord

@@ -31,8 +31,7 @@ import psycopg2
 import pytest
 
 from telemetry_pipeline import cli
-from telemetry_pipeline.settings import Secret
-from telemetry_pipeline.warehouse import configured_warehouse
+from telemetry_pipeline.settings import Secret, configured_warehouse
 from telemetry_pipeline.warehouse.migrations import LATEST_VERSION
 from telemetry_pipeline.warehouse.schema import ExportRecord
 from telemetry_pipeline_tests.conftest import TOKEN, Pipeline, outbox_uploads, uploads_by_table

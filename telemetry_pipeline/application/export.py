@@ -28,6 +28,7 @@ from telemetry_pipeline.canonical.content import Governance
 from telemetry_pipeline.canonical.cost import price_batch
 from telemetry_pipeline.canonical.govern import govern_batch
 from telemetry_pipeline.canonical.identity import AgentDefaults
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.console.quality import CheckOutcome, check_upload, combine
 from telemetry_pipeline.console.session_summary import SessionSummary, summarize
 from telemetry_pipeline.policy.conformance import check_conformance
@@ -35,7 +36,7 @@ from telemetry_pipeline.policy.playbooks import Playbook
 from telemetry_pipeline.settings import Settings, SourcesSettings
 from telemetry_pipeline.signavio.csv import render
 from telemetry_pipeline.signavio.models import Destination, LoadResult
-from telemetry_pipeline.sources.base import Normalizer, RawSession
+from telemetry_pipeline.sources.base import Normalizer
 from telemetry_pipeline.sources.registry import SOURCES, parse_key
 from telemetry_pipeline.sources.source_set import SourceSet
 from telemetry_pipeline.warehouse import HolderCheck, Warehouse, lease_decides

@@ -14,8 +14,8 @@ import orjson
 
 from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EVENTS, SESSIONS, EventRow, SessionRow
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
-from telemetry_pipeline.sources.base import RawSession
 
 
 class InvalidPayload(Exception):

@@ -35,7 +35,6 @@ from telemetry_pipeline.defs.metadata import (
     overview_metadata,
     stage_records,
 )
-from telemetry_pipeline.defs.partitions import agent_sessions
 from telemetry_pipeline.defs.resources import (
     ContentResource,
     MonitoringResource,
@@ -46,6 +45,7 @@ from telemetry_pipeline.defs.resources import (
 )
 from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.liveness import ProcessIdentity, RunLiveness
+from telemetry_pipeline.instance.partitions import agent_sessions
 from telemetry_pipeline.names import (
     EXPORTED_MEANWHILE_META,
     IN_FLIGHT_META,

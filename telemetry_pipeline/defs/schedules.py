@@ -6,10 +6,10 @@ run by hand), so a slow source never delays the schedule's tick;
 import dagster as dg
 
 from telemetry_pipeline.defs.loggers import LOGGER_CONFIG
-from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.defs.resources import WarehouseResource
 from telemetry_pipeline.instance.history import pending_keys
 from telemetry_pipeline.instance.keys import PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.partitions import batched_ranges
 from telemetry_pipeline.instance.retention import apply_retention
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,

@@ -14,10 +14,10 @@ import dagster as dg
 
 from telemetry_pipeline.defs.discovery import register_new_sessions
 from telemetry_pipeline.defs.loggers import LOGGER_CONFIG
-from telemetry_pipeline.defs.partitions import batched_ranges
 from telemetry_pipeline.defs.resources import ContentResource, SourcesResource
 from telemetry_pipeline.instance.history import latest_exports
 from telemetry_pipeline.instance.keys import DISCOVERED_SESSIONS_KEY, PROCESS_OVERVIEW_KEY, SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.partitions import batched_ranges
 from telemetry_pipeline.instance.recovery import cut_off_runs, mark_dead_runs, recoveries
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,

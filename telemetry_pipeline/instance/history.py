@@ -14,8 +14,8 @@ from typing import Literal
 
 import dagster as dg
 
-from telemetry_pipeline.defs.partitions import agent_sessions
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY as EXPORT_KEY
+from telemetry_pipeline.instance.partitions import agent_sessions
 from telemetry_pipeline.names import AGENT_SESSIONS
 from telemetry_pipeline.warehouse import Warehouse
 from telemetry_pipeline.warehouse.schema import ExportRecord

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from telemetry_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
 from telemetry_pipeline.instance.history import latest_exports
 from telemetry_pipeline.instance.liveness import RunLiveness
+from telemetry_pipeline.instance.partitions import RANGE_END_TAG, RANGE_START_TAG, KeyRange, batched_ranges
 from telemetry_pipeline.names import HOST_TAG, PID_TAG, RECOVERY_ATTEMPT_TAG
 from telemetry_pipeline.warehouse import Holder
 

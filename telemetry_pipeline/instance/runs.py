@@ -20,15 +20,14 @@ from typing import Any, cast
 import dagster as dg
 from tqdm import tqdm
 
-from telemetry_pipeline.defs.partitions import KeyRange, batched_ranges
 from telemetry_pipeline.instance.history import exported_since
 from telemetry_pipeline.instance.keys import SIGNAVIO_EXPORT_KEY
+from telemetry_pipeline.instance.partitions import KeyRange, batched_ranges
 from telemetry_pipeline.instance.recovery import mark_dead_runs
 from telemetry_pipeline.instance.stopping import helper_processes, mark_interrupted, stop
 from telemetry_pipeline.names import (
     AGENT_SESSIONS,
     DISCOVERED_SESSIONS,
-    EXPORT_JOB,
     EXPORTED_MEANWHILE_META,
     FAILED_SESSIONS_META,
     IN_FLIGHT_META,
@@ -78,10 +77,11 @@ class Exporter:
     its own, so one run's own work (fetch, DuckDB, upload) overlaps another's recording in Dagster. Each batch
     is one run either way; which process ran it is in its tags (`liveness`)."""
 
-    def __init__(self, settings: Settings, job: dg.JobDefinition, instance: dg.DagsterInstance,
-                 run_config: dict[str, Any], tags: dict[str, str] | None = None,
+    def __init__(self, settings: Settings, job: dg.JobDefinition, build_job: Callable[[Settings], dg.JobDefinition],
+                 instance: dg.DagsterInstance, run_config: dict[str, Any], tags: dict[str, str] | None = None,
                  prepare_helper: Callable[[], None] | None = None) -> None:
         self.settings, self.job, self.instance, self.run_config = settings, job, instance, run_config
+        self.build_job = build_job  # how a helper process builds `job` for itself
         self.tags = tags or {}  # on every run, besides its key range's
         self.prepare_helper = prepare_helper  # run first in each helper process (the CLI's logging)
         self.not_found: set[str] = set()  # keys whose source has no such session
@@ -136,7 +136,8 @@ class Exporter:
                 return results
             # spawn, not fork: this process holds open database connections and threads.
             pool = ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_start_helper, initargs=(self.settings, self.prepare_helper))
+                                       initializer=_start_helper,
+                                       initargs=(self.settings, self.build_job, self.prepare_helper))
             threads = [threading.Thread(target=run_in, args=(pool,), daemon=True) for _ in range(helpers)]
             try:
                 for thread in threads:
@@ -226,8 +227,8 @@ def _run_once(job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: d
 _helper: tuple[dg.JobDefinition, dg.DagsterInstance] | None = None
 
 
-def _start_helper(settings: Settings, prepare: Callable[[], None] | None) -> None:
-    from telemetry_pipeline.definitions import build_definitions
+def _start_helper(settings: Settings, build_job: Callable[[Settings], dg.JobDefinition],
+                  prepare: Callable[[], None] | None) -> None:
     from telemetry_pipeline.instance import dagster_environment, open_instance
 
     global _helper
@@ -239,7 +240,7 @@ def _start_helper(settings: Settings, prepare: Callable[[], None] | None) -> Non
     os.environ.update(dagster_environment(settings.run_bookkeeping))  # as the CLI's `dagster_settings` does
     instance = open_instance(settings.dagster_home)
     atexit.register(instance.dispose)
-    _helper = (build_definitions(settings).resolve_job_def(EXPORT_JOB), instance)
+    _helper = (build_job(settings), instance)
 
 
 def _run_in_helper(run_config: dict[str, Any], key_range: KeyRange, tags: dict[str, str]) -> RangeOutcome:

@@ -14,6 +14,7 @@ import duckdb
 import httpx
 
 from telemetry_pipeline.canonical.identity import AgentDefaults
+from telemetry_pipeline.canonical.raw import RawSession, session_key
 from telemetry_pipeline.transport.http import RequestFailed, RetryPolicy, request_with_retries
 
 
@@ -32,22 +33,6 @@ class SessionRef:
     source: str
     session_id: str
     last_event_at: dt.datetime | None = None
-
-    @property
-    def key(self) -> str:
-        return session_key(self.source, self.session_id)
-
-
-@dataclass(frozen=True)
-class RawSession:
-    """A payload exactly as the source served it, before any parsing."""
-
-    source: str
-    session_id: str
-    body: bytes
-    content_type: str
-    fetched_at: dt.datetime
-    location: str  # URL or file path it came from (no credentials)
 
     @property
     def key(self) -> str:
@@ -119,10 +104,6 @@ class SourceEntry:
     def enabled_by(self) -> str:
         """The environment variable that enables the source, for messages."""
         return self.variables[0].env
-
-
-def session_key(source: str, session_id: str) -> str:
-    return f"{source}:{session_id}"
 
 
 def path_segment(value: str) -> str:

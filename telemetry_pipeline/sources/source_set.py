@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from telemetry_pipeline.settings import SourcesSettings
-from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, Source, SourceError
+from telemetry_pipeline.canonical.raw import RawSession
+from telemetry_pipeline.sources.base import SessionNotFound, SessionRef, SharedHttp, Source, SourceError
 from telemetry_pipeline.sources.otlp.source import OtlpSource
 from telemetry_pipeline.sources.registry import REGISTRY, SOURCES, parse_key
+from telemetry_pipeline.sources.settings import SourcesSettings
 from telemetry_pipeline.transport.http import make_client
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ default) or in PostgreSQL (`WAREHOUSE_URL`), behind one interface (`base.Warehou
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,
@@ -20,9 +19,6 @@ from telemetry_pipeline.warehouse.base import (
 from telemetry_pipeline.warehouse.duckdb_store import DuckDBWarehouse
 from telemetry_pipeline.warehouse.postgres_store import PostgresWarehouse, is_postgres_url
 
-if TYPE_CHECKING:
-    from telemetry_pipeline.settings import Settings
-
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "Claim",
@@ -34,7 +30,6 @@ __all__ = [
     "WarehouseBusy",
     "WarehouseError",
     "WarehouseUnavailable",
-    "configured_warehouse",
     "lease_decides",
     "open_warehouse",
 ]
@@ -49,10 +44,3 @@ def open_warehouse(url: str | None, path: Path, lease_seconds: float = DEFAULT_L
     if not is_postgres_url(url):  # the message never repeats the URL: it may hold a password
         raise ValueError("WAREHOUSE_URL must be a postgresql:// URL (postgresql://user:password@host:port/database)")
     return PostgresWarehouse(url, lease_seconds=lease_seconds, memory_limit=memory_limit)
-
-
-def configured_warehouse(settings: Settings) -> Warehouse:
-    """The warehouse `settings` name (what the runs' `WarehouseResource` opens), for the CLI's own commands."""
-    url = settings.warehouse.url.value if settings.warehouse.url else None
-    return open_warehouse(url, settings.warehouse_path, lease_seconds=settings.warehouse.lease_seconds,
-                          memory_limit=settings.warehouse.memory_limit)

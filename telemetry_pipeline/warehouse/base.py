@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.canonical.raw import RawSession
 
 if TYPE_CHECKING:
     from telemetry_pipeline.warehouse.schema import ExportRecord

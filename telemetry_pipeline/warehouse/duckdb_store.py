@@ -25,8 +25,8 @@ import duckdb
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Table
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
-from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.warehouse import engine, migrations, schema
 from telemetry_pipeline.warehouse.base import (
     DEFAULT_LEASE_SECONDS,

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.warehouse.base import WarehouseBusy
 from telemetry_pipeline.warehouse.schema import RAW_TELEMETRY, RawRow, raw_parts, raw_rows
 

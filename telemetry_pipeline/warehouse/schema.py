@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.model import DEVIATIONS, EVENTS, SESSIONS, Table
-from telemetry_pipeline.sources.base import RawSession
+from telemetry_pipeline.canonical.raw import RawSession
 
 _KEY = {"primary_key": True}
 

@@ -51,11 +51,11 @@ from telemetry_pipeline.canonical.genai import GenAI, first_text, tool_name, usa
 from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EventRow, Outcome, SessionRow
 from telemetry_pipeline.canonical.pairing import TOOL_CALL_COMPLETED, ToolEvent, call_key, pair_tool_calls
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, to_utc
 from telemetry_pipeline.canonical.values import as_float, as_int, event_id, json_text, text
 from telemetry_pipeline.sources.agora import spans as agora_spans
-from telemetry_pipeline.sources.base import RawSession
 
 _NODE_STATUS = {"success": "success", "completed": "success", "error": "failed", "failed": "failed",
                 "timeout": "failed", "skipped": "skipped", "running": "incomplete"}

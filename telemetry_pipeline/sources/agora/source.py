@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.time import to_utc
 from telemetry_pipeline.sources.agora.settings import AgoraSettings
 from telemetry_pipeline.sources.base import (
-    RawSession,
     SessionRef,
     SharedHttp,
     SourceError,

@@ -60,10 +60,10 @@ from telemetry_pipeline.canonical.genai import (
 )
 from telemetry_pipeline.canonical.identity import AgentDefaults
 from telemetry_pipeline.canonical.model import EventRow, SessionRow
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.rows import InvalidPayload, normalize_each, parse_json
 from telemetry_pipeline.canonical.time import ms_between, nanos_to_datetime
 from telemetry_pipeline.canonical.values import event_id, json_text, text
-from telemetry_pipeline.sources.base import RawSession
 from telemetry_pipeline.sources.otlp.agora_export import agora_export_times
 from telemetry_pipeline.sources.otlp.otlp_json import (
     SPAN_KINDS,

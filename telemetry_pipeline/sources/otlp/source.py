@@ -60,8 +60,9 @@ from typing import Any
 import orjson
 
 from telemetry_pipeline.canonical.genai import ALIASES, GenAI
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.time import nanos_to_datetime
-from telemetry_pipeline.sources.base import RawSession, SessionNotFound, SessionRef, SharedHttp, SourceError
+from telemetry_pipeline.sources.base import SessionNotFound, SessionRef, SharedHttp, SourceError
 from telemetry_pipeline.sources.otlp.agora_export import agora_export_times, is_agora_export_span
 from telemetry_pipeline.sources.otlp.otlp_json import (
     decode_value,

@@ -25,9 +25,9 @@ from telemetry_pipeline.canonical.pairing import (
     TOOL_CALL_STARTED,
     call_key_sql,
 )
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.replace import duckdb_transaction, replace_rows
 from telemetry_pipeline.canonical.time import epoch_sql_macro
-from telemetry_pipeline.sources.base import RawSession
 
 _MACROS = (
     epoch_sql_macro()

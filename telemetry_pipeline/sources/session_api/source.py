@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from telemetry_pipeline.canonical.raw import RawSession
 from telemetry_pipeline.canonical.time import format_time, to_utc
-from telemetry_pipeline.sources.base import RawSession, SessionRef, SourceError, checked_get, json_of, path_segment
+from telemetry_pipeline.sources.base import SessionRef, SourceError, checked_get, json_of, path_segment
 from telemetry_pipeline.sources.session_api.settings import SessionApiSettings
 from telemetry_pipeline.transport.http import RequestFailed, redact_url, request_with_retries
 
