@@ -8,8 +8,10 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -196,7 +198,7 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
     """What the naming leaves in a span's activity passes the check; the check flags exactly what it replaces."""
 
     def flagged(label: str) -> bool:
-        events = pa.table({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
+        events = frame({"event_id": ["e1"], "case_id": ["case-1"], "activity": [label], "event_time": [1],
                            "end_time": [None], "model": [None], "cost_usd": [None], "input_tokens": [None],
                            "output_tokens": [None]})
         (alphabet,) = [o for o in quality.check_upload(_runs(["case-1"]), events, 10)
@@ -207,11 +209,16 @@ def test_the_activity_check_and_the_naming_share_one_id_rule(name: str):
     assert not flagged(named), named
     assert flagged(name) == (named != name), named
 
+def frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """A table as the CSV step hands it to the checks: Arrow-backed dtypes."""
+    return pa.table(columns).to_pandas(types_mapper=pd.ArrowDtype)
+
+
 def _runs(ids: list[str], conformance: list[str] | None = None, deviations: list[str | None] | None = None,
-          status: list[str] | None = None) -> pa.Table:
+          status: list[str] | None = None) -> pd.DataFrame:
     """A case table with the columns the checks read."""
     deviations = deviations or [None] * len(ids)
-    return pa.table({"agent_run_id": ids, "source": ["extract"] * len(ids),
+    return frame({"agent_run_id": ids, "source": ["extract"] * len(ids),
                      "status": status or ["completed"] * len(ids),
                      "conformance": conformance or ["unchecked"] * len(ids),
                      "deviation_count": [(d or "").count('"rule"') for d in deviations],
@@ -220,7 +227,7 @@ def _runs(ids: list[str], conformance: list[str] | None = None, deviations: list
 
 def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     runs = _runs(["a", "b"], ["conforming", "unchecked"], ["[]", None])
-    clean = pa.table({
+    clean = frame({
         "event_id": ["e1", "e2", "e3"], "case_id": ["a", "a", "b"],
         "activity": ["User prompt", "Chat", "User prompt"],
         "event_time": [1, 2, 3], "end_time": [None, 5, None],
@@ -229,7 +236,7 @@ def test_quality_checks_find_each_defect_and_pass_clean_uploads():
     })
     assert all(o.passed for o in quality.check_upload(runs, clean, alphabet_limit=5))
 
-    bad = pa.table({
+    bad = frame({
         "event_id": ["e1", "e1", "e3", "e4", "e5"],
         "case_id": ["a", "a", "ghost", "b", "b"],
         "activity": ["User prompt", "Call tool x", "Fetch 5f0c1e2a-9b7d-4c3e-8a1f-2b3c4d5e6f70", "Step b for case b",

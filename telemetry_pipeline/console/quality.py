@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-import pyarrow as pa
+import pandas as pd
 
 from telemetry_pipeline.canonical.activity import looks_like_id
 from telemetry_pipeline.canonical.model import Conformance, Outcome
@@ -47,7 +47,7 @@ class CheckOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def check_upload(runs: pa.Table, events: pa.Table, alphabet_limit: int) -> list[CheckOutcome]:
+def check_upload(runs: pd.DataFrame, events: pd.DataFrame, alphabet_limit: int) -> list[CheckOutcome]:
     """The checks over one batch's `<dataset>_runs` and `<dataset>_events` frames."""
     con = engine.connect()
     try:

@@ -1,4 +1,9 @@
-"""Canonical rows -> the two Signavio CSV tables, columnar (Arrow) from the query to the CSV, which DuckDB writes.
+"""Canonical rows -> the two Signavio tables as pandas DataFrames (Arrow-backed dtypes, taken from DuckDB's result
+without a copy: what a user extending the CSV step knows), and their CSV, which DuckDB writes from the frames.
+
+Measured per batch of 500 LangGraph sessions (6,000 events): the frames cost 1 ms to make from Arrow and the
+CSV from them 73 ms against 66 ms from Arrow (0.016 ms a session, under 1 % of our own work); pandas' own
+`to_csv` took 328 ms, so DuckDB writes the bytes.
 
 The case table's aggregate columns (tools used, LLM calls, process steps, summaries) are derived
 from the canonical `events` here, in SQL, so every source gets them the same way.
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 from telemetry_pipeline.canonical.content import Governance
@@ -145,8 +151,8 @@ ORDER BY e.session_key, e.event_time, e.seq
 class RenderedBatch:
     uploads: tuple[TableUpload, TableUpload]  # runs, events
     rows_by_session: dict[str, tuple[int, int]]  # key -> (runs rows, events rows)
-    runs: pa.Table  # the tables the CSV was written from, for the data-quality checks
-    events: pa.Table
+    runs: pd.DataFrame  # the tables the CSV was written from, for the data-quality checks
+    events: pd.DataFrame
 
 
 def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str,
@@ -154,8 +160,8 @@ def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str,
     """Both tables for the sessions in `keys` (which must already be normalised); no JSON cell of the case table
     over `cell_max_chars` (the event log's cells were bounded by `govern`)."""
     keys = list(keys)
-    runs = con.sql(_RUNS_SQL, params={"keys": keys, "cell": cell_max_chars}).to_arrow_table()
-    events = con.sql(_EVENTS_SQL, params={"keys": keys}).to_arrow_table()
+    runs = _frame(con.sql(_RUNS_SQL, params={"keys": keys, "cell": cell_max_chars}))
+    events = _frame(con.sql(_EVENTS_SQL, params={"keys": keys}))
     counts = dict(
         con.execute(
             "SELECT session_key, count(*) FROM events WHERE session_key IN (SELECT unnest($keys::VARCHAR[])) "
@@ -171,30 +177,32 @@ def render(con: duckdb.DuckDBPyConnection, keys: Sequence[str], dataset: str,
     )
 
 
-def _upload(con: duckdb.DuckDBPyConnection, table: Table, rows: pa.Table, dataset: str) -> TableUpload:
-    if rows.column_names != table.column_names:
-        raise AssertionError(f"{table.suffix}: query columns {rows.column_names} != schema {table.column_names}")
+def _frame(relation: duckdb.DuckDBPyRelation) -> pd.DataFrame:
+    return relation.to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _upload(con: duckdb.DuckDBPyConnection, table: Table, rows: pd.DataFrame, dataset: str) -> TableUpload:
+    if list(rows.columns) != table.column_names:
+        raise AssertionError(f"{table.suffix}: query columns {list(rows.columns)} != schema {table.column_names}")
     return TableUpload(
         table=table.name(dataset),
         schema=table.avro_schema(dataset),
         primary_keys=table.primary_key,
         csv=to_csv_bytes(con, rows),
-        rows=rows.num_rows,
+        rows=len(rows),
     )
 
 
-def to_csv_bytes(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> bytes:
+def to_csv_bytes(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> bytes:
     """RFC 4180 CSV, UTF-8, header row, CRLF line ends, empty cell for null, a value quoted only when it holds the
     delimiter, a quote or a line break.
 
-    DuckDB writes it from the Arrow rows (pandas' writer took most of the rendering time). A value holding a lone
+    DuckDB writes it from the frame (pandas' own writer is 4.5 times slower). A value holding a lone
     `\\r` is quoted as one holding `\\n` is, so no reader splits its record. An empty text leaves as an empty
     cell, as null does (DuckDB alone would write `""`), the same bytes as before.
     """
     cells = ", ".join(
-        f'nullif("{f.name}", \'\') AS "{f.name}"' if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-        else f'"{f.name}"'
-        for f in rows.schema
+        f'nullif("{name}", \'\') AS "{name}"' if _is_text(dtype) else f'"{name}"' for name, dtype in rows.dtypes.items()
     )
     name = "csv_rows"
     con.register(name, rows)
@@ -205,3 +213,8 @@ def to_csv_bytes(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> bytes:
             return path.read_bytes()
     finally:
         con.unregister(name)
+
+
+def _is_text(dtype: object) -> bool:
+    arrow = dtype.pyarrow_dtype if isinstance(dtype, pd.ArrowDtype) else None
+    return arrow is not None and (pa.types.is_string(arrow) or pa.types.is_large_string(arrow))
