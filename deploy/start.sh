@@ -35,5 +35,10 @@ grpc=(--grpc-host 127.0.0.1 --grpc-port "$CODE_SERVER_PORT")
 # The daemon and the webserver retry until the code server answers.
 start "$BIN/dagster-daemon" run "${grpc[@]}"
 start "$BIN/dagster-webserver" -h "$WEBSERVER_HOST" -p "$WEBSERVER_PORT" "${grpc[@]}"
+# Dagster OSS has no login: operators reach the webserver above through an authenticating proxy; viewers get this
+# one, which launches nothing and changes nothing (README, Production).
+if [ -n "${VIEWER_PORT:-}" ]; then
+  start "$BIN/dagster-webserver" --read-only -h "$WEBSERVER_HOST" -p "$VIEWER_PORT" "${grpc[@]}"
+fi
 echo "deploy: code server :$CODE_SERVER_PORT, daemon, webserver http://$WEBSERVER_HOST:$WEBSERVER_PORT (pids ${pids[*]})" >&2
 wait -n

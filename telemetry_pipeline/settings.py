@@ -121,7 +121,7 @@ class Settings:
     warehouse: WarehouseSettings = WarehouseSettings()
     batch_size: int = 500
     # Processes the CLI's `export` runs its batched runs in, side by side: one batch's own work overlaps another's
-    # recording in Dagster (README, Benchmark). Dagster's own runs are bounded by `run_queue.max_concurrent_runs`.
+    # recording in Dagster (bench/README.md). Dagster's own runs are bounded by `run_queue.max_concurrent_runs`.
     export_workers: int = 2
     sensor_interval_seconds: int = 30
     retention_days: float = 30.0

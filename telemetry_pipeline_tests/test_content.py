@@ -103,8 +103,8 @@ def test_ids_times_and_failed_checksums_are_left_alone(value: str):
 
 @pytest.mark.fast
 def test_our_secret_samples_are_what_detect_secrets_recognises():
-    """detect-secrets is the well-kept detector; at run time ours replaces it (README, "What leaves your machine":
-    its per-event cost, the key formats it misses). Where it has a plugin, it flags the same sample."""
+    """detect-secrets is the well-kept detector; at run time ours replaces it (docs/MINING.md, "What leaves your
+    machine": its per-event cost, the key formats it misses). Where it has a plugin, it flags the same sample."""
     from detect_secrets.core.scan import scan_line
     from detect_secrets.settings import default_settings
 

@@ -2,7 +2,7 @@
 Python's csv module, holds exactly the values the source served -- or rejected with a message that names
 its session. Never a crashed run: the good sessions of the same batch are exported either way.
 
-Decided limits (README, "Fault scenarios tried"):
+Decided limits (docs/FAULTS.md):
 - NUL and other control characters are data: escaped in JSON (`\\u0000`), they round-trip.
 - A lone UTF-16 surrogate (`\\ud800`) has no UTF-8 form: DuckDB's JSON parser refuses the document, so the
   session is rejected ("payload is not valid JSON"); raw bytes that are not UTF-8 are rejected the same way.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+import telemetry_pipeline.settings as settings_module
 from telemetry_pipeline.defs.resources import SignavioResource, SourcesResource, WarehouseResource
 from telemetry_pipeline.defs.schedules import RetentionConfig
 from telemetry_pipeline.settings import (
@@ -20,6 +22,7 @@ from telemetry_pipeline.settings import (
     to_environment,
 )
 from telemetry_pipeline.signavio.schema import DEFAULT_DATASET
+from telemetry_pipeline.sources.registry import VARIABLES
 from telemetry_pipeline.transport.http import RetryPolicy
 
 pytestmark = pytest.mark.fast  # `make test-fast`
@@ -96,3 +99,38 @@ def test_each_default_is_declared_once_so_every_way_in_agrees(tmp_path: Path):
     assert WarehouseResource(path="w").lease_seconds == settings.warehouse.lease_seconds
     assert RetentionConfig().older_than_days == settings.retention_days
     assert settings.signavio.dataset == DEFAULT_DATASET == "agent_telemetry"
+
+
+# -- the README's configuration table -------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_ROW = re.compile(r"^\| ((?:`[A-Z][A-Z0-9_]+`(?:, )?)+) \| ([^|]*) \|", re.M)
+
+
+def _readme_variables() -> dict[str, str | None]:
+    """Each variable the README's Configuration table names, with its default as written (None: none, `–`)."""
+    table = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    found: dict[str, str | None] = {}
+    for names_cell, default_cell in _ROW.findall(table):
+        names = re.findall(r"`([A-Z0-9_]+)`", names_cell)
+        defaults = re.findall(r"`([^`]*)`", default_cell)
+        for n, name in enumerate(names):
+            found[name] = defaults[n] if len(defaults) == len(names) else None
+    return found
+
+
+def test_the_readme_names_every_variable_the_settings_read_and_their_defaults():
+    read = {v for k, v in vars(settings_module).items()
+            if k.isupper() and isinstance(v, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+", v)}
+    read |= {v.env for v in VARIABLES}
+    documented = _readme_variables()
+    # DAGSTER_POSTGRES_URL is read by the production instance's dagster.yaml, not by the settings.
+    assert "DAGSTER_POSTGRES_URL" in (Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml").read_text()
+    assert set(documented) - {"DAGSTER_POSTGRES_URL"} == read
+
+    home = Path("/h")
+    defaults = to_environment(for_home(home))
+    for name, written in documented.items():
+        if name in defaults and written is not None and "<" not in written and "/" not in written:
+            as_read = to_environment(from_environment({"TELEMETRY_PIPELINE_HOME": str(home), name: written}))
+            assert as_read[name] == defaults[name], f"README: {name} = {written!r}, the code: {defaults[name]!r}"

@@ -1,7 +1,7 @@
 """Against a running `dagster dev` on the simulator (one server for the module):
 
-- another service launches exports through Dagster's GraphQL API (README, "On demand from another
-  service"): one session with the documents the README's curl sends, a batch with the `dagster-graphql`
+- another service launches exports through Dagster's GraphQL API (docs/OPERATING.md, "On demand from another
+  service"): one session with the documents the curl there sends, a batch with the `dagster-graphql`
   Python client; then, through GraphQL, the asked-for sessions are exported, a session that could not be
   fetched is under *Failed* with its reason, and an exported session stays up to date after a later run
   recorded the shared stage assets;
@@ -43,7 +43,7 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's; .ci/run installs it. Playwrigh
 SCREENSHOTS = ROOT / "ui-screenshots"
 UI_TIMEOUT_MS = 90_000
 
-# The README's documents, verbatim.
+# docs/OPERATING.md's documents, verbatim.
 ADD_SESSION = """
 mutation AddSession($key: String!) {
   addDynamicPartition(
@@ -80,7 +80,7 @@ def test_another_service_exports_a_session_and_a_batch(dagster_dev: DagsterDev):
     single, batch = f"extract:{ids[0]}", [f"extract:{i}" for i in ids[1:3]]
     missing = "extract:no-such-session"  # the source answers 404: nothing to export there, the others export
 
-    # One session, as the README's curl does it.
+    # One session, as the curl in docs/OPERATING.md does it.
     added = dagster_dev.graphql(ADD_SESSION, {"key": single})["addDynamicPartition"]
     assert added["__typename"] == "AddDynamicPartitionSuccess", added
     launched = dagster_dev.graphql(EXPORT_SESSION, {"key": single})["launchRun"]

@@ -31,17 +31,36 @@ from telemetry_pipeline_tests.postgres import create_database, drop_database
 MakeStore = Callable[..., Warehouse]
 
 
+class Clock:
+    """The time leases are judged by in these tests: it moves when a test says, not on the wall clock."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture(params=["duckdb", "postgres"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MakeStore:
-    """A factory of warehouses sharing one store (several runs, processes or hosts see the same rows);
-    `WAREHOUSE_URL` is set for the PostgreSQL one, so processes the test starts find it too."""
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               clock: Clock) -> MakeStore:
+    """A factory of warehouses sharing one store (several runs, processes or hosts see the same rows) and one
+    `clock`; `WAREHOUSE_URL` is set for the PostgreSQL one, so processes the test starts find it too."""
     path = tmp_path / "w.duckdb"
     if request.param == "duckdb":
         monkeypatch.delenv("WAREHOUSE_URL", raising=False)
-        return lambda lease=60.0: DuckDBWarehouse(path, lease_seconds=lease)
+        return lambda lease=60.0: DuckDBWarehouse(path, lease_seconds=lease, clock=clock)
     url = request.getfixturevalue("postgres_url")
     monkeypatch.setenv("WAREHOUSE_URL", url)
-    return lambda lease=60.0: PostgresWarehouse(url, lease_seconds=lease)
+    return lambda lease=60.0: PostgresWarehouse(url, lease_seconds=lease, clock=clock)
 
 
 def test_the_export_archive_keeps_each_sessions_newest_record(make_store: MakeStore):
@@ -101,7 +120,8 @@ def claim_rows(store: Warehouse) -> dict[str, str]:
 # -- claims ------------------------------------------------------------------------------------------------------
 
 
-def test_claims_keep_overlapping_runs_apart_until_their_run_is_over_or_their_lease_runs_out(make_store: MakeStore):
+def test_claims_keep_overlapping_runs_apart_until_their_run_is_over_or_their_lease_runs_out(make_store: MakeStore,
+                                                                                            clock: Clock):
     wh = make_store()
     state = {"run-a": Holder.UNKNOWN, "run-b": Holder.UNKNOWN}
     check = lambda run_id: state.get(run_id, Holder.DEAD)  # noqa: E731
@@ -120,7 +140,7 @@ def test_claims_keep_overlapping_runs_apart_until_their_run_is_over_or_their_lea
     short = make_store(lease=0.5)
     assert short.claim(["k9"], "run-a", check) == (["k9"], {})
     assert wh.claim(["k9"], "run-d", check) == ([], {"k9": "run-a"}), "within its lease, a run elsewhere keeps it"
-    time.sleep(0.7)
+    clock.advance(0.7)
     state["run-a"] = Holder.ALIVE  # its process is known to run (on this host): the lease does not matter
     assert wh.claim(["k9"], "run-d", check) == ([], {"k9": "run-a"}), "a run known alive keeps it past its lease"
     state["run-a"] = Holder.UNKNOWN
@@ -130,20 +150,24 @@ def test_claims_keep_overlapping_runs_apart_until_their_run_is_over_or_their_lea
     assert wh.holders(["k9"])["k9"].run_id == "run-d"
 
 
-def test_a_live_run_renews_its_lease_and_keeps_its_claims(make_store: MakeStore):
+def test_a_live_run_renews_its_lease_and_keeps_its_claims(make_store: MakeStore, clock: Clock):
     holder, other = make_store(lease=0.6), make_store()
     holder.claim(["k1", "k2"], "run-a")
 
     with holder.leased(["k1", "k2"], "run-a"):
-        time.sleep(1.5)  # well past one lease: only the renewals keep it
-        assert other.claim(["k1", "k2"], "run-b") == ([], {"k1": "run-a", "k2": "run-a"})
-    time.sleep(0.8)  # renewals stopped (as if the run had died): the lease runs out
+        for _ in range(3):  # well past one lease: only the renewals keep it
+            clock.advance(0.5)
+            renewed_to = clock.now + dt.timedelta(seconds=0.6)
+            wait_until(lambda to=renewed_to: all(c.lease_until >= to for c in other.holders(["k1", "k2"]).values()))
+            assert other.claim(["k1", "k2"], "run-b") == ([], {"k1": "run-a", "k2": "run-a"})
+    clock.advance(0.7)  # renewals stopped (as if the run had died): the lease runs out
     assert other.claim(["k1", "k2"], "run-b") == (["k1", "k2"], {})
     assert claim_rows(other) == {"k1": "run-b", "k2": "run-b"}
 
 
 @pytest.mark.processes
-def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_store: MakeStore, tmp_path: Path):
+def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_store: MakeStore, tmp_path: Path,
+                                                                       clock: Clock):
     """Without a check that knows the holder (plain code, or a run on another host), a claim left by a process
     that is gone is judged by its lease alone."""
     wh = make_store(lease=1.5)
@@ -155,10 +179,19 @@ def test_claims_of_a_process_that_died_hold_until_their_lease_runs_out(make_stor
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "w.duckdb")],
                           capture_output=True, text=True, check=True)
     assert "(['k1', 'k2'], {})" in done.stdout  # that process claimed both, then ended without releasing them
+    clock.now = dt.datetime.now(dt.UTC)  # no earlier than its claim, on the database's clock
 
     assert wh.claim(["k1", "k2"], "next-run") == ([], {"k1": "dead-run", "k2": "dead-run"})
-    time.sleep(1.7)
+    clock.advance(1.7)  # that process's lease was the database's now + 1.5 s
     assert wh.claim(["k1", "k2"], "next-run") == (["k1", "k2"], {})
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Until `condition` holds (the timeout only bounds a failure)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_claims_race_between_connections(make_store: MakeStore):

@@ -11,7 +11,7 @@ candidate in Python (a card number's Luhn digit, an IBAN's checksum), so numbers
 The secret patterns follow the formats their vendors publish, as detect-secrets' plugins (AWS, GitHub, Slack,
 Stripe, SendGrid, JWT, private keys, basic auth in URLs, keyword assignments) and gitleaks' rules (OpenAI project
 and service keys, Anthropic, Google, Hugging Face, GitLab) state them. Why not detect-secrets itself at run time,
-and how our patterns are checked against its verdicts: test_content.py and the README ("What leaves your machine").
+and how our patterns are checked against its verdicts: test_content.py and docs/MINING.md ("What leaves your machine").
 """
 
 from __future__ import annotations

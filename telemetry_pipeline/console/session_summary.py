@@ -16,7 +16,7 @@ from telemetry_pipeline.canonical.identity import USER
 
 #: Steps shown of a session's timeline: its first ones and its last ones (the final answer, the error
 #: it ended on); the full event log is in Signavio. Kept short so each materialisation stays small
-#: (README, Benchmark: bytes of metadata per session).
+#: (bench/README.md: bytes of metadata per session).
 HEAD_STEPS = 5
 TAIL_STEPS = 3
 MAX_ERRORS = 50  # errors carried per session; the page shows as many as fit, and says how many more

@@ -3,7 +3,7 @@
 Only `signavio_export` is partitioned by session: its materialisation history is the export status,
 one event per confirmed session. Dagster writes two instance events per partition per partitioned
 asset in a run (planned + materialised, ~12 ms each on SQLite): four partitioned assets cost ~130 ms
-per session, one costs ~26 ms (README, Benchmark).
+per session, one costs ~26 ms (bench/README.md).
 
 `raw_telemetry`, `telemetry_events` and `signavio_csv` are the DuckDB tables and the CSV batch: one
 step (`session_export`) produces all of them, and it records each stage once per run with what that

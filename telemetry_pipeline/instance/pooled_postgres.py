@@ -45,7 +45,7 @@ from telemetry_pipeline.instance.asset_keys import AssetKeysOnce
 PLAIN_SCHEME = "postgresql://"
 # SQLAlchemy 2.x maps a bare `postgresql://` to psycopg (3); the driver installed with dagster-postgres is psycopg2.
 DRIVER_SCHEME = "postgresql+psycopg2://"
-# PostgreSQL's default; deploy/dagster.yaml ships "off" (see there and the README's "Running it in production").
+# PostgreSQL's default; deploy/dagster.yaml ships "off" (see there and docs/OPERATING.md, "Running it in production").
 SYNCHRONOUS_COMMIT = "on"
 _SYNCHRONOUS_COMMIT_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 

@@ -7,7 +7,7 @@ Two things grow with the export history, and both are pruned once a session's la
   deleted by hand): deleted with their events, once their export records are kept in the warehouse
   (`export_archive`), where `status` finds them. Dagster rebuilds the Partitions tab's
   status from every materialisation of the asset each time keys are added, and OSS Dagster cannot wipe single
-  partitions' history: deleting old runs is the supported way to bound it (README, Growth).
+  partitions' history: deleting old runs is the supported way to bound it (bench/README.md, Growth).
 A pending session is never pruned, and a run that exported a session still known is kept.
 """
 

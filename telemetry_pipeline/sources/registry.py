@@ -3,8 +3,8 @@ this table and nothing else.
 
 Each source declares itself in its own folder (`sources/<name>/__init__.py`: a `SourceEntry` with its name, its
 variables, how its settings are taken from them, how it is built for a run and how its raw sessions are
-normalised). Adding a source = a folder `sources/<name>/` + its name, one line, in `REGISTERED` (README,
-"How it works"; `test_source_layout.py` adds an example one).
+normalised). Adding a source = a folder `sources/<name>/` + its name, one line, in `REGISTERED` (docs/ARCHITECTURE.md,
+"A source is one folder"; `test_source_layout.py` adds an example one).
 """
 
 from __future__ import annotations

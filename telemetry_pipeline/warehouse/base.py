@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A run's claim on a session lasts this long unless the run renews it (every third of it: README, "Claims and
+# A run's claim on a session lasts this long unless the run renews it (every third of it: docs/FAULTS.md, "Claims and
 # crashes", for what a renewal costs). It only matters across hosts: on one host a dead run is seen at once.
 DEFAULT_LEASE_SECONDS = 30.0  # CLAIM_LEASE_SECONDS
 
@@ -90,6 +90,13 @@ class Warehouse(abc.ABC):
     """One warehouse: see the module docstring. Every method is one unit of work (one transaction)."""
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # The clock leases are judged by: None, the database's `now()` (the one clock every host shares), or one a
+    # test sets, so that a lease runs out when the test says and not on the wall clock.
+    clock: Callable[[], dt.datetime] | None = None
+
+    def _now(self) -> dt.datetime | None:
+        """The time a claim's SQL takes as now (None: the database's own)."""
+        return self.clock() if self.clock is not None else None
 
     @abc.abstractmethod
     def describe(self) -> str:

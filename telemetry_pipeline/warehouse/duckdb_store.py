@@ -18,7 +18,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -61,6 +61,7 @@ def migrate(con: duckdb.DuckDBPyConnection, raw: RawFile | None = None) -> None:
             con.execute("INSERT INTO schema_version VALUES (?, ?, now())", [migration.version, migration.description])
 
 
+_NOW = "coalesce($now::TIMESTAMPTZ, now())"  # `Warehouse.clock`'s time, else the database's
 _RAW_MOVED = 6  # the migration after which the payloads live in the SQLite file
 
 
@@ -146,12 +147,13 @@ def _rows(con: duckdb.DuckDBPyConnection, table: Table, keys: Sequence[str]) -> 
 
 class DuckDBWarehouse(Warehouse):
     def __init__(self, path: Path, lock_wait: float = 300.0, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                 memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.path = Path(path)
         self.claims_path = self.path.with_name(f"{self.path.stem}-claims{self.path.suffix}")
         self.raw = RawFile(self.path.with_name(f"{self.path.stem}-raw.sqlite"), lock_wait)
         self.lock_wait = lock_wait
         self.lease_seconds = lease_seconds
+        self.clock = clock
         self.memory_limit = memory_limit  # of each connection's DuckDB, which spills to `<file>.spill/` beyond it
         self._ready = False
         self._claims_ready = False
@@ -271,17 +273,17 @@ class DuckDBWarehouse(Warehouse):
         with _CLAIMS_LOCK, self._claims() as con, duckdb_transaction(con):
             held, _, _ = standing(
                 con.execute(
-                    "SELECT session_key, run_id, lease_until > now() FROM export_claims WHERE session_key IN "
+                    f"SELECT session_key, run_id, lease_until > {_NOW} FROM export_claims WHERE session_key IN "
                     "(SELECT unnest($keys::VARCHAR[])) AND run_id <> $run",
-                    {"keys": keys, "run": run_id},
+                    {"keys": keys, "run": run_id, "now": self._now()},
                 ).fetchall(),
                 check,
             )
             claimed = [k for k in keys if k not in held]
             con.execute(
                 "INSERT OR REPLACE INTO export_claims "
-                "SELECT unnest($keys::VARCHAR[]), $run, now(), now() + to_microseconds($lease)",
-                {"keys": claimed, "run": run_id, "lease": self._lease_us()},
+                f"SELECT unnest($keys::VARCHAR[]), $run, {_NOW}, {_NOW} + to_microseconds($lease)",
+                {"keys": claimed, "run": run_id, "lease": self._lease_us(), "now": self._now()},
             )
         return claimed, held
 
@@ -302,9 +304,9 @@ class DuckDBWarehouse(Warehouse):
         # Bounded by the lease: a renewal stuck behind another process's lock would be too late anyway.
         with _CLAIMS_LOCK, self._claims(lock_wait=self.lease_seconds / 3) as con:
             rows = con.execute(
-                "UPDATE export_claims SET lease_until = now() + to_microseconds($lease) "
+                f"UPDATE export_claims SET lease_until = {_NOW} + to_microseconds($lease) "
                 "WHERE run_id = $run AND session_key IN (SELECT unnest($keys::VARCHAR[])) RETURNING session_key",
-                {"keys": list(keys), "run": run_id, "lease": self._lease_us()},
+                {"keys": list(keys), "run": run_id, "lease": self._lease_us(), "now": self._now()},
             ).fetchall()
         still = {k for (k,) in rows}
         return [k for k in keys if k in still]

@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key for migrations: the same on every host, unlikely to collide with anyone else's.
 _MIGRATION_LOCK = 0x7465_6C65_6D65_7472  # "telemetr"
+_NOW = "coalesce(%(now)s::timestamptz, now())"  # `Warehouse.clock`'s time, else the database's
 _SPOOL_IN_MEMORY = 64 * 1024 * 1024  # CSV of one COPY kept in memory up to this, then on local disk
 
 
@@ -119,9 +120,10 @@ def copy_rows(
 
 class PostgresWarehouse(Warehouse):
     def __init__(self, url: str, lease_seconds: float = DEFAULT_LEASE_SECONDS, connect_timeout: float = 10.0,
-                 memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self._url = libpq_url(url)
         self.lease_seconds = lease_seconds
+        self.clock = clock
         self.memory_limit = memory_limit  # of the in-memory DuckDB a batch computes in (spills to the temp dir)
         self.connect_timeout = connect_timeout
         self._ready = False
@@ -256,9 +258,9 @@ class PostgresWarehouse(Warehouse):
     def _claim(self, keys: list[str], run_id: str, check: HolderCheck) -> tuple[list[str], dict[str, str]]:
         with self.transaction("claiming sessions") as cur:
             cur.execute(
-                "SELECT session_key, run_id, lease_until > now() FROM export_claims "
-                "WHERE session_key = ANY(%s) AND run_id <> %s",
-                [keys, run_id],
+                f"SELECT session_key, run_id, lease_until > {_NOW} FROM export_claims "
+                "WHERE session_key = ANY(%(keys)s) AND run_id <> %(run)s",
+                {"keys": keys, "run": run_id, "now": self._now()},
             )
             _, alive, dead = standing(cur.fetchall(), check)
             # A conflicting claim is overwritten only when it is ours or stale (judged again here, on the
@@ -266,15 +268,16 @@ class PostgresWarehouse(Warehouse):
             # locked until we commit, so the holders read below are the ones that kept their claim.
             cur.execute(
                 "INSERT INTO export_claims (session_key, run_id, claimed_at, lease_until) "
-                "SELECT k, %(run)s, now(), now() + make_interval(secs => %(lease)s) "
+                f"SELECT k, %(run)s, {_NOW}, {_NOW} + make_interval(secs => %(lease)s) "
                 "FROM unnest(%(keys)s::text[]) AS k ORDER BY k "
                 "ON CONFLICT (session_key) DO UPDATE SET run_id = EXCLUDED.run_id, "
                 "claimed_at = CASE WHEN export_claims.run_id = EXCLUDED.run_id THEN export_claims.claimed_at "
                 "ELSE EXCLUDED.claimed_at END, lease_until = EXCLUDED.lease_until "
                 "WHERE export_claims.run_id = EXCLUDED.run_id OR export_claims.run_id = ANY(%(dead)s) "
-                "OR (export_claims.lease_until <= now() AND NOT export_claims.run_id = ANY(%(alive)s)) "
+                f"OR (export_claims.lease_until <= {_NOW} AND NOT export_claims.run_id = ANY(%(alive)s)) "
                 "RETURNING session_key",
-                {"keys": keys, "run": run_id, "lease": self.lease_seconds, "dead": dead, "alive": alive},
+                {"keys": keys, "run": run_id, "lease": self.lease_seconds, "dead": dead, "alive": alive,
+                 "now": self._now()},
             )
             got = {k for (k,) in cur.fetchall()}
             cur.execute(
@@ -298,9 +301,9 @@ class PostgresWarehouse(Warehouse):
             return []
         with self.transaction("renewing claims") as cur:
             cur.execute(
-                "UPDATE export_claims SET lease_until = now() + make_interval(secs => %s) "
-                "WHERE run_id = %s AND session_key = ANY(%s) RETURNING session_key",
-                [self.lease_seconds, run_id, list(keys)],
+                f"UPDATE export_claims SET lease_until = {_NOW} + make_interval(secs => %(lease)s) "
+                "WHERE run_id = %(run)s AND session_key = ANY(%(keys)s) RETURNING session_key",
+                {"lease": self.lease_seconds, "run": run_id, "keys": list(keys), "now": self._now()},
             )
             still = {k for (k,) in cur.fetchall()}
         return [k for k in keys if k in still]
