@@ -46,7 +46,7 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The quick subset (`fast` marker: the model, the clients, batching, one export end to end); under a minute.
+# The quick subset (`fast` marker: the model, the clients, batching, one export end to end); under 30 s.
 test-fast: install
 	$(BIN)/python -m pytest -q -m fast
 
