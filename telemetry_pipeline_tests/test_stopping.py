@@ -119,12 +119,12 @@ def test_make_run_stopped_with_ctrl_c_mid_fetch_ends_within_the_bound_and_export
     assert dev.returncode == 128 + signal.SIGINT, "as a shell reports a command ended by Ctrl-C"
     after = log.read_bytes()[before:].decode(errors="replace")
     assert "Traceback" not in after and "Stack Trace" not in after and '  File "' not in after, after
-    [failed] = [line for line in after.splitlines() if "RUN_FAILURE" in line]  # the interrupted run, one line
-    assert "interrupted" in failed, after
     with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
         assert instance.get_materialized_partitions(EXPORT) == set(), "nothing was exported before the Ctrl-C"
-        [cut_off] = instance.get_runs()
+        cut_off = the_sensors_run(instance)
         assert_failed_as_interrupted(instance, cut_off)
+    [failed] = [line for line in after.splitlines() if "RUN_FAILURE" in line and cut_off.run_id in line]  # one line
+    assert "interrupted" in failed, after
 
     source_double.slow("extract", "ctrl-c-003", 0)  # the source answers again
     dev = start_make_run(home, source_double, log)  # started again
@@ -142,6 +142,12 @@ def test_make_run_stopped_with_ctrl_c_mid_fetch_ends_within_the_bound_and_export
         os.killpg(dev.pid, signal.SIGTERM)  # a service manager stopping it: the same bound, nothing cut off
         assert_all_gone_within_bound(dev, tree, started, log)
     assert recovering.tags["dagster/sensor_name"] == "new_sessions_sensor", "the sensor's next run, no lease waited"
+
+
+def the_sensors_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    """The one run the sensor launched. (Started at the top of an hour, the hourly schedule launches one too.)"""
+    [run] = instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": "new_sessions_sensor"}))
+    return run
 
 
 # -- a CLI export -------------------------------------------------------------------------------------------------
@@ -222,5 +228,5 @@ def test_make_deploy_stopped_by_its_service_manager_mid_fetch_ends_within_the_bo
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", postgres_url)  # what deploy/dagster.yaml reads
     with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
         assert instance.get_materialized_partitions(EXPORT) == set()
-        [cut_off] = instance.get_runs()
+        cut_off = the_sensors_run(instance)
         assert_failed_as_interrupted(instance, cut_off)

@@ -1,5 +1,6 @@
 """An example fifth source, never shipped: `test_source_layout.py` copies it to `sources/example/` in a copy of the
-package and adds its name to the registry, the only two changes a new source needs (README, "How it works").
+package and adds its name to the registry, the only two changes a new source needs (docs/ARCHITECTURE.md, "A source
+is one folder").
 
 A session API like agent_telemetry's, at its own URL: its one variable enables it."""
 
