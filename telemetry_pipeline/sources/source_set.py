@@ -78,11 +78,6 @@ class SourceSet:
         fetched.add(len(raw.body))
         return raw
 
-    def fetch_many(self, keys: Iterable[str]) -> FetchResult:
-        """Every key in one chunk (`fetch_chunks`)."""
-        keys = list(keys)
-        return next(self.fetch_chunks(keys), FetchResult([], {}, []))
-
     def unreadable_files(self) -> dict[str, str]:
         """The inbox's files with nothing readable in them (path -> why): reported, never silently ignored."""
         inbox = self.sources.get("otlp")
