@@ -73,7 +73,11 @@ def stop(members: Members, signum: int, grace: float = STOP_GRACE_S) -> set[int]
         if time.monotonic() >= deadline:
             for process in current:
                 _send(process, signal.SIGKILL)
-            psutil.wait_procs(current, timeout=_KILL_WAIT_S)
+            # Killed is dead once a zombie: waiting for its reaping (psutil.wait_procs on processes that are not our
+            # children) took up to the whole wait when their parent had died too, and the bound with it.
+            end = time.monotonic() + _KILL_WAIT_S
+            while members() and time.monotonic() < end:
+                time.sleep(_POLL_S)
             break
         time.sleep(_POLL_S)
     return seen
