@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,16 @@ from telemetry_pipeline.settings import HttpSettings, Secret, Settings, SourcesS
 from telemetry_pipeline_tests.postgres import postgres_url  # noqa: F401  (fixture)
 from telemetry_pipeline_tests.signavio_double import SignavioDouble
 from telemetry_pipeline_tests.source_double import SourceDouble
+
+# A suite started in the background by a non-interactive shell (as CI may start it) begins with SIGINT ignored, and
+# Dagster's interrupt handling then sets SIGTERM to the same: every process the tests start afterwards (deploy/start.sh
+# among them) would inherit SIGTERM ignored, and a shell cannot trap a signal ignored on entry. The stop tests then
+# failed at random (a fresh-clone CI run of 2026-12-07: start.sh did nothing for 10 s after its SIGTERM). The suite
+# takes its signals as a foreground process has them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # Distinctive, so that finding it anywhere is proof of a leak and not a coincidence.
 TOKEN = "sgv-TOKEN-4f1c9e27b3d84a6e-do-not-leak"

@@ -38,10 +38,13 @@ def supervise(argv: Sequence[str], env: dict[str, str], dagster_home: Path) -> i
     """Run `argv` (Dagster's processes: `dagster dev`, a code server, the daemon, the webserver) in a process group
     of its own, and return its exit status. On SIGINT or SIGTERM, stop the whole group within the bound (`stop`),
     mark failed the export runs it cut off, and return 128 + the signal's number, as a shell does."""
-    child = subprocess.Popen(list(argv), env=env, start_new_session=True)
     received: list[int] = []
+    # Our handlers first: a handled signal is the default again in a child after exec, an ignored one stays ignored.
+    # Started in the background by a script, this process ignores SIGINT; its Dagster children would then ignore it
+    # too, and SIGTERM with it (Dagster gives SIGTERM SIGINT's handler), and every stop would wait for the kill.
     previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
     try:
+        child = subprocess.Popen(list(argv), env=env, start_new_session=True)
         while child.poll() is None and not received:
             time.sleep(_POLL_S)
         if not received:
