@@ -79,11 +79,14 @@ def _stop_signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Started in the background by a script, the command begins with SIGINT ignored, and Dagster gives SIGTERM
+    # SIGINT's handler during a run: SIGTERM would then be ignored mid-run. Both interrupt, however it was started.
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def configure_logging(verbose: bool) -> None:
